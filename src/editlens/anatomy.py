@@ -1,0 +1,65 @@
+"""The model's anatomy: its shape, its hook points and what its attention heads attend to.
+
+Taught in: Chapter 0.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from transformer_lens import ActivationCache
+    from transformer_lens.model_bridge import TransformerBridge
+
+
+def config_summary(model: "TransformerBridge") -> dict[str, object]:
+    """The sizes that matter in this book, read from the model's config."""
+    cfg = model.cfg
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    n_params = sum(p.numel() for p in model.parameters())
+    return {
+        "architecture": getattr(cfg, "original_architecture", None) or type(model.original_model).__name__,
+        "n_layers": cfg.n_layers,
+        "d_model": cfg.d_model,
+        "n_heads (query)": cfg.n_heads,
+        "n_key_value_heads": n_kv,
+        "d_head": cfg.d_head,
+        "d_mlp": cfg.d_mlp,
+        "d_vocab": cfg.d_vocab,
+        "parameters (millions)": round(n_params / 1e6, 1),
+    }
+
+
+def hook_table(cache: "ActivationCache", layer: int | None = 0) -> pd.DataFrame:
+    """Hook names and activation shapes in ``cache``: those of block ``layer`` and the global ones.
+
+    ``layer=None`` lists every hook. Shapes include the batch dimension.
+    """
+    rows = []
+    for name in cache.keys():
+        in_block = name.startswith("blocks.")
+        if layer is not None and in_block and not name.startswith(f"blocks.{layer}."):
+            continue
+        rows.append({"hook": name, "shape": tuple(cache[name].shape)})
+    return pd.DataFrame(rows)
+
+
+def attention_patterns(cache: "ActivationCache", n_layers: int) -> Float[Tensor, "layer head query key"]:
+    """All post-softmax attention patterns of the first batch element, stacked over layers."""
+    return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][0] for layer in range(n_layers)])
+
+
+def previous_token_scores(patterns: Float[Tensor, "layer head query key"]) -> Float[Tensor, "layer head"]:
+    """Mean attention each head pays to the token just before the query (queries 1..end)."""
+    sub_diagonal = patterns.diagonal(offset=-1, dim1=-2, dim2=-1)  # [layer, head, query-1]
+    return sub_diagonal.mean(dim=-1)
+
+
+def first_token_scores(patterns: Float[Tensor, "layer head query key"]) -> Float[Tensor, "layer head"]:
+    """Mean attention each head pays to position 0 (the BOS 'attention sink'), over queries 1..end."""
+    return patterns[..., 1:, 0].mean(dim=-1)

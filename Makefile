@@ -1,0 +1,45 @@
+# The two commands of the README:  make book  |  make test
+# Both run the idempotent setup first (network only the first time; see scripts/setup.sh).
+
+VENV   := .venv
+BIN    := $(VENV)/bin
+# After setup everything runs offline: never let a chapter or a test reach the Hugging Face hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+# One intra-op thread per process. The embedded model's matrices are small, so a second thread
+# gains little, while on a loaded machine (CI neighbours, a laptop busy with other work) OpenMP's
+# spinning threads made a forward pass 10-30x slower. Override: `make test OMP_NUM_THREADS=2`.
+OMP_NUM_THREADS ?= 1
+MKL_NUM_THREADS ?= $(OMP_NUM_THREADS)
+export OMP_NUM_THREADS MKL_NUM_THREADS
+
+.PHONY: help setup book test test-fast clean
+
+help:
+	@echo "make book       set up, execute every chapter of _toc.yml, render HTML into _build/html"
+	@echo "make test       set up, run the unit tests, the notebook checks (nbval) and the book build test"
+	@echo "make test-fast  the tests not marked slow (no model, no notebooks)"
+	@echo "make setup      only the setup (venv, embedded model, MathJax, chromium)"
+	@echo "make clean      remove _build (keeps .venv and the model cache)"
+
+setup:
+	@bash scripts/setup.sh
+
+# Executes every notebook (execute_notebooks: force in _config.yml); any warning, including a
+# failing cell, fails the build.
+book: setup
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "Book written to _build/html/index.html"
+
+# One pytest run: the tests in tests/ and, via nbval, every notebook in notebooks/ (cells marked
+# NBVAL_CHECK_OUTPUT compare their outputs, after notebooks/sanitize.cfg). notebooks/ comes first:
+# the book build test renders the stored outputs that nbval has just checked.
+test: setup
+	$(BIN)/python -m pytest notebooks/ tests/ --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest tests/ -m "not slow" -ra
+
+clean:
+	rm -rf _build

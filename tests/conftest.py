@@ -1,0 +1,136 @@
+"""Shared fixtures and session checks for the whole suite (unit tests, notebooks, book build).
+
+Fixtures:
+- ``repo_root``: the repository root (``Path``).
+- ``embedded``: ``(bridge, tokenizer)`` = ``editlens.load_model()``, loaded once per session (slow).
+- ``model`` / ``tokenizer``: the two halves of ``embedded`` (session-scoped). Hooks a test leaves
+  on ``model`` are removed after it. It is shared by all tests: never edit its weights in place;
+  copy what you change.
+- ``tiny_model``: a random 2-layer Llama (hidden 64, 4 query heads, 2 key/value heads) with the
+  embedded tokenizer's vocabulary, wrapped in a ``TransformerBridge``: for fast structural tests.
+  Needs the cached tokenizer only (``make setup``), not the model weights.
+
+Mark a test that loads the embedded model or runs a notebook with ``@pytest.mark.slow``.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Tests never reach the Hugging Face hub (make test exports this too; this covers a bare `pytest`).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Notebooks kept as test data under tests/ are inputs, not chapters: nbval must not collect them.
+collect_ignore_glob = ["fixtures/*.ipynb", "fixtures/**/*.ipynb"]
+
+SETUP_HINT = "Fix: run `make setup` (once, with network access) from the repository root."
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail fast: every chapter is written against TransformerLens 4 (TransformerBridge)."""
+    try:
+        version = metadata.version("transformer-lens")
+    except metadata.PackageNotFoundError:
+        pytest.exit(f"transformer-lens is not installed. {SETUP_HINT}", returncode=4)
+    if version.split(".")[0] != "4":
+        pytest.exit(
+            f"transformer-lens {version} is installed, but the book needs major version 4 "
+            f"(HookedTransformer was removed in 4.0; the chapters use TransformerBridge). "
+            f"Fix: pip install -e '.[book,test,dev]' (pins transformer-lens==4.x).",
+            returncode=4,
+        )
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """``(TransformerBridge, tokenizer)`` of the embedded SmolLM2-135M-Instruct, on the CPU."""
+    import editlens
+    from editlens.embedded import EmbeddedModelError
+
+    editlens.seed_everything(0)
+    try:
+        return editlens.load_model(device="cpu")
+    except EmbeddedModelError as err:
+        pytest.fail(f"The embedded model is not available: {err}\n{SETUP_HINT}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def model(embedded):
+    """The shared embedded ``TransformerBridge`` (session-scoped; see _reset_model_hooks)."""
+    return embedded[0]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded):
+    return embedded[1]
+
+
+@pytest.fixture(autouse=True)
+def _reset_model_hooks(request):
+    """After each test that used the shared model, remove any hook it left behind."""
+    yield
+    for name in ("model", "embedded"):
+        value = request.node.funcargs.get(name) if hasattr(request.node, "funcargs") else None
+        bridge = value[0] if isinstance(value, tuple) else value
+        if bridge is not None:
+            bridge.reset_hooks()
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer():
+    """The embedded model's tokenizer alone (fast: no weights are read)."""
+    from transformers import AutoTokenizer
+
+    from editlens import embedded as emb
+
+    folder = emb.model_cache_path()
+    if not (folder / "tokenizer.json").exists():
+        pytest.fail(f"No cached tokenizer in {folder}. {SETUP_HINT}", pytrace=False)
+    tok = AutoTokenizer.from_pretrained(folder)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+@pytest.fixture
+def tiny_model(embedded_tokenizer):
+    """A random tiny Llama (2 layers, d_model 64, 4 heads, 2 KV heads) in a TransformerBridge.
+
+    Function-scoped and seeded: every test gets the same fresh weights and may edit them.
+    """
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = embedded_tokenizer
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    config._attn_implementation = "eager"  # attention patterns with gradients, as load_model does
+    torch.manual_seed(0)
+    hf_model = LlamaForCausalLM(config).eval()
+    bridge = TransformerBridge.boot_transformers("tiny-llama", hf_model=hf_model, tokenizer=tok)
+    bridge.eval()
+    return bridge

@@ -1,0 +1,282 @@
+"""Check the fact set against a model: does the model know every shipped fact?
+
+Used in: Chapter 3 (ROME), 4 (STEAM), 5 (SADR) — the evaluation there is only meaningful on facts
+the unedited model already knows.
+
+Measure (CounterFact's): the mean per-token negative log-likelihood of ``" " + target``,
+teacher-forced after the prompt (the prompt starts with BOS, as ``model.to_tokens`` does). A
+*margin* is an NLL difference in nats, signed so that **positive means the model prefers the
+answer that is right before the edit**:
+
+=================  =========================================================  ==================
+key                margin                                                     threshold
+=================  =========================================================  ==================
+``rewrite``        NLL(target_new) - NLL(target_true) on the rewrite prompt    >= ``MIN_MARGIN``
+``neighborhood``   same, per neighbourhood prompt                              all >= ``MIN_MARGIN``
+``relation``       NLL(target_new) - NLL(relation target), per prompt          all >= ``MIN_MARGIN``
+``attribute``      NLL(target_true) - NLL(target_new): the anchor fact is      all >= ``MIN_MARGIN``
+                   known (the model says target_new about the other subject)
+``paraphrase``     NLL(target_new) - NLL(target_true)                          stored, no threshold
+``portability``    NLL(p.target_new) - NLL(p.target_true)                      stored, no threshold
+=================  =========================================================  ==================
+
+The authoring script (``scripts/author_facts.py``) keeps a candidate record only when its
+rewrite prompt passes, drops the neighbourhood/attribute/relation prompts that fail, and keeps
+the record only if at least the minimum number of each survives (see
+``editlens.data.counterfact.MINIMUMS``). Hence in the shipped file every stored
+neighbourhood, attribute and relation margin passes. ``MIN_MARGIN`` (0.02 nats) is a little
+above zero so that float noise between machines (``TOLERANCE``) cannot flip a stored pass.
+
+Run ``python -m editlens.data.verify`` to recompute and store the margins (prints a
+per-relation report); ``--check`` recomputes and exits 1 if the stored margins disagree by more
+than ``TOLERANCE`` or a record fails a threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from editlens.data.counterfact import FACTS_PATH, CounterFactRecord, load_facts, save_facts
+
+MIN_MARGIN: float = 0.02
+"""A stored/recomputed margin passes when >= MIN_MARGIN (nats)."""
+TOLERANCE: float = 2e-3
+"""Allowed |stored - recomputed| per margin (float noise across machines / batch shapes)."""
+DECIMALS: int = 4
+"""Margins are stored rounded to this many decimals."""
+THRESHOLDED: tuple[str, ...] = ("rewrite", "neighborhood", "relation", "attribute")
+RECORDED: tuple[str, ...] = ("paraphrase", "portability")
+MODEL_LABEL = "SmolLM2-135M-Instruct (editlens embedded, dequantised Q4_1)"
+
+
+class TargetScorer:
+    """Mean per-token NLL of ``" " + target`` after ``prompt``, batched and cached.
+
+    Sequences are ``[BOS] + prompt + target[:-1]``; the ones that share that token sequence
+    (e.g. all single-token targets of one prompt) share one forward pass. Batches are padded on
+    the right: with causal attention the padding never influences the real positions.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any | None = None, *, batch_size: int = 32):
+        self.model = model
+        self.tok = tokenizer if tokenizer is not None else model.tokenizer
+        self.batch_size = batch_size
+        self.cache: dict[tuple[str, str], float] = {}
+        self._ptok: dict[str, list[int]] = {}
+        self._ttok: dict[str, list[int]] = {}
+        self.forward_tokens = 0
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        if prompt not in self._ptok:
+            self._ptok[prompt] = self.model.to_tokens(prompt)[0].tolist()
+        return self._ptok[prompt]
+
+    def _target_ids(self, target: str) -> list[int]:
+        if target not in self._ttok:
+            ids = self.tok(" " + target, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ValueError(f"target {target!r} tokenises to nothing")
+            self._ttok[target] = ids
+        return self._ttok[target]
+
+    @torch.no_grad()
+    def score(self, items: Iterable[tuple[str, str]]) -> list[float]:
+        """NLLs for ``(prompt, target)`` pairs, in order."""
+        items = list(items)
+        todo = [it for it in dict.fromkeys(items) if it not in self.cache]
+        if todo:
+            seqs: dict[tuple[int, ...], list[tuple[tuple[str, str], int, list[int]]]] = defaultdict(list)
+            for prompt, target in todo:
+                p = self._prompt_ids(prompt)
+                t = self._target_ids(target)
+                seqs[tuple(p + t[:-1])].append(((prompt, target), len(p), t))
+            order = sorted(seqs, key=len)
+            pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+            device = next(self.model.parameters()).device
+            for b in range(0, len(order), self.batch_size):
+                batch = order[b:b + self.batch_size]
+                width = max(len(s) for s in batch)
+                x = torch.full((len(batch), width), pad, dtype=torch.long)
+                for i, s in enumerate(batch):
+                    x[i, :len(s)] = torch.tensor(s)
+                logits = self.model(x.to(device))
+                self.forward_tokens += x.numel()
+                logp = logits.float().log_softmax(-1)
+                for i, s in enumerate(batch):
+                    for key, plen, t in seqs[s]:
+                        pos = torch.arange(plen - 1, plen - 1 + len(t), device=logp.device)
+                        lp = logp[i, pos, torch.tensor(t, device=logp.device)]
+                        self.cache[key] = float(-lp.mean())
+        return [self.cache[it] for it in items]
+
+
+# ------------------------------------------------------------------------------------------
+def record_items(r: CounterFactRecord) -> list[tuple[str, str]]:
+    """Every (prompt, target) pair needed for one record's verification."""
+    tt, tn = r.target_true, r.target_new
+    out = [(r.prompt, tt), (r.prompt, tn)]
+    for p in (*r.paraphrase_prompts, *r.neighborhood_prompts, *r.attribute_prompts):
+        out += [(p, tt), (p, tn)]
+    for rp in r.relation_prompts:
+        out += [(rp.prompt, rp.target), (rp.prompt, tn)]
+    for pp in r.portability_prompts:
+        if pp.target_true is not None:
+            out += [(pp.prompt, pp.target_true), (pp.prompt, pp.target_new)]
+    return out
+
+
+def margins_for(r: CounterFactRecord, nll: dict[tuple[str, str], float]) -> dict[str, Any]:
+    """The verification dict of one record from a filled NLL cache (positive = right answer preferred)."""
+    tt, tn = r.target_true, r.target_new
+
+    def m(prompt: str, good: str, bad: str) -> float:
+        return round(nll[(prompt, bad)] - nll[(prompt, good)], DECIMALS)
+
+    return {
+        "model": MODEL_LABEL,
+        "measure": "NLL difference (nats) of mean per-token NLL; positive = pre-edit answer preferred",
+        "nll_true": round(nll[(r.prompt, tt)], DECIMALS),
+        "nll_new": round(nll[(r.prompt, tn)], DECIMALS),
+        "rewrite": m(r.prompt, tt, tn),
+        "paraphrase": [m(p, tt, tn) for p in r.paraphrase_prompts],
+        "neighborhood": [m(p, tt, tn) for p in r.neighborhood_prompts],
+        "attribute": [m(p, tn, tt) for p in r.attribute_prompts],
+        "relation": [m(rp.prompt, rp.target, tn) for rp in r.relation_prompts],
+        "portability": [m(pp.prompt, pp.target_true, pp.target_new) for pp in r.portability_prompts
+                        if pp.target_true is not None],
+    }
+
+
+def compute_verifications(model: Any, records: Sequence[CounterFactRecord], *, tokenizer: Any | None = None,
+                          batch_size: int = 32, scorer: TargetScorer | None = None) -> list[dict[str, Any]]:
+    """Recompute the verification dict of every record (one batched pass over all prompts)."""
+    scorer = scorer or TargetScorer(model, tokenizer, batch_size=batch_size)
+    items = [it for r in records for it in record_items(r)]
+    scorer.score(items)
+    return [margins_for(r, scorer.cache) for r in records]
+
+
+def failures(v: dict[str, Any], *, min_margin: float = MIN_MARGIN) -> list[str]:
+    """Threshold failures of one verification dict (empty = the record passes)."""
+    out = []
+    if v["rewrite"] < min_margin:
+        out.append(f"rewrite margin {v['rewrite']:+.3f}")
+    for key in ("neighborhood", "relation", "attribute"):
+        bad = [x for x in v[key] if x < min_margin]
+        if bad:
+            out.append(f"{len(bad)}/{len(v[key])} {key} margins < {min_margin}")
+    return out
+
+
+def passes(v: dict[str, Any], *, min_margin: float = MIN_MARGIN) -> bool:
+    return not failures(v, min_margin=min_margin)
+
+
+def disagreements(stored: dict[str, Any] | None, fresh: dict[str, Any], *, tol: float = TOLERANCE) -> list[str]:
+    """Where stored margins differ from recomputed ones by more than ``tol`` (or are missing)."""
+    if stored is None:
+        return ["no stored verification"]
+    out = []
+    for key in ("rewrite", *THRESHOLDED[1:], *RECORDED):
+        a, b = stored.get(key), fresh[key]
+        if isinstance(b, list):
+            if not isinstance(a, list) or len(a) != len(b):
+                out.append(f"{key}: stored {a!r} has another length than recomputed ({len(b)})")
+                continue
+            bad = [(i, x, y) for i, (x, y) in enumerate(zip(a, b)) if abs(x - y) > tol]
+            out += [f"{key}[{i}]: stored {x:+.4f}, recomputed {y:+.4f}" for i, x, y in bad]
+        elif a is None or abs(a - b) > tol:
+            out.append(f"{key}: stored {a}, recomputed {b:+.4f}")
+    return out
+
+
+def _rate(xs: list[float]) -> str:
+    return f"{sum(x > 0 for x in xs) / len(xs):.2f}" if xs else "  - "
+
+
+def report(records: Sequence[CounterFactRecord], verifs: Sequence[dict[str, Any]]) -> str:
+    """Per-relation table: records, passing records, and the share of positive margins per probe."""
+    by_rel: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_rel[r.relation_id].append(i)
+    head = f"{'relation':10s} {'n':>4s} {'pass':>4s} {'rewr':>5s} {'para':>5s} {'neigh':>5s} {'attr':>5s} {'rel':>5s} {'port':>5s}  mean rewrite margin"
+    lines = [head, "-" * len(head)]
+    for rel in sorted(by_rel):
+        idx = by_rel[rel]
+        vs = [verifs[i] for i in idx]
+        cols = [_rate([v["rewrite"] for v in vs])]
+        for key in ("paraphrase", "neighborhood", "attribute", "relation", "portability"):
+            cols.append(_rate([x for v in vs for x in v[key]]))
+        mean_rw = sum(v["rewrite"] for v in vs) / len(vs)
+        lines.append(f"{rel:10s} {len(idx):4d} {sum(passes(v) for v in vs):4d} " + " ".join(f"{c:>5s}" for c in cols)
+                     + f"  {mean_rw:+.2f}")
+    allv = list(verifs)
+    lines.append("-" * len(head))
+    lines.append(f"{'all':10s} {len(allv):4d} {sum(passes(v) for v in allv):4d} "
+                 + " ".join(f"{c:>5s}" for c in [_rate([v['rewrite'] for v in allv])]
+                            + [_rate([x for v in allv for x in v[k]]) for k in
+                               ("paraphrase", "neighborhood", "attribute", "relation", "portability")]))
+    lines.append("Columns: share of margins > 0 (rewr = rewrite prompt, para = paraphrases, neigh = neighbourhood, "
+                 "attr = attribute/anchor facts, rel = relation prompts, port = portability). "
+                 f"pass = records meeting every threshold (>= {MIN_MARGIN} nats).")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m editlens.data.verify", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--path", type=Path, default=FACTS_PATH, help="facts file (default: the shipped facts.json)")
+    ap.add_argument("--check", action="store_true", help="do not write; exit 1 if stored margins disagree or a record fails")
+    ap.add_argument("--out", type=Path, default=None, help="write the re-verified file here instead of --path")
+    ap.add_argument("--model", default=None, help="model name for editlens.load_model (default: embedded)")
+    ap.add_argument("--limit", type=int, default=None, help="--check only the first N records (a quick spot check)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (be polite on shared CPUs)")
+    args = ap.parse_args(argv)
+
+    import editlens
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    records = load_facts(args.path)
+    if args.limit is not None:
+        if not args.check:
+            ap.error("--limit only goes with --check (writing back a partial file would drop records)")
+        records = records[:args.limit]
+    model, tok = editlens.load_model(args.model)
+    t1 = time.time()
+    verifs = compute_verifications(model, records, tokenizer=tok, batch_size=args.batch_size)
+    t2 = time.time()
+    print(report(records, verifs))
+    print(f"\n{len(records)} records; model load {t1 - t0:.1f}s, verification {t2 - t1:.1f}s")
+
+    failed = [(r, failures(v)) for r, v in zip(records, verifs) if failures(v)]
+    for r, why in failed:
+        print(f"FAIL case_id {r.case_id} ({r.subject!r}, {r.relation_id}): {'; '.join(why)}")
+    if args.check:
+        bad = [(r, disagreements(r.verification, v)) for r, v in zip(records, verifs)]
+        bad = [(r, d) for r, d in bad if d]
+        for r, d in bad[:50]:
+            print(f"DISAGREE case_id {r.case_id} ({r.subject!r}): {'; '.join(d[:3])}")
+        ok = not bad and not failed
+        print("check:", "OK — stored margins match the model" if ok else f"FAILED ({len(bad)} disagree, {len(failed)} fail thresholds)")
+        return 0 if ok else 1
+    from dataclasses import replace
+
+    updated = [replace(r, verification=v) for r, v in zip(records, verifs)]
+    out = args.out or args.path
+    save_facts(updated, out)
+    print(f"wrote {out}")
+    return 0 if not failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Benchmark ROME on this machine (Chapter 3): seconds per edit with C cached, and time to compute C.
+
+    python benchmarks/bench_rome.py [--edits 5] [--tokens N] [--threads T]
+
+Prints figures; asserts nothing. Targets on a laptop CPU: <= 5 s per edit, <= 3 min for C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--edits", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=None, help="tokens behind C (default: the registry's)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a shared CPU)")
+    ap.add_argument("--fresh-cache", action="store_true", help="time C from scratch (sampling included) in a temp cache")
+    args = ap.parse_args()
+
+    import os
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.fresh_cache:
+        os.environ["EDITLENS_CACHE"] = tempfile.mkdtemp(prefix="editlens-bench-")
+    import editlens
+    from editlens.rome import compute_rome_edit, get_hparams
+    from editlens.rome import key_stats as ks
+
+    model, _ = editlens.load_model(device="cpu") if not args.fresh_cache else editlens.load_model(device="cpu")
+    hp = get_hparams(model)
+    n = args.tokens or hp.mom2_n_tokens
+    print(f"model {model.cfg.model_name}, layer {hp.layer}, threads {torch.get_num_threads()}, C from {n} tokens")
+
+    t0 = time.perf_counter()
+    tokens = ks.sample_tokens(model, n, progress=True)
+    t1 = time.perf_counter()
+    stats = ks.get_key_stats(model, hp.layer, n, use_cache=False, progress=True)
+    t2 = time.perf_counter()
+    print(f"C: sampling text {t1 - t0:.1f} s (0 if cached), keys + C {t2 - t1:.1f} s, total {t2 - t0:.1f} s; "
+          f"{stats.n_tokens} tokens, rank {stats.rank()} of {stats.C.shape[0]}")
+
+    facts = [("The Eiffel Tower", "{} is located in the city of", "Rome"),
+             ("France", "The capital of {} is", "Berlin"),
+             ("Tokyo", "{} is a city in the country of", "Italy"),
+             ("Germany", "The official language of {} is", "Spanish"),
+             ("Madrid", "{} is a city in the country of", "Japan"),
+             ("Italy", "The capital of {} is", "London")]
+    times, steps = [], []
+    compute_rome_edit(model, {"prompt": facts[0][1], "subject": facts[0][0], "target_new": facts[0][2]}, hp, stats)  # warm-up: context templates
+    for subject, prompt, new in (facts * 3)[: args.edits]:
+        t = time.perf_counter()
+        e = compute_rome_edit(model, {"prompt": prompt, "subject": subject, "target_new": new}, hp, stats)
+        times.append(time.perf_counter() - t)
+        steps.append(e.info["steps"])
+    print(f"edit: median {statistics.median(times):.2f} s per edit over {len(times)} edits "
+          f"(min {min(times):.2f}, max {max(times):.2f}; v* steps {steps})")
+
+
+if __name__ == "__main__":
+    main()

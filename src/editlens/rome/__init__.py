@@ -1,0 +1,21 @@
+"""ROME (Meng et al., 2022) from scratch: locate a fact's MLP, write a new value with a rank-one update.
+
+Taught in: Chapter 3. One module per step: :mod:`~editlens.rome.requests` (what to edit),
+:mod:`~editlens.rome.hparams` (per-model settings), :mod:`~editlens.rome.key_stats` (C),
+:mod:`~editlens.rome.keys` (k*), :mod:`~editlens.rome.values` (v*, extensible loss),
+:mod:`~editlens.rome.update` (W' and undoable edits).
+"""
+
+from editlens.rome.hparams import ROMEHyperParams, get_hparams, register
+from editlens.rome.key_stats import KeyStats, get_key_stats, key_stats_convergence, stats_for
+from editlens.rome.keys import compute_k, context_templates
+from editlens.rome.requests import BadRequestError, RewriteRequest, as_case, as_request, validate_request
+from editlens.rome.update import Edit, applied_edit, apply_rome, compute_rome_edit, edited, rank_one_update
+from editlens.rome.values import LossTerm, VBatch, VContext, VResult, compute_v
+
+__all__ = [
+    "ROMEHyperParams", "get_hparams", "register", "KeyStats", "get_key_stats", "key_stats_convergence", "stats_for",
+    "compute_k", "context_templates", "BadRequestError", "RewriteRequest", "as_case", "as_request", "validate_request",
+    "Edit", "applied_edit", "apply_rome", "compute_rome_edit", "edited", "rank_one_update",
+    "LossTerm", "VBatch", "VContext", "VResult", "compute_v",
+]

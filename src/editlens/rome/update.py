@@ -1,0 +1,146 @@
+"""The rank-one update W' = W + u (v* - W k)^T / (u . k), and edits you can undo bit-exactly.
+
+Taught in: Chapter 3 (ROME, "writing the memory"). Chapters 5-6 build their edits with
+:func:`apply_rome` / :func:`edited` and only change how v* is found.
+
+TransformerLens stores the MLP output matrix as ``W_out`` with shape [d_mlp, d_model] (the
+transpose of Hugging Face's ``down_proj.weight``, same storage), so the MLP computes
+``out = k @ W_out``. The update adds the outer product ``u r^T`` with
+``r = (v* - k @ W_out) / (u . k)``; then ``k @ W_out' = v*`` exactly for that ``k``.
+
+Key variants (``hparams.key_variant``):
+- ``"r-rome"`` (default): the prefix-averaged key k* in u = C^-1 k* and in the denominator and
+  residual. One key in both places, as r-ROME (Gupta et al., 2024) argues: the identity
+  W' k* = v* then holds for the key the edit was built from, and r-ROME reports that the
+  mixed version causes the occasional "disabling" edit that breaks the model.
+- ``"rome"``: the original code: u from the averaged key, but residual and denominator from the
+  bare-prompt key, so W' k_bare = v*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from editlens.rome.hparams import ROMEHyperParams
+from editlens.rome.key_stats import KeyStats, stats_for
+from editlens.rome.keys import compute_k
+from editlens.rome.requests import RewriteRequest, as_request, validate_request
+from editlens.rome.values import LossTerm, VResult, compute_v
+
+
+def w_out(model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+    """The edited matrix (a view sharing storage with the Hugging Face weight)."""
+    return model.blocks[layer].mlp.W_out
+
+
+def rank_one_update(W: Float[Tensor, "d_mlp d_model"], u: Float[Tensor, "d_mlp"], k: Float[Tensor, "d_mlp"],
+                    v_star: Float[Tensor, "d_model"]) -> Float[Tensor, "d_mlp d_model"]:
+    """Delta such that ``k @ (W + delta) = v_star``: ``delta = u (v* - k W)^T / (u . k)``."""
+    Wd, ud, kd, vd = W.double(), u.double(), k.double(), v_star.double()
+    r = (vd - kd @ Wd) / (ud @ kd)
+    return torch.outer(ud, r).to(W.dtype)
+
+
+@dataclass
+class Edit:
+    """One rank-one edit of ``blocks[layer].mlp.W_out``: holds the delta so it can be applied and undone."""
+
+    layer: int
+    delta: Float[Tensor, "d_mlp d_model"]
+    request: RewriteRequest | None = None
+    u: Tensor | None = None
+    k_star: Tensor | None = None
+    v_star: Tensor | None = None
+    v_result: VResult | None = None
+    info: dict = field(default_factory=dict)
+    _saved: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def applied(self) -> bool:
+        return self._saved is not None
+
+    def apply(self, model: Any) -> "Edit":
+        """Add the delta to the weights (remembering the exact old weights)."""
+        if self.applied:
+            raise RuntimeError("This edit is already applied; undo() it first.")
+        W = w_out(model, self.layer)
+        self._saved = W.detach().clone()
+        with torch.no_grad():
+            W.add_(self.delta.to(W.device, W.dtype))
+        return self
+
+    def undo(self, model: Any) -> None:
+        """Restore the weights bit-exactly as they were before :meth:`apply`."""
+        if not self.applied:
+            raise RuntimeError("This edit is not applied.")
+        with torch.no_grad():
+            w_out(model, self.layer).copy_(self._saved)
+        self._saved = None
+
+
+@contextlib.contextmanager
+def applied_edit(model: Any, edit: Edit | Sequence[Edit]) -> Iterator[Any]:
+    """Apply one or more edits inside the block; the weights are restored bit-exactly on exit, also after an exception."""
+    edits = [edit] if isinstance(edit, Edit) else list(edit)
+    done: list[Edit] = []
+    try:
+        for e in edits:
+            done.append(e.apply(model))
+        yield model
+    finally:
+        for e in reversed(done):
+            e.undo(model)
+
+
+def compute_rome_edit(model: Any, request: Any, hparams: ROMEHyperParams, stats: KeyStats | None = None,
+                      extra_losses: Sequence[LossTerm] = (), *, verbose: bool = False) -> Edit:
+    """Compute (not apply) the ROME edit for one request: k*, v*, u, delta."""
+    req = as_request(request)
+    validate_request(req, model.tokenizer)
+    layer = hparams.layer
+    if stats is None:
+        stats = stats_for(model, hparams)
+    if stats.layer not in (-1, layer):
+        raise ValueError(f"Key statistics are for layer {stats.layer}, the edit is at layer {layer}. "
+                         "Fix: pass stats computed at the edit layer (editlens.rome.key_stats.get_key_stats(model, layer)).")
+    k_avg, k_bare = compute_k(model, req, layer, hparams)
+    vres = compute_v(model, req, layer, hparams, extra_losses, verbose=verbose)
+    u = stats.solve(k_avg, hparams.mom2_reg)
+    if hparams.key_variant == "r-rome":
+        k_used = k_avg
+    elif hparams.key_variant == "rome":
+        k_used = k_bare
+    else:
+        raise ValueError(f"key_variant must be 'r-rome' or 'rome', got {hparams.key_variant!r}.")
+    W = w_out(model, layer).detach()
+    delta = rank_one_update(W, u, k_used, vres.v_star)
+    return Edit(layer=layer, delta=delta, request=req, u=u, k_star=k_used, v_star=vres.v_star, v_result=vres,
+                info={"key_variant": hparams.key_variant, "final_loss": vres.final_loss, "steps": len(vres.history)})
+
+
+def apply_rome(model: Any, request: Any, hparams: ROMEHyperParams, stats: KeyStats | None = None,
+               extra_losses: Sequence[LossTerm] = (), *, verbose: bool = False) -> Edit:
+    """Compute and apply a ROME edit; returns the applied :class:`Edit` (call ``edit.undo(model)`` to revert)."""
+    return compute_rome_edit(model, request, hparams, stats, extra_losses, verbose=verbose).apply(model)
+
+
+@contextlib.contextmanager
+def edited(model: Any, requests: Any, hparams: ROMEHyperParams, stats: KeyStats | None = None,
+           extra_losses: Sequence[LossTerm] = (), *, verbose: bool = False) -> Iterator[list[Edit]]:
+    """Apply ROME edits for one request or a list (sequentially, each on the already edited model);
+    restore the original weights bit-exactly on exit, also when the block raises."""
+    reqs = [requests] if isinstance(requests, (dict, RewriteRequest)) or hasattr(requests, "requested_rewrite") else list(requests)
+    done: list[Edit] = []
+    try:
+        for r in reqs:
+            done.append(apply_rome(model, r, hparams, stats, extra_losses, verbose=verbose))
+        yield done
+    finally:
+        for e in reversed(done):
+            e.undo(model)

@@ -1,0 +1,318 @@
+"""Causal tracing (Meng et al., 2022): where does the model recall a fact?
+
+Taught in: Chapter 3 (locating facts before editing them).
+
+Recipe: run the prompt clean; corrupt the subject tokens' input embeddings with Gaussian noise
+(``noise`` times the embedding standard deviation, seeded, ``n_samples`` noisy runs); then put
+back one clean activation at one (token, layer) and see how much of the correct answer's
+probability comes back. Indirect effect = p(corrupted + restored) - p(corrupted).
+
+Three kinds of restoration: ``"hidden"`` (the residual stream after block l), ``"mlp"`` and
+``"attn"`` (the MLP / attention outputs of a *window* of layers around l, as ROME does; the
+window is a parameter, ROME used 10 of 48 layers in GPT-2 XL).
+
+Speed: layers before the restoration are identical to the corrupted run, so each restored run
+starts from the cached corrupted residual stream (``start_at_layer``) and all tokens of one layer
+go in one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from editlens.rome.keys import encode, subject_last_index
+from editlens.rome.requests import as_case, as_request, with_leading_space
+
+KINDS = ("hidden", "mlp", "attn")
+_HOOK = {"hidden": "blocks.{}.hook_resid_post", "mlp": "blocks.{}.hook_mlp_out", "attn": "blocks.{}.hook_attn_out"}
+
+
+@dataclass
+class TraceResult:
+    """Restored probabilities for one fact and one kind: ``scores[t, l]`` = p(answer | corrupted, restored at t, l)."""
+
+    scores: Float[Tensor, "n_tokens n_layers"]
+    p_clean: float
+    p_corrupted: float
+    token_strs: list[str]
+    subject_range: tuple[int, int]  # [start, end) token indices of the subject, counting BOS
+    kind: str
+    window: int
+    answer: str
+    positions: list[int] = field(default_factory=list)  # which tokens were traced (rows of scores)
+
+    @property
+    def indirect_effect(self) -> Float[Tensor, "n_tokens n_layers"]:
+        """p(corrupted + restored) - p(corrupted)."""
+        return self.scores - self.p_corrupted
+
+    @property
+    def subject_last(self) -> int:
+        return self.subject_range[1] - 1
+
+
+def subject_token_range(model: Any, prompt_template: str, subject: str) -> tuple[list[int], tuple[int, int]]:
+    """Token ids of the prompt and the [start, end) range of the subject's tokens (BOS counted)."""
+    ids, last = subject_last_index(model, prompt_template, subject)
+    before = prompt_template.split("{}")[0].rstrip()  # " France" carries its own leading space
+    start = min(len(encode(model, before)), last)
+    return ids, (start, last + 1)
+
+
+def embedding_std(model: Any, subjects: Sequence[str] | None = None) -> float:
+    """Std of input embeddings: over the given subjects' tokens (as ROME), or over the whole W_E."""
+    W_E = model.W_E.detach()
+    if not subjects:
+        return float(W_E.float().std())
+    ids = sorted({i for s in subjects for i in encode(model, " " + s, bos=False)})
+    return float(W_E[torch.tensor(ids, device=W_E.device)].float().std())
+
+
+def _noise(n_samples: int, n_subj: int, d_model: int, scale: float, seed: int, device: Any) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n_samples, n_subj, d_model, generator=g) * scale).to(device)
+
+
+def _answer_id(model: Any, answer: str | None, clean_logits: Tensor) -> tuple[int, str]:
+    if answer is None:
+        i = int(clean_logits.argmax())
+        return i, model.tokenizer.decode([i])
+    ids = encode(model, with_leading_space(answer), bos=False)
+    return ids[0], model.tokenizer.decode(ids[:1])
+
+
+def window_layers(layer: int, window: int, n_layers: int) -> list[int]:
+    """Layers restored around ``layer`` (ROME's convention: window//2 below, the rest from ``layer`` up)."""
+    lo = max(0, layer - window // 2)
+    hi = min(n_layers, layer - (-window // 2))
+    return list(range(lo, max(hi, lo + 1)))
+
+
+@torch.no_grad()
+def trace_fact(
+    model: Any,
+    fact: Any,
+    kind: str = "hidden",
+    *,
+    window: int = 6,
+    n_samples: int = 10,
+    noise: float = 3.0,
+    noise_std: float | None = None,
+    seed: int = 0,
+    positions: Iterable[int] | str | None = None,
+    answer: str | None = None,
+) -> TraceResult:
+    """Trace one fact (a CounterFact record, request, or ``{"prompt", "subject"}``).
+
+    ``positions``: token indices to trace (default all; ``"subject_last"`` or ``"last"`` for one).
+    ``answer``: defaults to the fact's ``target_true``; ``None`` there means the clean top token.
+    Returns a :class:`TraceResult`; ``result.indirect_effect`` is the heatmap [n_tokens, n_layers].
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    req = as_request(fact) if not (isinstance(fact, dict) and "target_new" not in fact and "requested_rewrite" not in fact) \
+        else None
+    if req is None:
+        prompt, subject, answer_default = fact["prompt"], fact["subject"], fact.get("target_true")
+    else:
+        prompt, subject, answer_default = req.prompt, req.subject, req.target_true
+    answer = answer if answer is not None else answer_default
+    ids, (s0, s1) = subject_token_range(model, prompt, subject)
+    n_tok, L = len(ids), model.cfg.n_layers
+    dev = model.cfg.device
+    tokens = torch.tensor([ids], device=dev)
+    scale = noise * (noise_std if noise_std is not None else embedding_std(model))
+    eps = _noise(n_samples, s1 - s0, model.cfg.d_model, scale, seed, dev)
+
+    def corrupt(act: Tensor, hook: Any) -> Tensor:
+        act = act.clone()
+        act[:, s0:s1] = act[:, s0:s1] + eps.to(act.dtype)
+        return act
+
+    clean_logits, clean_cache = model.run_with_cache(tokens, names_filter=lambda n: n in _names(L))
+    tgt, answer_str = _answer_id(model, answer, clean_logits[0, -1])
+    p_clean = float(torch.softmax(clean_logits[0, -1].float(), -1)[tgt])
+    corr_logits, corr_cache = _run_cache_with_hooks(model, tokens.expand(n_samples, -1), corrupt, L)
+    p_corr = float(torch.softmax(corr_logits[:, -1].float(), -1)[:, tgt].mean())
+
+    if positions is None:
+        pos = list(range(n_tok))
+    elif positions == "subject_last":
+        pos = [s1 - 1]
+    elif positions == "last":
+        pos = [n_tok - 1]
+    else:
+        pos = list(positions)
+    scores = torch.zeros(len(pos), L)
+    for layer in range(L):
+        if kind == "hidden":
+            start = layer + 1
+            resid = corr_cache[f"blocks.{layer}.hook_resid_post"]  # [n_samples, n_tok, d]
+            x = resid.repeat(len(pos), 1, 1)
+            for j, t in enumerate(pos):
+                x[j * n_samples:(j + 1) * n_samples, t] = clean_cache[f"blocks.{layer}.hook_resid_post"][0, t]
+            hooks = []
+        else:
+            layers = window_layers(layer, window, L)
+            start = layers[0]
+            x = corr_cache[f"blocks.{start}.hook_resid_pre"].repeat(len(pos), 1, 1)
+            hooks = []
+            for l in layers:
+                name = _HOOK[kind].format(l)
+                clean_act = clean_cache[name][0]
+
+                def restore(act: Tensor, hook: Any, clean_act: Tensor = clean_act) -> Tensor:
+                    act = act.clone()
+                    for j, t in enumerate(pos):
+                        act[j * n_samples:(j + 1) * n_samples, t] = clean_act[t]
+                    return act
+
+                hooks.append((name, restore))
+        if start >= L:
+            logits = model.run_with_hooks(x, start_at_layer=L, fwd_hooks=hooks) if _supports_start_at_end(model, x) \
+                else model.unembed(model.ln_final(x))
+        else:
+            logits = model.run_with_hooks(x, start_at_layer=start, fwd_hooks=hooks)
+        p = torch.softmax(logits[:, -1].float(), -1)[:, tgt].view(len(pos), n_samples).mean(-1)
+        scores[:, layer] = p.cpu()
+    strs = [model.tokenizer.decode([i]) for i in ids]
+    return TraceResult(scores=scores, p_clean=p_clean, p_corrupted=p_corr, token_strs=strs, subject_range=(s0, s1),
+                       kind=kind, window=window if kind != "hidden" else 1, answer=answer_str, positions=pos)
+
+
+def _names(L: int) -> set[str]:
+    names = set()
+    for l in range(L):
+        names |= {f"blocks.{l}.hook_resid_post", f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_mlp_out",
+                  f"blocks.{l}.hook_attn_out"}
+    return names
+
+
+def _run_cache_with_hooks(model: Any, tokens: Tensor, corrupt: Any, L: int) -> tuple[Tensor, dict[str, Tensor]]:
+    cache: dict[str, Tensor] = {}
+    hooks = [("hook_embed", corrupt)]
+    for name in _names(L):
+        def save(act: Tensor, hook: Any, name: str = name) -> Tensor:
+            cache[name] = act.detach()
+            return act
+        hooks.append((name, save))
+    logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    return logits, cache
+
+
+_START_AT_END: dict[int, bool] = {}
+
+
+def _supports_start_at_end(model: Any, x: Tensor) -> bool:
+    key = id(model)
+    if key not in _START_AT_END:
+        try:
+            model.run_with_hooks(x[:1], start_at_layer=model.cfg.n_layers)
+            _START_AT_END[key] = True
+        except Exception:
+            _START_AT_END[key] = False
+    return _START_AT_END[key]
+
+
+def trace_all_kinds(model: Any, fact: Any, *, kinds: Sequence[str] = KINDS, **kwargs: Any) -> dict[str, TraceResult]:
+    """:func:`trace_fact` for each kind (the three heatmaps of ROME's Figure 1)."""
+    return {k: trace_fact(model, fact, k, **kwargs) for k in kinds}
+
+
+@dataclass
+class AveragedTrace:
+    """Indirect effects averaged over facts, at the subject's last token and the last prompt token."""
+
+    subject_last: dict[str, Float[Tensor, "n_layers"]]  # kind -> mean IE per layer
+    last: dict[str, Float[Tensor, "n_layers"]]
+    per_fact_subject_last: dict[str, Float[Tensor, "n_facts n_layers"]]
+    p_clean: list[float]
+    p_corrupted: list[float]
+    n_facts: int
+    n_skipped: int
+    window: int
+
+    def best_layer(self, kind: str = "mlp") -> int:
+        """Layer whose restoration at the subject's last token brings back most probability."""
+        return int(self.subject_last[kind].argmax())
+
+
+@torch.no_grad()
+def average_indirect_effects(
+    model: Any,
+    facts: Sequence[Any],
+    *,
+    kinds: Sequence[str] = KINDS,
+    window: int = 6,
+    n_samples: int = 10,
+    noise: float = 3.0,
+    seed: int = 0,
+    only_known: bool = True,
+    include_last: bool = True,
+    progress: bool = True,
+) -> AveragedTrace:
+    """Average indirect effects over facts at (subject last token, layer): picks the edit layer (Chapter 3).
+
+    ``only_known``: skip facts whose clean top-1 token is not the answer's first token (a model
+    cannot recall what it does not know). The noise std is taken over all facts' subjects (ROME).
+    """
+    from tqdm.auto import tqdm
+
+    reqs = [as_request(f) for f in facts]
+    std = embedding_std(model, [r.subject for r in reqs])
+    sub: dict[str, list[Tensor]] = {k: [] for k in kinds}
+    last: dict[str, list[Tensor]] = {k: [] for k in kinds}
+    pc, pk, skipped = [], [], 0
+    for r in tqdm(reqs, disable=not progress, desc="causal tracing"):
+        if only_known:
+            ids = encode(model, r.text)
+            logits = model(torch.tensor([ids], device=model.cfg.device))[0, -1]
+            ans = encode(model, with_leading_space(r.target_true or ""), bos=False)
+            if not ans or int(logits.argmax()) != ans[0]:
+                skipped += 1
+                continue
+        for k in kinds:
+            res = trace_fact(model, r, k, window=window, n_samples=n_samples, noise=noise, noise_std=std, seed=seed,
+                             positions=_positions(model, r, include_last))
+            sub[k].append(res.indirect_effect[0])
+            if include_last:
+                last[k].append(res.indirect_effect[-1])
+        pc.append(res.p_clean)
+        pk.append(res.p_corrupted)
+    if not pc:
+        raise ValueError("No fact was known by the model (clean top-1 = answer); pass only_known=False or other facts.")
+    L = model.cfg.n_layers
+    return AveragedTrace(
+        subject_last={k: torch.stack(v).mean(0) for k, v in sub.items()},
+        last={k: (torch.stack(v).mean(0) if v else torch.zeros(L)) for k, v in last.items()},
+        per_fact_subject_last={k: torch.stack(v) for k, v in sub.items()},
+        p_clean=pc, p_corrupted=pk, n_facts=len(pc), n_skipped=skipped, window=window,
+    )
+
+
+def _positions(model: Any, r: Any, include_last: bool) -> list[int]:
+    ids, s_last = subject_last_index(model, r.prompt, r.subject)
+    return [s_last, len(ids) - 1] if include_last else [s_last]
+
+
+def plot_trace(result: TraceResult, ax: Any = None, *, title: str | None = None) -> Any:
+    """Heatmap of the indirect effect (tokens down, layers across), subject tokens marked with '*'."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.35 * len(result.positions) + 1.5))
+    cmap = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}[result.kind]
+    im = ax.imshow(result.scores.numpy(), aspect="auto", cmap=cmap, vmin=result.p_corrupted)
+    labels = [result.token_strs[t] + ("*" if result.subject_range[0] <= t < result.subject_range[1] else "")
+              for t in result.positions]
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("layer" + (f" (window {result.window})" if result.kind != "hidden" else ""))
+    ax.set_title(title or f"restoring {result.kind}: p({result.answer!r}) clean {result.p_clean:.2f}, "
+                 f"corrupted {result.p_corrupted:.2f}")
+    plt.colorbar(im, ax=ax)
+    return ax

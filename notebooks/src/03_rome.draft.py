@@ -1,0 +1,360 @@
+# %% [markdown]
+# # 3. Causal tracing and ROME from scratch
+#
+# Chapters 1 and 2 made a model *consistent* about what it already knows. Chapters 3 to 6 change
+# what it knows: a *knowledge edit* rewrites one fact (the Eiffel Tower is in Rome) and should
+# carry the new fact to paraphrases, leave other facts alone and keep the model fluent. This
+# chapter builds the method the later chapters modify, ROME {cite}`meng2022rome`, from its two
+# ideas: *find* where a fact is recalled (causal tracing), then *write* a new value into that
+# MLP with a rank-one update. It also introduces the evaluation shared by Chapters 3-6.
+#
+# ```{admonition} Objectives
+# - Run causal tracing: corrupt the subject, restore one activation, measure the indirect effect, and use it to pick the edit layer.
+# - Explain the MLP as a key-value memory: keys $k$ (`mlp.hook_post`), values (`hook_mlp_out`), and the key statistics $C = \mathbb{E}[k k^\top]$.
+# - Compute $k_*$, optimise $v_*$ and derive the rank-one update $W' = W + u (v_* - W^\top k_*)^\top / (u^\top k_*)$ with $u = C^{-1} k_*$.
+# - Apply an edit safely (weights restored bit-exactly) and evaluate it with CounterFact's metrics plus SADR's and portability probes.
+# ```
+#
+# **Prerequisites.** Chapter 0 (hooks, `run_with_cache` vs hooks with gradients). Linear algebra:
+# least squares with a constraint (the derivation is in section 4).
+#
+# **Time to run.** About 10 minutes on a 2-core CPU with the embedded model; the key statistics
+# are computed once (about 2 minutes) and cached on disk.
+
+# %% tags=["parameters"]
+# Parameters (papermill: `-p NAME VALUE`)
+MODEL_NAME = None  # None = the embedded SmolLM2-135M-Instruct; e.g. "gpt2-xl" on a GPU
+DEVICE = None
+N_TRACE_FACTS = 20  # facts averaged to choose the edit layer
+N_EVAL_FACTS = 50  # facts edited and evaluated (one at a time)
+CONVERGENCE_TOKENS = [2_000, 10_000, 30_000, 100_000]  # token counts behind C for the convergence figure
+SEED = 0
+
+# %%
+import json
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+import editlens
+from editlens import evaluate, tracing
+from editlens.data import load_facts
+from editlens.exercises import assert_close, check_exercise
+from editlens.rome import hparams as rome_hparams
+from editlens.rome import key_stats, keys, update, values
+from editlens.rome.requests import BadRequestError, as_request
+
+editlens.seed_everything(SEED)
+sns.set_theme(style="whitegrid", context="notebook")
+model, tokenizer = editlens.load_model(MODEL_NAME, device=DEVICE)
+facts = load_facts()
+print(f"{len(facts)} facts; model with {model.cfg.n_layers} layers")
+
+# %% [markdown]
+# ## 1. An edit request
+#
+# The book's facts set ({doc}`../book/data`) follows CounterFact's schema. A record holds the
+# *rewrite* (a prompt with `{}` for the subject, the true and the new object) and the probes used
+# to judge the edit: paraphrases (should change), neighbourhood prompts about other subjects with
+# the same true object (should not change), and more.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+record = facts[0].to_dict()
+rewrite = record["requested_rewrite"]
+print("rewrite:", rewrite["prompt"].format(rewrite["subject"]), "->", rewrite["target_true"]["str"], "=>", rewrite["target_new"]["str"])
+for field in ["paraphrase_prompts", "neighborhood_prompts", "attribute_prompts", "relation_prompts", "portability_prompts"]:
+    print(f"{field}: {len(record[field])}, e.g. {record[field][0]}")
+
+# %% [markdown]
+# ## 2. Causal tracing: where is the fact recalled?
+#
+# Run the prompt clean and note $p$ of the true answer. Corrupt the *subject's* token embeddings
+# with Gaussian noise (3 times the embedding standard deviation, seeded, 10 noisy samples), so the
+# model no longer knows whom the prompt is about, and $p$ drops. Then restore **one** clean
+# activation at one (token, layer) in the corrupted run. The *indirect effect* of that activation
+# is $p(\text{corrupted} + \text{restored}) - p(\text{corrupted})$. We restore three kinds of
+# activation: the residual stream after a layer, the MLP outputs, and the attention outputs of a
+# window of layers around it.
+#
+# ### Exercise 3.1: the corruption hook
+#
+# Write a hook on `hook_embed` (`[batch, pos, d_model]`) that adds `noise` (`[batch, n_subject_tokens, d_model]`)
+# to the subject's positions `start:end` and leaves every other position untouched.
+
+# %%
+def corrupt_subject(embed: torch.Tensor, hook, start: int, end: int, noise: torch.Tensor) -> torch.Tensor:
+    # Your code here
+    raise NotImplementedError
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def corrupt_subject_solution(embed: torch.Tensor, hook, start: int, end: int, noise: torch.Tensor) -> torch.Tensor:
+    embed = embed.clone()
+    embed[:, start:end] = embed[:, start:end] + noise
+    return embed
+
+
+# %%
+def test_corrupt_subject(fn) -> None:
+    prompt = rewrite["prompt"]
+    ids, (start, end) = tracing.subject_token_range(model, prompt, rewrite["subject"])
+    tokens = torch.tensor([ids] * 2)
+    noise = torch.randn(2, end - start, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    seen = {}
+    hooks = [("hook_embed", lambda e, hook: fn(e, hook, start, end, noise)),
+             ("blocks.0.hook_resid_pre", lambda r, hook: seen.__setitem__("resid", r.detach()))]
+    with torch.no_grad():
+        model.run_with_hooks(tokens, fwd_hooks=hooks)
+        clean = model.run_with_cache(tokens, names_filter="hook_embed")[1]["hook_embed"]
+    expected = clean.clone()
+    expected[:, start:end] += noise
+    assert_close(seen["resid"], expected, atol=1e-5, what="embeddings after corruption")
+
+
+corrupt_subject = check_exercise("3.1 corrupt_subject", corrupt_subject, corrupt_subject_solution, test_corrupt_subject)
+
+# %% [markdown]
+# `editlens.tracing` does the same with batching (all tokens of a layer restored in one batch).
+# The three heatmaps for our fact:
+
+# %%
+traces = tracing.trace_all_kinds(model, record, seed=SEED)
+fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+for ax, (kind, result) in zip(axes, traces.items()):
+    tracing.plot_trace(result, ax=ax, title=f"restore {kind}")
+plt.tight_layout()
+plt.show()
+first = next(iter(traces.values()))
+print(f"p(true answer): clean {first.p_clean:.3f}, corrupted {first.p_corrupted:.3f}")
+
+# %% [markdown]
+# One fact is noisy. Averaged over many known facts, the indirect effect at the subject's last
+# token, layer by layer, tells where the subject's attributes are read in:
+
+# %%
+start = time.perf_counter()
+averaged = tracing.average_indirect_effects(model, facts[:N_TRACE_FACTS], seed=SEED)
+trace_seconds = time.perf_counter() - start
+curves = pd.concat(
+    [pd.DataFrame({"layer": range(model.cfg.n_layers), "indirect effect": averaged.subject_last[kind].numpy(), "restored": kind})
+     for kind in averaged.subject_last]
+)
+fig, ax = plt.subplots(figsize=(8, 3.5))
+sns.lineplot(data=curves, x="layer", y="indirect effect", hue="restored", marker="o", ax=ax)
+ax.set_title(f"Average indirect effect at the subject's last token ({averaged.n_facts} facts)")
+plt.tight_layout()
+plt.show()
+print(f"traced {averaged.n_facts} facts in {trace_seconds:.0f} s")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+mlp_effect = averaged.subject_last["mlp"]
+peak_layer = int(mlp_effect.argmax())
+hp = rome_hparams.get_hparams(model)
+print(f"MLP indirect effect peaks at layer {peak_layer} ({mlp_effect.max().item():.2f})")
+print(f"edit layer used by ROME for this model: {hp.layer}")
+
+# %% [markdown]
+# EDIT-LAYER-DISCUSSION
+
+# %% [markdown]
+# ## 3. The MLP as a key-value memory
+#
+# An MLP computes $\mathrm{out} = W_{\text{out}}^\top k$, where the *key* $k$ is its hidden
+# activation (`blocks.{l}.mlp.hook_post`, 1536 numbers in SmolLM2, also for its gated MLP) and
+# the output is the *value* written into the residual stream. ROME's idea: at the edit layer,
+# the key computed at the subject's last token *looks up* the subject's attributes. To change a
+# fact, change what $W_{\text{out}}$ returns for that key, and as little as possible for every
+# other key.
+#
+# "Every other key" needs statistics: $C = \mathbb{E}[k k^\top]$ over many tokens. ROME used
+# 100,000 Wikipedia documents. This book downloads nothing, so by default the model writes its
+# own text: seeded samples, cached on disk with their provenance.
+
+# %%
+start = time.perf_counter()
+stats = key_stats.stats_for(model, hp)
+print(f"C at layer {hp.layer}: {stats.n_tokens} tokens, numerical rank {stats.rank()} of {stats.C.shape[0]} "
+      f"({time.perf_counter() - start:.0f} s; cached after the first run)")
+print(json.dumps(stats.meta, indent=1, default=str)[:600])
+
+# %% [markdown]
+# With few tokens, $C$ is rank-deficient: it cannot be inverted, and a pseudo-inverse lets the edit
+# direction $u = C^{-1}k_*$ swing wildly. We regularise, $u = (C + \lambda I)^{-1} k_*$, and check
+# how stable $u$ is as the token count grows:
+
+# %%
+some_keys = torch.stack([keys.compute_k(model, as_request(f), hp.layer, hp)[0] for f in facts[:8]])
+convergence = pd.DataFrame(key_stats.key_stats_convergence(model, hp.layer, some_keys, CONVERGENCE_TOKENS, reg=hp.mom2_reg))
+convergence
+
+# %%
+value_columns = [c for c in convergence.columns if c.startswith("cos")]
+long = convergence.melt(id_vars="n_tokens", value_vars=value_columns, var_name="estimate", value_name="cosine to the largest")
+fig, ax = plt.subplots(figsize=(6.5, 3.5))
+sns.lineplot(data=long, x="n_tokens", y="cosine to the largest", hue="estimate", marker="o", ax=ax)
+ax.set_xscale("log")
+ax.set_title("How the edit direction u settles as C sees more tokens")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 4. ROME, step by step
+#
+# **$k_*$.** The key at the subject's last token, averaged over the bare prompt and about 20
+# short prefixes the model generates itself, so the edit fires in other contexts too.
+#
+# **$v_*$.** A vector $\delta$ is added to the MLP output at the subject's last token and
+# optimised so the model says the new object: mean NLL of the new target over the prompts, plus
+# a KL term keeping the subject's essence ("{subject} is a") unchanged, plus weight decay, with
+# $\|\delta\|$ clamped. Then $v_* = v_0 + \delta$.
+#
+# **The update.** Minimise the change on all keys, $\|W'^\top K - W^\top K\|^2$, subject to
+# $W'^\top k_* = v_*$. The solution is a rank-one update
+# $W' = W + u\,(v_* - W^\top k_*)^\top / (u^\top k_*)$ with $u = C^{-1} k_*$.
+
+# %%
+request = as_request(record)
+k_avg, k_bare = keys.compute_k(model, request, hp.layer, hp)
+v_result = values.compute_v(model, request, hp.layer, hp)
+history = pd.DataFrame(v_result.history)
+fig, ax = plt.subplots(figsize=(6.5, 3.2))
+history.drop(columns=[c for c in history.columns if c == "step"]).plot(ax=ax, marker=".")
+ax.set(xlabel="step", ylabel="loss", title="Optimising v*", yscale="log")
+plt.tight_layout()
+plt.show()
+print(f"cosine(k averaged, k bare prompt) = {torch.cosine_similarity(k_avg, k_bare, dim=0).item():.3f}")
+
+# %% [markdown]
+# ### Exercise 3.2: the rank-one update
+#
+# TransformerLens stores $W_{\text{out}}$ as `[d_mlp, d_model]`, so a key row-vector maps to a
+# value by `k @ W`. Write the update `delta` (`[d_mlp, d_model]`) such that `k @ (W + delta) = v`,
+# using direction `u`.
+
+# %%
+def rank_one_delta(W: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # Your code here
+    raise NotImplementedError
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def rank_one_delta_solution(W: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    residual = v - k @ W  # what the memory returns now vs what it should return
+    return torch.outer(u, residual) / (u @ k)
+
+
+# %%
+def test_rank_one_delta(fn) -> None:
+    W = update.w_out(model, hp.layer).detach().double()
+    u = stats.solve(k_avg.double(), hp.mom2_reg)
+    v = v_result.v_star.double()
+    delta = fn(W, u, k_avg.double(), v)
+    assert_close(k_avg.double() @ (W + delta), v, atol=1e-6, rtol=1e-6, what="k* @ (W + delta)")
+    assert torch.linalg.matrix_rank(delta).item() == 1, "delta must have rank one"
+
+
+rank_one_delta = check_exercise("3.2 rank_one_delta", rank_one_delta, rank_one_delta_solution, test_rank_one_delta)
+
+# %% [markdown]
+# ## 5. Editing safely
+#
+# `editlens.rome` computes the whole edit and applies it inside a context manager that restores
+# the weights *bit-exactly* on exit, even when the code inside raises.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+W_before = update.w_out(model, hp.layer).detach().clone()
+prompt_text = request.text
+edit = update.compute_rome_edit(model, request, hp, stats)
+print(f"before: {prompt_text!r} ->", model.generate(prompt_text, max_new_tokens=4, do_sample=False, verbose=False)[len(prompt_text):])
+with update.applied_edit(model, edit):
+    print(f"edited: {prompt_text!r} ->", model.generate(prompt_text, max_new_tokens=4, do_sample=False, verbose=False)[len(prompt_text):])
+    k_check = edit.k_star @ update.w_out(model, hp.layer).detach()
+    print("W' k* = v*:", torch.allclose(k_check, edit.v_star, atol=1e-3, rtol=1e-3))
+print("weights restored bit-exactly:", torch.equal(update.w_out(model, hp.layer).detach(), W_before))
+try:
+    with update.applied_edit(model, edit):
+        raise RuntimeError("an experiment failed half-way")
+except RuntimeError:
+    pass
+print("restored after an exception too:", torch.equal(update.w_out(model, hp.layer).detach(), W_before))
+
+# %% [markdown]
+# Bad requests fail early, with the problem and the fix:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+bad_requests = [
+    {"prompt": "The city of", "subject": "Eiffel Tower", "target_new": {"str": "Rome"}, "target_true": {"str": "Paris"}},
+    {"prompt": "{} is located in", "subject": "Eiffel Tower", "target_new": {"str": ""}, "target_true": {"str": "Paris"}},
+]
+for bad in bad_requests:
+    try:
+        as_request({"requested_rewrite": bad}).validate(tokenizer)
+    except BadRequestError as err:
+        print(f"{type(err).__name__}: {err}")
+
+# %% [markdown]
+# KEY-VARIANT-SECTION
+
+# %% [markdown]
+# ## 6. Evaluation
+#
+# Each fact is edited on its own, measured, and restored. A prompt *succeeds* when the mean
+# per-token NLL of one object beats the other's:
+#
+# | metric | probe | success means |
+# |---|---|---|
+# | ES (efficacy) | rewrite prompt | new beats true |
+# | PS (paraphrase) | paraphrases | new beats true |
+# | NS (neighbourhood) | other subjects, same true object | true beats new |
+# | S | harmonic mean of ES, PS, NS | |
+# | RelS (SADR's relation score) | same subject, another relation | that relation's answer beats new |
+# | DNS (distracted neighbourhood) | the edit stated as text, then a neighbourhood prompt | true beats new |
+# | Port (portability) | questions whose answer follows from the edit | the implied new answer wins |
+# | GE (fluency) | generations | n-gram entropy $\tfrac{1}{2}(\tfrac{2}{3}H_2 + \tfrac{4}{3}H_3)$ |
+# | RS (consistency) | generations | TF-IDF cosine to reference text about the new object |
+
+# %%
+hp_eval = hp
+start = time.perf_counter()
+report = evaluate.evaluate_edits(model, facts[:N_EVAL_FACTS], evaluate.rome_editor(hp_eval, stats))
+eval_seconds = time.perf_counter() - start
+print(f"{N_EVAL_FACTS} edits evaluated in {eval_seconds:.0f} s ({eval_seconds / N_EVAL_FACTS:.1f} s per fact, with generations)")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(report.table())
+
+# %% [markdown]
+# RESULTS-DISCUSSION
+#
+# The same evaluation runs from the command line, for more facts, the official CounterFact file
+# or a bigger model on a GPU:
+#
+# ```bash
+# python -m editlens edit --method rome --limit 200 --out results.json
+# python -m editlens edit --method rome --data counterfact.json --model gpt2-xl --device cuda
+# ```
+#
+# ## Summary
+#
+# - Causal tracing restores one clean activation in a corrupted run; its averaged indirect effect
+#   at the subject's last token picks the MLP layer to edit.
+# - ROME treats $W_{\text{out}}$ as a key-value memory and writes $v_*$ for key $k_*$ with a
+#   rank-one update whose direction $u = C^{-1} k_*$ protects other keys.
+# - $C$ needs many tokens; with little text, regularise.
+# - Edits are applied in a context manager that restores weights exactly.
+# - ES, PS, NS, S, GE, RS, RelS, DNS and portability, measured with the unedited model beside,
+#   are the yardstick of Chapters 4-6.
+#
+# **Next:** Chapter 4 (STEAM) adds a term to the $v_*$ loss that pulls the edit towards how the
+# model already represents the new object.

@@ -143,3 +143,22 @@ def test_weights_fingerprint_sees_a_one_weight_change():
         assert weights_fingerprint(model) != before
         w[0, 0] = old
     assert weights_fingerprint(model) == before
+
+
+@pytest.mark.slow
+def test_load_model_never_returns_a_corrupted_cache(tmp_path, monkeypatch):
+    source_gguf = embedded.gguf_path()
+    monkeypatch.setenv("EDITLENS_CACHE", str(tmp_path / "cache"))
+    embedded.gguf_path().parent.mkdir(parents=True)
+    shutil.copy(source_gguf, embedded.gguf_path())
+    model, _ = load_model()  # builds the cache
+    tokens = model.to_tokens("The capital of France is")
+    with torch.no_grad():
+        expected = model(tokens)
+    config = embedded.model_cache_path() / "config.json"
+    config.write_text(config.read_text().replace('"num_hidden_layers": 30', '"num_hidden_layers": 29'))
+    with pytest.warns(UserWarning, match="rebuilding"):
+        model, _ = load_model()
+    assert model.cfg.n_layers == 30
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), expected)

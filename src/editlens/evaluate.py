@@ -320,7 +320,7 @@ def evaluate_edits(
     ``editor=None`` evaluates only the unedited model. ``baseline`` adds the unedited model's
     metrics beside each record. Returns an :class:`EvalReport`; ``report.table()`` prints it.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     descriptions = load_object_descriptions() if descriptions is None else descriptions
     corpus = [t for ts in descriptions.values() for t in ts]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +91,35 @@ def _load_hf(name: str, *, dtype: torch.dtype, device_map: Any, trust_remote_cod
     return model, tokenizer
 
 
+def _load_embedded(*, dtype: torch.dtype, device_map: Any):
+    """Load the cached embedded model while its files are hashed in parallel (hashing releases the GIL).
+
+    A cache that fails verification is never returned: the loaded copy is dropped, the cache is
+    rebuilt from the GGUF (with a warning) and loaded again.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    # add_bos_token: the tokenizer itself prepends BOS, so raw-tokenizer ids equal model.to_tokens ids.
+    load = partial(_load_hf, dtype=dtype, device_map=device_map, trust_remote_code=False,
+                   bos_token=EMBEDDED_BOS, add_bos_token=True)
+    folder = embedded.model_cache_path()
+    if (folder / embedded.MANIFEST).exists():
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            check = pool.submit(embedded.verify_cache, folder)
+            try:
+                loaded, error = load(str(folder)), None
+            except Exception as err:  # a corrupted file may not even parse; the hash check decides
+                loaded, error = None, err
+            ok, _ = check.result()
+        if ok:
+            if error is not None:
+                raise error
+            return (*loaded, folder)
+        del loaded
+    folder = embedded.ensure_cached()  # builds a missing cache, or warns and rebuilds a corrupted one
+    return (*load(str(folder)), folder)
+
+
 def load_model(
     name: str | os.PathLike | None = None,
     *,
@@ -117,10 +147,7 @@ def load_model(
     torch_dtype = _resolve_dtype(dtype)
     key = None if name is None else str(name)
     if key is None or key.lower() in _EMBEDDED_ALIASES:
-        folder = embedded.ensure_cached()
-        # add_bos_token: the tokenizer itself prepends BOS, so raw-tokenizer ids equal model.to_tokens ids.
-        model, tokenizer = _load_hf(str(folder), dtype=torch_dtype, device_map=device_map, trust_remote_code=False,
-                                    bos_token=EMBEDDED_BOS, add_bos_token=True)
+        model, tokenizer, folder = _load_embedded(dtype=torch_dtype, device_map=device_map)
         bridge_name = str(folder)
     else:
         model, tokenizer = _load_hf(key, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code)

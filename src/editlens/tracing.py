@@ -261,7 +261,7 @@ def average_indirect_effects(
     ``only_known``: skip facts whose clean top-1 token is not the answer's first token (a model
     cannot recall what it does not know). The noise std is taken over all facts' subjects (ROME).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     reqs = [as_request(f) for f in facts]
     std = embedding_std(model, [r.subject for r in reqs])

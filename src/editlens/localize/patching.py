@@ -169,7 +169,7 @@ def activation_patching(
     ld_clean, ld_corrupt = [], []
     it = heads
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
         it = tqdm(heads, desc="heads")
     chunks = [_Batch(model, enc, ps.subset(idx)) for idx in _chunks(len(ps), batch_size)]
     srcs, bases = [], []

@@ -104,7 +104,7 @@ def sample_tokens(model: Any, n_tokens: int, *, seed: int = 0, seq_len: int = 12
     for other in sorted(stats_dir().glob(f"samples_{fingerprint(model)}_s{seed}_L{seq_len}_n*.pt")):
         if int(other.stem.rsplit("_n", 1)[1]) >= n_seq:
             return torch.load(other)[:n_seq]
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     tok = model.tokenizer
     hf = getattr(model, "original_model", None)
@@ -166,7 +166,7 @@ def _source_id(source: Any) -> tuple[str, str]:
 def accumulate_second_moment(model: Any, layer: int, tokens: Int[Tensor, "n_seq seq_len"], *, batch_size: int = 16,
                              skip_bos: bool = True, progress: bool = False) -> tuple[Float[Tensor, "d_mlp d_mlp"], int]:
     """Sum of k k^T over all token positions (BOS position skipped: its keys are outliers) and the count."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     d_mlp = model.cfg.d_mlp
     S = torch.zeros(d_mlp, d_mlp, dtype=torch.float64)

@@ -96,12 +96,18 @@ def test_missing_setup_says_what_to_run(tmp_path, monkeypatch):
         embedded.ensure_cached()
 
 
-@pytest.mark.slow
-def test_corrupted_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
+@pytest.fixture
+def cache_with_gguf_only(tmp_path, monkeypatch):
+    """An empty EDITLENS_CACHE holding only the verified GGUF (what setup leaves after the download)."""
     source_gguf = embedded.gguf_path()
     monkeypatch.setenv("EDITLENS_CACHE", str(tmp_path / "cache"))
     embedded.gguf_path().parent.mkdir(parents=True)
     shutil.copy(source_gguf, embedded.gguf_path())
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("cache_with_gguf_only")
+def test_corrupted_cache_is_detected_and_rebuilt():
     folder = embedded.ensure_cached()
     assert embedded.verify_cache(folder) == (True, "ok")
     # flip one byte in the weights: the manifest must catch it and the cache must be rebuilt
@@ -146,11 +152,8 @@ def test_weights_fingerprint_sees_a_one_weight_change():
 
 
 @pytest.mark.slow
-def test_load_model_never_returns_a_corrupted_cache(tmp_path, monkeypatch):
-    source_gguf = embedded.gguf_path()
-    monkeypatch.setenv("EDITLENS_CACHE", str(tmp_path / "cache"))
-    embedded.gguf_path().parent.mkdir(parents=True)
-    shutil.copy(source_gguf, embedded.gguf_path())
+@pytest.mark.usefixtures("cache_with_gguf_only")
+def test_load_model_never_returns_a_corrupted_cache():
     model, _ = load_model()  # builds the cache
     tokens = model.to_tokens("The capital of France is")
     with torch.no_grad():

@@ -104,7 +104,9 @@ more_facts = [
     ("The currency of the United Kingdom is the", " pound"),
 ]
 bos_facts = [(PROMPT, ANSWER)] + [fact for fact in more_facts if fact[0] != PROMPT]
-prefixes = {"no BOS": [], "<|im_start|>": ["<|im_start|>"], "<|endoftext|>": ["<|endoftext|>"]}
+candidate_prefixes = {"no BOS": [], "<|im_start|>": ["<|im_start|>"], "<|endoftext|>": ["<|endoftext|>"]}
+vocab = tokenizer.get_vocab()  # another model may lack these tokens: compare only those it has
+prefixes = {label: toks for label, toks in candidate_prefixes.items() if all(t in vocab for t in toks)}
 rows = []
 for label, prefix in prefixes.items():
     prefix_ids = tokenizer.convert_tokens_to_ids(prefix)

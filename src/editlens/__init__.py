@@ -4,6 +4,12 @@ Each module holds what one chapter teaches; the notebooks call it. Start with
 ``model, tokenizer = editlens.load_model()``.
 """
 
+import warnings
+
+# TransformerLens imports tqdm.auto, which warns inside Jupyter when ipywidgets is absent. The book
+# uses text progress bars on purpose (widget bars need JavaScript from a CDN, and the book is offline).
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 from editlens.loading import EMBEDDED, ModelNotAvailableError, load_model, weights_fingerprint
 from editlens.seeding import seed_everything
 

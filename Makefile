@@ -33,10 +33,14 @@ book: setup
 	@echo "Book written to _build/html/index.html"
 
 # One pytest run: the tests in tests/ and, via nbval, every notebook in notebooks/ (cells marked
-# NBVAL_CHECK_OUTPUT compare their outputs, after notebooks/sanitize.cfg). notebooks/ comes first:
-# the book build test renders the stored outputs that nbval has just checked.
+# NBVAL_CHECK_OUTPUT compare their outputs, after notebooks/sanitize.cfg). The book build test
+# renders the stored outputs that nbval checks. TEST_WORKERS pytest-xdist workers (one torch thread
+# each), files kept whole (--dist loadfile: a notebook's cells run in order in one kernel).
+# Chapters are independent of each other's run order (Chapter 2 recomputes what it needs).
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest notebooks/ tests/ --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg -ra
+	$(BIN)/python -m pytest notebooks/ tests/ --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg \
+		-n $(TEST_WORKERS) --dist loadfile -ra
 
 test-fast: setup
 	$(BIN)/python -m pytest tests/ -m "not slow" -ra

@@ -125,14 +125,14 @@ def test_key_stats_rank_deficient_then_regularised_and_cached(tiny_model, cache)
     u = st.solve(k, reg=1e-2)
     assert torch.isfinite(u).all()
     torch.testing.assert_close(st.regularised(1e-2).float() @ u, k, atol=1e-3, rtol=1e-3)
-    files = list((cache / "stats").glob("C_*.pt"))
+    files = list((cache / "stats").glob("C_*.safetensors"))
     assert len(files) == 1 and files[0].with_suffix(".json").exists()
     again = ks.get_key_stats(tiny_model, 1, n_tokens=60, seq_len=32, progress=False)
     assert torch.equal(again.C, st.C)
     with torch.no_grad():  # other weights: the cached file is not reused
         tiny_model.blocks[0].mlp.W_out.add_(0.01)
     ks.get_key_stats(tiny_model, 1, n_tokens=60, seq_len=32, progress=False)
-    assert len(list((cache / "stats").glob("C_*.pt"))) == 2
+    assert len(list((cache / "stats").glob("C_*.safetensors"))) == 2
 
 
 def test_key_stats_from_text_file(tiny_model, cache, tmp_path):

@@ -32,7 +32,12 @@ def _edit(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    cases = load_facts(args.data, format=args.format, limit=args.limit)
+    if args.spread:
+        from editlens.data import spread_over_relations
+
+        cases = spread_over_relations(load_facts(args.data, format=args.format), args.limit or 10**9)
+    else:
+        cases = load_facts(args.data, format=args.format, limit=args.limit)
     print(f"{len(cases)} records from {args.data or 'the project facts.json'}")
     model, _ = editlens.load_model(args.model, device=args.device, dtype=args.dtype)
     overrides = {} if args.layer is None else {"layer": args.layer}
@@ -69,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                    "or SADR's merged_counterfact.json")
     e.add_argument("--format", default="auto", choices=["auto", "editlens", "counterfact", "sadr"])
     e.add_argument("--limit", type=int, default=None, help="first N records")
+    e.add_argument("--spread", action="store_true", help="take the --limit records round-robin over relations "
+                   "instead of the first ones")
     e.add_argument("--out", default=None, help="write per-record results and the summary as JSON")
     e.add_argument("--model", default=None, help="Hugging Face name or folder (default: the embedded SmolLM2)")
     e.add_argument("--device", default=None, help="cuda, cpu, mps (default: cuda when available)")

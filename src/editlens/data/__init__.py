@@ -23,6 +23,7 @@ from editlens.data.counterfact import (
     load_object_descriptions,
     parse_records,
     save_facts,
+    spread_over_relations,
 )
 from editlens.data.openended import load_openended
 from editlens.data.paraphrases import load_paraphrases
@@ -44,4 +45,5 @@ __all__ = [
     "load_pararel",
     "parse_records",
     "save_facts",
+    "spread_over_relations",
 ]

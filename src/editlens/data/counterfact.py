@@ -541,3 +541,25 @@ def check_dataset(records: Sequence[CounterFactRecord], *, fname: str = "facts.j
     if len(rels) < MIN_RELATIONS:
         problems.append(f"{fname}: {len(rels)} relations, needs >= {MIN_RELATIONS}")
     return problems
+
+
+def spread_over_relations(records: Sequence[CounterFactRecord], n: int) -> list[CounterFactRecord]:
+    """``n`` records taken round-robin over relations (sorted by id), each relation in file order.
+
+    The first ``n`` records of a file are often a few relations only (``facts.json`` starts with
+    continents and currencies); this gives an evaluation sample that covers every relation.
+    Deterministic. Used in: Chapters 3-6 (``python -m editlens edit --spread``).
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    groups: dict[str, list[CounterFactRecord]] = {}
+    for r in records:
+        groups.setdefault(r.relation_id, []).append(r)
+    out: list[CounterFactRecord] = []
+    depth = 0
+    while len(out) < min(n, len(records)):
+        for rel in sorted(groups):
+            if depth < len(groups[rel]) and len(out) < n:
+                out.append(groups[rel][depth])
+        depth += 1
+    return out

@@ -11,6 +11,7 @@ the argmax over the relation's ``candidates``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -180,4 +181,28 @@ def load_paraphrases(
             raise ValueError(f"paraphrases file, query {i}: missing field or unknown relation {err}") from err
         if split == "all" or query_split == split:
             out.append(item)
+    return out
+
+
+def steering_splits(path: str | os.PathLike | None = None) -> dict[str, list[ParaphraseQuery]]:
+    """The four query sets of Chapter 2, with nothing shared between training and either test.
+
+    - ``train``: training subjects of the training relations (directions, heads, SFT);
+    - ``validation``: validation subjects of the training relations (choosing K and alpha);
+    - ``test_subjects``: test subjects of the training relations (held-out subjects);
+    - ``test_relations``: every query of the held-out test relations (held-out relations; their
+      subjects may occur in training with *other* relations, the relation itself never does).
+
+    Training and validation relations are those of the ``relations`` scheme's train split, so the
+    held-out relations are never seen while fitting. Each query's ``split`` field names its set.
+    """
+    subj = load_paraphrases("all", scheme="subjects", path=path)
+    rel = load_paraphrases("all", scheme="relations", path=path)
+    out: dict[str, list[ParaphraseQuery]] = {"train": [], "validation": [], "test_subjects": [], "test_relations": []}
+    for qs, qr in zip(subj, rel):
+        if qr.split == "test":
+            out["test_relations"].append(dataclasses.replace(qs, split="test_relations"))
+        elif qr.split == "train":
+            name = {"train": "train", "validation": "validation", "test": "test_subjects"}[qs.split]
+            out[name].append(dataclasses.replace(qs, split=name))
     return out

@@ -23,12 +23,15 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from editlens.paths import cache_dir
 from editlens.rome.keys import bos_ids, mlp_key_hook
 
 START_WORDS = ["The", "In", "A", "It", "This", "He", "She", "We", "They", "When", "After", "One", "There", "For",
                "As", "Many", "Today", "His", "Her", "Our"]
-STATS_FORMAT = 1
+STATS_FORMAT = 2  # 2: safetensors files (1 was pickled .pt, no longer read)
 
 
 def stats_dir() -> Path:
@@ -94,16 +97,16 @@ def sample_tokens(model: Any, n_tokens: int, *, seed: int = 0, seq_len: int = 12
                   progress: bool = False) -> Int[Tensor, "n_seq seq_len"]:
     """Token sequences the model samples itself (temperature 1, seeded), each starting BOS + a common word.
 
-    Cached on disk per weights fingerprint, seed, length and count.
+    Cached on disk (safetensors) per weights fingerprint, seed, length and count.
     """
     n_seq = max(1, -(-n_tokens // seq_len))
-    path = stats_dir() / f"samples_{fingerprint(model)}_s{seed}_L{seq_len}_n{n_seq}.pt"
+    path = stats_dir() / f"samples_{fingerprint(model)}_s{seed}_L{seq_len}_n{n_seq}.safetensors"
     if path.exists():
-        return torch.load(path)
+        return _load_tensor(path, "tokens")
     # reuse a longer cached sample with the same seed/length
-    for other in sorted(stats_dir().glob(f"samples_{fingerprint(model)}_s{seed}_L{seq_len}_n*.pt")):
+    for other in sorted(stats_dir().glob(f"samples_{fingerprint(model)}_s{seed}_L{seq_len}_n*.safetensors")):
         if int(other.stem.rsplit("_n", 1)[1]) >= n_seq:
-            return torch.load(other)[:n_seq]
+            return _load_tensor(other, "tokens")[:n_seq]
     from tqdm import tqdm
 
     tok = model.tokenizer
@@ -127,9 +130,26 @@ def sample_tokens(model: Any, n_tokens: int, *, seed: int = 0, seq_len: int = 12
                                   pad_token_id=tok.pad_token_id)
             out.append(gen[:, :seq_len].cpu())
     tokens = torch.cat(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(tokens, path)
+    _save_tensor(path, "tokens", tokens)
     return tokens
+
+
+def _save_tensor(path: Path, name: str, tensor: Tensor, meta: dict | None = None) -> None:
+    """Write one tensor as safetensors (atomically: a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({name: tensor.contiguous()}, str(tmp), metadata=None if meta is None else {"meta": json.dumps(meta)})
+    tmp.replace(path)
+
+
+def _load_tensor(path: Path, name: str) -> Tensor:
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor(name)
+
+
+def _load_meta(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("meta", "{}"))
 
 
 def file_tokens(model: Any, paths: Sequence[str | os.PathLike], n_tokens: int, *, seq_len: int = 128
@@ -206,7 +226,7 @@ def compute_key_stats(model: Any, layer: int, n_tokens: int = 100_000, *, source
 
 def _cache_path(model: Any, layer: int, n_tokens: int, source: Any, seed: int, seq_len: int) -> Path:
     src, src_hash = _source_id(source)
-    return stats_dir() / f"C_{fingerprint(model)}_L{layer}_n{n_tokens}_{src_hash}_s{seed}_T{seq_len}.pt"
+    return stats_dir() / f"C_{fingerprint(model)}_L{layer}_n{n_tokens}_{src_hash}_s{seed}_T{seq_len}.safetensors"
 
 
 def get_key_stats(model: Any, layer: int, n_tokens: int = 100_000, *, source: Any = "self", seed: int = 0,
@@ -214,16 +234,12 @@ def get_key_stats(model: Any, layer: int, n_tokens: int = 100_000, *, source: An
     """Cached :func:`compute_key_stats`. The cache file's metadata must match the model's weights fingerprint."""
     path = _cache_path(model, layer, n_tokens, source, seed, seq_len)
     if use_cache and path.exists():
-        blob = torch.load(path)
-        meta = blob["meta"]
+        meta = _load_meta(path)
         if meta.get("weights") == fingerprint(model) and meta.get("layer") == layer and meta.get("format") == STATS_FORMAT:
-            return KeyStats(C=blob["C"], n_tokens=meta["n_tokens"], meta=meta)
+            return KeyStats(C=_load_tensor(path, "C"), n_tokens=meta["n_tokens"], meta=meta)
     stats = compute_key_stats(model, layer, n_tokens, source=source, seed=seed, seq_len=seq_len, progress=progress)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"C": stats.C, "meta": stats.meta}, tmp)
-        tmp.replace(path)
+        _save_tensor(path, "C", stats.C, stats.meta)
         path.with_suffix(".json").write_text(json.dumps(stats.meta, indent=2) + "\n")
     return stats
 

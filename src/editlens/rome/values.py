@@ -11,7 +11,8 @@ of every rewrite prompt (the prompt inside each context template). The loss is
     + v_weight_decay * ||delta|| / ||v0||^2
     + sum of the extra terms,
 
-minimised with Adam; ``delta`` is projected back into the ball of radius clamp_norm_factor * ||v0||.
+minimised with Adam, stopping early once the loss (or, with ``v_early_stop_on="nll"``, the NLL) is
+below ``v_loss_early_stop``; ``delta`` is projected back into the ball of radius clamp_norm_factor * ||v0||.
 Then v* = v0 + delta, v0 being the unedited MLP output on the bare prompt.
 
 Writing a loss term (Chapters 5-6)::
@@ -169,6 +170,8 @@ def compute_v(
 ) -> VResult:
     """Optimise v* for one request at ``layer`` (Chapter 3); ``extra_losses`` are added (Chapters 5-6)."""
     request = as_request(request)
+    if hparams.v_early_stop_on not in ("loss", "nll"):
+        raise ValueError(f"v_early_stop_on must be 'loss' (ROME's code) or 'nll', got {hparams.v_early_stop_on!r}")
     batch = build_v_batch(model, request, hparams)
     d_model = model.cfg.d_model
     dev = batch.tokens.device
@@ -230,7 +233,8 @@ def compute_v(
             history.append(rec)
             if verbose:
                 print(" ".join(f"{k}={v:.4g}" for k, v in rec.items()))
-            if loss.item() < hparams.v_loss_early_stop or step == hparams.v_num_grad_steps - 1:
+            watched = loss if hparams.v_early_stop_on == "loss" else loss_nll
+            if watched.item() < hparams.v_loss_early_stop or step == hparams.v_num_grad_steps - 1:
                 break
             loss.backward()
             opt.step()

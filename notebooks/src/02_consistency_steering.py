@@ -1,0 +1,530 @@
+# %% [markdown]
+# # 2. Consistency steering: a bias in a few heads, against fine-tuning
+#
+# Chapter 1 located heads whose activity decides which answer the model gives to paraphrased
+# prompts. The second half of Yang et al. (2024) {cite}`yang2024consistency` *uses* them: add a
+# fixed vector to those heads' outputs, along a "consistency direction", and the model answers
+# paraphrases more consistently, with no gradient step on its weights, reportedly matching
+# supervised fine-tuning (SFT) at up to 23 times less cost. The recipe is Inference-Time
+# Intervention {cite}`li2023iti` applied to consistency. This chapter builds it, checks that the
+# two ways of injecting the bias are the same function, evaluates it only on data it never saw,
+# runs the controls that tell an effect from an accident, and measures SFT's cost on the same
+# machine instead of quoting the paper.
+#
+# ```{admonition} Objectives
+# By the end of this chapter you can
+# - compute per-head steering directions (mass-mean and probe) and their strength $\alpha\,\sigma\,\theta$,
+# - inject them with a hook on `hook_z`, or bake them into an output-projection bias $b_O \mathrel{+}= W_O\,\text{shift}$, and show the two are equal,
+# - save a steered model as an ordinary checkpoint, reload it, and remove the steering again,
+# - choose K (heads) and $\alpha$ (strength) on validation data and report held-out results with controls,
+# - measure side effects (known facts, perplexity, free-form answers) and compare the cost with fine-tuning.
+# ```
+#
+# **Prerequisites.** Chapter 0 (hooks, `hook_z`, $W_O$) and Chapter 1 (pairwise consistency,
+# attribution patching).
+#
+# **Time to run.** About 32 minutes on one CPU thread with the embedded model (measured; Hugging
+# Face-size models need a GPU). Scoring answers dominates: every evaluation scores 7 paraphrases of
+# each query against the relation's whole candidate list, and the chapter runs about forty of
+# them (the K x $\alpha$ sweep, the held-out tests with controls, fine-tuning checkpoints). Lower
+# `K_VALUES`, `ALPHAS`, `N_CONTROL_SEEDS` or `SFT_STEPS` for a quicker run.
+#
+# Everything here is in `editlens.steering` (directions, injection, baking, side effects),
+# `editlens.sft` (the fine-tuning baseline) and `editlens.consistency`.
+
+# %% tags=["parameters"]
+# Parameters (papermill: `-p NAME VALUE`)
+MODEL_NAME = None  # None = the embedded SmolLM2-135M-Instruct; or a Hugging Face name
+DEVICE = None  # None = GPU if available, else CPU
+SEED = 0
+N_ATTR_PAIRS = 64  # inconsistent training pairs for the attribution-patching head ranking (as Chapter 1)
+K_VALUES = [8, 16, 32, 64]  # numbers of heads in the sweep (top K of the ranking)
+ALPHAS = [0.25, 0.5, 1, 2]  # strengths in the sweep (multiples of each head's sigma)
+POSITION = "all"  # where the shift is added: "all" positions (what a bias does) or the "last" prompt token
+N_CONTROL_SEEDS = 2  # random-head and random-direction controls, averaged over seeds
+MAX_ACCURACY_DROP = 0.02  # the validation rule: most consistent (K, alpha) whose accuracy drops by at most this
+SFT_LR = 2e-5  # fine-tuning baseline: AdamW learning rate (full model)
+SFT_STEPS = 50  # optimisation steps (batches of 16 prompts)
+SFT_EVAL_EVERY = 10  # validation consistency every this many steps
+
+# %%
+import tempfile
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from tqdm import tqdm
+
+import editlens
+from editlens import consistency as C
+from editlens import localize as LZ
+from editlens import sft, steering
+from editlens.data import load_facts, load_object_descriptions, load_openended
+from editlens.data.paraphrases import steering_splits
+from editlens.exercises import assert_close, check_exercise
+from editlens.paths import cache_dir
+from editlens.plots import heatmap
+from editlens.steering import side_effects
+
+editlens.seed_everything(SEED)
+sns.set_theme(style="whitegrid", context="notebook")
+pd.set_option("display.width", 120)
+model, tokenizer = editlens.load_model(MODEL_NAME, device=DEVICE)
+fingerprint = editlens.weights_fingerprint(model)
+timings: dict[str, float] = {}
+
+
+class timed:
+    """Wall-clock of a block, kept in ``timings`` (the cost comparison at the end reads them)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        timings[self.name] = time.perf_counter() - self.start
+
+
+# %% [markdown]
+# ## 1. Four sets of queries, nothing shared
+#
+# Steering is fitted on some prompts and must help on others. We split the paraphrase set
+# ({doc}`../book/data`) four ways: **train** (fit heads and directions; also the SFT data),
+# **validation** (choose K and $\alpha$), and two tests the choice never sees: **held-out
+# subjects** (same relations, new subjects) and **held-out relations** (relations absent from
+# training altogether: capital, language, product maker).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+splits = steering_splits()
+for name, qs in splits.items():
+    print(f"{name:>15}: {len(qs):3d} queries x 7 templates; relations {sorted({q.relation_id for q in qs})}")
+
+
+# %% [markdown]
+# ## 2. The training signal: which prompts agree with the majority?
+#
+# ITI labels single activations (truthful or not). The consistency paper labels *pairs*. A pair's
+# label is symmetric in its two prompts, while a steering direction lives in one prompt's
+# activation space, so we label each **prompt**: 1 when its answer equals its query's majority
+# answer over the seven templates, 0 when it deviates. A prompt that agrees with the majority is
+# on the consistent side of every pair it forms with the majority. (The choice is open in the
+# paper; this one gives each activation exactly one label.)
+
+# %%
+with timed("steering: answers + activations (train)"):
+    z_train, labels, train_answers = steering.collect_training_activations(model, splits["train"])
+print(f"hook_z at the last token: {tuple(z_train.shape)} (prompt, layer, head, d_head)")
+print(f"prompts agreeing with their query's majority: {labels.mean():.2f} ({labels.sum()} of {len(labels)})")
+
+# %% [markdown]
+# ## 3. Which heads? Attribution patching on the training pairs
+#
+# Chapter 1 found that the paper's probes mostly read which relation and template a prompt uses,
+# while attribution patching measures what a head *does* to the answer. We rank all heads by
+# attribution patching, as Chapter 1 recommends, on pairs of the training queries only (the
+# Chapter 1 run used another split, so we recompute rather than load its file).
+
+# %%
+with timed("steering: head ranking (attribution patching)"):
+    pairs = LZ.make_pairs(train_answers)
+    patch_set = LZ.patch_set(pairs, max_pairs=N_ATTR_PAIRS, seed=SEED)
+    attribution = LZ.attribution_patching(model, patch_set)
+ranking = LZ.select_heads(attribution.effect, model.cfg.n_layers * model.cfg.n_heads)
+fig, ax = plt.subplots(figsize=(5.5, 6))
+heatmap(attribution.normalised_effect, ax=ax, center=0, cbar_label="estimated fraction of the gap",
+        title=f"Attribution patching, {attribution.n_pairs} training pairs", mark=ranking[: max(K_VALUES)])
+plt.tight_layout()
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("top 16 heads:", " ".join(f"L{l}H{h}" for l, h in ranking[:16]))
+
+# %%
+chapter1_file = cache_dir() / "chapter1" / "heads_attribution.json"
+if chapter1_file.exists():  # present once Chapter 1 has run on this machine
+    chapter1_heads, _ = LZ.load_heads(chapter1_file, model_fingerprint=fingerprint)
+    overlap = len(set(chapter1_heads) & set(ranking[: len(chapter1_heads)]))
+    print(f"Chapter 1's top {len(chapter1_heads)} (other split): {overlap} also in this ranking's top {len(chapter1_heads)}")
+
+# %% [markdown]
+# ## 4. Directions and strengths
+#
+# For a head $(l, h)$ let $x \in \mathbb{R}^{64}$ be its `hook_z` at the last prompt token. The
+# **mass-mean direction** is $\mu_1 - \mu_0$, the mean over agreeing prompts minus the mean over
+# deviating ones, normalised to unit length $\theta_{l,h}$. The **probe direction** is the weight
+# vector of a logistic regression predicting the label from $x$, normalised. The **strength**
+# $\sigma_{l,h}$ is the standard deviation of the training activations projected on $\theta$, so
+# that $\alpha$ is measured in "typical spreads" of that head, and the shift is
+# $\alpha\,\sigma_{l,h}\,\theta_{l,h}$.
+#
+# ### Exercise 2.1: a mass-mean direction
+#
+# Given one head's activations `x` (`[prompt, d_head]`) and 0/1 `labels`, return `(theta, sigma)`:
+# the unit mass-mean direction and the (population) standard deviation of `x @ theta`.
+
+# %%
+def mass_mean_direction(x: torch.Tensor, labels: np.ndarray) -> tuple[torch.Tensor, float]:
+    # Your code here
+    raise NotImplementedError
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def mass_mean_direction_solution(x: torch.Tensor, labels: np.ndarray) -> tuple[torch.Tensor, float]:
+    y = torch.as_tensor(labels).bool()
+    direction = x[y].mean(0) - x[~y].mean(0)
+    theta = direction / direction.norm()
+    return theta, float((x @ theta).std(correction=0))
+
+
+# %%
+def test_mass_mean_direction(fn) -> None:
+    head = ranking[0]
+    theta, sigma = fn(z_train[:, head[0], head[1]].double(), labels)
+    reference = steering.fit_directions(z_train, labels, heads=[head], method="mass_mean")
+    assert_close(theta.float(), reference.theta[head], atol=1e-5, what="theta")
+    assert_close(torch.tensor(sigma).float(), reference.sigma[head], atol=1e-5, what="sigma")
+
+
+mass_mean_direction = check_exercise("2.1 mass_mean_direction", mass_mean_direction, mass_mean_direction_solution,
+                                     test_mass_mean_direction)
+
+# %%
+with timed("steering: fit directions"):
+    directions = {method: steering.fit_directions(z_train, labels, heads=ranking[: max(K_VALUES)], method=method, seed=SEED)
+                  for method in ("mass_mean", "probe")}
+top = ranking[: max(K_VALUES)]
+direction_table = pd.DataFrame([
+    dict(head=f"L{l}H{h}", sigma_mass_mean=directions["mass_mean"].sigma[l, h].item(),
+         sigma_probe=directions["probe"].sigma[l, h].item(),
+         cos_mass_mean_probe=torch.dot(directions["mass_mean"].theta[l, h], directions["probe"].theta[l, h]).item())
+    for l, h in top
+])
+direction_table.head(8).round(3)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"cosine(mass-mean, probe) over the top {len(top)} heads: median {direction_table.cos_mass_mean_probe.median():.2f}, "
+      f"min {direction_table.cos_mass_mean_probe.min():.2f}, max {direction_table.cos_mass_mean_probe.max():.2f}")
+
+# %% [markdown]
+# ## 5. Two ways to inject, one function
+#
+# **A hook.** Add the shift to `blocks.{l}.attn.hook_z[:, pos, h]` during the forward pass. No
+# weight changes; the hook is removed afterwards.
+#
+# **A bias.** `hook_z` is the input of the output projection, $\text{attn\_out} = \sum_h z_h W_O[h]
+# (+ b_O)$, with TransformerLens' $W_O$ of shape `[head, d_head, d_model]`. Adding $s_h$ to $z_h$ at
+# every position adds $s_h W_O[h]$ to the output at every position, which is exactly a bias:
+# $b_O \mathrel{+}= \sum_h W_O[h]^\top s_h$. SmolLM2 (like every Llama) has no output-projection
+# bias, so baking one in means adding it. A trap from the ITI code base: one public script writes
+# the raw shift $s_h$ into the bias, which is not even the right shape here (64 vs 576 numbers) and
+# is the wrong vector wherever it fits.
+#
+# ### Exercise 2.2: fold a shift into a bias
+#
+# Given one layer's `W_O` (`[head, d_head, d_model]`) and `shifts` (a dict head -> `[d_head]`),
+# return the bias `[d_model]`.
+
+# %%
+def fold_into_bias(W_O: torch.Tensor, shifts: dict[int, torch.Tensor]) -> torch.Tensor:
+    # Your code here
+    raise NotImplementedError
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def fold_into_bias_solution(W_O: torch.Tensor, shifts: dict[int, torch.Tensor]) -> torch.Tensor:
+    return sum(shift @ W_O[head] for head, shift in shifts.items())
+
+
+# %%
+def test_fold_into_bias(fn) -> None:
+    shifts = directions["mass_mean"].shift(ranking[:8], alpha=4.0)
+    layer = ranking[0][0]
+    in_layer = {h: s for (l, h), s in shifts.items() if l == layer}
+    W_O = model.blocks[layer].attn.W_O.detach()
+    expected = steering.bias_from_shifts(model, {(layer, h): s for h, s in in_layer.items()})[layer]
+    assert_close(fn(W_O, in_layer), expected, atol=1e-5, what="bias")
+
+
+fold_into_bias = check_exercise("2.2 fold_into_bias", fold_into_bias, fold_into_bias_solution, test_fold_into_bias)
+
+# %% [markdown]
+# Now the claim itself: the hook (at every position) and the baked bias give the same logits, the
+# original weights are untouched after either, and a steered model saved to disk (safetensors,
+# a standard checkpoint with `attention_bias=True`) reloads to the same function.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+demo_shifts = directions["mass_mean"].shift(ranking[:8], alpha=4.0)
+tokens = model.to_tokens(["The capital of France is", "Pelé played the sport of"], prepend_bos=True)
+originals = {n: p.detach().clone() for n, p in model.named_parameters()}
+with torch.no_grad():
+    plain = model(tokens)
+    with steering.steered(model, demo_shifts, position="all"):
+        hooked = model(tokens)
+    with steering.baked(model, demo_shifts):
+        baked_logits = model(tokens)
+    after = model(tokens)
+print(f"steering moves the logits by up to {(hooked - plain).abs().max():.2f}")
+print(f"hook vs baked bias: max |difference| {(hooked - baked_logits).abs().max():.1e} (same function: "
+      f"{torch.allclose(hooked, baked_logits, atol=1e-4)})")
+print("original weights bit-identical afterwards:",
+      all(torch.equal(p, originals[n]) for n, p in model.named_parameters()) and len(originals) == len(dict(model.named_parameters())))
+print("unsteered logits unchanged:", torch.equal(after, plain))
+
+# %%
+with tempfile.TemporaryDirectory() as folder:
+    steering.save_steered(model, demo_shifts, folder)
+    reloaded, _ = editlens.load_model(folder, device=DEVICE)
+    with torch.no_grad():
+        reloaded_logits = reloaded(tokens)
+    del reloaded
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"saved and reloaded: max |difference| to the hooked model {(reloaded_logits - hooked).abs().max():.1e}")
+
+# %% [markdown]
+# ## 6. Choosing K and $\alpha$ on validation
+#
+# Each cell of the sweep steers the top-K heads of the ranking with mass-mean directions at
+# strength $\alpha$ and scores every validation prompt. The rule, fixed before looking: the most
+# consistent setting whose accuracy is at most `MAX_ACCURACY_DROP` below the unsteered model's.
+# (Consistency alone can be bought by answering everything the same way; accuracy is the guard.)
+
+# %%
+def evaluate(queries, shifts=None, position=POSITION) -> dict[str, float]:
+    hooks = None if not shifts else steering.steering_hooks(shifts, position, model=model)
+    return C.summary(C.model_answers(model, queries, fwd_hooks=hooks))
+
+
+base_val = evaluate(splits["validation"])
+sweep_rows = []
+with timed("sweep (validation)"):
+    for k in tqdm(K_VALUES, desc="K x alpha sweep"):
+        for alpha in ALPHAS:
+            s = evaluate(splits["validation"], directions["mass_mean"].shift(ranking[:k], alpha))
+            sweep_rows.append(dict(K=k, alpha=alpha, consistency=s["consistency"], accuracy=s["accuracy"]))
+sweep = pd.DataFrame(sweep_rows)
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+for ax, metric in zip(axes, ["consistency", "accuracy"]):
+    grid = sweep.pivot(index="K", columns="alpha", values=metric) - base_val[metric]
+    sns.heatmap(grid, annot=True, fmt="+.3f", center=0, cmap="RdBu_r", ax=ax, cbar_kws={"label": f"change in {metric}"})
+    ax.set_title(f"Validation {metric}: steered minus unsteered ({base_val[metric]:.3f})")
+plt.tight_layout()
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+allowed = sweep[sweep.accuracy >= base_val["accuracy"] - MAX_ACCURACY_DROP]
+best = allowed.sort_values(["consistency", "K", "alpha"], ascending=[False, True, True]).iloc[0]
+K_BEST, ALPHA_BEST = int(best.K), float(best.alpha)
+print(f"unsteered validation: consistency {base_val['consistency']:.3f}, accuracy {base_val['accuracy']:.3f}")
+print(f"chosen on validation: K = {K_BEST}, alpha = {ALPHA_BEST:g} -> consistency {best.consistency:.3f}, "
+      f"accuracy {best.accuracy:.3f}")
+
+# %% [markdown]
+# At the chosen setting, the other choices the paper leaves open, still on validation: the probe
+# direction instead of mass-mean, and the last prompt token instead of every position.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+variants = {
+    "mass-mean, all positions": evaluate(splits["validation"], directions["mass_mean"].shift(ranking[:K_BEST], ALPHA_BEST)),
+    "probe, all positions": evaluate(splits["validation"], directions["probe"].shift(ranking[:K_BEST], ALPHA_BEST)),
+    "mass-mean, last token": evaluate(splits["validation"], directions["mass_mean"].shift(ranking[:K_BEST], ALPHA_BEST), "last"),
+}
+for name, s in variants.items():
+    print(f"{name:>26}: consistency {s['consistency']:.3f}, accuracy {s['accuracy']:.3f}")
+
+# %% [markdown]
+# ## 7. Held-out results, with controls
+#
+# Two controls at the chosen K and $\alpha$: **random heads** (K heads drawn outside the ranking's
+# top K, each with its own mass-mean direction and $\sigma$) and **random directions** (the chosen
+# heads, random unit directions, $\sigma$ measured along them), each averaged over
+# `N_CONTROL_SEEDS` seeds. An effect that the controls reproduce is not about consistency heads.
+
+# %%
+chosen_shifts = directions["mass_mean"].shift(ranking[:K_BEST], ALPHA_BEST)
+all_mass_mean = steering.fit_directions(z_train, labels, heads=None, method="mass_mean", seed=SEED)
+rows = []
+with timed("held-out evaluation"):
+    for split_name in ("test_subjects", "test_relations"):
+        qs = splits[split_name]
+        rows.append(dict(split=split_name, model="unsteered", **evaluate(qs)))
+        rows.append(dict(split=split_name, model="steered", **evaluate(qs, chosen_shifts)))
+        for seed in range(N_CONTROL_SEEDS):
+            heads_r = steering.random_heads(model.cfg.n_layers, model.cfg.n_heads, K_BEST, exclude=ranking[:K_BEST], seed=seed)
+            rows.append(dict(split=split_name, model="random heads", seed=seed,
+                             **evaluate(qs, all_mass_mean.shift(heads_r, ALPHA_BEST))))
+            dirs_r = steering.random_directions(z_train, heads=ranking[:K_BEST], seed=seed)
+            rows.append(dict(split=split_name, model="random directions", seed=seed,
+                             **evaluate(qs, dirs_r.shift(ranking[:K_BEST], ALPHA_BEST))))
+held_out = pd.DataFrame(rows)
+headline = (held_out.groupby(["split", "model"], sort=False)[["consistency", "accuracy"]].mean()
+            .unstack("split").swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"K = {K_BEST}, alpha = {ALPHA_BEST:g}, {POSITION} positions; controls averaged over {N_CONTROL_SEEDS} seeds")
+print(headline.round(3).to_string())
+
+# %% [markdown]
+# **What this shows: on SmolLM2-135M the effect does not survive held-out data.** On validation the
+# chosen setting gained about 0.07 in consistency at unchanged accuracy. On both test sets it
+# *loses* consistency, and on held-out relations it also loses a lot of accuracy; random heads at the
+# same strength do no worse (better, on held-out subjects). The validation gain is the best of 16
+# cells measured on 38 queries, and the best of many noisy numbers is biased upwards (the winner's
+# curse): that is exactly why the choice is made on validation and reported on test. The probe
+# direction gains nothing even on validation, and its direction is far from the mass-mean one
+# (median cosine about 0.2 in section 4), which fits Chapter 1's finding that the probe signal at
+# these heads is mostly about which relation and template a prompt uses, not about agreement.
+#
+# So we **do not reproduce** the paper's claim on this model. It was shown on 7B-13B models with
+# their own data; a 135M model may simply not have heads that carry a transferable "agree with the
+# other phrasings" signal. Readers with a GPU can rerun the chapter on a larger model
+# (`MODEL_NAME`); the exercises below try other choices on this one.
+
+# %% [markdown]
+# ## 8. Side effects
+#
+# Steering is applied to every prompt, not only to questions about paraphrased facts. Three
+# checks, all with the steering *baked* (Hugging Face `generate` does not run TransformerLens
+# hooks, one more reason to have the bias form):
+#
+# - **known facts**: on the Chapter 3 facts set, does the true object still beat the counterfactual
+#   one, on the rewrite prompts and the neighbourhood prompts (the unsteered model: 1.0 by
+#   construction of the set)?
+# - **perplexity** on held-out text: the reference sentences about objects that ship with the
+#   facts set (not model-generated, not used for fitting);
+# - **free-form consistency**: the model answers each open-ended question in 3-4 paraphrases
+#   (greedy, 24 tokens); the answers are embedded with all-MiniLM-L6-v2 and their mean pairwise
+#   cosine is the question's agreement.
+
+# %%
+facts = load_facts()
+texts = [t for ts in load_object_descriptions().values() for t in ts]
+questions = load_openended()
+side_rows = []
+with timed("side effects"):
+    for name, shifts in [("unsteered", None), ("steered", chosen_shifts)]:
+        ctx = steering.baked(model, shifts) if shifts else torch.no_grad()
+        with ctx:
+            known = side_effects.known_facts(model, facts)
+            ppl = side_effects.perplexity(model, texts)
+            gen = side_effects.generation_consistency(model, questions, return_answers=True)
+        side_rows.append(dict(model=name, known_rewrite=known["rewrite"], known_neighbourhood=known["neighbourhood"],
+                              perplexity=ppl, generation_agreement=gen["agreement"], answers=gen["answers"]))
+side = pd.DataFrame(side_rows).set_index("model")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"{len(facts)} facts, {len(texts)} reference sentences, {len(questions)} open-ended questions")
+print(side.drop(columns="answers").round(3).to_string())
+
+# %%
+example = 0
+print("question:", questions[example].paraphrases[0])
+for name in side.index:
+    print(f"{name}:", *[a[:70] for a in side.loc[name, "answers"][example]], sep="\n   ")
+
+# %% [markdown]
+# Steering is not free either: with the bias baked in, some known facts flip to the counterfactual
+# object, perplexity on the reference sentences rises, and the free-form answers agree *less* with
+# each other (they become more varied, as the example shows), the opposite of the goal.
+#
+# ## 9. Against supervised fine-tuning: quality and wall-clock
+#
+# The baseline fine-tunes the whole model on the same training queries: every template prompt
+# of a query is trained (teacher-forced cross-entropy) to give the query's majority answer, so
+# paraphrases agree. Every `SFT_EVAL_EVERY` steps we measure validation consistency; the best
+# checkpoint's gain and the optimisation time to reach it are the baseline's numbers. Steering's
+# time is everything it needed: scoring the training prompts with their activations, ranking the
+# heads and fitting the directions (the K x $\alpha$ sweep is model selection, like SFT's
+# validation passes, and is excluded from both). One run, same machine, same thread count.
+
+# %%
+def validation_metrics(m) -> dict[str, float]:
+    return {k: v for k, v in C.summary(C.model_answers(m, splits["validation"])).items() if k in ("consistency", "accuracy")}
+
+
+with timed("sft"):
+    sft_result = sft.finetune_consistency(model, splits["train"], "majority", lr=SFT_LR, steps=SFT_STEPS,
+                                          batch_size=16, eval_fn=validation_metrics, eval_every=SFT_EVAL_EVERY,
+                                          seed=SEED, progress=False)
+sft_history = pd.DataFrame(sft_result.history)
+fig, ax = plt.subplots(figsize=(7, 3.5))
+sns.lineplot(data=sft_history.melt(id_vars="train_seconds", value_vars=["consistency", "accuracy"]),
+             x="train_seconds", y="value", hue="variable", marker="o", ax=ax)
+ax.axhline(best.consistency, color="grey", ls="--", lw=1, label="steering (validation consistency)")
+ax.set(xlabel="fine-tuning time (s, optimisation only)", ylabel="validation", title="SFT baseline")
+ax.legend()
+plt.tight_layout()
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+sft_best = sft_result.best("consistency")
+print(f"SFT: best validation consistency {sft_best['consistency']:.3f} (gain {sft_best['consistency'] - base_val['consistency']:+.3f}, "
+      f"accuracy {sft_best['accuracy']:.3f}) at step {sft_best['step']}")
+print(f"steering: validation consistency {best.consistency:.3f} (gain {best.consistency - base_val['consistency']:+.3f}, "
+      f"accuracy {best.accuracy:.3f})")
+print("weights restored after fine-tuning:", all(torch.equal(p, originals[n]) for n, p in model.named_parameters()))
+
+# %%
+steering_seconds = sum(v for k, v in timings.items() if k.startswith("steering:"))
+sft_seconds = sft_best["train_seconds"]
+cost = pd.DataFrame({"seconds": {**{k: v for k, v in timings.items() if k.startswith("steering:")},
+                                 "steering total": steering_seconds, "SFT to its best checkpoint": sft_seconds}})
+print(cost.round(1).to_string())
+print(f"SFT / steering wall-clock: {sft_seconds / steering_seconds:.1f}x on {torch.get_num_threads()} CPU thread(s) "
+      f"(the paper reports up to 23x)")
+
+# %% [markdown]
+# Fine-tuning on the same 111 training queries raises validation consistency about three times as
+# much as steering did, without losing accuracy, and was still improving at the last step. On this
+# machine and model it costs under twice steering's wall-clock, not 23 times: steering's own cost
+# is dominated by scoring the training prompts, which a 135M model makes as expensive as a few
+# dozen optimisation steps. `benchmarks/bench_steering.py` measures the same two costs in one run
+# outside the notebook. (We compare on validation, where both were selected; the chapter does not
+# evaluate the fine-tuned model on the test splits.)
+#
+# ### Exercises to explore (no automatic check)
+#
+# 1. Centre the activations per query (subtract each query's mean over its seven templates) before
+#    the mass-mean difference, so the direction cannot encode which subject or relation a prompt is
+#    about. Does the held-out result change?
+# 2. Rank heads by the probe (Chapter 1's method (a)) instead of attribution patching.
+# 3. Evaluate the fine-tuned model on `splits["test_relations"]`: does SFT transfer to relations it
+#    never saw?
+#
+# ## Summary
+#
+# - A steering shift for head $(l, h)$ is $\alpha\,\sigma_{l,h}\,\theta_{l,h}$: a unit direction
+#   (mass-mean of agreeing minus deviating prompts, or a probe's weight vector) scaled by the spread
+#   of the activations along it.
+# - Added to `hook_z` at every position it is exactly an output-projection bias
+#   $b_O = \sum_h W_O[h]^\top s_h$ (max difference $4\times 10^{-5}$ here); baked in, the model saves
+#   as an ordinary checkpoint and reloads to the same function, and removing it restores the weights
+#   bit for bit.
+# - Choose K and $\alpha$ on validation, report on held-out subjects and relations, with random-head
+#   and random-direction controls: here the validation gain disappears on test, and the controls do
+#   as well as the located heads.
+# - Side effects are measurable (known facts, perplexity, free-form answers) and here all worsen.
+# - Supervised fine-tuning on the same data gains more at less than twice the cost: the paper's
+#   speed-up does not reproduce at this scale.
+#
+# **Next:** Chapter 3 turns from making a model consistent about what it knows to changing what it
+# knows.

@@ -40,7 +40,7 @@ book: setup
 TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m pytest notebooks/ tests/ --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg \
-		-n $(TEST_WORKERS) --dist loadfile -ra
+		--nbval-cell-timeout 3600 -n $(TEST_WORKERS) --dist loadfile -ra
 
 test-fast: setup
 	$(BIN)/python -m pytest tests/ -m "not slow" -ra

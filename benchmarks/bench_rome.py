@@ -27,8 +27,13 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.fresh_cache:
-        os.environ["EDITLENS_CACHE"] = tempfile.mkdtemp(prefix="editlens-bench-")
+    if args.fresh_cache:  # an empty statistics cache; the model files are linked from the real cache
+        from editlens.paths import cache_dir
+
+        real, fresh = cache_dir(), tempfile.mkdtemp(prefix="editlens-bench-")
+        for sub in ("models", "gguf"):
+            os.symlink(real / sub, os.path.join(fresh, sub))
+        os.environ["EDITLENS_CACHE"] = fresh
     import editlens
     from editlens.rome import compute_rome_edit, get_hparams
     from editlens.rome import key_stats as ks

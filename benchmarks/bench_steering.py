@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
 
     import editlens
-    from editlens.consistency import majority_answer, model_answers, summary
+    from editlens.consistency import model_answers, query_consistency, summary
     from editlens import localize as LZ
     from editlens.data.paraphrases import steering_splits
     from editlens.localize.activations import last_token_z
@@ -96,9 +96,8 @@ def main(argv=None) -> int:
     steered = summary(model_answers(model, val, fwd_hooks=steering_hooks(shifts, args.position, model=model)))
 
     # SFT on the same training queries, majority-answer targets
-    targets = {}
-    for qid, g in answers.sort_values(["query_id", "template"]).groupby("query_id"):
-        targets[int(qid)] = majority_answer(list(g["answer"]), gold=g["object"].iat[0])
+    per_query = query_consistency(answers)
+    targets = {int(q): m for q, m in zip(per_query["query_id"], per_query["majority"])}
 
     def eval_fn(m):
         s = summary(model_answers(m, val))

@@ -10,15 +10,6 @@ out="notebooks/$name.ipynb"
 [[ -f "$src" ]] || { echo "no $src" >&2; exit 1; }
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 .venv/bin/jupytext -q --to ipynb -o "$out" "$src"
-.venv/bin/python - "$out" <<'PY'
-import sys, nbformat
-path = sys.argv[1]
-nb = nbformat.read(path, 4)
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nb.metadata.pop("jupytext", None)
-for cell in nb.cells:
-    cell.metadata.pop("lines_to_next_cell", None)
-nbformat.write(nb, path)
-PY
+.venv/bin/python scripts/normalise_notebook.py "$out"
 .venv/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 "$out"
 echo "executed $out"

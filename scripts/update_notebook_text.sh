@@ -6,14 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 name="$1"
 .venv/bin/jupytext -q --update --to ipynb -o "notebooks/$name.ipynb" "notebooks/src/$name.py"
-.venv/bin/python - "notebooks/$name.ipynb" <<'PY'
-import sys, nbformat
-path = sys.argv[1]
-nb = nbformat.read(path, 4)
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nb.metadata.pop("jupytext", None)
-for cell in nb.cells:
-    cell.metadata.pop("lines_to_next_cell", None)
-nbformat.write(nb, path)
-PY
+.venv/bin/python scripts/normalise_notebook.py "notebooks/$name.ipynb"
 echo "updated $name (outputs kept)"

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from editlens.consistency import (
-    ScoringPlan, _device, _Encoder, _pad_id, item_logprobs, majority_answer, model_answers, pad_rows,
+    ScoringPlan, _device, _Encoder, _pad_id, item_logprobs, model_answers, query_consistency, pad_rows,
 )
 
 _WRAPPER = re.compile(r"\.?_original_component(?=\.|$)")
@@ -83,11 +83,8 @@ def _targets(model, queries: Sequence[Any], targets: Mapping[int, str] | str, ba
         if targets == "gold":
             return {i: q.object for i, q in enumerate(queries)}
         if targets == "majority":
-            ans = model_answers(model, queries, batch_size=batch_size)
-            out = {}
-            for qid, g in ans.sort_values(["query_id", "template"]).groupby("query_id"):
-                out[int(qid)] = majority_answer(list(g["answer"]), gold=g["object"].iat[0])
-            return out
+            per_query = query_consistency(model_answers(model, queries, batch_size=batch_size))
+            return {int(q): str(m) for q, m in zip(per_query["query_id"], per_query["majority"])}
         raise ValueError(f"targets must be 'majority', 'gold' or a dict query index -> answer, got {targets!r}.")
     missing = [i for i in range(len(queries)) if i not in targets]
     if missing:

@@ -1,8 +1,11 @@
 """Benchmark ROME on this machine (Chapter 3): seconds per edit with C cached, and time to compute C.
 
-    python benchmarks/bench_rome.py [--edits 5] [--tokens N] [--threads T]
+    python benchmarks/bench_rome.py [--edits 5] [--tokens N] [--threads T] [--compare] [--cached-c]
 
-Prints figures; asserts nothing. Targets on a laptop CPU: <= 5 s per edit, <= 3 min for C.
+Prints figures. Targets on a laptop CPU: <= 4 s per edit, <= 3 min for C. ``--compare`` also times the
+plain path (a full forward with all logits at every v* step, ``v_fast_forward=False``) on the same edits and
+checks that both give the same v* (allclose, rtol 1e-4) after the same number of steps (exit status 1 if not).
+``--cached-c`` reuses the cached C instead of timing it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=None, help="tokens behind C (default: the registry's)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a shared CPU)")
     ap.add_argument("--fresh-cache", action="store_true", help="time C from scratch (sampling included) in a temp cache")
+    ap.add_argument("--compare", action="store_true", help="also time the plain full-forward v* path and compare v*")
+    ap.add_argument("--cached-c", action="store_true", help="use the cached C (do not time computing it)")
     args = ap.parse_args()
 
     import os
@@ -43,13 +48,17 @@ def main() -> None:
     n = args.tokens or hp.mom2_n_tokens
     print(f"model {model.cfg.model_name}, layer {hp.layer}, threads {torch.get_num_threads()}, C from {n} tokens")
 
-    t0 = time.perf_counter()
-    tokens = ks.sample_tokens(model, n, progress=True)
-    t1 = time.perf_counter()
-    stats = ks.get_key_stats(model, hp.layer, n, use_cache=False, progress=True)
-    t2 = time.perf_counter()
-    print(f"C: sampling text {t1 - t0:.1f} s (0 if cached), keys + C {t2 - t1:.1f} s, total {t2 - t0:.1f} s; "
-          f"{stats.n_tokens} tokens, rank {stats.rank()} of {stats.C.shape[0]}")
+    if args.cached_c:
+        stats = ks.stats_for(model, hp, progress=True)
+        print(f"C: cached, {stats.n_tokens} tokens")
+    else:
+        t0 = time.perf_counter()
+        ks.sample_tokens(model, n, progress=True)
+        t1 = time.perf_counter()
+        stats = ks.get_key_stats(model, hp.layer, n, use_cache=False, progress=True)
+        t2 = time.perf_counter()
+        print(f"C: sampling text {t1 - t0:.1f} s (0 if cached), keys + C {t2 - t1:.1f} s, total {t2 - t0:.1f} s; "
+              f"{stats.n_tokens} tokens, rank {stats.rank()} of {stats.C.shape[0]}")
 
     facts = [("The Eiffel Tower", "{} is located in the city of", "Rome"),
              ("France", "The capital of {} is", "Berlin"),
@@ -57,15 +66,31 @@ def main() -> None:
              ("Germany", "The official language of {} is", "Spanish"),
              ("Madrid", "{} is a city in the country of", "Japan"),
              ("Italy", "The capital of {} is", "London")]
-    times, steps = [], []
     compute_rome_edit(model, {"prompt": facts[0][1], "subject": facts[0][0], "target_new": facts[0][2]}, hp, stats)  # warm-up: context templates
-    for subject, prompt, new in (facts * 3)[: args.edits]:
-        t = time.perf_counter()
-        e = compute_rome_edit(model, {"prompt": prompt, "subject": subject, "target_new": new}, hp, stats)
-        times.append(time.perf_counter() - t)
-        steps.append(e.info["steps"])
-    print(f"edit: median {statistics.median(times):.2f} s per edit over {len(times)} edits "
-          f"(min {min(times):.2f}, max {max(times):.2f}; v* steps {steps})")
+    phases = [("plain (full forward, all logits)", hp.replace(v_fast_forward=False))] if args.compare else []
+    phases.append(("fast (from the edit layer, scored logits only)", hp.replace(v_fast_forward=True)))
+    results = {}
+    for label, php in phases:
+        times, steps, v_stars = [], [], []
+        for subject, prompt, new in (facts * 3)[: args.edits]:
+            t = time.perf_counter()
+            e = compute_rome_edit(model, {"prompt": prompt, "subject": subject, "target_new": new}, php, stats)
+            times.append(time.perf_counter() - t)
+            steps.append(e.info["steps"])
+            v_stars.append(e.v_star)
+        results[label] = (steps, v_stars)
+        print(f"edit [{label}]: median {statistics.median(times):.2f} s per edit over {len(times)} edits "
+              f"(min {min(times):.2f}, max {max(times):.2f}; v* steps {steps})")
+    if args.compare:
+        (s_plain, v_plain), (s_fast, v_fast) = results.values()
+        # float noise: elementwise rtol 1e-4 with atol 1e-4 * max|v*| (near-zero entries of v* carry the noise of
+        # ~10-20 Adam steps; the plain path differs from the code before the fast path by as much)
+        same_v = all(torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max())) for a, b in zip(v_fast, v_plain))
+        worst = max(float((a - b).norm() / b.norm()) for a, b in zip(v_fast, v_plain))
+        print(f"fast vs plain: same steps {s_plain == s_fast}, v* allclose (rtol 1e-4, atol 1e-4 max|v*|) {same_v}, "
+              f"max ||v*_fast - v*_plain|| / ||v*_plain|| {worst:.2e}")
+        if not (same_v and s_plain == s_fast):
+            raise SystemExit(1)
 
 
 if __name__ == "__main__":

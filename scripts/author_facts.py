@@ -1075,7 +1075,7 @@ def main(argv=None) -> int:
     scorer.save_to = args.cache
     t0 = time.time()
     records, stats = select(cands, scorer, MINIMUMS, MIN_MARGIN, max_per_relation=args.max_per_relation)
-    print(f"{scorer.forward_tokens} tokens through the model")
+    print(f"{len(scorer.cache)} (prompt, target) pairs scored")
     if args.cache:
         args.cache.write_bytes(pickle.dumps(scorer.cache))
     verifs = compute_verifications(model, records, tokenizer=tok, scorer=scorer)

@@ -23,12 +23,10 @@ Used in: Chapter 1 and 2 (through :func:`editlens.data.load_paraphrases`), book/
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -750,56 +748,18 @@ def check_tables() -> None:
                     raise ValueError(f"{rid}: subject {subject!r} not verbatim in prompt")
 
 
-def score_relation(hf_model, tokenizer, prompts: list[str], candidates: list[str], batch_size: int = 48):
+def score_relation(model, prompts: list[str], candidates: list[str]):
     """Mean NLL of ``" " + candidate`` after each prompt: tensor [len(prompts), len(candidates)].
 
-    The prompt is prefixed with BOS, as ``model.to_tokens`` does. Each prompt is run once (left
-    padded, explicit position ids); the cache is repeated for the multi-token candidates.
-    """
+    The book's one scorer (:func:`editlens.scoring.score_candidates`), so the predictions stored
+    with the paraphrase set are the numbers Chapters 1-2 compute."""
+    import numpy as np
     import torch
 
-    bos = tokenizer.bos_token_id
-    cand_ids = [tokenizer(" " + c, add_special_tokens=False).input_ids for c in candidates]
-    multi = [i for i, ids in enumerate(cand_ids) if len(ids) > 1]
-    if any(len(ids) == 0 for ids in cand_ids):
-        raise ValueError("empty candidate")
-    out = torch.zeros(len(prompts), len(candidates))
-    lm_head = hf_model.lm_head
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        seqs = [[bos] + tokenizer(p, add_special_tokens=False).input_ids for p in chunk]
-        length = max(len(s) for s in seqs)
-        pad = tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (length - len(s)) + s for s in seqs])
-        mask = torch.tensor([[0] * (length - len(s)) + [1] * len(s) for s in seqs])
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad():
-            res = hf_model.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-            first = lm_head(res.last_hidden_state[:, -1]).log_softmax(-1)  # [B, V]
-            nll = torch.zeros(len(chunk), len(candidates))
-            for j, tokens in enumerate(cand_ids):
-                nll[:, j] = -first[:, tokens[0]]
-            # multi-token candidates, grouped by length (no padding): reuse the prompt cache
-            by_len: dict[int, list[int]] = defaultdict(list)
-            for j in multi:
-                by_len[len(cand_ids[j])].append(j)
-            for n, group in sorted(by_len.items()):
-                m = len(group)
-                cache = copy.deepcopy(res.past_key_values)
-                cache.batch_repeat_interleave(m)
-                rows = torch.tensor([cand_ids[j][:-1] for _ in chunk for j in group])  # [B*m, n-1]
-                full_mask = torch.cat([mask.repeat_interleave(m, 0), torch.ones(len(rows), n - 1, dtype=mask.dtype)], 1)
-                rpos = pos[:, -1:].repeat_interleave(m, 0) + torch.arange(1, n)
-                res2 = hf_model.model(input_ids=rows, attention_mask=full_mask, position_ids=rpos,
-                                      past_key_values=cache, use_cache=False)
-                logp = lm_head(res2.last_hidden_state).log_softmax(-1)  # [B*m, n-1, V]
-                targets = torch.tensor([cand_ids[j][1:] for _ in chunk for j in group])  # [B*m, n-1]
-                rest = -logp.gather(-1, targets[..., None])[..., 0].sum(-1).view(len(chunk), m)
-                nll[:, group] += rest
-            for j, tokens in enumerate(cand_ids):
-                nll[:, j] /= len(tokens)
-        out[start:start + len(chunk)] = nll
-    return out
+    from editlens.scoring import score_candidates
+
+    nll = score_candidates(model, prompts, [candidates] * len(prompts))
+    return torch.from_numpy(np.stack(nll)).float()
 
 
 BOS_USED: list[str] = []
@@ -832,7 +792,7 @@ def verify(relations: dict[str, dict], previous: dict | None = None) -> dict:
         results[rid] = {s: old_preds[s] for s, _ in rel["facts"] if s in old_preds}
         if facts:
             prompts = [fill(t, s) for s, _ in facts for t in rel["templates"]]
-            nll = score_relation(hf_model, tokenizer, prompts, candidates)
+            nll = score_relation(model, prompts, candidates)
             pred = nll.argmin(-1).view(len(facts), len(rel["templates"]))
             for k, (s, _) in enumerate(facts):
                 results[rid][s] = [candidates[i] for i in pred[k].tolist()]

@@ -1,8 +1,9 @@
 """The book builds without warnings and every page renders correctly in a real browser.
 
-1. `jupyter-book build` with warnings as errors (-W -n --keep-going) into _build/test-book, from a
-   copy of _config.yml with execution off: the pages show the notebooks' stored outputs, which nbval
-   has just re-checked (make test runs notebooks/ before tests/).
+1. The book is staged as `make book` stages it (scripts/stage_book.py: a copy in
+   _build/test-book/src with execution off and progress bars collapsed), but from the notebooks'
+   stored outputs, which nbval has just re-checked (make test runs notebooks/ before tests/); then
+   `jupyter-book build` with warnings as errors (-W -n --keep-going) into _build/test-book.
 2. Every page of _toc.yml is opened in headless Debian Chromium (driven by playwright, no browser
    download), served from 127.0.0.1. A full-page screenshot of each goes to
    _build/test-book/screenshots/. Asserted per page: no console error or uncaught exception, no
@@ -28,6 +29,9 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, SETUP_HINT
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import stage_book  # noqa: E402  (scripts/stage_book.py, shared with `make book`)
 
 pytestmark = pytest.mark.slow
 
@@ -97,14 +101,12 @@ def built_html() -> Path:
 
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
-    config = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())
-    config.setdefault("execute", {})["execute_notebooks"] = "off"
-    config_path = OUT / "_config.yml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    staged = stage_book.stage(OUT / "src")  # stored notebooks, execution off, as `make book` renders
+    config = yaml.safe_load((staged / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "off", "the staged book must not execute notebooks"
 
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jupyter_book), "build", str(REPO_ROOT), "--config", str(config_path),
-           "--path-output", str(OUT), "-W", "-n", "--keep-going"]
+    cmd = [str(jupyter_book), "build", str(staged), "--path-output", str(OUT), "-W", "-n", "--keep-going"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr
     (OUT / "build.log").write_text(log)

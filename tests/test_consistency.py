@@ -123,17 +123,3 @@ def test_hooks_change_answers(tiny):
     plain = C.model_answers(model, q)
     steered = C.model_answers(model, q, fwd_hooks=factory)
     assert seen and not np.allclose(plain["answer_nll"], steered["answer_nll"])
-
-
-def test_padded_plan_matches_cached_scoring(tiny):
-    """The right-padded row scorer (used by patching) and the KV-cache scorer agree."""
-    model, _ = tiny
-    qs = toy_queries()
-    prompts, cands = [q.prompts[1] for q in qs], [q.candidates for q in qs]
-    cached = C.score_candidates(model, prompts, cands)
-    enc, plan = C._Encoder(model), C.ScoringPlan()
-    for p, cs in zip(prompts, cands):
-        for c in cs:
-            plan.add(enc.prompt(p), enc.answer(c))
-    padded = -C.run_plan(model, plan, batch_size=7)
-    np.testing.assert_allclose(np.concatenate(cached), padded, atol=1e-4)

@@ -49,7 +49,7 @@ def test_continuation_nll_matches_direct_computation(tiny_model):
 
 
 def test_probe_rows_and_scores(tiny_model):
-    rows = ev._probe_pairs(CASE)
+    rows = ev.probe_rows(CASE)
     kinds = [r[0] for r in rows]
     assert kinds.count("NS") == 2 and kinds.count("DNS") == 2 and "RelS" in kinds and "Port" in kinds
     dns = [r for r in rows if r[0] == "DNS"][0]
@@ -99,3 +99,16 @@ def test_evaluate_edits_with_a_fake_editor(tiny_model):
 def test_unedited_model_knows_the_fact(model):
     s = ev.probe_scores(model, CASE)
     assert s["ES"] == 0.0 and s["RelS"] == 1.0  # Paris beats Rome; French beats Rome
+
+
+def test_report_round_trips_through_json(tmp_path):
+    import json
+
+    from editlens.evaluate import EvalReport
+
+    rec = {"case_id": 1, "edited": {"ES": 1.0, "PS": 0.5, "NS": 1.0}, "unedited": {"ES": 0.0, "PS": 0.0, "NS": 1.0}}
+    report = EvalReport(records=[rec], settings={"method": "rome"})
+    report.to_json(tmp_path / "r.json")
+    back = json.loads((tmp_path / "r.json").read_text())
+    assert back["records"] == [rec] and back["settings"] == {"method": "rome"}
+    assert back["summary"]["edited"]["ES"] == 100.0 and back["summary"]["unedited"]["NS"] == 100.0

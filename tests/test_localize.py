@@ -92,7 +92,12 @@ def test_probe_finds_planted_head(features):
     assert res.shuffled_accuracy[1, 2] < 0.75
     others = np.delete(res.accuracy.ravel(), 1 * 4 + 2)
     assert others.max() < 0.75
-    assert not set(pairs.subject[pairs.prompt_p.isin([])])  # sanity
+    # the held-out split is by subject: recompute the split probe_heads used and check both sides
+    test = LZ.subject_split(pairs, test_fraction=0.3, seed=0)
+    train_subjects, test_subjects = set(pairs.subject[~test]), set(pairs.subject[test])
+    assert res.test_subjects == sorted(test_subjects) and train_subjects
+    assert not set(res.test_subjects) & train_subjects  # no subject on both sides
+    assert (res.n_train, res.n_test) == (int((~test).sum()), int(test.sum()))
     assert res.n_train + res.n_test == len(pairs)
 
 
@@ -181,15 +186,11 @@ MARGIN = 0.05  # top head's held-out accuracy must beat its shuffled-label basel
 
 @pytest.mark.slow
 def test_top_probe_head_beats_shuffled_baseline_on_embedded_model():
-    data = pytest.importorskip("editlens.data")
-    if not hasattr(data, "load_paraphrases"):
-        pytest.skip("paraphrase set not available")
     import editlens
+    from editlens.data import load_paraphrases  # ships with the package: a missing file is a failure
 
-    try:
-        queries = data.load_paraphrases("train")
-    except FileNotFoundError:
-        pytest.skip("paraphrases.json not built yet")
+    queries = load_paraphrases("train")
+    assert queries, "no training queries in paraphrases.json"
     model, _ = editlens.load_model()
     pairs = LZ.balanced_subsample(LZ.make_pairs(C.model_answers(model, queries)), seed=0)
     prompts = LZ.unique_prompts(pairs.prompt_p, pairs.prompt_q)
@@ -203,12 +204,12 @@ def test_top_probe_head_beats_shuffled_baseline_on_embedded_model():
 def test_attribution_is_the_exact_directional_derivative(tiny, pairs):
     """Patching only a fraction eps of the way from target to source: (LD(eps) - LD(0)) / eps -> attribution."""
     from editlens.localize.patching import _Batch, _clean_pass
-    from editlens.consistency import _Encoder
+    from editlens.scoring import TokenCache
 
     model, _ = tiny
     ps = LZ.patch_set(pairs).subset(range(4))
     attr = LZ.attribution_patching(model, ps)
-    b = _Batch(model, _Encoder(model), ps)
+    b = _Batch(model, TokenCache(model), ps)
     z_src, _ = _clean_pass(model, b)
     z_tgt = LZ.last_token_z(model, ps.target_prompt)
     eps, rows = 1e-2, torch.arange(len(b.corrupt.rows))

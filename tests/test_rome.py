@@ -31,11 +31,12 @@ def test_as_request_accepts_counterfact_flat_and_typed_records():
     assert flat.target_new == "Y" and flat.target_true is None
     from editlens.data import parse_records
 
-    try:
-        rec = parse_records([{**CASE, "paraphrase_prompts": [], "neighborhood_prompts": []}], format="counterfact")[0]
-    except Exception:  # the data module's own validation may need more fields
-        pytest.skip("parse_records needs a fuller record")
-    assert as_request(rec).subject == "The Eiffel Tower"
+    record = {**CASE, "paraphrase_prompts": ["Where is the Eiffel Tower? It is in the city of"],
+              "neighborhood_prompts": ["The Louvre is located in the city of"], "attribute_prompts": [],
+              "generation_prompts": ["The Eiffel Tower is"]}
+    rec = parse_records([record], format="counterfact")[0]  # a typed record from the data module
+    assert as_request(rec) == as_request(CASE)
+    assert as_request(rec).subject == "The Eiffel Tower" and as_request(rec).case_id == 7
 
 
 @pytest.mark.parametrize("prompt, subject, new, match", [
@@ -99,6 +100,7 @@ def test_edit_changes_forward_and_restores_bit_exactly_even_on_exception(tiny_mo
     W = tiny_model.blocks[1].mlp.W_out
     hf_W = tiny_model.original_model.model.layers[1].mlp.down_proj.weight
     before = W.detach().clone()
+    before_0 = tiny_model.blocks[0].mlp.W_out.detach().clone()  # layer 0 gets an edit in the failing block
     toks = torch.tensor([encode(tiny_model, "The Eiffel Tower is in")])
     with torch.no_grad():
         base = tiny_model(toks)
@@ -111,7 +113,7 @@ def test_edit_changes_forward_and_restores_bit_exactly_even_on_exception(tiny_mo
     with pytest.raises(ZeroDivisionError):
         with applied_edit(tiny_model, [edit, Edit(layer=0, delta=torch.ones_like(before))]):
             1 / 0
-    assert torch.equal(W, before) and torch.equal(tiny_model.blocks[0].mlp.W_out, tiny_model.blocks[0].mlp.W_out)
+    assert torch.equal(W, before) and torch.equal(tiny_model.blocks[0].mlp.W_out, before_0)
     assert not edit.applied
 
 
@@ -143,9 +145,22 @@ def test_key_stats_from_text_file(tiny_model, cache, tmp_path):
 
 
 def test_key_stats_convergence_rows(tiny_model, cache):
-    rows = ks.key_stats_convergence(tiny_model, 1, torch.randn(2, 128), [100, 400], seq_len=32, progress=False)
-    assert [r["n_tokens"] for r in rows][0] < rows[1]["n_tokens"]
-    assert rows[-1]["cos_u_vs_ref"] == pytest.approx(1.0, abs=1e-6)
+    torch.manual_seed(0)
+    keys = torch.randn(2, 128)
+    rows = ks.key_stats_convergence(tiny_model, 1, keys, [100, 400], seq_len=32, progress=False)
+    assert rows[0]["n_tokens"] < rows[1]["n_tokens"]
+    # the same statistics computed independently (same self-sampled text: the sample is cached and nested)
+    small, ref = (ks.compute_key_stats(tiny_model, 1, n, seq_len=32) for n in (100, 400))
+    assert [r["n_tokens"] for r in rows] == [small.n_tokens, ref.n_tokens]
+    assert [r["rank"] for r in rows] == [small.rank(), ref.rank()]
+
+    def mean_cos(st: ks.KeyStats, reg: float = 1e-2) -> float:
+        return float(torch.stack([torch.nn.functional.cosine_similarity(st.solve(k.double(), reg),
+                                                                        ref.solve(k.double(), reg), dim=0)
+                                  for k in keys]).mean())
+
+    assert rows[0]["cos_u_vs_ref"] == pytest.approx(mean_cos(small), abs=1e-5)
+    assert rows[0]["cos_u_vs_ref"] < 1.0 - 1e-6  # 100 tokens do not pin down the 400-token direction
 
 
 # ---------------------------------------------------------------------------------------------- k*, v*
@@ -179,7 +194,7 @@ def test_compute_k_and_v_with_extra_loss_term(tiny_model):
     assert res.history[-1]["nll"] < res.history[0]["nll"]  # the optimisation learns
     torch.testing.assert_close(res.v_star, plain.v_star)  # a zero-weighted term leaves ROME unchanged
     step, grads, initial, shape = probe.seen[0]
-    assert all(grads) and initial == set(probe.hook_names) and shape[0] == FAST.context_lengths[0][1] + 2
+    assert all(grads) and set(probe.hook_names) <= initial and shape[0] == FAST.context_lengths[0][1] + 2
     assert probe.prepared == 1 + FAST.context_lengths[0][1]
     clamped = compute_v(tiny_model, req, 0, FAST)
     assert clamped.delta.norm() <= FAST.clamp_norm_factor * clamped.v0.norm() * (1 + 1e-5)

@@ -28,12 +28,15 @@
 
 # %% tags=["parameters"]
 # Parameters (papermill: `-p NAME VALUE`)
-MODEL_NAME = None  # None means the embedded SmolLM2-135M-Instruct; or a Hugging Face name like gpt2-xl
+# None means the embedded SmolLM2-135M-Instruct; or a Hugging Face name
+# like gpt2-xl
+MODEL_NAME = None
 DEVICE = None  # None means a GPU if there is one, else the CPU
 PROMPT = "The Eiffel Tower is located in the city of"
 ANSWER = " Paris"  # note the leading space
 DISTRACTOR = " Rome"
-LAYER_TO_PLOT = None  # layer whose attention patterns are drawn; None means the middle layer
+# layer whose attention patterns are drawn; None means the middle layer
+LAYER_TO_PLOT = None
 SEED = 0
 
 # %%
@@ -86,7 +89,10 @@ pd.Series(summary, name="value").to_frame()
 bridge_tokens = model.to_tokens(PROMPT)
 print("tokens:", model.to_str_tokens(PROMPT))
 print("ids:   ", bridge_tokens[0].tolist())
-print("tokenizer ids equal model.to_tokens ids:", tokenizer(PROMPT)["input_ids"] == bridge_tokens[0].tolist())
+print(
+    "tokenizer ids equal model.to_tokens ids:",
+    tokenizer(PROMPT)["input_ids"] == bridge_tokens[0].tolist(),
+)
 
 # %% [markdown]
 # *Which* BOS token, and whether there is one at all, changes what the model predicts. SmolLM2's
@@ -103,20 +109,38 @@ more_facts = [
     ("The Colosseum is located in the city of", " Rome"),
     ("The currency of the United Kingdom is the", " pound"),
 ]
-bos_facts = [(PROMPT, ANSWER)] + [fact for fact in more_facts if fact[0] != PROMPT]
-candidate_prefixes = {"no BOS": [], "<|im_start|>": ["<|im_start|>"], "<|endoftext|>": ["<|endoftext|>"]}
-vocab = tokenizer.get_vocab()  # another model may lack these tokens: compare only those it has
-prefixes = {label: toks for label, toks in candidate_prefixes.items() if all(t in vocab for t in toks)}
+bos_facts = [(PROMPT, ANSWER)] + [
+    fact for fact in more_facts if fact[0] != PROMPT
+]
+candidate_prefixes = {
+    "no BOS": [],
+    "<|im_start|>": ["<|im_start|>"],
+    "<|endoftext|>": ["<|endoftext|>"],
+}
+# another model may lack these tokens: compare only those it has
+vocab = tokenizer.get_vocab()
+prefixes = {
+    label: toks
+    for label, toks in candidate_prefixes.items()
+    if all(t in vocab for t in toks)
+}
 rows = []
 for label, prefix in prefixes.items():
     prefix_ids = tokenizer.convert_tokens_to_ids(prefix)
     for prompt, answer in bos_facts:
-        ids = prefix_ids + model.to_tokens(prompt, prepend_bos=False)[0].tolist()
+        ids = (
+            prefix_ids
+            + model.to_tokens(prompt, prepend_bos=False)[0].tolist()
+        )
         target = model.to_tokens(answer, prepend_bos=False)[0, 0].item()
         with torch.no_grad():
             p = model(torch.tensor([ids]))[0, -1].softmax(-1)[target].item()
-        rows.append({"first token": label, "prompt": prompt, "P(answer)": p})
-bos_table = pd.DataFrame(rows).pivot(index="prompt", columns="first token", values="P(answer)")
+        rows.append(
+            {"first token": label, "prompt": prompt, "P(answer)": p}
+        )
+bos_table = pd.DataFrame(rows).pivot(
+    index="prompt", columns="first token", values="P(answer)"
+)
 print(bos_table.round(2).to_string())
 print("mean:", bos_table.mean().round(2).to_dict())
 
@@ -134,7 +158,8 @@ print("mean:", bos_table.mean().round(2).to_dict())
 # NBVAL_CHECK_OUTPUT
 for text in [ANSWER, ANSWER.strip()]:
     ids = model.to_tokens(text, prepend_bos=False)[0].tolist()
-    print(f"{text!r:>10} -> ids {ids} -> tokens {model.to_str_tokens(text, prepend_bos=False)}")
+    str_toks = model.to_str_tokens(text, prepend_bos=False)
+    print(f"{text!r:>10} -> ids {ids} -> tokens {str_toks}")
 
 # %%
 answer_id = model.to_tokens(ANSWER, prepend_bos=False)[0, 0].item()
@@ -153,7 +178,9 @@ for text in [ANSWER, ANSWER.strip()]:
 # %%
 logits, cache = model.run_with_cache(bridge_tokens)
 n_tokens = bridge_tokens.shape[1]
-print(f"{len(cache.keys())} hooked activations for a {n_tokens}-token prompt")
+print(
+    f"{len(cache.keys())} hooked activations for a {n_tokens}-token prompt"
+)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -215,12 +242,20 @@ layer_logprobs = lens.logit_lens(model, cache)[:, 0]  # [layer + 1, vocab]
 curves = pd.DataFrame(
     {
         "layer": list(range(-1, model.cfg.n_layers)) * 2,
-        "probability": torch.cat([layer_logprobs[:, answer_id].exp(), layer_logprobs[:, distractor_id].exp()]).tolist(),
-        "token": [ANSWER] * (model.cfg.n_layers + 1) + [DISTRACTOR] * (model.cfg.n_layers + 1),
+        "probability": torch.cat(
+            [
+                layer_logprobs[:, answer_id].exp(),
+                layer_logprobs[:, distractor_id].exp(),
+            ]
+        ).tolist(),
+        "token": [ANSWER] * (model.cfg.n_layers + 1)
+        + [DISTRACTOR] * (model.cfg.n_layers + 1),
     }
 )
 fig, ax = plt.subplots(figsize=(7, 3.2))
-sns.lineplot(data=curves, x="layer", y="probability", hue="token", marker="o", ax=ax)
+sns.lineplot(
+    data=curves, x="layer", y="probability", hue="token", marker="o", ax=ax
+)
 ax.set_title(f"Logit lens on {PROMPT!r}")
 ax.set_xlabel("residual stream after layer (-1 = embeddings)")
 plt.tight_layout()
@@ -233,30 +268,50 @@ plt.show()
 # incorrect token at the last position. Write it. (Why is it the same as the difference of
 # log-probabilities? The check uses that fact.)
 
+
 # %%
-def logit_difference(logits: torch.Tensor, good: int, bad: int) -> torch.Tensor:
-    """Logit of token `good` minus logit of token `bad` at the last position; logits is [batch, pos, vocab]."""
+def logit_difference(
+    logits: torch.Tensor, good: int, bad: int
+) -> torch.Tensor:
+    """Logit of token `good` minus logit of token `bad` at the last
+    position; logits is [batch, pos, vocab]."""
     # Your code here
     raise NotImplementedError
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution
-def logit_difference_solution(logits: torch.Tensor, good: int, bad: int) -> torch.Tensor:
+def logit_difference_solution(
+    logits: torch.Tensor, good: int, bad: int
+) -> torch.Tensor:
     last = logits[:, -1, :]
     return last[:, good] - last[:, bad]
 
 
 # %%
 def test_logit_difference(fn) -> None:
-    # log-softmax subtracts the same constant from every logit, so differences survive it
+    # log-softmax subtracts the same constant from every logit, so
+    # differences survive it
     logprobs = logits[:, -1].log_softmax(-1)
-    assert_close(fn(logits, answer_id, distractor_id), logprobs[:, answer_id] - logprobs[:, distractor_id], atol=1e-4, what="logit difference")
+    assert_close(
+        fn(logits, answer_id, distractor_id),
+        logprobs[:, answer_id] - logprobs[:, distractor_id],
+        atol=1e-4,
+        what="logit difference",
+    )
 
 
-logit_difference = check_exercise("0.1 logit_difference", logit_difference, logit_difference_solution, test_logit_difference)
+logit_difference = check_exercise(
+    "0.1 logit_difference",
+    logit_difference,
+    logit_difference_solution,
+    test_logit_difference,
+)
 clean_logit_diff = logit_difference(logits, answer_id, distractor_id).item()
-print(f"clean logit difference {ANSWER!r} - {DISTRACTOR!r}: {clean_logit_diff:.2f}")
+print(
+    f"clean logit difference {ANSWER!r} - {DISTRACTOR!r}: "
+    f"{clean_logit_diff:.2f}"
+)
 
 # %% [markdown]
 # ### Exercise 0.2: your own logit lens
@@ -264,9 +319,11 @@ print(f"clean logit difference {ANSWER!r} - {DISTRACTOR!r}: {clean_logit_diff:.2
 # Read the residual stream of one layer through the model's final norm and unembedding, as
 # `editlens.lens.logit_lens` does for all layers. Use `model.ln_final` and `model.unembed`.
 
+
 # %%
 def read_residual(resid: torch.Tensor) -> torch.Tensor:
-    """Map a residual stream [batch, pos, d_model] to logits [batch, pos, d_vocab]."""
+    """Map a residual stream [batch, pos, d_model] to logits
+    [batch, pos, d_vocab]."""
     # Your code here
     raise NotImplementedError
 
@@ -280,11 +337,22 @@ def read_residual_solution(resid: torch.Tensor) -> torch.Tensor:
 # %%
 def test_read_residual(fn) -> None:
     last_resid = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
-    # the last block's residual stream, read out, must reproduce the model's own logits
-    assert_close(fn(last_resid), logits, atol=1e-3, what="logits from the last residual stream")
+    # the last block's residual stream, read out, must reproduce the
+    # model's own logits
+    assert_close(
+        fn(last_resid),
+        logits,
+        atol=1e-3,
+        what="logits from the last residual stream",
+    )
 
 
-read_residual = check_exercise("0.2 read_residual", read_residual, read_residual_solution, test_read_residual)
+read_residual = check_exercise(
+    "0.2 read_residual",
+    read_residual,
+    read_residual_solution,
+    test_read_residual,
+)
 
 # %% [markdown]
 # ## 5. Attention patterns
@@ -295,20 +363,34 @@ read_residual = check_exercise("0.2 read_residual", read_residual, read_residual
 # %%
 layer = model.cfg.n_layers // 2 if LAYER_TO_PLOT is None else LAYER_TO_PLOT
 str_tokens = model.to_str_tokens(PROMPT)
-pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]  # [head, query, key]
+# [head, query, key]
+pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]
 n_heads = pattern.shape[0]
 ncols = 3
 nrows = -(-n_heads // ncols)
-fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
+fig, axes = plt.subplots(
+    nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False
+)
 for head, ax in enumerate(axes.flat):
     if head >= n_heads:
         ax.axis("off")
         continue
-    sns.heatmap(pattern[head].numpy(), ax=ax, cmap="viridis", vmin=0, vmax=1, cbar=False, square=True,
-                xticklabels=str_tokens, yticklabels=str_tokens)
+    sns.heatmap(
+        pattern[head].numpy(),
+        ax=ax,
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        cbar=False,
+        square=True,
+        xticklabels=str_tokens,
+        yticklabels=str_tokens,
+    )
     ax.set_title(f"L{layer}H{head}", fontsize=10)
     ax.tick_params(labelsize=6)
-fig.suptitle(f"Attention patterns, layer {layer} (rows: query, columns: key)")
+fig.suptitle(
+    f"Attention patterns, layer {layer} (rows: query, columns: key)"
+)
 plt.tight_layout()
 plt.show()
 
@@ -320,12 +402,22 @@ plt.show()
 # layer on both behaviours:
 
 # %%
-patterns = anatomy.attention_patterns(cache, model.cfg.n_layers)  # [layer, head, query, key]
-scores = {"previous-token score": anatomy.previous_token_scores(patterns),
-          "first-token (sink) score": anatomy.first_token_scores(patterns)}
+# [layer, head, query, key]
+patterns = anatomy.attention_patterns(cache, model.cfg.n_layers)
+scores = {
+    "previous-token score": anatomy.previous_token_scores(patterns),
+    "first-token (sink) score": anatomy.first_token_scores(patterns),
+}
 fig, axes = plt.subplots(1, 2, figsize=(11, 6))
 for ax, (title, values) in zip(axes, scores.items()):
-    sns.heatmap(values.numpy(), ax=ax, cmap="rocket_r", vmin=0, vmax=1, cbar_kws={"shrink": 0.6})
+    sns.heatmap(
+        values.numpy(),
+        ax=ax,
+        cmap="rocket_r",
+        vmin=0,
+        vmax=1,
+        cbar_kws={"shrink": 0.6},
+    )
     ax.set(title=title, xlabel="head", ylabel="layer")
 plt.tight_layout()
 plt.show()
@@ -335,8 +427,12 @@ plt.show()
 prev = scores["previous-token score"]
 flat = prev.flatten().topk(3)
 for value, index in zip(flat.values, flat.indices):
-    print(f"previous-token head L{index.item() // prev.shape[1]}H{index.item() % prev.shape[1]}: score {value.item():.2f}")
-print(f"mean first-token score over all heads: {scores['first-token (sink) score'].mean().item():.2f}")
+    layer_i, head_i = divmod(index.item(), prev.shape[1])
+    print(
+        f"previous-token head L{layer_i}H{head_i}: score {value.item():.2f}"
+    )
+sink_mean = scores["first-token (sink) score"].mean().item()
+print(f"mean first-token score over all heads: {sink_mean:.2f}")
 
 # %% [markdown]
 # ## 6. Adding and removing hooks safely
@@ -355,16 +451,20 @@ print(f"mean first-token score over all heads: {scores['first-token (sink) score
 #
 # Write a hook for `blocks.{layer}.attn.hook_z` that zeroes the output of one head at every position.
 
+
 # %%
 def zero_head_hook(z: torch.Tensor, hook, head: int) -> torch.Tensor:
-    """z is [batch, pos, head, d_head]; return it with head `head` set to zero."""
+    """z is [batch, pos, head, d_head]; return it with head `head` set to
+    zero."""
     # Your code here
     raise NotImplementedError
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution
-def zero_head_hook_solution(z: torch.Tensor, hook, head: int) -> torch.Tensor:
+def zero_head_hook_solution(
+    z: torch.Tensor, hook, head: int
+) -> torch.Tensor:
     z = z.clone()
     z[:, :, head, :] = 0.0
     return z
@@ -379,16 +479,35 @@ def test_zero_head_hook(fn) -> None:
     seen = {}
     hooks = [
         (f"blocks.{test_layer}.attn.hook_z", partial(fn, head=test_head)),
-        (f"blocks.{test_layer}.hook_attn_out", lambda act, hook: seen.__setitem__("attn_out", act.detach().clone())),
+        (
+            f"blocks.{test_layer}.hook_attn_out",
+            lambda act, hook: seen.__setitem__(
+                "attn_out", act.detach().clone()
+            ),
+        ),
     ]
     model.run_with_hooks(bridge_tokens, fwd_hooks=hooks)
-    # Without the head, attention output = clean output - that head's z @ W_O[head].
+    # Without the head, attention output = clean output - that head's
+    # z @ W_O[head].
     z = cache[f"blocks.{test_layer}.attn.hook_z"][:, :, test_head]
-    expected = cache[f"blocks.{test_layer}.hook_attn_out"] - z @ model.blocks[test_layer].attn.W_O[test_head].detach()
-    assert_close(seen["attn_out"], expected, atol=1e-4, what="attention output with the head zeroed")
+    expected = (
+        cache[f"blocks.{test_layer}.hook_attn_out"]
+        - z @ model.blocks[test_layer].attn.W_O[test_head].detach()
+    )
+    assert_close(
+        seen["attn_out"],
+        expected,
+        atol=1e-4,
+        what="attention output with the head zeroed",
+    )
 
 
-zero_head_hook = check_exercise("0.3 zero_head_hook", zero_head_hook, zero_head_hook_solution, test_zero_head_hook)
+zero_head_hook = check_exercise(
+    "0.3 zero_head_hook",
+    zero_head_hook,
+    zero_head_hook_solution,
+    test_zero_head_hook,
+)
 
 # %% [markdown]
 # With the hook we can ask of every head: how much does the logit difference fall without it?
@@ -412,13 +531,33 @@ def zero_one_head_per_row(z: torch.Tensor, hook) -> torch.Tensor:
 batch = bridge_tokens.expand(n_heads, -1)  # one copy of the prompt per head
 with torch.no_grad():
     for abl_layer in tqdm(range(n_layers), desc="ablating heads"):
-        ablated = model.run_with_hooks(batch, fwd_hooks=[(f"blocks.{abl_layer}.attn.hook_z", zero_one_head_per_row)])
-        ablation_effect[abl_layer] = logit_difference(ablated, answer_id, distractor_id) - clean_logit_diff
+        ablated = model.run_with_hooks(
+            batch,
+            fwd_hooks=[
+                (f"blocks.{abl_layer}.attn.hook_z", zero_one_head_per_row)
+            ],
+        )
+        ablation_effect[abl_layer] = (
+            logit_difference(ablated, answer_id, distractor_id)
+            - clean_logit_diff
+        )
 
 fig, ax = plt.subplots(figsize=(5, 6))
 limit = ablation_effect.abs().max().item()
-sns.heatmap(ablation_effect.numpy(), cmap="RdBu", center=0, vmin=-limit, vmax=limit, ax=ax, cbar_kws={"label": "change in logit diff"})
-ax.set(xlabel="head", ylabel="layer", title=f"Zero-ablating one head: {ANSWER!r} vs {DISTRACTOR!r}")
+sns.heatmap(
+    ablation_effect.numpy(),
+    cmap="RdBu",
+    center=0,
+    vmin=-limit,
+    vmax=limit,
+    ax=ax,
+    cbar_kws={"label": "change in logit diff"},
+)
+ax.set(
+    xlabel="head",
+    ylabel="layer",
+    title=f"Zero-ablating one head: {ANSWER!r} vs {DISTRACTOR!r}",
+)
 plt.tight_layout()
 plt.show()
 
@@ -426,7 +565,11 @@ plt.show()
 # NBVAL_CHECK_OUTPUT
 worst = ablation_effect.flatten().topk(3, largest=False)
 for value, index in zip(worst.values, worst.indices):
-    print(f"L{index.item() // n_heads}H{index.item() % n_heads}: logit difference changes by {value.item():+.1f}")
+    layer_i, head_i = divmod(index.item(), n_heads)
+    print(
+        f"L{layer_i}H{head_i}: logit difference changes by "
+        f"{value.item():+.1f}"
+    )
 
 # %% [markdown]
 # Now the danger of permanent hooks, and the fix:
@@ -438,15 +581,23 @@ model.add_hook(hook_name, partial(zero_head_hook, head=0))
 leaked = model(bridge_tokens)
 print("forgotten hook still active:", not torch.allclose(leaked, logits))
 model.reset_hooks()
-print("after reset_hooks, logits match the clean run:", torch.allclose(model(bridge_tokens), logits))
+print(
+    "after reset_hooks, logits match the clean run:",
+    torch.allclose(model(bridge_tokens), logits),
+)
 
 try:
-    with model.hooks(fwd_hooks=[(hook_name, partial(zero_head_hook, head=0))]):
+    with model.hooks(
+        fwd_hooks=[(hook_name, partial(zero_head_hook, head=0))]
+    ):
         model(bridge_tokens)
         raise RuntimeError("something failed mid-experiment")
 except RuntimeError:
     pass
-print("after an exception inside `with model.hooks(...)`, logits match:", torch.allclose(model(bridge_tokens), logits))
+print(
+    "after an exception inside `with model.hooks(...)`, logits match:",
+    torch.allclose(model(bridge_tokens), logits),
+)
 
 # %% [markdown]
 # ## 7. Why `run_with_cache` gives no gradients
@@ -465,7 +616,8 @@ captured = {}
 
 
 def keep_resid(resid, hook):
-    resid.retain_grad()  # a non-leaf tensor: ask autograd to keep its gradient
+    # a non-leaf tensor: ask autograd to keep its gradient
+    resid.retain_grad()
     captured["resid"] = resid
 
 
@@ -477,13 +629,25 @@ print("hooked activation has a gradient:", grad is not None)
 model.zero_grad(set_to_none=True)
 
 # %%
-# Which positions' residual streams at this layer matter most for the logit difference?
-attribution = (grad * captured["resid"][0].detach()).sum(-1)  # gradient x activation per position
+# Which positions' residual streams at this layer matter most for the
+# logit difference? Gradient x activation per position:
+attribution = (grad * captured["resid"][0].detach()).sum(-1)
 fig, ax = plt.subplots(figsize=(7, 2.8))
-sns.barplot(x=list(range(len(str_tokens))), y=attribution.numpy(), ax=ax, color="steelblue")
+sns.barplot(
+    x=list(range(len(str_tokens))),
+    y=attribution.numpy(),
+    ax=ax,
+    color="steelblue",
+)
 ax.set_xticks(range(len(str_tokens)))
 ax.set_xticklabels(str_tokens, rotation=45, ha="right")
-ax.set(ylabel="grad x activation", title=f"Attribution of the logit difference to layer {layer}'s residual stream")
+ax.set(
+    ylabel="grad x activation",
+    title=(
+        "Attribution of the logit difference to "
+        f"layer {layer}'s residual stream"
+    ),
+)
 plt.tight_layout()
 plt.show()
 

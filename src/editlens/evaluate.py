@@ -23,7 +23,6 @@ Every metric is reported for the edited model and for the unedited model beside 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -37,8 +36,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from editlens.rome.keys import encode, pad_batch
-from editlens.rome.requests import as_case, as_request, with_leading_space
+from editlens.data import load_object_descriptions
+from editlens.rome.keys import encode
+from editlens.rome.requests import as_case, as_request
+from editlens.scoring import score_continuations
 
 Editor = Callable[[Any, dict], ContextManager]
 """``editor(model, case)`` returns a context manager inside which the model is edited (Chapters 3-6 each give one)."""
@@ -50,71 +51,78 @@ METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RelS", "DNS", "Port", "GE",
 # Scoring continuations
 
 
-@torch.no_grad()
 def continuation_nll(model: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32
                      ) -> Float[Tensor, "n_pairs"]:
-    """Mean per-token NLL of each ``continuation`` after ``prompt`` (continuations get a leading space)."""
-    seqs, spans = [], []
-    for prompt, cont in pairs:
-        p = encode(model, prompt)
-        c = encode(model, with_leading_space(cont), bos=False)
-        if not c:
-            raise ValueError(f"The continuation {cont!r} tokenises to nothing.")
-        seqs.append(p + c)
-        spans.append((len(p), len(c)))
-    out = torch.empty(len(seqs))
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths together: less padding
-    for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
-        tokens, _ = pad_batch(model, [seqs[i] for i in idx])
-        logits = model(tokens)
-        lp = torch.log_softmax(logits.float(), -1)
-        for j, i in enumerate(idx):
-            start, n = spans[i]
-            pos = torch.arange(start - 1, start - 1 + n, device=lp.device)
-            tgt = tokens[j, start:start + n]
-            out[i] = -lp[j, pos, tgt].mean().cpu()
-    return out
+    """Mean per-token NLL of each ``continuation`` after ``prompt`` (with a leading space): the book's
+    one scorer, :func:`editlens.scoring.score_continuations` (``batch_size`` is kept for callers)."""
+    if not pairs:
+        return torch.empty(0, dtype=torch.float64)
+    return torch.from_numpy(score_continuations(model, pairs))
 
 
-def _fill(prompt: str, subject: str) -> str:
+def fill_subject(prompt: str, subject: str) -> str:
+    """A probe prompt with the subject filled in (prompts without ``{}`` are used as they are)."""
     return prompt.format(subject) if "{}" in prompt else prompt
 
 
-def _probe_pairs(case: dict) -> list[tuple[str, str, str, str, str]]:
-    """(probe kind, prompt, good continuation, bad continuation) rows for one case; success = good beats bad."""
-    rr = case["requested_rewrite"]
+def probe_rows(case: dict) -> list[tuple[str, str, str, str, str]]:
+    """(probe kind, prompt, good continuation, bad continuation) rows of one record: success = good beats bad.
+
+    The one definition of every probe of Chapters 2-6: ES, PS, NS, DNS, RelS, Port (Chapter 2's
+    known-facts check reads the ES and NS rows the other way round)."""
     req = as_request(case)
     new, true = req.target_new, req.target_true
     rows = []
     if true is not None:
         rows.append(("ES", req.text, new, true))
         for p in case.get("paraphrase_prompts") or []:
-            rows.append(("PS", _fill(p, req.subject), new, true))
+            rows.append(("PS", fill_subject(p, req.subject), new, true))
         for p in case.get("neighborhood_prompts") or []:
-            rows.append(("NS", _fill(_text(p), req.subject), true, new))
-            rows.append(("DNS", f"{req.text} {new}. {_fill(_text(p), req.subject)}", true, new))
+            rows.append(("NS", fill_subject(prompt_text(p), req.subject), true, new))
+            rows.append(("DNS", f"{req.text} {new}. {fill_subject(prompt_text(p), req.subject)}", true, new))
     for r in case.get("relation_prompts") or []:
         tgt = r.get("target") or r.get("target_true")
         if tgt and tgt.strip() != new.strip():
-            rows.append(("RelS", _fill(r["prompt"], req.subject), tgt, new))
+            rows.append(("RelS", fill_subject(r["prompt"], req.subject), tgt, new))
     for r in case.get("portability_prompts") or []:
         if r.get("target_new") and r.get("target_true"):
-            rows.append(("Port", _fill(r["prompt"], req.subject), r["target_new"], r["target_true"]))
+            rows.append(("Port", fill_subject(r["prompt"], req.subject), r["target_new"], r["target_true"]))
     return rows
 
 
-def _text(p: Any) -> str:
+def prompt_text(p: Any) -> str:
+    """The prompt of a probe given as a string or as a dict with a ``prompt`` key."""
     return p if isinstance(p, str) else (p.get("prompt") if isinstance(p, dict) else str(p))
 
 
 def probe_scores(model: Any, case: Any, *, batch_size: int = 32) -> dict[str, float]:
     """ES/PS/NS/EM/PM/NM/RelS/DNS/Port (fractions in [0, 1], NaN when a record has no such probe)."""
     case = as_case(case)
-    rows = _probe_pairs(case)
+    rows = probe_rows(case)
     pairs = [(r[1], r[2]) for r in rows] + [(r[1], r[3]) for r in rows]
     nll = continuation_nll(model, pairs, batch_size=batch_size) if rows else torch.empty(0)
-    good, bad = nll[: len(rows)], nll[len(rows):]
+    return _scores_from_nll(rows, nll[: len(rows)], nll[len(rows):])
+
+
+def probe_scores_many(model: Any, cases: Sequence[Any], *, batch_size: int = 32) -> list[dict[str, float]]:
+    """:func:`probe_scores` of many records with one :func:`continuation_nll` call over all their probe rows
+    (Chapter 3's evaluation: the unedited model is scored once per fact set). Same results up to float noise."""
+    all_rows = [probe_rows(as_case(c)) for c in cases]
+    flat = [r for rows in all_rows for r in rows]
+    pairs = [(r[1], r[2]) for r in flat] + [(r[1], r[3]) for r in flat]
+    nll = continuation_nll(model, pairs, batch_size=batch_size) if flat else torch.empty(0)
+    good, bad = nll[: len(flat)], nll[len(flat):]
+    out, start = [], 0
+    for rows in all_rows:
+        end = start + len(rows)
+        out.append(_scores_from_nll(rows, good[start:end], bad[start:end]))
+        start = end
+    return out
+
+
+def _scores_from_nll(rows: Sequence[tuple], good: Float[Tensor, "n_rows"], bad: Float[Tensor, "n_rows"]
+                     ) -> dict[str, float]:
+    """Per-kind success rates and probability margins from the NLLs of the good and bad continuation of each row."""
     by: dict[str, list[tuple[float, float]]] = {}
     for r, g, b in zip(rows, good.tolist(), bad.tolist()):
         by.setdefault(r[0], []).append((g, b))
@@ -171,43 +179,13 @@ def generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int = 40, sa
     return [tok.decode(o[n:], skip_special_tokens=True) for o in out]
 
 
-def _descriptions_path() -> Path:
-    return Path(__file__).parent / "data" / "object_descriptions.json"
-
-
-def load_object_descriptions(path: str | Path | None = None) -> dict[str, list[str]]:
-    """Reference texts per object, from ``object_descriptions.json`` ({obj: text | [texts]} or a list of
-    {"object"/"name", "description"/"text"/"texts"}). Empty when the file does not exist."""
-    p = Path(path) if path else _descriptions_path()
-    if not p.exists():
-        return {}
-    try:
-        from editlens.data import load_object_descriptions as _load
-
-        return {k.strip(): list(v) for k, v in _load(p).items()}
-    except (ImportError, ValueError):
-        pass
-    raw = json.loads(p.read_text())
-    out: dict[str, list[str]] = {}
-    items = raw.items() if isinstance(raw, dict) else [
-        (r.get("object") or r.get("name") or r.get("str"), r.get("texts") or r.get("description") or r.get("text"))
-        for r in raw]
-    for k, v in items:
-        if k is None or v is None:
-            continue
-        if isinstance(v, dict):
-            v = v.get("texts") or v.get("description") or v.get("text") or []
-        out[str(k).strip()] = [v] if isinstance(v, str) else list(v)
-    return out
-
-
 def reference_texts(case: dict, descriptions: dict[str, list[str]]) -> tuple[list[str], str]:
     """Reference text about target_new, and where it came from ("descriptions" or "attribute_prompts")."""
     req = as_request(case)
     key = req.target_new.strip()
     if key in descriptions and descriptions[key]:
         return descriptions[key], "descriptions"
-    attrs = [f"{_fill(_text(p), req.subject)} {key}" for p in case.get("attribute_prompts") or []]
+    attrs = [f"{fill_subject(prompt_text(p), req.subject)} {key}" for p in case.get("attribute_prompts") or []]
     return attrs, "attribute_prompts"
 
 
@@ -237,23 +215,67 @@ class GenerationSettings:
     seed: int = 0
 
 
+def _generation_prompts(case: dict, generation: GenerationSettings) -> list[str]:
+    req = as_request(case)
+    prompts = [fill_subject(prompt_text(p), req.subject) for p in (case.get("generation_prompts") or [])][: generation.n_prompts]
+    return prompts or [req.text]
+
+
+def _add_generation_metrics(m: dict[str, Any], case: dict, gens: list[str], descriptions: dict[str, list[str]],
+                            corpus: Sequence[str]) -> dict[str, Any]:
+    m["GE"] = sum(fluency(g) for g in gens) / len(gens)
+    refs, src = reference_texts(case, descriptions)
+    m["RS"] = tfidf_similarity(gens, refs, corpus)
+    m["RS_source"] = src
+    m["generations"] = gens
+    return m
+
+
 def case_metrics(model: Any, case: dict, *, generation: GenerationSettings | None, descriptions: dict[str, list[str]],
                  corpus: Sequence[str] = ()) -> dict[str, Any]:
     """All metrics of one record on the model as it is now (edited or not)."""
     m: dict[str, Any] = probe_scores(model, case)
     if generation is not None:
-        req = as_request(case)
-        prompts = [_fill(_text(p), req.subject) for p in (case.get("generation_prompts") or [])][: generation.n_prompts]
-        if not prompts:
-            prompts = [req.text]
+        prompts = _generation_prompts(case, generation)
         gens = generate(model, prompts, max_new_tokens=generation.max_new_tokens, sample=generation.sample,
                         seed=generation.seed)
-        m["GE"] = sum(fluency(g) for g in gens) / len(gens)
-        refs, src = reference_texts(case, descriptions)
-        m["RS"] = tfidf_similarity(gens, refs, corpus)
-        m["RS_source"] = src
-        m["generations"] = gens
+        _add_generation_metrics(m, case, gens, descriptions, corpus)
     return m
+
+
+def baseline_metrics(model: Any, cases: Sequence[dict], *, generation: GenerationSettings | None,
+                     descriptions: dict[str, list[str]], corpus: Sequence[str] = (), batch_size: int = 32,
+                     generation_batch_size: int = 32, progress: bool = False) -> list[dict[str, Any]]:
+    """:func:`case_metrics` of every record on the model as it is now, computed once for the whole fact set
+    (Chapter 3: the unedited model's metrics do not depend on the edit): one :func:`continuation_nll` call over
+    all records' probe rows, and greedy generations batched over records. Sampled generations stay per record:
+    each record's sample depends on its own seeded batch, and batching would change it."""
+    cases = [as_case(c) for c in cases]
+    metrics: list[dict[str, Any]] = probe_scores_many(model, cases, batch_size=batch_size)
+    if generation is None:
+        return metrics
+    prompts = [_generation_prompts(c, generation) for c in cases]
+    if generation.sample:
+        gens = [generate(model, p, max_new_tokens=generation.max_new_tokens, sample=True, seed=generation.seed)
+                for p in prompts]
+    else:
+        flat = [(i, p) for i, ps in enumerate(prompts) for p in ps]
+        order = sorted(range(len(flat)), key=lambda j: len(encode(model, flat[j][1])))  # similar lengths: less padding
+        texts: dict[int, str] = {}
+        from tqdm import tqdm
+
+        for b in tqdm(range(0, len(order), generation_batch_size), disable=not progress,
+                      desc="unedited model: generations"):
+            idx = order[b:b + generation_batch_size]
+            out = generate(model, [flat[j][1] for j in idx], max_new_tokens=generation.max_new_tokens, sample=False,
+                           seed=generation.seed)
+            texts.update(zip(idx, out))
+        gens = [[] for _ in cases]
+        for j, (i, _) in enumerate(flat):
+            gens[i].append(texts[j])
+    for m, case, g in zip(metrics, cases, gens):
+        _add_generation_metrics(m, case, g, descriptions, corpus)
+    return metrics
 
 
 def harmonic_mean(values: Iterable[float]) -> float:
@@ -318,7 +340,8 @@ def evaluate_edits(
     """Edit each record on its own (``editor(model, case)`` context manager), measure, restore.
 
     ``editor=None`` evaluates only the unedited model. ``baseline`` adds the unedited model's
-    metrics beside each record. Returns an :class:`EvalReport`; ``report.table()`` prints it.
+    metrics beside each record; they are computed once, batched over all records, before the first
+    edit (:func:`baseline_metrics`). Returns an :class:`EvalReport`; ``report.table()`` prints it.
     """
     from tqdm import tqdm
 
@@ -327,13 +350,15 @@ def evaluate_edits(
     cases = [as_case(c) for c in cases]
     report = EvalReport(settings={"generation": None if generation is None else vars(generation),
                                   "consistency": "tfidf", "n_descriptions": len(descriptions)})
+    unedited = (baseline_metrics(model, cases, generation=generation, descriptions=descriptions, corpus=corpus,
+                                 progress=progress) if baseline else None)  # once for the fact set, before any edit
     bar = tqdm(cases, disable=not progress, desc="evaluating edits")
-    for case in bar:
+    for i, case in enumerate(bar):
         req = as_request(case)
         rec: dict[str, Any] = {"case_id": case.get("case_id"), "subject": req.subject, "prompt": req.text,
                                "target_new": req.target_new, "target_true": req.target_true}
-        if baseline:
-            rec["unedited"] = case_metrics(model, case, generation=generation, descriptions=descriptions, corpus=corpus)
+        if unedited is not None:
+            rec["unedited"] = unedited[i]
         if editor is not None:
             t0 = time.perf_counter()
             with editor(model, case) as info:
@@ -361,7 +386,7 @@ def _info(info: Any) -> dict:
 
 
 def rome_editor(hparams: Any, stats: Any = None, extra_losses: Sequence[Any] = ()) -> Editor:
-    """The :data:`Editor` for ROME (Chapter 3); Chapters 5-6 pass ``extra_losses``."""
+    """The :data:`Editor` for ROME (Chapter 3); Chapters 4-5 (STEAM, SADR) pass ``extra_losses``."""
     from editlens.rome.update import edited
 
     def editor(model: Any, case: dict) -> ContextManager:

@@ -29,9 +29,8 @@ from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
-from editlens.consistency import (
-    ScoringPlan, _device, _Encoder, _pad_id, item_logprobs, model_answers, query_consistency, pad_rows,
-)
+from editlens.consistency import model_answers, query_consistency
+from editlens.scoring import ScoringPlan, TokenCache, item_logprobs, model_device, pad_id, pad_rows
 
 _WRAPPER = re.compile(r"\.?_original_component(?=\.|$)")
 
@@ -94,7 +93,7 @@ def _targets(model, queries: Sequence[Any], targets: Mapping[int, str] | str, ba
 
 
 def _examples(model, queries: Sequence[Any], targets: dict[int, str]) -> list[tuple[list[int], list[int]]]:
-    enc = _Encoder(model)
+    enc = TokenCache(model)
     return [(enc.prompt(p), enc.answer(targets[i])) for i, q in enumerate(queries) for p in q.prompts]
 
 
@@ -113,7 +112,7 @@ def _train(model, train_queries, targets, *, lr, steps, epochs, batch_size, eval
     result = SFTResult(targets=tg, trainable=list(params))
     opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    pad, dev = _pad_id(model), _device(model)
+    pad, dev = pad_id(model), model_device(model)
     t_start, train_s, losses = time.perf_counter(), 0.0, []
 
     def evaluate(step: int) -> None:

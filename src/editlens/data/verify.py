@@ -35,7 +35,6 @@ than ``TOLERANCE`` or a record fails a threshold.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import defaultdict
@@ -45,6 +44,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from editlens.data.counterfact import FACTS_PATH, CounterFactRecord, load_facts, save_facts
+from editlens.scoring import score_continuations
 
 MIN_MARGIN: float = 0.02
 """A stored/recomputed margin passes when >= MIN_MARGIN (nats)."""
@@ -58,63 +58,27 @@ MODEL_LABEL = "SmolLM2-135M-Instruct (editlens embedded, dequantised Q4_1)"
 
 
 class TargetScorer:
-    """Mean per-token NLL of ``" " + target`` after ``prompt``, batched and cached.
+    """Mean per-token NLL of ``" " + target`` after ``prompt``, cached per pair.
 
-    Sequences are ``[BOS] + prompt + target[:-1]``; the ones that share that token sequence
-    (e.g. all single-token targets of one prompt) share one forward pass. Batches are padded on
-    the right: with causal attention the padding never influences the real positions.
-    """
+    The scores are the book's one scorer's (:func:`editlens.scoring.score_continuations`: one BOS
+    rule, one answer rule, every shared prefix run once), so a record verified here gets the same
+    numbers as in Chapters 2-6. ``tokenizer`` must be the model's own (kept for old callers)."""
 
     def __init__(self, model: Any, tokenizer: Any | None = None, *, batch_size: int = 32):
+        if tokenizer is not None and tokenizer is not model.tokenizer:
+            raise ValueError("TargetScorer scores with the model's own tokenizer. Fix: pass tokenizer=None "
+                             "(or the tokenizer that load_model returned with this model).")
         self.model = model
-        self.tok = tokenizer if tokenizer is not None else model.tokenizer
         self.batch_size = batch_size
         self.cache: dict[tuple[str, str], float] = {}
-        self._ptok: dict[str, list[int]] = {}
-        self._ttok: dict[str, list[int]] = {}
-        self.forward_tokens = 0
 
-    def _prompt_ids(self, prompt: str) -> list[int]:
-        if prompt not in self._ptok:
-            self._ptok[prompt] = self.model.to_tokens(prompt)[0].tolist()
-        return self._ptok[prompt]
-
-    def _target_ids(self, target: str) -> list[int]:
-        if target not in self._ttok:
-            ids = self.tok(" " + target, add_special_tokens=False)["input_ids"]
-            if not ids:
-                raise ValueError(f"target {target!r} tokenises to nothing")
-            self._ttok[target] = ids
-        return self._ttok[target]
-
-    @torch.no_grad()
     def score(self, items: Iterable[tuple[str, str]]) -> list[float]:
         """NLLs for ``(prompt, target)`` pairs, in order."""
         items = list(items)
         todo = [it for it in dict.fromkeys(items) if it not in self.cache]
         if todo:
-            seqs: dict[tuple[int, ...], list[tuple[tuple[str, str], int, list[int]]]] = defaultdict(list)
-            for prompt, target in todo:
-                p = self._prompt_ids(prompt)
-                t = self._target_ids(target)
-                seqs[tuple(p + t[:-1])].append(((prompt, target), len(p), t))
-            order = sorted(seqs, key=len)
-            pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-            device = next(self.model.parameters()).device
-            for b in range(0, len(order), self.batch_size):
-                batch = order[b:b + self.batch_size]
-                width = max(len(s) for s in batch)
-                x = torch.full((len(batch), width), pad, dtype=torch.long)
-                for i, s in enumerate(batch):
-                    x[i, :len(s)] = torch.tensor(s)
-                logits = self.model(x.to(device))
-                self.forward_tokens += x.numel()
-                logp = logits.float().log_softmax(-1)
-                for i, s in enumerate(batch):
-                    for key, plen, t in seqs[s]:
-                        pos = torch.arange(plen - 1, plen - 1 + len(t), device=logp.device)
-                        lp = logp[i, pos, torch.tensor(t, device=logp.device)]
-                        self.cache[key] = float(-lp.mean())
+            for key, nll in zip(todo, score_continuations(self.model, todo)):
+                self.cache[key] = float(nll)
         return [self.cache[it] for it in items]
 
 

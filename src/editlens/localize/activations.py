@@ -15,24 +15,51 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from editlens.consistency import _Encoder, _device, _pad_id, pad_rows
+from editlens.scoring import (PrefixTree, TokenCache, forward_packed, model_device, packing_supported, pad_id,
+                              pad_rows)
 
 
 def z_hook_name(layer: int) -> str:
+    """Hook of the per-head outputs before W_O: ``[batch, pos, head, d_head]`` (Chapters 1-2)."""
     return f"blocks.{layer}.attn.hook_z"
 
 
 def last_token_z(
     model, prompts: Sequence[str], *, batch_size: int = 32, dtype: torch.dtype = torch.float32,
+    packed: bool | None = None, row_tokens: int = 256,
 ) -> Float[Tensor, "prompt layer head d_head"]:
-    """``hook_z`` of every layer at each prompt's last token (BOS prepended), on the CPU."""
-    enc = _Encoder(model)
+    """``hook_z`` of every layer at each prompt's last token (BOS prepended), on the CPU.
+
+    Prompts sharing a prefix run it once (:class:`editlens.scoring.PrefixTree`, tree attention)
+    unless ``packed=False`` or the model does not support it; then right-padded batches."""
+    enc = TokenCache(model)
     ids = [enc.prompt(p) for p in prompts]
     L = model.cfg.n_layers
     out = torch.empty(len(prompts), L, model.cfg.n_heads, model.cfg.d_head, dtype=dtype)
-    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
-    pad, dev = _pad_id(model), _device(model)
     names = {z_hook_name(l) for l in range(L)}
+    if packed is not False and packing_supported(model):
+        tree = PrefixTree(ids, row_tokens=row_tokens)
+        by_row: dict[int, list[tuple[int, int]]] = {}
+        for i, s in enumerate(ids):
+            r, at = tree.home[tree.node(i, len(s) - 1)]
+            by_row.setdefault(r, []).append((i, at))
+        store: dict[str, Tensor] = {}
+
+        def grabber(name: str):
+            def grab(z: Tensor, hook) -> Tensor:
+                store[name] = z
+                return z
+            return grab
+
+        with torch.no_grad():
+            for r, members in sorted(by_row.items()):
+                at = torch.tensor([a for _, a in members])
+                forward_packed(model, tree.rows[r], [members[0][1]], [(n, grabber(n)) for n in sorted(names)])
+                z = torch.stack([store[z_hook_name(l)][0, at.to(store[z_hook_name(l)].device)] for l in range(L)], 1)
+                out[torch.tensor([i for i, _ in members])] = z.to("cpu", dtype)
+        return out
+    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+    pad, dev = pad_id(model), model_device(model)
     with torch.no_grad():
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]

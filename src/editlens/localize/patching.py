@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from editlens.consistency import ScoringPlan, _Encoder, _device, _pad_id, item_logprobs, pad_rows
+from editlens.scoring import ScoringPlan, TokenCache, item_logprobs, model_device, pad_id, pad_rows
 from editlens.localize.activations import z_hook_name
 
 
@@ -103,7 +103,7 @@ class PatchingResult:
 class _Batch:
     """Token rows of a chunk of pairs: source rows (clean) and target rows (corrupt), tagged by pair."""
 
-    def __init__(self, model, enc: _Encoder, ps: PatchSet):
+    def __init__(self, model, enc: TokenCache, ps: PatchSet):
         self.n = len(ps)
         self.clean, self.corrupt = ScoringPlan(), ScoringPlan()
         self.clean_items, self.corrupt_items = [], []  # per pair: (good item, bad item)
@@ -112,7 +112,7 @@ class _Batch:
             s, t = enc.prompt(ps.source_prompt[k]), enc.prompt(ps.target_prompt[k])
             self.clean_items.append((self.clean.add(s, g, tag=k), self.clean.add(s, b, tag=k)))
             self.corrupt_items.append((self.corrupt.add(t, g, tag=k), self.corrupt.add(t, b, tag=k)))
-        dev, pad = _device(model), _pad_id(model)
+        dev, pad = model_device(model), pad_id(model)
         self.dev = dev
         self.clean_tokens = pad_rows(self.clean.rows, pad, dev)
         self.corrupt_tokens = pad_rows(self.corrupt.rows, pad, dev)
@@ -164,7 +164,7 @@ def activation_patching(
     t0 = time.perf_counter()
     L, H = model.cfg.n_layers, model.cfg.n_heads
     heads = [(l, h) for l in range(L) for h in range(H)] if heads is None else list(heads)
-    enc = _Encoder(model)
+    enc = TokenCache(model)
     eff_sum, flip_sum = np.zeros((L, H)), np.zeros((L, H))
     ld_clean, ld_corrupt = [], []
     it = heads
@@ -211,7 +211,7 @@ def attribution_patching(model, ps: PatchSet, *, batch_size: int = 16) -> Patchi
     _check_nonempty(ps)
     t0 = time.perf_counter()
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    enc = _Encoder(model)
+    enc = TokenCache(model)
     per_pair_attr, ld_clean, ld_corrupt = [], [], []
     for idx in _chunks(len(ps), batch_size):
         b = _Batch(model, enc, ps.subset(idx))

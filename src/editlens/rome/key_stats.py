@@ -27,7 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from editlens.paths import cache_dir
-from editlens.rome.keys import bos_ids, mlp_key_hook
+from editlens.rome.keys import mlp_key_hook
+from editlens.scoring import bos_ids
 
 START_WORDS = ["The", "In", "A", "It", "This", "He", "She", "We", "They", "When", "After", "One", "There", "For",
                "As", "Many", "Today", "His", "Her", "Our"]
@@ -36,6 +37,15 @@ STATS_FORMAT = 2  # 2: safetensors files (1 was pickled .pt, no longer read)
 
 def stats_dir() -> Path:
     return cache_dir() / "stats"
+
+
+def shipped_text_dir() -> Path:
+    """Where the book ships the embedded model's own sampled text (``editlens/data/model_text``).
+
+    Sampling 65,536 tokens costs about ten minutes of one CPU thread and is the same work on every
+    machine, so it is done once (``scripts/ship_model_text.py``) and shipped; a sample for other
+    weights, seeds or lengths is generated and cached as before."""
+    return Path(__file__).resolve().parents[1] / "data" / "model_text"
 
 
 _FP_CACHE: dict[int, tuple[int, str]] = {}
@@ -103,10 +113,11 @@ def sample_tokens(model: Any, n_tokens: int, *, seed: int = 0, seq_len: int = 12
     path = stats_dir() / f"samples_{fingerprint(model)}_s{seed}_L{seq_len}_n{n_seq}.safetensors"
     if path.exists():
         return _load_tensor(path, "tokens")
-    # reuse a longer cached sample with the same seed/length
-    for other in sorted(stats_dir().glob(f"samples_{fingerprint(model)}_s{seed}_L{seq_len}_n*.safetensors")):
+    # reuse a longer sample with the same weights, seed and length: shipped with the book, or cached
+    pattern = f"samples_{fingerprint(model)}_s{seed}_L{seq_len}_n*.safetensors"
+    for other in [*sorted(shipped_text_dir().glob(pattern)), *sorted(stats_dir().glob(pattern))]:
         if int(other.stem.rsplit("_n", 1)[1]) >= n_seq:
-            return _load_tensor(other, "tokens")[:n_seq]
+            return _load_tensor(other, "tokens")[:n_seq].long()
     from tqdm import tqdm
 
     tok = model.tokenizer

@@ -17,34 +17,21 @@ from torch import Tensor
 
 from editlens.rome.hparams import ROMEHyperParams
 from editlens.rome.requests import RewriteRequest
+from editlens.scoring import bos_ids, encode_text, pad_id, pad_rows
 
 _TEMPLATE_CACHE: dict[tuple, list[str]] = {}
 
 
-def bos_ids(model: Any) -> list[int]:
-    """``[bos]`` when the model is run with a BOS token in front (TransformerLens default), else ``[]``."""
-    tok = model.tokenizer
-    if getattr(model.cfg, "default_prepend_bos", True) and tok.bos_token_id is not None:
-        return [tok.bos_token_id]
-    return []
-
-
 def encode(model: Any, text: str, *, bos: bool = True) -> list[int]:
-    """Token ids of ``text`` as the model sees it (BOS first unless ``bos=False``)."""
-    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-    return (bos_ids(model) if bos else []) + list(ids)
+    """Token ids of ``text`` as the model sees it (BOS first unless ``bos=False``): the book's one
+    encoder, :func:`editlens.scoring.encode_text` (one BOS rule, :func:`editlens.scoring.bos_ids`)."""
+    return encode_text(model, text, bos=bos)
 
 
 def pad_batch(model: Any, seqs: Sequence[Sequence[int]]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch"]]:
-    """Right-pad token lists into one tensor. With right padding and causal attention, the real
-    positions never see the padding, so no attention mask is needed. Returns (tokens, lengths)."""
-    tok = model.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    n = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), n), pad, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-    return out.to(model.cfg.device), torch.tensor([len(s) for s in seqs])
+    """Right-pad token lists into one tensor (:func:`editlens.scoring.pad_rows`). With right padding and
+    causal attention, the real positions never see the padding. Returns (tokens, lengths)."""
+    return pad_rows(seqs, pad_id(model), model.cfg.device), torch.tensor([len(s) for s in seqs])
 
 
 def fill_template(template: str, prompt: str) -> str:

@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from editlens.scoring import with_leading_space
+
 
 class BadRequestError(ValueError):
     """An edit request that cannot be carried out; the message names the problem and the fix."""
@@ -27,11 +29,6 @@ def _target_str(t: Any) -> str | None:
     if isinstance(t, Mapping):
         return t.get("str")
     return getattr(t, "str", None) if not isinstance(t, (int, float)) else str(t)
-
-
-def with_leading_space(target: str) -> str:
-    """Targets are scored as a continuation: ``"Paris"`` becomes ``" Paris"`` (one space, no more)."""
-    return target if target.startswith(" ") else " " + target
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The rank-one update W' = W + u (v* - W k)^T / (u . k), and edits you can undo bit-exactly.
 
-Taught in: Chapter 3 (ROME, "writing the memory"). Chapters 5-6 build their edits with
+Taught in: Chapter 3 (ROME, "writing the memory"). Chapters 4-5 (STEAM, SADR) build their edits with
 :func:`apply_rome` / :func:`edited` and only change how v* is found.
 
 TransformerLens stores the MLP output matrix as ``W_out`` with shape [d_mlp, d_model] (the
@@ -100,7 +100,10 @@ def applied_edit(model: Any, edit: Edit | Sequence[Edit]) -> Iterator[Any]:
 
 def compute_rome_edit(model: Any, request: Any, hparams: ROMEHyperParams, stats: KeyStats | None = None,
                       extra_losses: Sequence[LossTerm] = (), *, verbose: bool = False) -> Edit:
-    """Compute (not apply) the ROME edit for one request: k*, v*, u, delta."""
+    """Compute (not apply) the ROME edit for one request: k*, v*, u, delta (Chapter 3).
+
+    ``extra_losses`` (Chapters 4-5) are added to the v* loss; see :mod:`editlens.rome.values` for the rules
+    (unique names, early stopping, rows of their own)."""
     req = as_request(request)
     validate_request(req, model.tokenizer)
     layer = hparams.layer

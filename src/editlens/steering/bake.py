@@ -33,7 +33,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from editlens.steering.directions import Head
-from editlens.steering.inject import _model_dims, validate_shifts
+from editlens.steering.inject import model_dims, validate_shifts
 
 
 def o_proj_linear(model, layer: int) -> nn.Linear:
@@ -49,7 +49,7 @@ def o_proj_linear(model, layer: int) -> nn.Linear:
 
 def bias_from_shifts(model, shifts: Mapping[Head, Tensor]) -> dict[int, Float[Tensor, "d_model"]]:
     """Per layer, ``sum_h W_O[h]^T shift_h`` (computed in float64, returned in the weight's dtype)."""
-    L, H, D = _model_dims(model)
+    L, H, D = model_dims(model)
     sh = validate_shifts(shifts, L, H, D)
     out: dict[int, Tensor] = {}
     for (l, h), v in sorted(sh.items()):

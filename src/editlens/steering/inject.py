@@ -13,7 +13,7 @@ Positions:
   (the prompt pass and the key/value-cached continuation of multi-token answers), so it equals
   the baked bias.
 - ``"last"``: only each row's last prompt token. :func:`steering_hooks` returns a
-  :data:`~editlens.consistency.HookFactory` (called with that position per row); the
+  :data:`~editlens.scoring.HookFactory` (called with that position per row); the
   continuation pass of multi-token answers is not steered (its positions are not the prompt's).
 """
 
@@ -26,14 +26,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from editlens.consistency import HookFactory, HookList
+from editlens.localize.activations import z_hook_name
+from editlens.scoring import HookFactory, HookList
 from editlens.steering.directions import Head, check_heads
 
 Position = Literal["all", "last"]
-
-
-def z_hook_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
 
 
 def validate_shifts(shifts: Mapping[Any, Tensor], n_layers: int | None = None, n_heads: int | None = None,
@@ -59,7 +56,8 @@ def validate_shifts(shifts: Mapping[Any, Tensor], n_layers: int | None = None, n
     return out
 
 
-def _model_dims(model) -> tuple[int, int, int]:
+def model_dims(model) -> tuple[int, int, int]:
+    """(n_layers, n_heads, d_head) of the model: the shape steering shifts are checked against."""
     return int(model.cfg.n_layers), int(model.cfg.n_heads), int(model.cfg.d_head)
 
 
@@ -102,7 +100,7 @@ def steering_hooks(shifts: Mapping[Head, Tensor], position: Position = "all", *,
     (each row's last prompt token). Both are accepted as ``fwd_hooks`` by
     :func:`editlens.consistency.model_answers`. Pass ``model`` to check head indices and d_head now
     rather than at the first forward pass."""
-    dims = _model_dims(model) if model is not None else (None, None, None)
+    dims = model_dims(model) if model is not None else (None, None, None)
     sh = validate_shifts(shifts, *dims)
     dense = _per_layer(sh, dims[1])
     if position == "all":
@@ -121,7 +119,7 @@ def steered(model, shifts: Mapping[Head, Tensor], position: Position = "all") ->
     With ``position="last"`` a plain forward pass steers the *final* position of every row, which is
     the last prompt token only for unpadded (or left-padded) batches; for scoring use
     ``model_answers(..., fwd_hooks=steering_hooks(shifts, "last"))``, which knows each row's prompt end."""
-    dims = _model_dims(model)
+    dims = model_dims(model)
     sh = validate_shifts(shifts, *dims)
     if position == "all":
         hooks = steering_hooks(sh, "all", model=model)

@@ -15,13 +15,13 @@ from typing import Any, Sequence
 
 import torch
 
-from editlens.consistency import _device, _pad_id, pad_rows
+from editlens.scoring import encode_prompt, model_device, pad_id, pad_rows, score_continuations
 
 
 def _token_rows(model: Any, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
     rows = []
     for t in texts:
-        ids = model.to_tokens(t, prepend_bos=True, move_to_device=False)[0].tolist()[:max_tokens]
+        ids = encode_prompt(model, t)[:max_tokens]
         if len(ids) < 2:
             raise ValueError(f"text {t[:40]!r} has fewer than one token after BOS; perplexity needs text.")
         rows.append(ids)
@@ -37,7 +37,7 @@ def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 16, max_to
         raise ValueError("perplexity() needs at least one text.")
     rows = _token_rows(model, texts, max_tokens)
     total, count = 0.0, 0
-    pad, dev = _pad_id(model), _device(model)
+    pad, dev = pad_id(model), model_device(model)
     for s in range(0, len(rows), batch_size):
         batch = rows[s : s + batch_size]
         tokens = pad_rows(batch, pad, dev)
@@ -56,22 +56,23 @@ def known_facts(model: Any, facts: Sequence[Any], *, batch_size: int = 32) -> di
     ``rewrite``: the rewrite prompt of each record; ``neighbourhood``: its neighbourhood prompts
     (other subjects with the same true object). The facts set keeps only records where the
     unedited model passes both, so 1.0 is the unedited model's score by construction."""
-    from editlens.evaluate import _fill, _text, as_case, continuation_nll
-    from editlens.rome.requests import as_request
+    from editlens.evaluate import as_case, probe_rows
 
-    rows: list[tuple[str, str, str, str]] = []
+    # The evaluation's own probe rows (ES: new vs true on the rewrite prompt; NS: true vs new on
+    # neighbourhood prompts), read as "does the true object still win".
+    rows: list[tuple[str, str, str, str]] = []  # (kind, prompt, true object, new object)
     for f in facts:
-        case = as_case(f)
-        req = as_request(case)
-        rows.append(("rewrite", req.text, req.target_true, req.target_new))
-        for p in case.get("neighborhood_prompts") or []:
-            rows.append(("neighbourhood", _fill(_text(p), req.subject), req.target_true, req.target_new))
+        for kind, prompt, good, bad in probe_rows(as_case(f)):
+            if kind == "ES":
+                rows.append(("rewrite", prompt, bad, good))
+            elif kind == "NS":
+                rows.append(("neighbourhood", prompt, good, bad))
     pairs = [(r[1], r[2]) for r in rows] + [(r[1], r[3]) for r in rows]
-    nll = continuation_nll(model, pairs, batch_size=batch_size)
+    nll = score_continuations(model, pairs)
     true_nll, new_nll = nll[: len(rows)], nll[len(rows):]
     out: dict[str, float] = {}
     for kind in ("rewrite", "neighbourhood"):
-        wins = [bool(t < n) for r, t, n in zip(rows, true_nll.tolist(), new_nll.tolist()) if r[0] == kind]
+        wins = [bool(t < n) for r, t, n in zip(rows, true_nll, new_nll) if r[0] == kind]
         out[kind] = sum(wins) / len(wins) if wins else math.nan
     out["n_prompts"] = len(rows)
     return out

@@ -1,0 +1,188 @@
+"""``python -m editlens edit``: user errors print one ``error: ... Fix: ...`` line and exit with status 2.
+
+Every error case must fail before the model is loaded (the offline-model case only asks the
+Hugging Face cache). No happy-path run here: one record with ``--limit 1 --no-generation
+--no-baseline --mom2-tokens 64`` took 4.5 minutes on a shared CPU (sampling text for C,
+then ROME's optimisation), far over this file's budget.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from editlens import __main__ as cli
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def allow_model() -> None:
+    """Request this fixture in a test that may call ``load_model``."""
+
+
+@pytest.fixture(autouse=True)
+def _no_model_loading(request, monkeypatch):
+    """Error cases must stop before ``load_model``: make loading the model a test failure."""
+    if "allow_model" in request.fixturenames:
+        return
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the command loaded the model before rejecting its arguments")
+
+    monkeypatch.setattr(cli, "_load_model", forbidden)
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``cli.main(argv)``: its return code, stdout and stderr."""
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_error_line(code: int, err: str, *names: str) -> str:
+    """Status 2, stderr exactly one ``error: <problem>. Fix: <fix>`` line naming ``names``, no traceback."""
+    assert code == 2, (code, err)
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith("error: ") and ". Fix: " in line, line
+    problem, fix = line.split(". Fix: ", 1)
+    for name in names:
+        assert name in problem, (name, line)
+    assert fix.strip(), line
+    return line
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------- --data
+def test_missing_data_file(tmp_path, capsys):
+    missing = str(tmp_path / "nope.json")
+    code, out, err = run_main(["edit", "--data", missing], capsys)
+    line = assert_one_error_line(code, err, missing, "no such file")
+    assert "facts.json" in line.split("Fix:")[1]
+    assert out == ""
+
+
+def test_data_file_is_a_folder(tmp_path, capsys):
+    code, _, err = run_main(["edit", "--data", str(tmp_path)], capsys)
+    assert_one_error_line(code, err, str(tmp_path), "cannot read")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("this is not json", "not valid JSON"),
+    ('{"a": 1}', "top level must be a list of records"),
+    ("[]", "no records"),
+    ('["a fact"]', "must be an object"),
+    ('[{"case_id": 1}]', "cannot tell the format"),
+    ('[{"case_id": 1, "requested_rewrite": {"prompt": "{} is in", "subject": "X"}}]', "requested_rewrite.relation_id"),
+])
+def test_malformed_data_file(tmp_path, capsys, text, problem):
+    path = write(tmp_path, "facts.json", text)
+    code, _, err = run_main(["edit", "--data", path], capsys)
+    assert_one_error_line(code, err, path, problem)
+
+
+# ---------------------------------------------------------------------------------------------- options
+def test_unknown_method(capsys):
+    code, _, err = run_main(["edit", "--method", "memit"], capsys)
+    line = assert_one_error_line(code, err, "--method", "memit")
+    assert "rome" in line
+
+
+@pytest.mark.parametrize("flag", ["--limit", "--gen-prompts", "--gen-tokens", "--threads", "--mom2-tokens"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_counts_below_one(capsys, flag, value):
+    code, out, err = run_main(["edit", flag, value], capsys)
+    line = assert_one_error_line(code, err, flag, value)
+    assert f"{flag} N with N >= 1" in line
+    assert "records from" not in out  # rejected before the data is read
+
+
+def test_not_an_integer(capsys):
+    code, _, err = run_main(["edit", "--limit", "abc"], capsys)
+    assert_one_error_line(code, err, "--limit", "abc")
+
+
+def test_negative_layer_and_bad_dtype(capsys):
+    code, _, err = run_main(["edit", "--layer", "-1"], capsys)
+    assert_one_error_line(code, err, "--layer", "-1")
+    code, _, err = run_main(["edit", "--dtype", "float8"], capsys)
+    assert_one_error_line(code, err, "--dtype", "float8")
+
+
+def test_out_in_a_missing_folder(tmp_path, capsys):
+    out = str(tmp_path / "no" / "such" / "folder" / "r.json")
+    code, _, err = run_main(["edit", "--out", out], capsys)
+    assert_one_error_line(code, err, "--out", "does not exist")
+
+
+def test_bad_device(capsys):
+    code, _, err = run_main(["edit", "--device", "bogus"], capsys)
+    assert_one_error_line(code, err, "--device", "bogus")
+
+
+def test_unknown_model_without_layer(capsys):
+    code, _, err = run_main(["edit", "--model", "editlens-test/no-such-model", "--limit", "1"], capsys)
+    line = assert_one_error_line(code, err, "editlens-test/no-such-model", "no ROME settings")
+    assert "--layer" in line.split("Fix:")[1]
+
+
+def test_missing_command(capsys):
+    code, _, err = run_main([], capsys)
+    assert_one_error_line(code, err, "command")
+
+
+def test_bugs_still_raise(monkeypatch):
+    """A programming error is not a user error: it propagates (with its traceback)."""
+    def broken(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli, "_load_cases", broken)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["edit", "--limit", "1"])
+
+
+# ---------------------------------------------------------------------------------------------- model
+def test_model_not_available_offline(capsys, monkeypatch, allow_model):
+    """A Hugging Face name that is not cached, with the hub off: only the hub lookup runs."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from editlens import loading
+
+    def no_bridge(*args, **kwargs):  # the lookup must fail before any model is built
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr("transformer_lens.model_bridge.TransformerBridge.boot_transformers", no_bridge)
+    assert loading._offline()
+    name = "editlens-test/no-such-model"
+    code, _, err = run_main(["edit", "--model", name, "--layer", "3", "--limit", "1", "--device", "cpu"], capsys)
+    line = assert_one_error_line(code, err, "--model", name, "Hugging Face cache")
+    fix = line.split("Fix:")[1]
+    assert "network" in fix and "safetensors" in fix
+
+
+# ---------------------------------------------------------------------------------------------- a real process
+def _editlens(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "editlens", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO_ROOT, timeout=timeout, check=False)
+
+
+def test_process_exit_status_and_stderr(tmp_path):
+    """The real command: status 2, one line on stderr, no traceback."""
+    bad = write(tmp_path, "bad.json", "{not json")
+    proc = _editlens("edit", "--data", bad, "--limit", "1")
+    assert_one_error_line(proc.returncode, proc.stderr, bad, "not valid JSON")
+    assert proc.stdout == ""
+    proc = _editlens("edit", "--limit", "0")
+    assert_one_error_line(proc.returncode, proc.stderr, "--limit", "0")

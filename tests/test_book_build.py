@@ -49,19 +49,8 @@ HIDDEN_OUTPUT_TAGS = {"remove-output", "remove-cell"}
 
 
 def toc_files() -> list[str]:
-    """Every document of _toc.yml, root first, as paths without extension."""
-    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                files.append(entry["file"])
-            walk(entry.get("sections"))
-
-    for part in toc.get("parts", [{"chapters": toc.get("chapters")}]):
-        walk(part.get("chapters"))
-    return files
+    """Every document of _toc.yml, root first, as paths without extension (as `make book` reads it)."""
+    return stage_book.toc_documents(REPO_ROOT)
 
 
 def source_of(doc: str) -> Path:

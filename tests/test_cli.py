@@ -186,3 +186,47 @@ def test_process_exit_status_and_stderr(tmp_path):
     assert proc.stdout == ""
     proc = _editlens("edit", "--limit", "0")
     assert_one_error_line(proc.returncode, proc.stderr, "--limit", "0")
+
+
+# ---------------------------------------------------------------------------------------------- --method steam
+@pytest.mark.parametrize("argv, names", [
+    (["--method", "steam", "--steam-lambda", "-1"], ["--steam-lambda", "-1"]),
+    (["--method", "steam", "--steam-lambda", "nan"], ["--steam-lambda", "nan"]),
+    (["--method", "steam", "--anchors", "0"], ["--anchors", "0"]),
+    (["--method", "steam", "--steam-layers", "five"], ["--steam-layers", "five"]),
+    (["--method", "steam", "--steam-layers", "-2"], ["--steam-layers"]),
+    (["--steam-lambda", "1"], ["--steam-lambda", "--method steam"]),
+    (["--method", "rome", "--anchors", "4"], ["--anchors", "--method rome"]),
+])
+def test_steam_options_rejected_before_loading(capsys, argv, names):
+    code, out, err = run_main(["edit", *argv], capsys)
+    assert_one_error_line(code, err, *names)
+    assert "records from" not in out
+
+
+def test_steam_layers_parse_lists_and_ranges():
+    assert cli._parse_layers("5-7,10") == [5, 6, 7, 10]
+    assert cli._parse_layers(" 8 ") == [8]
+
+
+def test_steam_layers_not_above_the_edit_layer(capsys, monkeypatch, allow_model):
+    """Checked against the model's depth and the edit layer once the model is loaded, before any statistics."""
+    class Cfg:
+        n_layers = 30
+
+    class FakeModel:
+        cfg = Cfg()
+
+    monkeypatch.setattr(cli, "_load_model", lambda args: FakeModel())
+    code, _, err = run_main(["edit", "--method", "steam", "--limit", "1", "--steam-layers", "2-6"], capsys)
+    line = assert_one_error_line(code, err, "--steam-layers", "not above the edit layer 4")
+    assert "between 5 and 29" in line
+    code, _, err = run_main(["edit", "--method", "steam", "--limit", "1", "--steam-layers", "5-40"], capsys)
+    assert_one_error_line(code, err, "--steam-layers", "outside")
+
+
+def test_steam_is_a_method_in_help():
+    assert "steam" in cli.METHODS
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices["edit"].format_help()
+    for flag in ("--steam-lambda", "--steam-layers", "--anchors", "--semantic"):
+        assert flag in help_text

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editlens.rome import LossTerm, ROMEHyperParams, as_request, compute_v
+from editlens.rome import LossTerm, ROMEHyperParams, as_request, compute_v, compute_vs
 from editlens.rome import values as V
 from editlens.rome.keys import subject_last_index
 
@@ -32,6 +32,7 @@ class Recorder(LossTerm):
     def __call__(self, ctx):
         acts = [ctx.acts[h] for h in self.hook_names]
         self.seen.append({h: a.detach().clone() for h, a in zip(self.hook_names, acts)})
+        self.real = ctx.batch.attention_mask  # padding positions may differ between paths (nothing reads them)
         return 0.0 * sum(a.float().sum() for a in acts)
 
 
@@ -67,13 +68,16 @@ def tiny3_model(embedded_tokenizer):
     return bridge
 
 
+@pytest.mark.parametrize("reuse_prefix", [False, True], ids=["fast", "prefix"])
 @pytest.mark.parametrize("layer", [0, 1])
-def test_fast_path_equals_plain_full_forward(tiny_model, tiny3_model, layer):
-    """Edit layer 0 of tiny_model (logits only where scored) and layer 1 of a 3-layer one (also from the layer up)."""
+def test_fast_path_equals_plain_full_forward(tiny_model, tiny3_model, layer, reuse_prefix):
+    """Edit layer 0 of tiny_model (logits only where scored) and layer 1 of a 3-layer one (also from the layer up);
+    with prefix reuse, only the positions from the delta position on run (the terms still see full-shape
+    activations, attention patterns included)."""
     model = tiny_model if layer == 0 else tiny3_model
     req = as_request(CASE)
     hooks = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_pattern", "blocks.1.hook_resid_post"]
-    hp = HP.replace(layer=layer)
+    hp = HP.replace(layer=layer, v_reuse_prefix=reuse_prefix)
     fast_term, plain_term = Recorder(hooks), Recorder(hooks)
     fast = compute_v(model, req, layer, hp, [fast_term])
     plain = compute_v(model, req, layer, hp.replace(v_fast_forward=False), [plain_term])
@@ -83,23 +87,27 @@ def test_fast_path_equals_plain_full_forward(tiny_model, tiny3_model, layer):
     for hf, hpl in zip(fast.history, plain.history):
         for k in ("nll", "kl", "loss"):
             assert hf[k] == pytest.approx(hpl[k], rel=1e-4, abs=1e-6), k
+    real = plain_term.real
     for a, b in zip(fast_term.seen, plain_term.seen):  # the terms see the same activations (also below the layer)
-        for h in hooks:
-            torch.testing.assert_close(a[h], b[h], rtol=1e-4, atol=1e-5)
+        for h in hooks:  # at the real positions: [batch, pos, d] or attention [batch, head, query, key]
+            keep = real[:, None, :, None] if a[h].ndim == 4 else real[:, :, None]
+            torch.testing.assert_close(a[h] * keep, b[h] * keep, rtol=1e-4, atol=1e-5)
     assert fast.history[-1]["nll"] < fast.history[0]["nll"]
 
 
-def test_fast_forward_runs_only_the_upper_blocks(tiny3_model):
+@pytest.mark.parametrize("reuse_prefix", [False, True], ids=["fast", "prefix"])
+def test_fast_forward_runs_only_the_upper_blocks(tiny3_model, reuse_prefix):
     tiny_model = tiny3_model
     batch = V.build_v_batch(tiny_model, as_request(CASE), HP)
-    fwd = V._VForward(tiny_model, batch, 1, [], fast=True)
+    fwd = V._VForward(tiny_model, batch, 1, [], fast=True, reuse_prefix=reuse_prefix)
     fwd.initial_pass()
     assert fwd.fast and set(fwd.block_calls) == {1, 2} and fwd.resid_in.shape == (*batch.tokens.shape, 64)
+    assert fwd.mode == ("prefix" if reuse_prefix else "fast")
     calls = []
     handle = tiny_model.blocks[0].register_forward_hook(lambda *a: calls.append(0))
     try:
         acts: dict = {}
-        out = fwd.step(("blocks.1.hook_mlp_out", lambda a, hook: a), acts)
+        out = fwd.step("blocks.1.hook_mlp_out", torch.zeros(batch.n_rows, 64), acts)
     finally:
         handle.remove()
     assert out is None and calls == [] and acts[V.FINAL_HOOK].shape == (*batch.tokens.shape, 64)
@@ -287,3 +295,24 @@ def test_evaluate_edits_scores_the_baseline_once(tiny_model, monkeypatch):
     expected = ev.probe_scores_many(tiny_model, EVAL_CASES)
     for r, e in zip(rep.records, expected):
         assert r["unedited"] == pytest.approx(e, nan_ok=True)
+
+
+def test_batched_facts_equal_one_at_a_time(tiny_model):
+    """compute_vs: each fact gets what compute_v gives it alone, also after another fact of the batch stopped
+    early (a finished fact's delta must not move: Adam's momentum would move it on a zero gradient)."""
+    other = {**CASE, "requested_rewrite": {**CASE["requested_rewrite"], "subject": "Danielle Darrieux",
+                                           "prompt": "The mother tongue of {} is"}}
+    reqs = [as_request(CASE), as_request(other)]
+    hp = HP.replace(v_num_grad_steps=6)
+    alone = [compute_v(tiny_model, r, 0, hp) for r in reqs]
+    # a threshold that one fact reaches before the other: the first one stops early
+    stop_at = sorted(h["nll"] for h in alone[0].history)[2]
+    hp = hp.replace(v_loss_early_stop=stop_at, v_early_stop_on="nll")
+    alone = [compute_v(tiny_model, r, 0, hp) for r in reqs]
+    together = compute_vs(tiny_model, reqs, 0, hp)
+    assert [len(r.history) for r in together] == [len(r.history) for r in alone]
+    assert len({len(r.history) for r in alone}) == 2, "the test needs facts that stop at different steps"
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a.v_star, b.v_star, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="one list"):
+        compute_vs(tiny_model, reqs, 0, hp, [[]])

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-METHODS = ("rome",)
+METHODS = ("rome", "steam")
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 EXIT_USAGE = 2
 
@@ -73,6 +73,7 @@ def _check_edit_args(args: argparse.Namespace) -> None:
         if value is not None and value < 1:
             raise CommandLineError(f"{flag} must be at least 1, got {value}",
                                    f"pass {flag} N with N >= 1, or leave {flag} out for its default")
+    _check_steam_args(args)
     if args.layer is not None and args.layer < 0:
         raise CommandLineError(f"--layer must be 0 or more, got {args.layer}",
                                "pass a layer index counted from 0, or leave --layer out for the registry's")
@@ -85,6 +86,48 @@ def _check_edit_args(args: argparse.Namespace) -> None:
             raise CommandLineError(f"--out {args.out} is a folder", "pass --out the path of a JSON file to write")
     if args.device is not None:
         _check_device(args.device)
+
+
+def _parse_layers(text: str) -> list[int]:
+    """``--steam-layers``: comma-separated layer indices and ranges, e.g. ``5,6,7`` or ``5-20``."""
+    layers: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            layers.extend(range(int(lo), int(hi) + 1) if sep else [int(part)])
+        except ValueError:
+            raise CommandLineError(f"--steam-layers {text!r} is not a list of layers",
+                                   "pass comma-separated layer indices or ranges, e.g. --steam-layers 5-20 or "
+                                   "5,8,11") from None
+    if not layers:
+        raise CommandLineError(f"--steam-layers {text!r} names no layer", "pass e.g. --steam-layers 5-20")
+    return layers
+
+
+def _check_steam_args(args: argparse.Namespace) -> None:
+    """STEAM's numbers (and that they are only given with --method steam)."""
+    import math
+
+    given = [flag for flag, value in (("--steam-lambda", args.steam_lambda), ("--steam-layers", args.steam_layers),
+                                      ("--anchors", args.anchors)) if value is not None]
+    if args.method != "steam":
+        if given:
+            raise CommandLineError(f"{', '.join(given)} only apply to --method steam, not --method {args.method}",
+                                   f"add --method steam, or leave {', '.join(given)} out")
+        return
+    if args.steam_lambda is not None and not (math.isfinite(args.steam_lambda) and args.steam_lambda >= 0):
+        raise CommandLineError(f"--steam-lambda must be a number >= 0, got {args.steam_lambda}",
+                               "pass e.g. --steam-lambda 1 (0 reproduces ROME), or leave it out for the default")
+    if args.anchors is not None and args.anchors < 1:
+        raise CommandLineError(f"--anchors must be at least 1, got {args.anchors}",
+                               "pass --anchors N with N >= 1 (reference facts per object), or leave it out for 8")
+    if args.steam_layers is not None:
+        layers = _parse_layers(args.steam_layers)
+        if min(layers) < 0:
+            raise CommandLineError(f"--steam-layers {args.steam_layers!r} has a negative layer",
+                                   "pass layer indices counted from 0, above the edit layer")
+        args.steam_layer_list = layers
 
 
 def _check_device(name: str) -> None:
@@ -166,6 +209,38 @@ def _load_model(args: argparse.Namespace):
     return model
 
 
+def _steam_editor(args: argparse.Namespace, model, hp, cases):
+    """STEAM's anchors (from the whole facts file, unedited model) and a function ``stats -> editor``."""
+    from editlens.data import load_facts
+    from editlens.steam import AnchorBank, LayerChoiceError, check_layers, default_layers, steam_editor
+
+    n_layers = model.cfg.n_layers
+    layers = getattr(args, "steam_layer_list", None)
+    try:
+        layers = default_layers(hp.layer, n_layers) if layers is None else check_layers(layers, hp.layer, n_layers)
+    except LayerChoiceError as err:
+        raise _from_message(err, f"pass --steam-layers between {hp.layer + 1} and {n_layers - 1}",
+                            prefix="--steam-layers: ") from None
+    lam = 1.0 if args.steam_lambda is None else args.steam_lambda
+    n_anchors = args.anchors or 8
+    bank = AnchorBank(model, load_facts(args.data, format=args.format), n_anchors=n_anchors,
+                      min_anchors=min(3, n_anchors))
+    cov = bank.coverage(cases)
+    missing = cov[~cov["ok"]]
+    if len(missing):
+        listed = ", ".join(f"{r.case_id} ({r.target_new}: {r.n_anchors})" for r in missing.head(5).itertuples())
+        raise CommandLineError(
+            f"{len(missing)} record(s) have fewer than {bank.min_anchors} anchor facts for their target_new: {listed}",
+            "add facts whose true answer is that object to the --data file, pass a smaller --anchors, or leave "
+            "those records out (editlens.steam.anchor_coverage lists them)")
+    bank.precompute(cov["target_new"])
+    print(f"STEAM: lambda {lam}, aligned layers {layers[0]}..{layers[-1]} ({len(layers)}), "
+          f"{n_anchors} anchor facts per object, anchors of {cov['target_new'].nunique()} objects")
+    settings = {"lambda": lam, "layers": layers, "n_anchors": n_anchors, "min_anchors": bank.min_anchors,
+                "anchors": {o: [a.prompt for a in bank.get(o).prompts] for o in cov["target_new"].unique()}}
+    return (lambda stats: steam_editor(hp, stats, bank, lam, layers)), settings
+
+
 def _edit(args: argparse.Namespace) -> int:
     """Edit each record on its own, evaluate it beside the unedited model, write JSON, print a table."""
     _check_edit_args(args)
@@ -186,15 +261,22 @@ def _edit(args: argparse.Namespace) -> int:
                                f"pass --layer between 0 and {model.cfg.n_layers - 1}")
     print(f"ROME at layer {hp.layer} ({hp.key_variant}); key statistics from {hp.mom2_n_tokens} tokens "
           f"({hp.mom2_source})")
+    make_steam, steam_settings = None, None
+    if args.method == "steam":  # anchors before the key statistics: a record without anchors fails fast
+        make_steam, steam_settings = _steam_editor(args, model, hp, cases)
     stats = stats_for(model, hp)
-    gen = None if args.no_generation else GenerationSettings(n_prompts=args.gen_prompts, max_new_tokens=args.gen_tokens)
+    editor = rome_editor(hp, stats) if make_steam is None else make_steam(stats)
+    gen = None if args.no_generation else GenerationSettings(n_prompts=args.gen_prompts, max_new_tokens=args.gen_tokens,
+                                                             semantic=args.semantic)
     try:
-        report = evaluate_edits(model, cases, rome_editor(hp, stats), baseline=not args.no_baseline, generation=gen)
+        report = evaluate_edits(model, cases, editor, baseline=not args.no_baseline, generation=gen)
     except BadRequestError as err:
         raise _from_message(err, "correct or remove that record in the --data file",
                             prefix="a record cannot be edited: ") from None
     report.settings.update({"method": args.method, "hparams": {k: v for k, v in vars(hp).items()},
                             "model": args.model or "embedded", "data": args.data or "facts.json"})
+    if steam_settings is not None:
+        report.settings["steam"] = steam_settings
     if args.out:
         report.to_json(args.out)
         print(f"wrote {args.out}")
@@ -233,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gen-tokens", type=int, default=40, help="tokens per generation")
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared CPU)")
     e.add_argument("--no-baseline", action="store_true", help="do not evaluate the unedited model beside")
+    e.add_argument("--semantic", action="store_true", help="also SC: sentence-embedding consistency of the "
+                   "generations (new object's reference text minus the true object's)")
+    e.add_argument("--steam-lambda", type=float, default=None, help="STEAM: weight of the alignment term "
+                   "(default 1; 0 is ROME)")
+    e.add_argument("--steam-layers", default=None, help="STEAM: aligned layers, e.g. 5-20 or 5,8,11 (default: the "
+                   "edit layer + 1 to two thirds of the depth)")
+    e.add_argument("--anchors", type=int, default=None, help="STEAM: anchor facts per object (default 8)")
     e.set_defaults(func=_edit)
     return parser
 

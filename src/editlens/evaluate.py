@@ -18,6 +18,10 @@ rule, both scored with a leading space):
   subject and reference text about target_new (scikit-learn, fitted on all reference texts and
   the generations). Reference texts come from ``editlens/data/object_descriptions.json`` when it
   exists, else from the record's attribute prompts completed with target_new.
+- SC (semantic consistency, opt-in with ``GenerationSettings(semantic=True)``, Chapter 4): mean cosine of
+  the generations' sentence embeddings (all-MiniLM-L6-v2, :mod:`editlens.sentence`) to the reference
+  sentences of target_new minus to those of target_true. Unlike RS it discriminates: a generation that
+  still talks about the true object scores below 0. Off by default, so Chapter 3's outputs do not change.
 Every metric is reported for the edited model and for the unedited model beside it.
 """
 
@@ -44,7 +48,8 @@ from editlens.scoring import score_continuations
 Editor = Callable[[Any, dict], ContextManager]
 """``editor(model, case)`` returns a context manager inside which the model is edited (Chapters 3-6 each give one)."""
 
-METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RelS", "DNS", "Port", "GE", "RS")
+METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RelS", "DNS", "Port", "GE", "RS", "SC")
+"""Reported metrics in table order; SC appears only when it was computed (opt-in)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,12 +212,41 @@ def tfidf_similarity(texts: Sequence[str], references: Sequence[str], corpus: Se
 # The evaluation loop
 
 
+def true_reference_texts(case: dict, descriptions: dict[str, list[str]]) -> tuple[list[str], str]:
+    """Reference text about target_true (descriptions, else the neighbourhood prompts completed with it)."""
+    req = as_request(case)
+    key = (req.target_true or "").strip()
+    if key in descriptions and descriptions[key]:
+        return descriptions[key], "descriptions"
+    texts = [f"{fill_subject(prompt_text(p), req.subject)} {key}" for p in case.get("neighborhood_prompts") or []]
+    return (texts, "neighborhood_prompts") if key else ([], "none")
+
+
+def embedding_consistency(texts: Sequence[str], new_references: Sequence[str], true_references: Sequence[str]
+                          ) -> dict[str, float]:
+    """SC: mean cosine of ``texts`` to ``new_references`` minus to ``true_references`` (sentence embeddings,
+    every text against every reference sentence); also each side (``SC_new``, ``SC_true``). Chapter 4."""
+    from editlens.sentence import embed
+
+    if not texts or not new_references or not true_references:
+        return {"SC": math.nan, "SC_new": math.nan, "SC_true": math.nan}
+    g = embed(list(texts))
+    new = float((g @ embed(list(new_references)).T).mean())
+    true = float((g @ embed(list(true_references)).T).mean())
+    return {"SC": new - true, "SC_new": new, "SC_true": true}
+
+
 @dataclass
 class GenerationSettings:
     n_prompts: int = 2
     max_new_tokens: int = 40
     sample: bool = False
     seed: int = 0
+    semantic: bool = False  # also SC (embedding_consistency; Chapter 4); off: Chapter 3's outputs unchanged
+
+    def as_settings(self) -> dict[str, Any]:
+        """The settings as recorded in reports (the opt-in ``semantic`` only when on)."""
+        return {k: v for k, v in vars(self).items() if k != "semantic" or v}
 
 
 def _generation_prompts(case: dict, generation: GenerationSettings) -> list[str]:
@@ -222,11 +256,15 @@ def _generation_prompts(case: dict, generation: GenerationSettings) -> list[str]
 
 
 def _add_generation_metrics(m: dict[str, Any], case: dict, gens: list[str], descriptions: dict[str, list[str]],
-                            corpus: Sequence[str]) -> dict[str, Any]:
+                            corpus: Sequence[str], semantic: bool = False) -> dict[str, Any]:
     m["GE"] = sum(fluency(g) for g in gens) / len(gens)
     refs, src = reference_texts(case, descriptions)
     m["RS"] = tfidf_similarity(gens, refs, corpus)
     m["RS_source"] = src
+    if semantic:
+        true_refs, true_src = true_reference_texts(case, descriptions)
+        m.update(embedding_consistency(gens, refs, true_refs))
+        m["SC_source"] = f"{src}/{true_src}"
     m["generations"] = gens
     return m
 
@@ -239,7 +277,7 @@ def case_metrics(model: Any, case: dict, *, generation: GenerationSettings | Non
         prompts = _generation_prompts(case, generation)
         gens = generate(model, prompts, max_new_tokens=generation.max_new_tokens, sample=generation.sample,
                         seed=generation.seed)
-        _add_generation_metrics(m, case, gens, descriptions, corpus)
+        _add_generation_metrics(m, case, gens, descriptions, corpus, getattr(generation, "semantic", False))
     return m
 
 
@@ -274,7 +312,7 @@ def baseline_metrics(model: Any, cases: Sequence[dict], *, generation: Generatio
         for j, (i, _) in enumerate(flat):
             gens[i].append(texts[j])
     for m, case, g in zip(metrics, cases, gens):
-        _add_generation_metrics(m, case, g, descriptions, corpus)
+        _add_generation_metrics(m, case, g, descriptions, corpus, getattr(generation, "semantic", False))
     return metrics
 
 
@@ -348,7 +386,7 @@ def evaluate_edits(
     descriptions = load_object_descriptions() if descriptions is None else descriptions
     corpus = [t for ts in descriptions.values() for t in ts]
     cases = [as_case(c) for c in cases]
-    report = EvalReport(settings={"generation": None if generation is None else vars(generation),
+    report = EvalReport(settings={"generation": None if generation is None else generation.as_settings(),
                                   "consistency": "tfidf", "n_descriptions": len(descriptions)})
     unedited = (baseline_metrics(model, cases, generation=generation, descriptions=descriptions, corpus=corpus,
                                  progress=progress) if baseline else None)  # once for the fact set, before any edit
@@ -385,11 +423,15 @@ def _info(info: Any) -> dict:
     return {"edits": out} if out else {}
 
 
-def rome_editor(hparams: Any, stats: Any = None, extra_losses: Sequence[Any] = ()) -> Editor:
-    """The :data:`Editor` for ROME (Chapter 3); Chapters 4-5 (STEAM, SADR) pass ``extra_losses``."""
+def rome_editor(hparams: Any, stats: Any = None,
+                extra_losses: Sequence[Any] | Callable[[Any, dict], Sequence[Any]] = ()) -> Editor:
+    """The :data:`Editor` for ROME (Chapter 3); Chapters 4-5 (STEAM, SADR) pass ``extra_losses``: the loss terms,
+    or a function ``(model, case) -> loss terms`` called before each edit (per-record terms, e.g. STEAM's anchors
+    of that record's target_new)."""
     from editlens.rome.update import edited
 
     def editor(model: Any, case: dict) -> ContextManager:
-        return edited(model, [case], hparams, stats, extra_losses)
+        terms = extra_losses(model, case) if callable(extra_losses) else extra_losses
+        return edited(model, [case], hparams, stats, terms)
 
     return editor

@@ -1,0 +1,349 @@
+"""Semantic anchors: where the unedited model's residual stream sits when it is about to say an object.
+
+Taught in: Chapter 4 (STEAM). STEAM (arXiv 2510.10398) pulls the edited fact's residual stream toward the
+"semantic anchor" of the new object o*: the mean residual stream of the unedited model at the last prompt token
+of reference facts whose answer is o*. The paper takes reference facts from a knowledge base; the book takes them
+from its own fact set (documented choices, each a parameter):
+
+- **Candidates** (:func:`anchor_candidates`): (a) the attribute prompts of records whose target_new is o* (same
+  relation, true answer o*), and (b) every prompt of any record whose known TRUE answer is o*: the rewrite prompt
+  and paraphrases (answer target_true), neighbourhood prompts (target_true), relation prompts (their target),
+  portability prompts (their target_true). Each comes with a contrast answer (the record's other object).
+- **Filter**: the unedited model must prefer o* over the contrast by at least ``min_margin`` nats of mean
+  per-token NLL (:func:`editlens.scoring.score_candidates`, the book's one scorer), as STEAM keeps only facts the
+  model already answers with o*.
+- **Stratified**: round-robin over relations (sorted), within a relation by margin (largest first), up to
+  ``n_anchors`` prompts (default 8).
+- **Anchor**: the mean over those prompts of ``blocks.{l}.hook_resid_post`` at the last prompt token, for every
+  layer (:class:`AnchorSet`), always from the UNEDITED model: :func:`compute_anchors` lifts applied edits it is
+  given and restores them bit-exactly; :class:`AnchorBank` caches anchors per object and refuses to compute new
+  ones on weights that changed since it was created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from editlens.rome.requests import as_case, as_request
+from editlens.rome.update import Edit
+from editlens.scoring import score_candidates
+from editlens.steam.states import check_layers_in_range, last_token_states
+
+DEFAULT_N_ANCHORS = 8
+DEFAULT_MIN_ANCHORS = 3
+DEFAULT_MIN_MARGIN = 0.0
+
+
+class NotEnoughAnchorsError(ValueError):
+    """An object has fewer usable anchor prompts than required; the message names object, count and fix."""
+
+    def __init__(self, obj: str, found: int, needed: int, n_candidates: int, min_margin: float):
+        self.object, self.found, self.needed, self.n_candidates = obj, found, needed, n_candidates
+        super().__init__(
+            f"Object {obj!r} has {found} anchor prompt(s) (of {n_candidates} candidate(s) in the facts set whose "
+            f"known answer is {obj!r}, kept when the unedited model prefers it by > {min_margin:g} nats); "
+            f"STEAM needs at least {needed}. Fix: add facts whose true answer is {obj!r} (attribute prompts of a "
+            f"record with target_new {obj!r}), lower min_margin or min_anchors, or leave this record out "
+            "(editlens.steam.anchors.anchor_coverage lists every object without enough anchors).")
+
+
+@dataclass(frozen=True)
+class KnownFact:
+    """A prompt whose true answer is known from the facts set, with a contrast answer for the margin filter."""
+
+    prompt: str
+    answer: str
+    contrast: str
+    relation: str  # the relation id, "rel:<template>" for relation prompts, "port:<id>" for portability prompts
+    source: str  # rewrite, paraphrase, neighborhood, attribute, relation, portability
+    case_id: Any = None
+
+
+@dataclass(frozen=True)
+class AnchorPrompt:
+    """A kept anchor prompt: the known fact and the unedited model's margin (NLL(contrast) - NLL(answer))."""
+
+    fact: KnownFact
+    margin: float
+
+    @property
+    def prompt(self) -> str:
+        return self.fact.prompt
+
+
+def _clean(s: Any) -> str:
+    return str(s).strip() if s is not None else ""
+
+
+def _fill(prompt: str, subject: str) -> str:
+    return prompt.format(subject) if "{}" in prompt else prompt
+
+
+def _text(p: Any) -> str:
+    return p if isinstance(p, str) else (p.get("prompt") if isinstance(p, dict) else str(p))
+
+
+def known_facts(records: Iterable[Any]) -> list[KnownFact]:
+    """Every (prompt, true answer) the facts set knows, deduplicated by (prompt, answer), in file order."""
+    out: list[KnownFact] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(prompt: str, answer: Any, contrast: Any, relation: str, source: str, cid: Any) -> None:
+        a, c = _clean(answer), _clean(contrast)
+        if not prompt or not a or not c or a == c or (prompt, a) in seen:
+            return
+        seen.add((prompt, a))
+        out.append(KnownFact(prompt, a, c, relation, source, cid))
+
+    for rec in records:
+        case = as_case(rec)
+        req = as_request(case)
+        rel, cid, new, true = str(req.relation_id), case.get("case_id"), req.target_new, req.target_true
+        if true:
+            add(req.text, true, new, rel, "rewrite", cid)
+            for p in case.get("paraphrase_prompts") or []:
+                add(_fill(_text(p), req.subject), true, new, rel, "paraphrase", cid)
+            for p in case.get("neighborhood_prompts") or []:
+                add(_fill(_text(p), req.subject), true, new, rel, "neighborhood", cid)
+            for p in case.get("attribute_prompts") or []:
+                add(_fill(_text(p), req.subject), new, true, rel, "attribute", cid)
+        for r in case.get("relation_prompts") or []:
+            r = r if isinstance(r, dict) else vars(r)
+            tgt = r.get("target") or r.get("target_true")
+            tmpl = r["prompt"].replace(req.subject, "{}") if req.subject in r["prompt"] else r["prompt"]
+            add(_fill(r["prompt"], req.subject), tgt, new if _clean(tgt) != _clean(new) else true,
+                f"rel:{tmpl}", "relation", cid)
+        for r in case.get("portability_prompts") or []:
+            r = r if isinstance(r, dict) else vars(r)
+            add(_fill(r["prompt"], req.subject), r.get("target_true"), r.get("target_new"), f"port:{rel}",
+                "portability", cid)
+    return out
+
+
+def anchor_candidates(records: Iterable[Any], obj: str, facts: Sequence[KnownFact] | None = None) -> list[KnownFact]:
+    """Known facts whose true answer is ``obj``: (a) attribute prompts of records with target_new ``obj``,
+    (b) every other prompt whose known answer is ``obj`` (see the module docstring)."""
+    facts = known_facts(records) if facts is None else facts
+    key = _clean(obj)
+    return [f for f in facts if f.answer == key]
+
+
+def score_margins(model: Any, facts: Sequence[KnownFact]) -> np.ndarray:
+    """NLL(contrast) - NLL(answer) of each fact on the model as it is (positive: the model prefers the answer)."""
+    if not facts:
+        return np.zeros(0)
+    nll = score_candidates(model, [f.prompt for f in facts], [[f.answer, f.contrast] for f in facts])
+    return np.array([float(n[1] - n[0]) for n in nll])
+
+
+def stratify(kept: Sequence[AnchorPrompt], n: int) -> list[AnchorPrompt]:
+    """Up to ``n`` prompts round-robin over relations (sorted by name), each relation largest margin first."""
+    groups: dict[str, list[AnchorPrompt]] = {}
+    for a in sorted(kept, key=lambda a: -a.margin):
+        groups.setdefault(a.fact.relation, []).append(a)
+    out: list[AnchorPrompt] = []
+    depth = 0
+    while len(out) < min(n, len(kept)):
+        for rel in sorted(groups):
+            if depth < len(groups[rel]) and len(out) < n:
+                out.append(groups[rel][depth])
+        depth += 1
+    return out
+
+
+def select_anchor_prompts(candidates: Sequence[KnownFact], margins: Sequence[float], *,
+                          n_anchors: int = DEFAULT_N_ANCHORS, min_margin: float = DEFAULT_MIN_MARGIN
+                          ) -> list[AnchorPrompt]:
+    """Keep candidates with margin > ``min_margin``, then :func:`stratify` to ``n_anchors``."""
+    if n_anchors < 1:
+        raise ValueError(f"n_anchors must be at least 1, got {n_anchors}. Fix: pass n_anchors >= 1 (default 8).")
+    kept = [AnchorPrompt(f, float(m)) for f, m in zip(candidates, margins) if m > min_margin]
+    return stratify(kept, n_anchors)
+
+
+# ---------------------------------------------------------------------------------------------- the anchors
+
+
+@dataclass
+class AnchorSet:
+    """The anchors phi^l of one object: per-prompt states and their mean, for ``layers`` (all by default)."""
+
+    object: str
+    prompts: tuple[AnchorPrompt, ...]
+    layers: list[int]
+    states: Float[Tensor, "prompt layer d_model"]
+    fingerprint: tuple[float, float] | None = None  # of the weights they were computed on (model_fingerprint)
+
+    @property
+    def vectors(self) -> Float[Tensor, "layer d_model"]:
+        """phi^l: the mean state over the anchor prompts, one row per entry of ``layers``."""
+        return self.states.mean(0)
+
+    def at(self, layers: Sequence[int]) -> Float[Tensor, "n_layers d_model"]:
+        """phi^l for the given layers (each must be among ``self.layers``)."""
+        missing = [layer for layer in layers if layer not in self.layers]
+        if missing:
+            raise ValueError(f"The anchors of {self.object!r} were computed at layers {self.layers}, not {missing}. "
+                             "Fix: compute them with layers=None (every layer) or including these layers.")
+        return self.vectors[[self.layers.index(layer) for layer in layers]]
+
+
+def model_fingerprint(model: Any) -> tuple[float, float]:
+    """Cheap fingerprint of all weights (their sum and squared norm): changes when an edit is applied, repeats
+    exactly on the same weights (same tensors, same reductions)."""
+    s = sq = 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            d = p.detach()
+            s += float(d.sum())
+            sq += float(torch.linalg.vector_norm(d) ** 2)
+    return (s, sq)
+
+
+@contextlib.contextmanager
+def lifted(model: Any, edits: Edit | Sequence[Edit] | None) -> Iterator[None]:
+    """Inside the block, the applied ``edits`` are undone (last first); on exit they are re-applied in order.
+
+    Undo restores the saved weights bit-exactly and re-applying adds the same delta to the same weights, so the
+    edited weights after the block equal those before it bit for bit."""
+    edits = [] if edits is None else ([edits] if isinstance(edits, Edit) else list(edits))
+    lifted_edits = [e for e in edits if e.applied]
+    for e in reversed(lifted_edits):
+        e.undo(model)
+    try:
+        yield
+    finally:
+        for e in lifted_edits:
+            e.apply(model)
+
+
+def compute_anchors(model: Any, prompts: Sequence[str | AnchorPrompt], layers: Sequence[int] | None = None, *,
+                    obj: str = "", undo: Edit | Sequence[Edit] | None = None) -> AnchorSet:
+    """The anchors of ``prompts`` (mean ``hook_resid_post`` at the last prompt token) on the UNEDITED model.
+
+    ``undo``: edits currently applied to ``model`` (e.g. the ``Edit`` of :func:`editlens.rome.apply_rome`); they are
+    lifted while the anchors are computed and restored bit-exactly afterwards. Edits you do not pass stay on: compute
+    anchors before editing (:class:`AnchorBank` checks this for you)."""
+    items = [p if isinstance(p, AnchorPrompt) else AnchorPrompt(KnownFact(p, obj, "", "", "given"), float("nan"))
+             for p in prompts]
+    if not items:
+        raise NotEnoughAnchorsError(obj or "?", 0, 1, 0, float("nan"))
+    n_layers = model.cfg.n_layers
+    layers = list(range(n_layers)) if layers is None else check_layers_in_range(layers, n_layers, "anchor layers")
+    with lifted(model, undo):
+        states = last_token_states(model, [a.prompt for a in items], layers)
+        fp = model_fingerprint(model)
+    return AnchorSet(object=obj, prompts=tuple(items), layers=layers, states=states, fingerprint=fp)
+
+
+@dataclass
+class AnchorBank:
+    """Anchors per object, computed once each from the unedited model and cached (Chapter 4's evaluation).
+
+    The bank takes the model's weight fingerprint when it is created (do it before any edit) and refuses to
+    compute anchors later on different weights unless the applied edits are passed as ``undo``."""
+
+    model: Any
+    records: Sequence[Any]
+    n_anchors: int = DEFAULT_N_ANCHORS
+    min_anchors: int = DEFAULT_MIN_ANCHORS
+    min_margin: float = DEFAULT_MIN_MARGIN
+    layers: Sequence[int] | None = None
+    _facts: list[KnownFact] = field(default_factory=list, repr=False)
+    _margins: dict[KnownFact, float] = field(default_factory=dict, repr=False)
+    _cache: dict[str, AnchorSet] = field(default_factory=dict, repr=False)
+    _fingerprint: tuple[float, float] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.min_anchors < 1 or self.n_anchors < self.min_anchors:
+            raise ValueError(f"Need 1 <= min_anchors <= n_anchors, got min_anchors={self.min_anchors}, "
+                             f"n_anchors={self.n_anchors}. Fix: e.g. n_anchors=8, min_anchors=3.")
+        self.records = list(self.records)
+        self._facts = known_facts(self.records)
+        self._fingerprint = model_fingerprint(self.model)
+
+    def _check_unedited(self, undo: Any, now: tuple[float, float] | None = None) -> None:
+        if now is None:
+            with lifted(self.model, undo):
+                now = model_fingerprint(self.model)
+        if now != self._fingerprint:
+            raise RuntimeError("The model's weights changed since this AnchorBank was created (an edit is applied), "
+                               "so new anchors would not be the unedited model's. Fix: compute anchors before "
+                               "editing (bank.precompute(objects)), or pass the applied edits: bank.get(obj, undo=edit).")
+
+    def margins(self, candidates: Sequence[KnownFact], undo: Any = None) -> list[float]:
+        """The unedited model's margins of ``candidates`` (scored once per fact, cached)."""
+        todo = [f for f in candidates if f not in self._margins]
+        if todo:
+            self._check_unedited(undo)
+            with lifted(self.model, undo):
+                self._margins.update(zip(todo, score_margins(self.model, todo).tolist()))
+        return [self._margins[f] for f in candidates]
+
+    def select(self, obj: str, undo: Any = None) -> tuple[list[AnchorPrompt], int]:
+        """The anchor prompts of ``obj`` and the number of candidates they were chosen from."""
+        cands = anchor_candidates(self.records, obj, self._facts)
+        chosen = select_anchor_prompts(cands, self.margins(cands, undo), n_anchors=self.n_anchors,
+                                       min_margin=self.min_margin)
+        return chosen, len(cands)
+
+    def get(self, obj: str, undo: Edit | Sequence[Edit] | None = None) -> AnchorSet:
+        """The :class:`AnchorSet` of ``obj``; raises :class:`NotEnoughAnchorsError` if it has too few prompts."""
+        key = _clean(obj)
+        if key not in self._cache:
+            chosen, n_cands = self.select(key, undo)
+            if len(chosen) < self.min_anchors:
+                raise NotEnoughAnchorsError(key, len(chosen), self.min_anchors, n_cands, self.min_margin)
+            anchors = compute_anchors(self.model, chosen, self.layers, obj=key, undo=undo)
+            self._check_unedited(undo, anchors.fingerprint)
+            self._cache[key] = anchors
+        return self._cache[key]
+
+    def precompute(self, objects: Iterable[str], *, skip_missing: bool = False) -> dict[str, AnchorSet]:
+        """Anchors of every object (e.g. every target_new of the records you will edit), before any edit.
+
+        Objects are scored in one batch. ``skip_missing=True`` leaves out objects without enough anchors (list
+        them with :meth:`coverage`); otherwise the first such object raises :class:`NotEnoughAnchorsError`."""
+        objs = list(dict.fromkeys(_clean(o) for o in objects))
+        self.margins([f for o in objs for f in anchor_candidates(self.records, o, self._facts)])
+        out = {}
+        for o in objs:
+            try:
+                out[o] = self.get(o)
+            except NotEnoughAnchorsError:
+                if not skip_missing:
+                    raise
+        return out
+
+    def coverage(self, cases: Iterable[Any] | None = None) -> pd.DataFrame:
+        """One row per record: its target_new, candidates, kept anchors and whether STEAM can edit it (``ok``).
+
+        Records without enough anchors are listed here, not silently dropped."""
+        cases = self.records if cases is None else list(cases)
+        reqs = [as_request(c) for c in cases]
+        objs = list(dict.fromkeys(r.target_new.strip() for r in reqs))
+        self.margins([f for o in objs for f in anchor_candidates(self.records, o, self._facts)])
+        per_obj = {o: self.select(o) for o in objs}
+        rows = []
+        for c, r in zip(cases, reqs):
+            chosen, n_cands = per_obj[r.target_new.strip()]
+            rows.append({"case_id": as_case(c).get("case_id"), "subject": r.subject, "target_new": r.target_new,
+                         "n_candidates": n_cands, "n_anchors": len(chosen),
+                         "n_relations": len({a.fact.relation for a in chosen}),
+                         "ok": len(chosen) >= self.min_anchors})
+        return pd.DataFrame(rows)
+
+
+def anchor_coverage(model: Any, records: Sequence[Any], cases: Sequence[Any] | None = None, **bank_kwargs: Any
+                    ) -> pd.DataFrame:
+    """Which records' target_new have enough anchors (``ok``) in ``records`` (see :meth:`AnchorBank.coverage`)."""
+    return AnchorBank(model, records, **bank_kwargs).coverage(cases)

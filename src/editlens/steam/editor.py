@@ -1,0 +1,48 @@
+"""The STEAM editor for :func:`editlens.evaluate.evaluate_edits`: ROME plus the alignment term of each record.
+
+Taught in: Chapter 4 (STEAM). It is :func:`editlens.evaluate.rome_editor` with a per-record loss term: for each
+record, the :class:`~editlens.steam.alignment.AlignmentTerm` toward the anchors of its target_new, taken from an
+:class:`~editlens.steam.anchors.AnchorBank` (computed once per object from the unedited model, cached).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from editlens.evaluate import Editor, rome_editor
+from editlens.rome.requests import as_request
+from editlens.steam.alignment import (
+    AlignmentTerm,
+    Position,
+    check_layers,
+    default_layers,
+)
+from editlens.steam.anchors import AnchorBank
+
+
+def steam_terms(hparams: Any, bank: AnchorBank, lam: float, layers: Sequence[int] | None = None, *,
+                position: Position = "last_prompt", paraphrases: bool = False):
+    """``(model, case) -> [AlignmentTerm]``: the per-record loss terms STEAM adds to ROME's v*."""
+
+    def terms(model: Any, case: dict) -> list[AlignmentTerm]:
+        req = as_request(case)
+        paras = list(case.get("paraphrase_prompts") or []) if paraphrases else []
+        paras = [p if "{}" in p else p.replace(req.subject, "{}", 1) for p in paras if "{}" in p or req.subject in p]
+        return [AlignmentTerm(bank.get(req.target_new), lam, layers, position=position, paraphrases=paras,
+                              n_layers=model.cfg.n_layers, edit_layer=hparams.layer)]
+
+    return terms
+
+
+def steam_editor(hparams: Any, stats: Any, bank: AnchorBank, lam: float = 1.0, layers: Sequence[int] | None = None,
+                 *, position: Position = "last_prompt", paraphrases: bool = False) -> Editor:
+    """The :data:`~editlens.evaluate.Editor` of STEAM: ROME with ``lam`` * L_LA toward the anchors of each record's
+    target_new (``lam=0``: exactly ROME). Layers are checked now against the bank's model (clear errors early)."""
+    n_layers = bank.model.cfg.n_layers
+    if layers is None:
+        default_layers(hparams.layer, n_layers)
+    else:
+        check_layers(layers, hparams.layer, n_layers)
+    return rome_editor(hparams, stats, steam_terms(hparams, bank, lam, layers, position=position,
+                                                   paraphrases=paraphrases))

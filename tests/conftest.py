@@ -106,31 +106,12 @@ def embedded_tokenizer():
 
 @pytest.fixture
 def tiny_model(embedded_tokenizer):
-    """A random tiny Llama (2 layers, d_model 64, 4 heads, 2 KV heads) in a TransformerBridge.
+    """A random tiny Llama (2 layers, d_model 64, 4 heads, 2 KV heads) with the embedded model's tokenizer
+    (editlens.localize.toy.tiny_llama, Hugging Face's initialisation).
 
     Function-scoped and seeded: every test gets the same fresh weights and may edit them.
     """
-    import torch
-    from transformer_lens.model_bridge import TransformerBridge
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from editlens.localize.toy import tiny_llama
 
-    tok = embedded_tokenizer
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    config._attn_implementation = "eager"  # attention patterns with gradients, as load_model does
-    torch.manual_seed(0)
-    hf_model = LlamaForCausalLM(config).eval()
-    bridge = TransformerBridge.boot_transformers("tiny-llama", hf_model=hf_model, tokenizer=tok)
-    bridge.eval()
-    return bridge
+    return tiny_llama(0, d_mlp=128, weight_std=None, tokenizer=embedded_tokenizer, tie_embeddings=True,
+                      max_positions=256)[0]

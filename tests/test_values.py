@@ -53,19 +53,10 @@ def _steps(res):
 @pytest.fixture
 def tiny3_model(embedded_tokenizer):
     """``tiny_model`` with 3 layers, so that editing layer 1 skips a layer below and has one above."""
-    from transformer_lens.model_bridge import TransformerBridge
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from editlens.localize.toy import tiny_llama
 
-    tok = embedded_tokenizer
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    bridge = TransformerBridge.boot_transformers("tiny-llama", hf_model=LlamaForCausalLM(config).eval(), tokenizer=tok)
-    bridge.eval()
-    return bridge
+    return tiny_llama(0, n_layers=3, d_mlp=128, weight_std=None, tokenizer=embedded_tokenizer, tie_embeddings=True,
+                      max_positions=256)[0]
 
 
 @pytest.mark.parametrize("reuse_prefix", [False, True], ids=["fast", "prefix"])

@@ -22,6 +22,7 @@ from editlens.data.counterfact import (
     load_facts,
     load_object_descriptions,
     parse_records,
+    round_robin,
     save_facts,
     spread_over_relations,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "load_paraphrases",
     "load_pararel",
     "parse_records",
+    "round_robin",
     "save_facts",
     "spread_over_relations",
 ]

@@ -24,7 +24,9 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar
+
+T = TypeVar("T")
 
 FACTS_PATH: Path = Path(__file__).with_name("facts.json")
 """The project's verified fact set."""
@@ -543,6 +545,24 @@ def check_dataset(records: Sequence[CounterFactRecord], *, fname: str = "facts.j
     return problems
 
 
+def round_robin(items: Sequence[T], n: int, key: Callable[[T], str]) -> list[T]:
+    """Up to ``n`` items taken round-robin over their groups (``key``, groups sorted by name), each group in
+    the order given. Deterministic. Used to spread samples over relations (Chapters 3-6, STEAM's anchors)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    groups: dict[str, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    out: list[T] = []
+    depth = 0
+    while len(out) < min(n, len(items)):
+        for name in sorted(groups):
+            if depth < len(groups[name]) and len(out) < n:
+                out.append(groups[name][depth])
+        depth += 1
+    return out
+
+
 def spread_over_relations(records: Sequence[CounterFactRecord], n: int) -> list[CounterFactRecord]:
     """``n`` records taken round-robin over relations (sorted by id), each relation in file order.
 
@@ -550,16 +570,4 @@ def spread_over_relations(records: Sequence[CounterFactRecord], n: int) -> list[
     continents and currencies); this gives an evaluation sample that covers every relation.
     Deterministic. Used in: Chapters 3-6 (``python -m editlens edit --spread``).
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    groups: dict[str, list[CounterFactRecord]] = {}
-    for r in records:
-        groups.setdefault(r.relation_id, []).append(r)
-    out: list[CounterFactRecord] = []
-    depth = 0
-    while len(out) < min(n, len(records)):
-        for rel in sorted(groups):
-            if depth < len(groups[rel]) and len(out) < n:
-                out.append(groups[rel][depth])
-        depth += 1
-    return out
+    return round_robin(records, n, key=lambda r: r.relation_id)

@@ -39,25 +39,34 @@ def toy_tokenizer(words: tuple[str, ...] = TOY_WORDS):
 
 
 def tiny_llama(seed: int = 0, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4, n_kv_heads: int = 2,
-               weight_std: float = 0.08):
-    """Random tiny Llama + word tokenizer, wrapped: returns ``(bridge, tokenizer)``. Deterministic in ``seed``."""
+               d_mlp: int | None = None, weight_std: float | None = 0.08, tokenizer=None,
+               tie_embeddings: bool = False, max_positions: int = 128):
+    """Random tiny Llama + tokenizer, wrapped: returns ``(bridge, tokenizer)``. Deterministic in ``seed``.
+
+    The one tiny model of the book and its tests. Defaults: the word-level :func:`toy_tokenizer`, MLP width
+    ``4 * d_model``, weights drawn with std ``weight_std`` (``None``: Hugging Face's own initialisation).
+    The tests of ROME and the scorer pass the embedded model's tokenizer, so real prompts tokenize as on SmolLM2.
+    """
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = toy_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d_model, intermediate_size=4 * d_model,
+    tok = toy_tokenizer() if tokenizer is None else tokenizer
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d_model, intermediate_size=d_mlp or 4 * d_model,
                       num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
-                      max_position_embeddings=128, bos_token_id=0, pad_token_id=1, eos_token_id=1,
-                      tie_word_embeddings=False, attn_implementation="eager")
+                      max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      tie_word_embeddings=tie_embeddings, attn_implementation="eager")
     torch.manual_seed(seed)
     hf = LlamaForCausalLM(cfg)
     # Larger-than-default weights (HF uses 0.02) so that single heads matter measurably; at 0.08 the
     # model is still close enough to linear that attribution patching tracks activation patching.
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, weight_std)
+    if weight_std is not None:
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                if p.dim() == 2:
+                    p.normal_(0.0, weight_std)
     hf.eval()
-    bridge = TransformerBridge.boot_transformers("toy-llama", hf_model=hf, tokenizer=tok)
+    bridge = TransformerBridge.boot_transformers("toy-llama" if tokenizer is None else "tiny-llama", hf_model=hf,
+                                                 tokenizer=tok)
     bridge.eval()
     return bridge, tok

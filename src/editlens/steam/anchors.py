@@ -33,6 +33,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from editlens.data.counterfact import round_robin
 from editlens.rome.requests import as_case, as_request
 from editlens.rome.update import Edit
 from editlens.scoring import score_candidates
@@ -147,17 +148,7 @@ def score_margins(model: Any, facts: Sequence[KnownFact]) -> np.ndarray:
 
 def stratify(kept: Sequence[AnchorPrompt], n: int) -> list[AnchorPrompt]:
     """Up to ``n`` prompts round-robin over relations (sorted by name), each relation largest margin first."""
-    groups: dict[str, list[AnchorPrompt]] = {}
-    for a in sorted(kept, key=lambda a: -a.margin):
-        groups.setdefault(a.fact.relation, []).append(a)
-    out: list[AnchorPrompt] = []
-    depth = 0
-    while len(out) < min(n, len(kept)):
-        for rel in sorted(groups):
-            if depth < len(groups[rel]) and len(out) < n:
-                out.append(groups[rel][depth])
-        depth += 1
-    return out
+    return round_robin(sorted(kept, key=lambda a: -a.margin), n, key=lambda a: a.fact.relation)
 
 
 def select_anchor_prompts(candidates: Sequence[KnownFact], margins: Sequence[float], *,

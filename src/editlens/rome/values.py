@@ -511,10 +511,10 @@ class _VForward:
         if self.fast and (self.resid_in is None or len(self.block_calls) != len(self.model.blocks) - self.layer):
             self.fast = False  # the blocks were not called the way we expect: fall back to the plain path
         self.initial = store
-        self.reuse_prefix = self.fast and self.reuse_prefix and self._plan_groups(caches)
+        self.reuse_prefix = self.fast and self.reuse_prefix and self._record_prefix(caches)
         return store
 
-    def _plan_groups(self, caches: dict[int, Any]) -> bool:
+    def _record_prefix(self, caches: dict[int, Any]) -> bool:
         """Record the keys/values and block arguments a packed suffix run needs. False (use the "fast" mode)
         when they are not what we can cut."""
         b, n_layers = self.batch, len(self.model.blocks)
@@ -720,34 +720,25 @@ class _Fact:
     done: bool = False
 
 
-def _stack(batches: Sequence[VBatch], model: Any) -> VBatch:
-    """All facts' rows in one right-padded batch (only the fields the forward pass reads)."""
-    width = max(int(b.tokens.shape[1]) for b in batches)
-    rows = []
-    for b in batches:
-        t = b.tokens
-        if t.shape[1] < width:
-            t = torch.cat([t, t[:, -1:].expand(-1, width - t.shape[1])], dim=1)  # padding: never attended to
-        rows.append(t)
-    dev = batches[0].tokens.device
-    lengths = torch.cat([b.lengths if b.lengths is not None else torch.full((b.n_rows,), b.tokens.shape[1], device=dev)
-                         for b in batches])
-    delta_rows = torch.cat([b.delta_rows if b.delta_rows is not None else torch.ones(b.n_rows, dtype=torch.bool,
-                            device=dev) for b in batches])
-    return VBatch(tokens=torch.cat(rows), subject_idx=torch.cat([b.subject_idx for b in batches]),
-                  last_prompt_idx=torch.cat([b.last_prompt_idx for b in batches]), target_ids=batches[0].target_ids,
-                  n_rewrite=0, n_kl=0, lengths=lengths, delta_rows=delta_rows)
-
-
 def _padded(batch: VBatch, width: int) -> VBatch:
-    """The same rows, right-padded to ``width`` positions (so a fact's slice of the stacked activations fits)."""
-    if batch.tokens.shape[1] == width:
-        return batch
+    """The same rows, right-padded to ``width`` positions by repeating each row's last token (padding is never
+    attended to by a real position), with explicit lengths and delta rows."""
     t = batch.tokens
-    t = torch.cat([t, t[:, -1:].expand(-1, width - t.shape[1])], dim=1)
+    if t.shape[1] < width:
+        t = torch.cat([t, t[:, -1:].expand(-1, width - t.shape[1])], dim=1)
     lengths = batch.lengths if batch.lengths is not None else torch.full((batch.n_rows,), batch.tokens.shape[1],
                                                                           device=t.device)
-    return dataclasses.replace(batch, tokens=t, lengths=lengths)
+    delta_rows = batch.delta_rows if batch.delta_rows is not None else torch.ones(batch.n_rows, dtype=torch.bool,
+                                                                                  device=t.device)
+    return dataclasses.replace(batch, tokens=t, lengths=lengths, delta_rows=delta_rows)
+
+
+def _stack(batches: Sequence[VBatch]) -> VBatch:
+    """All facts' rows (already padded to one width) in one batch (only the fields the forward pass reads)."""
+    return VBatch(tokens=torch.cat([b.tokens for b in batches]), subject_idx=torch.cat([b.subject_idx for b in batches]),
+                  last_prompt_idx=torch.cat([b.last_prompt_idx for b in batches]), target_ids=batches[0].target_ids,
+                  n_rewrite=0, n_kl=0, lengths=torch.cat([b.lengths for b in batches]),
+                  delta_rows=torch.cat([b.delta_rows for b in batches]))
 
 
 def compute_vs(
@@ -795,10 +786,10 @@ def compute_vs(
                            builtin=[KLTerm(hparams.kl_factor)] if hparams.kl_prompt else []))
         batches.append(ctx.batch)
         start += ctx.batch.n_rows
-    stacked = _stack(batches, model)
-    width = int(stacked.tokens.shape[1])
+    width = max(int(b.tokens.shape[1]) for b in batches)
     for f in facts:
         f.ctx.batch = _padded(f.ctx.batch, width)
+    stacked = _stack([f.ctx.batch for f in facts])
     dev = stacked.tokens.device
     fact_of_row = torch.cat([torch.full((f.ctx.batch.n_rows,), i, device=dev) for i, f in enumerate(facts)])
 

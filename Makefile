@@ -14,13 +14,15 @@ OMP_NUM_THREADS ?= 1
 MKL_NUM_THREADS ?= $(OMP_NUM_THREADS)
 export OMP_NUM_THREADS MKL_NUM_THREADS
 
-.PHONY: help setup book test test-fast check-threads clean
+.PHONY: help setup book test test-fast check-threads student instructor clean
 
 help:
 	@echo "make book       set up, execute every chapter of _toc.yml (in parallel), render HTML into _build/html"
 	@echo "make test       set up, run the unit tests, the notebook checks (nbval) and the book build test"
 	@echo "make test-fast  the tests not marked slow (no model, no notebooks)"
 	@echo "make check-threads  re-execute the chapters with 2 torch threads; checked outputs must still match"
+	@echo "make student    write _build/student/NN_*.ipynb: chapters without solutions, to hand out (book/teaching.md)"
+	@echo "make instructor write _build/instructor/NN_*.ipynb: chapters with the solutions shown"
 	@echo "make setup      only the setup (venv, embedded model, MathJax, chromium)"
 	@echo "make clean      remove _build (keeps .venv and the model cache)"
 
@@ -61,6 +63,16 @@ check-threads: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest tests/ -m "not slow" -ra
+
+# Teaching editions (book/teaching.md), generated from the chapters as they are (editlens.editions):
+# student = solution cells replaced by placeholders (checks fail until a stub is done), outputs of
+# exercise-dependent cells cleared; instructor = the chapters with the solutions shown.
+# Grade a submission with `python -m editlens grade STUDENT.ipynb`.
+student: setup
+	$(BIN)/python -m editlens editions student --out _build/student
+
+instructor: setup
+	$(BIN)/python -m editlens editions instructor --out _build/instructor
 
 clean:
 	rm -rf _build

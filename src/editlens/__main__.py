@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-METHODS = ("rome", "steam")
+METHODS = ("rome", "steam", "sadr")
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 EXIT_USAGE = 2
 
@@ -69,11 +69,13 @@ def _check_edit_args(args: argparse.Namespace) -> None:
         raise CommandLineError(f"--limit must be at least 1, got {args.limit}",
                                "pass --limit N with N >= 1, or leave --limit out to edit every record")
     for flag, value in (("--gen-prompts", args.gen_prompts), ("--gen-tokens", args.gen_tokens),
-                        ("--threads", args.threads), ("--mom2-tokens", args.mom2_tokens)):
+                        ("--threads", args.threads), ("--mom2-tokens", args.mom2_tokens),
+                        ("--v-steps", getattr(args, "v_steps", None))):
         if value is not None and value < 1:
             raise CommandLineError(f"{flag} must be at least 1, got {value}",
                                    f"pass {flag} N with N >= 1, or leave {flag} out for its default")
     _check_steam_args(args)
+    _check_sadr_args(args)
     if args.layer is not None and args.layer < 0:
         raise CommandLineError(f"--layer must be 0 or more, got {args.layer}",
                                "pass a layer index counted from 0, or leave --layer out for the registry's")
@@ -130,6 +132,22 @@ def _check_steam_args(args: argparse.Namespace) -> None:
         args.steam_layer_list = layers
 
 
+def _check_sadr_args(args: argparse.Namespace) -> None:
+    """SADR's gamma (and that it is only given with --method sadr)."""
+    import math
+
+    gamma = getattr(args, "sadr_gamma", None)
+    if gamma is None:
+        return
+    if args.method != "sadr":
+        raise CommandLineError(f"--sadr-gamma only applies to --method sadr, not --method {args.method}",
+                               "add --method sadr, or leave --sadr-gamma out")
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise CommandLineError(f"--sadr-gamma must be a number >= 0, got {gamma}",
+                               "pass e.g. --sadr-gamma 0.01 (the authors' ROME setting; 0 reproduces ROME), or leave "
+                               "it out for the default")
+
+
 def _check_device(name: str) -> None:
     """``--device`` must name a torch device that this machine has."""
     import torch
@@ -176,6 +194,8 @@ def _resolve_hparams(args: argparse.Namespace):
     overrides = {} if args.layer is None else {"layer": args.layer}
     if args.mom2_tokens is not None:
         overrides["mom2_n_tokens"] = args.mom2_tokens
+    if getattr(args, "v_steps", None) is not None:
+        overrides["v_num_grad_steps"] = args.v_steps
     try:
         return get_hparams(args.model or "embedded", **overrides)
     except KeyError:
@@ -266,6 +286,16 @@ def _edit(args: argparse.Namespace) -> int:
         make_steam, steam_settings = _steam_editor(args, model, hp, cases)
     stats = stats_for(model, hp)
     editor = rome_editor(hp, stats) if make_steam is None else make_steam(stats)
+    sadr_settings = None
+    if args.method == "sadr":
+        from editlens.sadr import AUTHORS_STEPS, DEFAULT_GAMMA, sadr_editor
+
+        gamma = DEFAULT_GAMMA if args.sadr_gamma is None else args.sadr_gamma
+        editor = sadr_editor(hp, stats, gamma)
+        sadr_settings = {"gamma": gamma, "v_num_grad_steps": hp.v_num_grad_steps, "layers": "all (only those above "
+                         "the edit layer change)", "hinge": True}
+        print(f"SADR: gamma {gamma}, {hp.v_num_grad_steps} v* steps (the authors ran {AUTHORS_STEPS['rome']}: "
+              f"--v-steps {AUTHORS_STEPS['rome']})")
     gen = None if args.no_generation else GenerationSettings(n_prompts=args.gen_prompts, max_new_tokens=args.gen_tokens,
                                                              semantic=args.semantic)
     try:
@@ -277,6 +307,14 @@ def _edit(args: argparse.Namespace) -> int:
                             "model": args.model or "embedded", "data": args.data or "facts.json"})
     if steam_settings is not None:
         report.settings["steam"] = steam_settings
+    if sadr_settings is not None:
+        report.settings["sadr"] = sadr_settings
+    pooled = args.format == "sadr" or any(getattr(c, "source", None) == "sadr" for c in cases)
+    if pooled:  # SADR's data: also their micro-average over all prompts (editlens.sadr.metrics)
+        from editlens.sadr import pooled_summary, pooled_table
+
+        report.settings["pooled_summary"] = {w: pooled_summary(report, cases, w) for w in ("unedited", "edited")
+                                             if any(w in r for r in report.records)}
     if args.out:
         report.to_json(args.out)
         print(f"wrote {args.out}")
@@ -284,8 +322,68 @@ def _edit(args: argparse.Namespace) -> int:
         e = r.get("edited", {})
         print(f"  {str(r['case_id']):>6} {r['subject'][:28]:<28} -> {r['target_new'][:14]:<14} "
               f"ES {e.get('ES', float('nan')):.0f} PS {e.get('PS', float('nan')):.2f} NS {e.get('NS', float('nan')):.2f}")
+    if pooled:
+        print("per record (mean of each record's rates)")
     print(report.table())
+    if pooled:
+        print("pooled over all prompts (SADR's micro-average; their RS is RelS here)")
+        print(pooled_table(report, cases))
     return 0
+
+
+def _grade(args: argparse.Namespace) -> int:
+    """Execute a student notebook up to its last exercise check; print (and write) the per-exercise table."""
+    import json
+
+    from editlens.grading import GradingError, grade
+
+    if args.timeout < 1:
+        raise CommandLineError(f"--timeout must be at least 1 second, got {args.timeout}",
+                               "pass --timeout SECONDS per cell, e.g. --timeout 600")
+    try:
+        report = grade(args.submission, chapter_dir=args.chapter_dir, timeout=args.timeout)
+    except GradingError as err:
+        raise CommandLineError(err.problem, err.fix) from None
+    print(report.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0 if report.all_passed else 1
+
+
+def _editions(args: argparse.Namespace) -> int:
+    """Write the student or instructor edition of every chapter."""
+    from editlens.editions import chapters, write_editions
+
+    if not chapters(args.chapter_dir):
+        raise CommandLineError(f"no chapter notebooks NN_*.ipynb in {args.chapter_dir}",
+                               "pass --chapter-dir the book's notebooks/ folder")
+    for path in write_editions(args.edition, args.out or f"_build/{args.edition}", chapter_dir=args.chapter_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_teaching_commands(sub) -> None:
+    """``grade`` and ``editions`` (taught in Teaching with this book, book/teaching.md)."""
+    g = sub.add_parser("grade", help="execute a submitted student notebook offline and print a per-exercise "
+                       "pass/fail table (exit status 0 iff every exercise passed)",
+                       description="Grade a student edition notebook (make student). Its solution and check "
+                       "cells are taken back from the chapter (a failed exercise falls back to the solution, "
+                       "so later ones are graded on their own); it runs in a fresh kernel, offline, up to and "
+                       "including the last exercise's check cell: the cells after it are not run.")
+    g.add_argument("submission", help="the student's .ipynb (a student edition, named after its chapter)")
+    g.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    g.add_argument("--timeout", type=int, default=600, help="seconds per cell before it is interrupted "
+                   "(default 600)")
+    g.add_argument("--chapter-dir", default=None, help="folder of the chapter notebooks (default: the "
+                   "repository's notebooks/)")
+    g.set_defaults(func=_grade)
+    d = sub.add_parser("editions", help="write the student (solutions removed) or instructor (solutions shown) "
+                       "edition of every chapter")
+    d.add_argument("edition", choices=["student", "instructor"])
+    d.add_argument("--out", default=None, help="output folder (default: _build/student or _build/instructor)")
+    d.add_argument("--chapter-dir", default="notebooks", help="folder of the chapter notebooks")
+    d.set_defaults(func=_editions)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,7 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steam-layers", default=None, help="STEAM: aligned layers, e.g. 5-20 or 5,8,11 (default: the "
                    "edit layer + 1 to two thirds of the depth)")
     e.add_argument("--anchors", type=int, default=None, help="STEAM: anchor facts per object (default 8)")
+    e.add_argument("--sadr-gamma", type=float, default=None, help="SADR: weight of the attention-drift term "
+                   "(default 0.01 = the authors' ROME weight 100 x 1e-4; 0 is ROME)")
+    e.add_argument("--v-steps", type=int, default=None, help="v* optimisation steps (default: the registry's, 20; "
+                   "the authors ran ROME+SADR with 80)")
     e.set_defaults(func=_edit)
+    _add_teaching_commands(sub)
     return parser
 
 

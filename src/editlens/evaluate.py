@@ -84,7 +84,7 @@ def probe_rows(case: dict) -> list[tuple[str, str, str, str, str]]:
             rows.append(("PS", fill_subject(p, req.subject), new, true))
         for p in case.get("neighborhood_prompts") or []:
             rows.append(("NS", fill_subject(prompt_text(p), req.subject), true, new))
-            rows.append(("DNS", f"{req.text} {new}. {fill_subject(prompt_text(p), req.subject)}", true, new))
+            rows.append(("DNS", distracted_prompt(req.text, new, fill_subject(prompt_text(p), req.subject)), true, new))
     for r in case.get("relation_prompts") or []:
         tgt = r.get("target") or r.get("target_true")
         if tgt and tgt.strip() != new.strip():
@@ -93,6 +93,12 @@ def probe_rows(case: dict) -> list[tuple[str, str, str, str, str]]:
         if r.get("target_new") and r.get("target_true"):
             rows.append(("Port", fill_subject(r["prompt"], req.subject), r["target_new"], r["target_true"]))
     return rows
+
+
+def distracted_prompt(rewrite_text: str, target_new: str, neighbour_prompt: str) -> str:
+    """SADR's distracted neighbourhood prompt (DNS; Chapter 5's attention-drift probes): the edit stated as text,
+    then an unrelated neighbourhood prompt, ``f"{rewrite prompt} {target_new}. {neighbour prompt}"``."""
+    return f"{rewrite_text} {target_new}. {neighbour_prompt}"
 
 
 def prompt_text(p: Any) -> str:

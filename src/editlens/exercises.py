@@ -17,10 +17,18 @@ In a chapter::
 (``NotImplementedError``), it says so, checks the hidden solution instead, and returns that,
 so the rest of the chapter still runs. A wrong answer raises ``AssertionError`` with what differs.
 When the book is built, the checks run on the solutions: a wrong solution fails CI.
+
+In the student edition (``make student``; see Teaching with this book, book/teaching.md) the
+solution is ``None``: an untouched stub raises :class:`ExerciseNotDone` instead of falling back.
+When ``$EDITLENS_GRADE_LOG`` names a file (``python -m editlens grade``), each check appends one
+JSON line ``{name, status, message}`` to it (``passed``, ``failed`` or ``not attempted``) and a
+failed attempt falls back to the solution, so that later exercises are graded on their own.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Callable, TypeVar
 
 import torch
@@ -28,17 +36,56 @@ import torch
 F = TypeVar("F", bound=Callable)
 
 
-def check_exercise(name: str, attempt: F, solution: F, test: Callable[[Callable], None]) -> F:
+GRADE_LOG_ENV = "EDITLENS_GRADE_LOG"
+
+
+class ExerciseNotDone(Exception):
+    """Raised in the student edition by a check whose stub still raises ``NotImplementedError``."""
+
+
+def _not_done_message(name: str) -> str:
+    number, _, function = name.partition(" ")
+    what = f"Exercise {number}" if function else f"Exercise {name!r}"
+    return (f"{what} is not done yet: implement {function or 'the function'} above and re-run this cell "
+            "(the student edition has no solution to fall back to).")
+
+
+def _grade_log(name: str, status: str, message: str = "") -> None:
+    """Append one JSON line to ``$EDITLENS_GRADE_LOG`` (grading only)."""
+    with open(os.environ[GRADE_LOG_ENV], "a", encoding="utf-8") as f:
+        f.write(json.dumps({"name": name, "status": status, "message": message}) + "\n")
+
+
+def check_exercise(name: str, attempt: F, solution: F | None, test: Callable[[Callable], None]) -> F:
     """Run ``test`` on ``attempt`` (or on ``solution`` if the attempt raises NotImplementedError).
 
-    Returns the function that passed, for later cells to use.
+    Returns the function that passed, for later cells to use. With ``solution=None`` (student edition)
+    an attempt that raises NotImplementedError raises :class:`ExerciseNotDone`. When grading
+    (``$EDITLENS_GRADE_LOG`` set), the outcome is logged and a failed attempt returns the solution.
     """
+    grading = bool(os.environ.get(GRADE_LOG_ENV))
     try:
         test(attempt)
     except NotImplementedError:
+        if solution is None:
+            if grading:
+                _grade_log(name, "not attempted", "the stub still raises NotImplementedError")
+            raise ExerciseNotDone(_not_done_message(name)) from None
         test(solution)
+        if grading:
+            _grade_log(name, "not attempted", "the stub still raises NotImplementedError")
         print(f"[{name}] not attempted yet: the hidden solution passed the check and is used below.")
         return solution
+    except Exception as err:
+        if grading:
+            _grade_log(name, "failed", f"{type(err).__name__}: {err}".strip())
+        if not grading or solution is None:
+            raise
+        test(solution)
+        print(f"[{name}] your answer failed the check ({type(err).__name__}); the solution is used below.")
+        return solution
+    if grading:
+        _grade_log(name, "passed")
     print(f"[{name}] your answer passed the check.")
     return attempt
 

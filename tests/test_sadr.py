@@ -1,0 +1,333 @@
+"""SADR (Chapter 5): the attention-drift term, its editor, drift diagnostics, the restoration experiment, pooling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from editlens.evaluate import EvalReport, probe_rows, rome_editor
+from editlens.rome import Edit, ROMEHyperParams, as_request, compute_v
+from editlens.rome import values as V
+from editlens.sadr import (
+    DEFAULT_GAMMA,
+    AttentionDriftTerm,
+    all_pairs,
+    answer_probability,
+    attention_drift,
+    attention_row,
+    combined_terms,
+    distracted_prompts,
+    drift_loss_per_layer,
+    pooled_summary,
+    prompt_batch,
+    random_pairs,
+    record_patterns,
+    record_run,
+    restoration_experiment,
+    restore,
+    row_kl,
+    run_patterns,
+    sadr_editor,
+    sadr_terms,
+    selective_mask,
+    subject_attention,
+    subject_positions,
+)
+
+# as in test_values.py: a random model's v0 is tiny, so no weight decay and no clamp
+HP = ROMEHyperParams(layer=0, v_num_grad_steps=5, context_lengths=((3, 2),), v_lr=0.5, v_weight_decay=0.0,
+                     clamp_norm_factor=1e4)
+CASE = {"case_id": 7, "requested_rewrite": {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower",
+                                            "relation_id": "P131", "target_new": {"str": "Rome", "id": "Q220"},
+                                            "target_true": {"str": "Paris", "id": "Q90"}},
+        "neighborhood_prompts": ["The Louvre is located in the city of", "Notre-Dame is located in the city of"],
+        "paraphrase_prompts": ["Where is the Eiffel Tower? It is in the city of"]}
+
+
+@pytest.fixture
+def tiny3_model(embedded_tokenizer):
+    """A 3-layer tiny Llama (4 query heads, 2 key/value heads: GQA like SmolLM2)."""
+    from editlens.localize.toy import tiny_llama
+
+    return tiny_llama(0, n_layers=3, d_mlp=128, weight_std=None, tokenizer=embedded_tokenizer, tie_embeddings=True,
+                      max_positions=256)[0]
+
+
+# ---------------------------------------------------------------------------------------------- the term, by hand
+def test_selective_mask_compares_with_the_max_over_heads_before():
+    before = torch.zeros(1, 3, 4)
+    before[0, :, 2] = torch.tensor([0.1, 0.3, 0.2])  # subject key s = 2: max over heads 0.3
+    now = torch.zeros(1, 3, 4)
+    now[0, :, 2] = torch.tensor([0.35, 0.3, 0.25])
+    mask = selective_mask(now, before, torch.tensor([2]))
+    assert mask.tolist() == [[True, False, False]]  # strict; head 2 grew (0.2 -> 0.25) but not past 0.3
+    per_head = now[0, :, 2] > before[0, :, 2]
+    assert per_head.tolist() == [True, False, True]  # not the per-head before/after comparison
+    now.requires_grad_(True)
+    assert not selective_mask(now, before, torch.tensor([2])).requires_grad
+
+
+def test_kl_and_reduction_by_hand():
+    a0 = torch.tensor([[[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]])  # [row 1, head 2, key 3]
+    a = torch.tensor([[[0.25, 0.75, 0.0], [0.5, 0.5, 0.0]]])
+    keys = torch.tensor([[True, True, False]])
+    eps = 1e-8
+    p, q = a0 + eps, a + eps
+    expected = (p * (p / q).log())[..., :2].sum(-1)
+    torch.testing.assert_close(row_kl(a0, a, keys), expected)
+    # hinge off: sum over heads / rows; two rows, one layer
+    two = drift_loss_per_layer([torch.cat([a, a])], [torch.cat([a0, a0])], torch.tensor([1, 1]),
+                               torch.cat([keys, keys]), hinge=False)
+    torch.testing.assert_close(two, expected.sum()[None])  # divided by the number of rows
+    # hinge on, subject key 1: before max 0.5; now head 0 has 0.75 > 0.5 (kept), head 1 has 0.5 (dropped)
+    one = drift_loss_per_layer([a], [a0], torch.tensor([1]), keys)
+    torch.testing.assert_close(one, expected[0, :1])
+
+
+def test_default_gamma_is_the_authors_rome_setting():
+    assert DEFAULT_GAMMA == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        AttentionDriftTerm(-1.0)
+
+
+# ---------------------------------------------------------------------------------------------- the term in v*
+class Spy(AttentionDriftTerm):
+    """Records delta, the term's value and its per-layer values at every step."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.steps = []
+
+    def __call__(self, ctx):
+        value = super().__call__(ctx)
+        self.steps.append({"delta": ctx.delta.detach().clone(), "value": float(value.detach()),
+                           "per_layer": self.per_layer(ctx).detach().clone(), "step": ctx.step})
+        return value
+
+
+def reference_value(model, req, hp, delta, gamma, layers, hinge, eps=1e-8):
+    """The term from two plain forward passes (delta = 0 and delta), with loops over rows, layers and heads."""
+    batch = V.build_v_batch(model, req, hp)
+    rows = [r for r in range(batch.n_rows) if bool(batch.delta_rows[r])]
+
+    def patterns(d):
+        store = {}
+
+        def add(act, hook):
+            act = act.clone()
+            for r in rows:
+                act[r, batch.subject_idx[r]] += d
+            return act
+
+        hooks = [(f"blocks.{hp.layer}.hook_mlp_out", add)]
+        hooks += [(f"blocks.{l}.attn.hook_pattern", lambda a, hook, l=l: store.__setitem__(l, a.detach()))
+                  for l in layers]
+        with torch.no_grad():
+            model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
+        return store
+
+    a0s, a1s = patterns(torch.zeros_like(delta)), patterns(delta)
+    total = 0.0
+    for l in layers:
+        layer_sum = 0.0
+        for b in range(batch.n_rewrite):
+            i, s = int(batch.last_prompt_idx[b]), int(batch.subject_idx[b])
+            a0, a1 = a0s[l][b, :, i, : i + 1].double(), a1s[l][b, :, i, : i + 1].double()
+            top = max(float(a0[h, s]) for h in range(a0.shape[0]))
+            for h in range(a0.shape[0]):
+                if hinge and not float(a1[h, s]) > top:
+                    continue
+                p, q = a0[h] + eps, a1[h] + eps
+                layer_sum += float((p * (p / q).log()).sum())
+        total += layer_sum / batch.n_rewrite
+    return gamma * total
+
+
+MODES = {"plain": {"v_fast_forward": False}, "fast": {"v_reuse_prefix": False}, "prefix": {}}
+
+
+@pytest.mark.parametrize("hinge", [True, False], ids=["hinge", "all-heads"])
+def test_term_equals_a_reference_from_plain_forward_passes(tiny3_model, hinge):
+    req = as_request(CASE)
+    values = {}
+    for mode, kw in MODES.items():
+        hp = HP.replace(**kw)
+        spy = Spy(1.0, hinge=hinge)
+        res = compute_v(tiny3_model, req, 0, hp, [spy])
+        assert spy.layers == [1, 2] and spy.steps[0]["value"] == 0.0 and res.history[0]["sadr"] == 0.0
+        values[mode] = [s["value"] for s in spy.steps]
+        if mode == "plain":  # the reference, at the delta each step used
+            for s in spy.steps[1:]:
+                ref = reference_value(tiny3_model, req, hp, s["delta"], 1.0, [1, 2], hinge)
+                assert s["value"] == pytest.approx(ref, rel=1e-4, abs=1e-7), s["step"]
+            assert max(values[mode]) > 1e-6, "the test needs a term that is not 0"
+    for mode in ("fast", "prefix"):  # the packed-prefix mode gives the same to float noise
+        assert len(values[mode]) == len(values["plain"])
+        for a, b in zip(values[mode], values["plain"]):
+            assert a == pytest.approx(b, rel=1e-4, abs=1e-5), mode
+
+
+@pytest.mark.parametrize("mode", ["plain", "prefix"])
+def test_layers_at_or_below_the_edit_layer_contribute_zero(tiny3_model, mode):
+    """Reading every layer gives the same value as reading only those above the edit layer (layer 1 of 0..2)."""
+    req = as_request(CASE)
+    hp = HP.replace(layer=1, **MODES[mode])
+    every = Spy(1.0, hinge=False, read_unchanged=True)
+    upper = Spy(1.0, hinge=False)
+    compute_v(tiny3_model, req, 1, hp, [every])
+    compute_v(tiny3_model, req, 1, hp, [upper])
+    assert every.layers == [0, 1, 2] and upper.layers == [2]
+    tol = 0.0 if mode == "plain" else 1e-6
+    for e, u in zip(every.steps[1:], upper.steps[1:]):
+        assert float(e["per_layer"][:2].abs().max()) <= tol  # layers 0 and 1: A = A0 at the query row
+        assert e["value"] == pytest.approx(u["value"], rel=1e-5, abs=1e-6)
+    assert max(s["value"] for s in upper.steps) > 0
+
+
+def test_gradient_reaches_delta(tiny3_model):
+    class Grad(AttentionDriftTerm):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.grads = []
+
+        def __call__(self, ctx):
+            v = super().__call__(ctx)
+            if ctx.step > 0:
+                (g,) = torch.autograd.grad(v, ctx.delta, retain_graph=True)
+                self.grads.append(g)
+            return v
+
+    term = Grad(1.0, hinge=False)
+    compute_v(tiny3_model, as_request(CASE), 0, HP.replace(v_num_grad_steps=3), [term])
+    assert term.grads and all(torch.isfinite(g).all() for g in term.grads) and term.grads[-1].norm() > 0
+
+
+def test_gamma_zero_reproduces_rome_bit_for_bit(tiny3_model, tmp_path, monkeypatch):
+    req = as_request(CASE)
+    plain = compute_v(tiny3_model, req, 0, HP)
+    zero = compute_v(tiny3_model, req, 0, HP, [AttentionDriftTerm(0.0)])
+    assert torch.equal(plain.v_star, zero.v_star) and torch.equal(plain.delta, zero.delta)
+    assert [h["loss"] for h in plain.history] == [h["loss"] for h in zero.history]
+    assert not torch.equal(plain.v_star, compute_v(tiny3_model, req, 0, HP, [AttentionDriftTerm(1.0)]).v_star)
+    # through the editor: the edited weights, and the weights after the edit is undone
+    monkeypatch.setenv("EDITLENS_CACHE", str(tmp_path))
+    from editlens.rome import key_stats as ks
+
+    stats = ks.get_key_stats(tiny3_model, 0, n_tokens=300, seq_len=32, progress=False)
+    hp = HP.replace(mom2_n_tokens=300)
+    before = {n: p.detach().clone() for n, p in tiny3_model.named_parameters()}
+    with rome_editor(hp, stats)(tiny3_model, CASE) as edits:
+        rome_w = tiny3_model.blocks[0].mlp.W_out.detach().clone()
+        rome_v = edits[0].v_star
+    with sadr_editor(hp, stats, gamma=0.0)(tiny3_model, CASE) as edits:
+        assert torch.equal(tiny3_model.blocks[0].mlp.W_out, rome_w) and torch.equal(edits[0].v_star, rome_v)
+    with sadr_editor(hp, stats, gamma=1.0, steps=3)(tiny3_model, CASE) as edits:
+        assert len(edits[0].v_result.history) <= 3 and "sadr" in edits[0].v_result.history[-1]
+    for n, p in tiny3_model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_steam_and_sadr_terms_run_in_one_optimisation(tiny3_model):
+    from editlens.steam import AlignmentTerm, AnchorSet
+
+    anchors = AnchorSet(object="Rome", prompts=(), layers=[0, 1, 2], states=torch.randn(3, 3, 64))
+    steam = lambda model, case: [AlignmentTerm(anchors, 1.0, n_layers=3, edit_layer=0)]
+    make = combined_terms(steam, sadr_terms(1.0))
+    terms = make(tiny3_model, CASE)
+    assert [t.name for t in terms] == ["steam_align", "sadr"]
+    res = compute_v(tiny3_model, as_request(CASE), 0, HP.replace(v_num_grad_steps=3), terms)
+    assert all(math.isfinite(h["steam_align"]) and math.isfinite(h["sadr"]) for h in res.history)
+    assert res.history[0]["sadr"] == 0.0 and res.history[0]["steam_align"] > 0
+
+
+# ---------------------------------------------------------------------------------------------- diagnostics
+def test_distracted_prompts_are_the_dns_probes():
+    dns = [r[1] for r in probe_rows(CASE) if r[0] == "DNS"]
+    assert distracted_prompts(CASE) == dns
+    assert dns[0] == "The Eiffel Tower is located in the city of Rome. The Louvre is located in the city of"
+
+
+def random_edit(model, layer=0, scale=0.5, seed=1):
+    W = model.blocks[layer].mlp.W_out
+    g = torch.Generator().manual_seed(seed)
+    return Edit(layer=layer, delta=scale * torch.randn(W.shape, generator=g).to(W.dtype))
+
+
+def test_subject_attention_rows_and_drift(tiny3_model):
+    prompts = distracted_prompts(CASE)
+    pos = subject_positions(tiny3_model, prompts, "The Eiffel Tower")
+    ids = [tiny3_model.tokenizer.decode(prompt_batch(tiny3_model, [p]).tokens[0, int(i)]) for p, i in zip(prompts, pos)]
+    assert all(t.strip() == "Tower" for t in ids)
+    att = subject_attention(tiny3_model, prompts, "The Eiffel Tower")
+    assert att.shape == (2, 3, 4) and (att >= 0).all() and (att <= 1).all()
+    row = attention_row(tiny3_model, prompts[0], 1, 2)
+    assert row.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert attention_row(tiny3_model, prompts[0], 1).sum().item() == pytest.approx(4.0, abs=1e-4)
+    torch.testing.assert_close(row[int(pos[0])], att[0, 1, 2])
+    before = {n: p.detach().clone() for n, p in tiny3_model.named_parameters()}
+    drift = attention_drift(tiny3_model, random_edit(tiny3_model), prompts, "The Eiffel Tower")
+    torch.testing.assert_close(drift.before, att)
+    torch.testing.assert_close(drift.after[:, 0], att[:, 0])  # layer 0's attention is before the edited MLP
+    assert not torch.allclose(drift.after[:, 1:], att[:, 1:])
+    assert len(drift.top_heads(3, layers=[1, 2])) == 3 and all(l > 0 for l, _ in drift.top_heads(3, layers=[1, 2]))
+    for n, p in tiny3_model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    with pytest.raises(ValueError, match="does not occur"):
+        subject_positions(tiny3_model, ["Nothing here"], "The Eiffel Tower")
+
+
+def test_overwriting_patterns(tiny3_model):
+    from editlens.scoring import score_continuations
+
+    prompts = distracted_prompts(CASE)
+    batch = prompt_batch(tiny3_model, prompts, ["Paris", "New York City"])
+    logits, pats = run_patterns(tiny3_model, batch, [1, 2])
+    same, _ = run_patterns(tiny3_model, batch, replace=pats)  # a run's own patterns put back: nothing changes
+    torch.testing.assert_close(same, logits)
+    uniform = {1: torch.tril(torch.ones_like(pats[1])) / torch.tril(torch.ones_like(pats[1])).sum(-1, keepdim=True)}
+    one_head, got = run_patterns(tiny3_model, batch, [1], replace=uniform, heads={1: [3]})
+    torch.testing.assert_close(got[1][:, 3], uniform[1][:, 3])
+    torch.testing.assert_close(got[1][:, :3], pats[1][:, :3])
+    assert not torch.allclose(one_head, logits)
+    # the answer's probability is the scorer's: exp(-mean NLL * n_tokens)
+    p = answer_probability(logits, batch)
+    nll = score_continuations(tiny3_model, list(zip(prompts, ["Paris", "New York City"])))
+    expected = torch.tensor([math.exp(-float(n) * len(a)) for n, a in zip(nll, batch.answers)])
+    torch.testing.assert_close(p.double(), expected.double(), rtol=1e-3, atol=1e-9)
+    assert set(record_patterns(tiny3_model, prompts)) == {0, 1, 2}
+
+
+def test_restoration_experiment(tiny3_model):
+    prompts = distracted_prompts(CASE)
+    answers = ["Paris", "Paris"]
+    edit = random_edit(tiny3_model, scale=2.0)
+    before = {n: p.detach().clone() for n, p in tiny3_model.named_parameters()}
+    table, run = restoration_experiment(tiny3_model, edit, prompts, answers, "The Eiffel Tower", top_k=(2, 100))
+    assert list(table.condition) == ["all heads of layers 1-2", "8 random heads (any layer)", "top-2 drifted heads",
+                                     "2 random heads (layers 1-2)"]
+    assert (table.p_unedited != table.p_edited).all() and table.fraction_recovered.notna().all()
+    nothing = restore(tiny3_model, run, [], "nothing")
+    torch.testing.assert_close(nothing.p_restored, run.p_edited)
+    assert nothing.fraction == pytest.approx(0.0, abs=1e-5)
+    # an edit that changes nothing: edited = unedited
+    null = record_run(tiny3_model, Edit(layer=0, delta=torch.zeros_like(edit.delta)), prompts, answers)
+    torch.testing.assert_close(null.p_edited, null.p_unedited)
+    assert random_pairs(all_pairs([1, 2], 4), 3, seed=5) == random_pairs(all_pairs([1, 2], 4), 3, seed=5)
+    with pytest.raises(ValueError, match="Cannot draw"):
+        random_pairs(all_pairs([1], 4), 5)
+    for n, p in tiny3_model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+# ---------------------------------------------------------------------------------------------- pooling
+def test_pooled_summary_micro_averages_over_prompts():
+    one = {**CASE, "neighborhood_prompts": ["A is in"], "paraphrase_prompts": []}
+    ten = {**CASE, "neighborhood_prompts": [f"N{i} is in" for i in range(9)], "paraphrase_prompts": []}
+    rep = EvalReport(records=[{"edited": {"ES": 1.0, "NS": 0.0, "DNS": 1.0}},
+                              {"edited": {"ES": 0.0, "NS": 1.0, "DNS": 5 / 9}}])
+    pooled = pooled_summary(rep, [one, ten])
+    assert pooled["NS"] == pytest.approx(90.0) and pooled["n_NS"] == 10
+    assert pooled["DNS"] == pytest.approx(60.0) and pooled["ES"] == pytest.approx(50.0)
+    assert rep.summary()["NS"] == pytest.approx(50.0)  # the per-record mean, unchanged

@@ -65,6 +65,20 @@ def _check_edit_args(args: argparse.Namespace) -> None:
     """Reject out-of-range numbers and unusable paths before anything slow is loaded."""
     if args.method not in METHODS:  # argparse choices catch it first; this guards programmatic Namespaces
         raise CommandLineError(f"--method {args.method!r} is not available", f"pass --method {METHODS[0]}")
+    _check_run_args(args)
+    if args.out is not None:
+        parent = Path(args.out).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise CommandLineError(f"--out {args.out}: the folder {parent} does not exist",
+                                   "create the folder first, or pass --out a path in an existing folder")
+        if Path(args.out).is_dir():
+            raise CommandLineError(f"--out {args.out} is a folder", "pass --out the path of a JSON file to write")
+    if args.device is not None:
+        _check_device(args.device)
+
+
+def _check_run_args(args: argparse.Namespace) -> None:
+    """The checks ``edit`` and ``compare`` share: --limit, the counts, STEAM's and SADR's options, --layer."""
     if args.limit is not None and args.limit < 1:
         raise CommandLineError(f"--limit must be at least 1, got {args.limit}",
                                "pass --limit N with N >= 1, or leave --limit out to edit every record")
@@ -79,15 +93,20 @@ def _check_edit_args(args: argparse.Namespace) -> None:
     if args.layer is not None and args.layer < 0:
         raise CommandLineError(f"--layer must be 0 or more, got {args.layer}",
                                "pass a layer index counted from 0, or leave --layer out for the registry's")
-    if args.out is not None:
-        parent = Path(args.out).expanduser().resolve().parent
-        if not parent.is_dir():
-            raise CommandLineError(f"--out {args.out}: the folder {parent} does not exist",
-                                   "create the folder first, or pass --out a path in an existing folder")
-        if Path(args.out).is_dir():
-            raise CommandLineError(f"--out {args.out} is a folder", "pass --out the path of a JSON file to write")
-    if args.device is not None:
-        _check_device(args.device)
+
+
+def _runs(args: argparse.Namespace, part: str) -> bool:
+    """Whether the command runs ``part``: ``edit --method``, or one of ``compare --methods`` (steam+sadr runs both)."""
+    methods = getattr(args, "method_list", None)
+    return getattr(args, "method", None) == part if methods is None else any(part in m.split("+") for m in methods)
+
+
+def _method_flags(args: argparse.Namespace, part: str) -> tuple[str, str]:
+    """(the methods chosen, what would run ``part``), as error messages name them."""
+    methods = getattr(args, "method_list", None)
+    if methods is None:
+        return f"--method {args.method}", f"--method {part}"
+    return f"--methods {','.join(methods)}", f"{part} (or steam+sadr) to --methods"
 
 
 def _parse_layers(text: str) -> list[int]:
@@ -113,10 +132,11 @@ def _check_steam_args(args: argparse.Namespace) -> None:
 
     given = [flag for flag, value in (("--steam-lambda", args.steam_lambda), ("--steam-layers", args.steam_layers),
                                       ("--anchors", args.anchors)) if value is not None]
-    if args.method != "steam":
+    if not _runs(args, "steam"):
         if given:
-            raise CommandLineError(f"{', '.join(given)} only apply to --method steam, not --method {args.method}",
-                                   f"add --method steam, or leave {', '.join(given)} out")
+            chosen, needed = _method_flags(args, "steam")
+            raise CommandLineError(f"{', '.join(given)} only apply to {needed.removesuffix(' to --methods')}, "
+                                   f"not {chosen}", f"add {needed}, or leave {', '.join(given)} out")
         return
     if args.steam_lambda is not None and not (math.isfinite(args.steam_lambda) and args.steam_lambda >= 0):
         raise CommandLineError(f"--steam-lambda must be a number >= 0, got {args.steam_lambda}",
@@ -139,9 +159,10 @@ def _check_sadr_args(args: argparse.Namespace) -> None:
     gamma = getattr(args, "sadr_gamma", None)
     if gamma is None:
         return
-    if args.method != "sadr":
-        raise CommandLineError(f"--sadr-gamma only applies to --method sadr, not --method {args.method}",
-                               "add --method sadr, or leave --sadr-gamma out")
+    if not _runs(args, "sadr"):
+        chosen, needed = _method_flags(args, "sadr")
+        raise CommandLineError(f"--sadr-gamma only applies to {needed.removesuffix(' to --methods')}, not {chosen}",
+                               f"add {needed}, or leave --sadr-gamma out")
     if not (math.isfinite(gamma) and gamma >= 0):
         raise CommandLineError(f"--sadr-gamma must be a number >= 0, got {gamma}",
                                "pass e.g. --sadr-gamma 0.01 (the authors' ROME setting; 0 reproduces ROME), or leave "
@@ -231,8 +252,17 @@ def _load_model(args: argparse.Namespace):
 
 def _steam_editor(args: argparse.Namespace, model, hp, cases):
     """STEAM's anchors (from the whole facts file, unedited model) and a function ``stats -> editor``."""
+    from editlens.steam import steam_editor
+
+    bank, lam, layers, settings = _steam_bank(args, model, hp, cases)
+    return (lambda stats: steam_editor(hp, stats, bank, lam, layers)), settings
+
+
+def _steam_bank(args: argparse.Namespace, model, hp, cases):
+    """STEAM's AnchorBank (from the whole facts file, unedited model; every record covered), lambda, layers and the
+    settings to record."""
     from editlens.data import load_facts
-    from editlens.steam import AnchorBank, LayerChoiceError, check_layers, default_layers, steam_editor
+    from editlens.steam import AnchorBank, LayerChoiceError, check_layers, default_layers
 
     n_layers = model.cfg.n_layers
     layers = getattr(args, "steam_layer_list", None)
@@ -258,7 +288,7 @@ def _steam_editor(args: argparse.Namespace, model, hp, cases):
           f"{n_anchors} anchor facts per object, anchors of {cov['target_new'].nunique()} objects")
     settings = {"lambda": lam, "layers": layers, "n_anchors": n_anchors, "min_anchors": bank.min_anchors,
                 "anchors": {o: [a.prompt for a in bank.get(o).prompts] for o in cov["target_new"].unique()}}
-    return (lambda stats: steam_editor(hp, stats, bank, lam, layers)), settings
+    return bank, lam, layers, settings
 
 
 def _edit(args: argparse.Namespace) -> int:
@@ -331,6 +361,157 @@ def _edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distributed_state(device: str | None):
+    """accelerate's ``PartialState`` when ``accelerate launch`` started several processes, else None (a plain
+    ``python -m editlens compare`` uses nothing of accelerate's distributed machinery). Processes on CPUs (``--device
+    cpu``, or no GPU) talk over gloo: accelerate's ``--cpu`` alone starts one process unless MPI is set up, so on
+    CPUs launch with ``--multi_gpu`` (torchrun's launcher) and the processes find they have no GPU."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    cpu = (device or "").startswith("cpu") or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Every method of --methods on the same records; per-record rows, the paired table and the figure in --out."""
+    from editlens.compare import LABELS, UnknownMethodError, parse_methods
+
+    try:
+        args.method_list = parse_methods(args.methods)
+    except UnknownMethodError as err:
+        raise _from_message(err, "pass e.g. --methods rome,steam,sadr,steam+sadr", prefix="--methods: ") from None
+    if "rome" not in args.method_list:
+        raise CommandLineError(f"--methods {args.methods} has no rome: the table pairs every method against ROME",
+                               f"add rome, e.g. --methods rome,{','.join(args.method_list)}")
+    _check_run_args(args)
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise CommandLineError(f"--out {args.out} is a file", "pass --out a folder (it is created if missing)")
+    if not out.resolve().parent.is_dir():
+        raise CommandLineError(f"--out {args.out}: the folder {out.resolve().parent} does not exist",
+                               "create it first, or pass --out a folder inside an existing one")
+    if args.device is not None:
+        _check_device(args.device)
+    state = _distributed_state(args.device)
+    main_process = state is None or state.is_main_process
+    n_processes = 1 if state is None else state.num_processes
+    if state is not None and (args.device is None or args.device == "cuda"):
+        args.device = str(state.device)  # one device per process (cuda:LOCAL_RANK on GPUs)
+    say = print if main_process else (lambda *a, **k: None)
+    cases = _load_cases(args)
+    hp = _resolve_hparams(args)
+
+    import contextlib
+
+    from editlens.compare import build_editors, merge_rows, run_methods, write_outputs
+    from editlens.evaluate import GenerationSettings
+    from editlens.rome import BadRequestError, stats_for
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    say(f"{len(cases)} records from {args.data or 'the project facts.json'}; methods "
+        f"{', '.join(LABELS[m] for m in args.method_list)}; {n_processes} process(es)")
+    with contextlib.nullcontext() if state is None else state.main_process_first():  # one download/cache fill
+        model = _load_model(args)
+    if hp.layer >= model.cfg.n_layers:
+        raise CommandLineError(f"--layer {hp.layer} is past the model's last layer ({model.cfg.n_layers - 1})",
+                               f"pass --layer between 0 and {model.cfg.n_layers - 1}")
+    bank, lam, layers, steam_settings = None, 1.0, None, None
+    if _runs(args, "steam"):  # anchors before the key statistics: a record without anchors fails fast
+        bank, lam, layers, steam_settings = _steam_bank(args, model, hp, cases)
+    with contextlib.nullcontext() if state is None else state.main_process_first():  # main computes C, others read it
+        stats = stats_for(model, hp)
+    editors = build_editors(hp, stats, args.method_list, bank=bank, steam_lambda=lam, steam_layers=layers,
+                            sadr_gamma=args.sadr_gamma)
+    gen = None if args.no_generation else GenerationSettings(n_prompts=args.gen_prompts, max_new_tokens=args.gen_tokens,
+                                                             seed=args.seed, semantic=args.semantic)
+    indices = list(range(len(cases)))
+    share = contextlib.nullcontext(indices) if state is None else state.split_between_processes(indices)
+    with share as mine:
+        try:
+            per = run_methods(model, [cases[i] for i in mine], editors, indices=mine, generation=gen, seed=args.seed,
+                              progress=main_process)
+        except BadRequestError as err:
+            raise _from_message(err, "correct or remove that record in the --data file",
+                                prefix="a record cannot be edited: ") from None
+    rows = per.to_dict(orient="records")
+    if state is not None:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([rows])  # one list of rows per process
+    else:
+        parts = [rows]
+    if main_process:
+        from editlens.compare import per_record_frame
+        from editlens.sadr import DEFAULT_GAMMA
+
+        per = per_record_frame(merge_rows(parts, args.method_list, len(cases)))
+
+        settings = {"methods": args.method_list, "labels": {m: LABELS[m] for m in args.method_list},
+                    "model": args.model or "embedded", "data": args.data or "facts.json", "n_records": len(cases),
+                    "case_ids": [c.get("case_id") if isinstance(c, dict) else getattr(c, "case_id", None)
+                                 for c in cases],
+                    "seed": args.seed, "n_processes": n_processes, "device": str(model.cfg.device),
+                    "shares": [sorted({r["index"] for r in part}) for part in parts],
+                    "generation": None if gen is None else gen.as_settings(), "hparams": dict(vars(hp)),
+                    "sadr": {"gamma": DEFAULT_GAMMA if args.sadr_gamma is None else args.sadr_gamma}
+                    if _runs(args, "sadr") else None,
+                    "steam": steam_settings}
+        paths = write_outputs(out, per, settings=settings)
+        print((out / "summary.md").read_text(encoding="utf-8"))
+        for p in paths.values():
+            print(f"wrote {p}")
+    if state is not None:
+        state.wait_for_everyone()
+        state.destroy_process_group()
+    return 0
+
+
+COMPARE_EPILOG = """\
+outputs (in --out): per_record.jsonl (one row per record and method: index, case_id, relation, method, the
+metrics of the edited model, seconds per edit), summary.csv and summary.md (per metric and method: mean with
+its 95% bootstrap CI, and the paired difference to ROME with its CI), figure.png, settings.json.
+
+several GPUs or machines: run the same command under accelerate's launcher; each process edits its share of
+the records (accelerate's split_between_processes) and the main process gathers the rows, in record order,
+into one table, the same as a single-process run gives:
+  accelerate launch --multi_gpu --num_processes 8 -m editlens compare --methods rome,steam,sadr,steam+sadr \\
+      --data counterfact.json --limit 2000 --spread --model gpt2-xl --out results/
+  several machines: add accelerate's usual --num_machines M --machine_rank R --main_process_ip IP
+      --main_process_port PORT on each machine (--num_processes counts all processes of all machines)
+  on CPUs (e.g. to check the gathering): accelerate launch --multi_gpu --num_processes 2 -m editlens compare
+      --device cpu ...  (the processes find no GPU and use gloo; accelerate's --cpu alone starts one process
+      unless MPI is set up)
+"""
+
+
+def _add_compare_command(sub) -> None:
+    """``compare``: the synthesis table of Chapter 6 (editlens.compare)."""
+    from editlens.compare import METHODS as COMPARED
+
+    c = sub.add_parser("compare", help="run several editing methods on the same records and write the paired table "
+                       "(bootstrap CIs against ROME), the per-record results and a figure",
+                       description="Edit every record with each method (each edit from the unedited weights), "
+                       "evaluate it (ES, PS, NS, RelS, DNS, portability, GE, RS, seconds per edit) and pair the "
+                       "methods on the same records against ROME.",
+                       epilog=COMPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--methods", default="rome,steam,sadr,steam+sadr", help=f"comma-separated, from {', '.join(COMPARED)} "
+                   "(sadr is ROME+SADR; steam+sadr puts both terms in one v* optimisation); must include rome "
+                   "(default: all)")
+    c.add_argument("--out", required=True, help="folder for the outputs (created if missing)")
+    c.add_argument("--seed", type=int, default=0, help="seed of every edit (record i gets a seed from it and i, "
+                   "whichever process runs it)")
+    _add_run_arguments(c)
+    c.set_defaults(func=_compare)
+
+
 def _grade(args: argparse.Namespace) -> int:
     """Execute a student notebook up to its last exercise check; print (and write) the per-exercise table."""
     import json
@@ -396,13 +577,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_fetch_model)
     e = sub.add_parser("edit", help="edit facts one at a time and evaluate them (ES, PS, NS, S, GE, RS, RelS, DNS, ...)")
     e.add_argument("--method", default="rome", choices=METHODS, help="editing method")
+    e.add_argument("--out", default=None, help="write per-record results and the summary as JSON")
+    e.add_argument("--no-baseline", action="store_true", help="do not evaluate the unedited model beside")
+    _add_run_arguments(e)
+    e.set_defaults(func=_edit)
+    _add_compare_command(sub)
+    _add_teaching_commands(sub)
+    return parser
+
+
+def _add_run_arguments(e: argparse.ArgumentParser) -> None:
+    """The options ``edit`` and ``compare`` share: the records, the model, generation, ROME, STEAM and SADR."""
     e.add_argument("--data", default=None, help="facts file: the project's facts.json (default), ROME's counterfact.json "
                    "or SADR's merged_counterfact.json")
     e.add_argument("--format", default="auto", choices=["auto", "editlens", "counterfact", "sadr"])
     e.add_argument("--limit", type=int, default=None, help="first N records (N >= 1)")
     e.add_argument("--spread", action="store_true", help="take the --limit records round-robin over relations "
                    "instead of the first ones")
-    e.add_argument("--out", default=None, help="write per-record results and the summary as JSON")
     e.add_argument("--model", default=None, help="Hugging Face name or folder (default: the embedded SmolLM2)")
     e.add_argument("--device", default=None, help="cuda, cpu, mps (default: cuda when available)")
     e.add_argument("--dtype", default=None, choices=DTYPES, help="float32 (default), bfloat16, float16")
@@ -412,7 +603,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gen-prompts", type=int, default=2, help="generation prompts per record")
     e.add_argument("--gen-tokens", type=int, default=40, help="tokens per generation")
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared CPU)")
-    e.add_argument("--no-baseline", action="store_true", help="do not evaluate the unedited model beside")
     e.add_argument("--semantic", action="store_true", help="also SC: sentence-embedding consistency of the "
                    "generations (new object's reference text minus the true object's)")
     e.add_argument("--steam-lambda", type=float, default=None, help="STEAM: weight of the alignment term "
@@ -424,9 +614,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0.01 = the authors' ROME weight 100 x 1e-4; 0 is ROME)")
     e.add_argument("--v-steps", type=int, default=None, help="v* optimisation steps (default: the registry's, 20; "
                    "the authors ran ROME+SADR with 80)")
-    e.set_defaults(func=_edit)
-    _add_teaching_commands(sub)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,312 @@
+"""Several editing methods over the same records, paired: the synthesis table of Chapter 6 and ``editlens compare``.
+
+Taught in: Chapter 6 (synthesis). One job: run every method of :data:`METHODS` on each record (each edit starts
+from the unedited weights; :func:`editlens.evaluate.evaluate_edits` restores them exactly), collect one row per
+(record, method), and pair the methods on those records (:func:`editlens.stats.paired_table`, against ROME).
+
+The editors are the chapters' own: ``rome`` (:func:`~editlens.evaluate.rome_editor`), ``steam``
+(:func:`~editlens.steam.steam_editor`), ``sadr`` (ROME+SADR, :func:`~editlens.sadr.sadr_editor`) and
+``steam+sadr`` (STEAM's and SADR's terms in one v* optimisation: ``sadr_editor(..., also=steam_terms(...))``).
+
+A record's row does not depend on the process or the order it runs in: every (record, method) edit starts from the
+same weights and is seeded from the record's position in the full list (:func:`record_seed`), so a run spread over
+processes (:func:`shares`, then :func:`merge_rows` of the gathered rows) equals a single-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+METHODS = ("rome", "steam", "sadr", "steam+sadr")
+"""Method names accepted by :func:`parse_methods` (``sadr`` is ROME+SADR)."""
+
+LABELS = {"rome": "ROME", "steam": "STEAM", "sadr": "ROME+SADR", "steam+sadr": "STEAM+SADR"}
+"""How tables and figures name each method."""
+
+ROW_METRICS = ("ES", "PS", "NS", "EM", "PM", "NM", "RelS", "DNS", "Port", "GE", "RS", "SC")
+"""Per-record metrics copied from :func:`editlens.evaluate.case_metrics` (those a record has)."""
+
+TABLE_METRICS = ("ES", "PS", "NS", "RelS", "DNS", "Port", "GE", "RS", "SC", "seconds")
+"""Metrics of the summary table and figure, in order (those present in the per-record results)."""
+
+KEYS = ("index", "case_id", "relation", "method")
+"""Identifying columns of a per-record row; the rest are metrics (``seconds``: seconds per edit)."""
+
+
+class UnknownMethodError(ValueError):
+    """A method name that is not in :data:`METHODS` (the message carries ``Fix: ...``)."""
+
+
+def parse_methods(text: str | Sequence[str]) -> list[str]:
+    """``"rome,steam,sadr,steam+sadr"`` (or a list) -> the method names, in order, without repeats."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    names = [p.strip().lower() for p in parts if p.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        what = f"unknown method(s) {', '.join(map(repr, unknown))}" if unknown else "no method named"
+        raise UnknownMethodError(f"{what}; the methods are {', '.join(METHODS)}. Fix: pass a comma-separated list of "
+                                 f"them, e.g. --methods {','.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def uses(methods: Iterable[str], part: str) -> bool:
+    """Whether any of ``methods`` includes ``part`` (``steam+sadr`` includes ``steam`` and ``sadr``)."""
+    return any(part in m.split("+") for m in methods)
+
+
+def build_editors(hparams: Any, stats: Any, methods: Sequence[str], *, bank: Any = None, steam_lambda: float = 1.0,
+                  steam_layers: Sequence[int] | None = None, sadr_gamma: float | None = None) -> dict[str, Any]:
+    """``{method: editor}`` for :func:`editlens.evaluate.evaluate_edits`, from the chapters' editor functions.
+    ``bank``: STEAM's :class:`~editlens.steam.AnchorBank` (needed by ``steam`` and ``steam+sadr``)."""
+    from editlens.evaluate import rome_editor
+    from editlens.sadr import DEFAULT_GAMMA, sadr_editor
+    from editlens.steam import steam_editor, steam_terms
+
+    gamma = DEFAULT_GAMMA if sadr_gamma is None else sadr_gamma
+    if uses(methods, "steam") and bank is None:
+        raise ValueError("STEAM needs an AnchorBank. Fix: pass bank=AnchorBank(model, facts) (editlens.steam).")
+    editors = {}
+    for m in parse_methods(methods):
+        if m == "rome":
+            editors[m] = rome_editor(hparams, stats)
+        elif m == "steam":
+            editors[m] = steam_editor(hparams, stats, bank, steam_lambda, steam_layers)
+        elif m == "sadr":
+            editors[m] = sadr_editor(hparams, stats, gamma)
+        else:  # steam+sadr: both terms in one v* optimisation
+            editors[m] = sadr_editor(hparams, stats, gamma, also=steam_terms(hparams, bank, steam_lambda, steam_layers))
+    return editors
+
+
+def record_seed(seed: int, index: int) -> int:
+    """The seed of record ``index`` (its position in the full record list): the same in every process."""
+    return (int(seed) * 1_000_003 + int(index)) % 2**31
+
+
+def _seed_everything(s: int) -> None:
+    import torch
+
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def _relation(case: Mapping) -> Any:
+    from editlens.rome.requests import as_case
+
+    c = as_case(case)
+    return c.get("requested_rewrite", {}).get("relation_id") or c.get("relation_id")
+
+
+def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *, indices: Sequence[int] | None = None,
+                generation: Any = None, seed: int = 0, descriptions: dict | None = None, progress: bool = True,
+                warmup: bool = True, check_restored: bool = True) -> pd.DataFrame:
+    """One row per (record, method): ``index`` (position in the full list; ``indices`` gives them for a share),
+    ``case_id``, ``relation``, ``method``, the metrics of the edited model (:data:`ROW_METRICS` that the record has)
+    and ``seconds`` per edit. Each edit runs alone from the unedited weights, seeded with :func:`record_seed`;
+    ``generation``: :class:`editlens.evaluate.GenerationSettings` or None. ``warmup``: one untimed edit per method
+    first (the first edit of a process pays one-time costs that would otherwise count against the first method).
+    ``check_restored`` verifies at the end that the weights are those of the start (bit for bit, by
+    :func:`editlens.steam.anchors.model_fingerprint`)."""
+    from tqdm import tqdm
+
+    from editlens.data import load_object_descriptions
+    from editlens.evaluate import evaluate_edits
+    from editlens.steam.anchors import model_fingerprint
+
+    cases = list(cases)
+    indices = list(range(len(cases))) if indices is None else list(indices)
+    if len(indices) != len(cases):
+        raise ValueError(f"run_methods: {len(indices)} indices for {len(cases)} records.")
+    descriptions = load_object_descriptions() if descriptions is None else descriptions
+    before = model_fingerprint(model) if check_restored else None
+    if warmup and cases:
+        for editor in editors.values():
+            _seed_everything(record_seed(seed, indices[0]))
+            with editor(model, cases[0]):
+                pass
+    rows = []
+    with tqdm(total=len(cases) * len(editors), disable=not progress, desc="records x methods") as bar:
+        for i, case in zip(indices, cases):
+            for method, editor in editors.items():
+                _seed_everything(record_seed(seed, i))
+                rec = evaluate_edits(model, [case], editor, baseline=False, generation=generation,
+                                     descriptions=descriptions, progress=False).records[0]
+                edited = rec.get("edited", {})
+                row = {"index": i, "case_id": rec.get("case_id"), "relation": _relation(case), "method": method}
+                row.update({k: float(edited[k]) for k in ROW_METRICS if k in edited})
+                row["seconds"] = float(rec.get("edit_seconds", math.nan))
+                rows.append(row)
+                bar.update(1)
+                bar.set_postfix(method=method, case=rec.get("case_id"))
+    if check_restored and model_fingerprint(model) != before:
+        raise RuntimeError("run_methods: the weights after the edits differ from those before; an editor did not "
+                           "restore them. Fix: edit inside the editor's context manager only.")
+    return per_record_frame(rows)
+
+
+def per_record_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
+    """Per-record rows (dicts) as a DataFrame: :data:`KEYS`, then the metrics present, in table order (a metric
+    that a row lacks is NaN)."""
+    present = {k for r in rows for k in r}
+    metrics = [k for k in (*ROW_METRICS, "seconds") if k in present]
+    return pd.DataFrame(list(rows), columns=[*KEYS, *metrics]).astype({k: float for k in metrics})
+
+
+def shares(n: int, n_processes: int) -> list[list[int]]:
+    """The record indices of each process: contiguous shares, the first ``n % n_processes`` one longer
+    (what :meth:`accelerate.PartialState.split_between_processes` gives a list of ``n`` items)."""
+    base, extra = divmod(n, n_processes)
+    out, start = [], 0
+    for p in range(n_processes):
+        end = start + base + (1 if p < extra else 0)
+        out.append(list(range(start, end)))
+        start = end
+    return out
+
+
+def merge_rows(parts: Iterable[Iterable[Mapping]], methods: Sequence[str], n_records: int | None = None
+               ) -> list[dict]:
+    """Rows gathered from the processes (in any order) -> one list in record order, then method order.
+    Checks that every (record, method) is there exactly once (records ``0..n_records-1`` when given)."""
+    rows = [dict(r) for part in parts for r in part]
+    order = {m: k for k, m in enumerate(methods)}
+    seen = [(r["index"], r["method"]) for r in rows]
+    if len(set(seen)) != len(seen):
+        raise ValueError("merge_rows: a (record, method) came back twice; the processes' shares overlap.")
+    if n_records is not None:
+        want = {(i, m) for i in range(n_records) for m in methods}
+        if set(seen) != want:
+            raise ValueError(f"merge_rows: {len(want - set(seen))} (record, method) results are missing and "
+                             f"{len(set(seen) - want)} unexpected.")
+    return sorted(rows, key=lambda r: (r["index"], order[r["method"]]))
+
+
+def summary_table(per_record: pd.DataFrame, metrics: Sequence[str] | None = None, *, baseline: str = "rome",
+                  n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per metric and method: mean over records with its bootstrap CI, and the paired difference to ``baseline``
+    (:func:`editlens.stats.paired_table`). A metric is paired on the records where every method has it (Port and
+    RelS exist only for some records; ``n`` says how many); a metric no record has under all methods is left out.
+    Rates (ES ... Port) are fractions in [0, 1], as in the per-record results."""
+    from editlens.stats import paired_table
+
+    methods = list(dict.fromkeys(per_record["method"]))
+    if baseline not in methods:
+        raise ValueError(f"summary_table: baseline {baseline!r} is not among the methods {methods}. Fix: include it "
+                         f"(e.g. --methods rome,...) or pass baseline= one of them.")
+    methods = [baseline] + [m for m in methods if m != baseline]
+    metrics = [m for m in (metrics or TABLE_METRICS) if m in per_record.columns]
+    tables = []
+    for metric in metrics:
+        wide = per_record.pivot(index="index", columns="method", values=metric)[methods]
+        keep = wide.dropna().index
+        if len(keep) == 0:
+            continue
+        part = per_record[per_record["index"].isin(keep)]
+        part = part.assign(method=pd.Categorical(part["method"], methods)).sort_values(["method", "index"])
+        part = part.assign(method=part["method"].astype(str))
+        tables.append(paired_table(part, [metric], method="method", fact="index", baseline=baseline, n_boot=n_boot,
+                                   seed=seed))
+    if not tables:
+        raise ValueError("summary_table: no metric has values for every method on any record.")
+    table = pd.concat(tables, ignore_index=True)
+    table.insert(2, "label", table["method"].map(LABELS).fillna(table["method"]))
+    return table
+
+
+def _excludes_zero(row: Mapping) -> bool:
+    v = row.get("CI excludes 0")
+    return isinstance(v, (bool, np.bool_)) and bool(v)
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """The summary table as Markdown: ``mean [low, high]`` and the paired difference with its CI (``*``: the CI
+    excludes 0)."""
+    diff = next((c for c in table.columns if c.startswith("diff vs ")), None)
+    head = "| metric | method | n | mean [95% CI] |" + (f" {diff} [95% CI] |" if diff else "")
+    lines = [head, "|---|---|---:|---|" + ("---|" if diff else "")]
+    for _, r in table.iterrows():
+        line = f"| {r['metric']} | {r['label']} | {r['n']} | {r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}] |"
+        if diff:
+            v = r[diff]
+            star = " *" if _excludes_zero(r) else ""
+            line += (" |" if pd.isna(v) else f" {v:+.3f} [{r['diff low']:+.3f}, {r['diff high']:+.3f}]{star} |")
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def summary_figure(table: pd.DataFrame, path: str | Path | None = None):
+    """One seaborn figure: a panel per metric, each method's mean with its 95% CI (the baseline's mean as a dashed
+    line; a filled marker where the paired CI against it excludes 0). Returns the figure; saves it to ``path``."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper")
+    metrics = list(dict.fromkeys(table["metric"]))
+    labels = list(dict.fromkeys(table["label"]))
+    colours = dict(zip(labels, sns.color_palette("colorblind", len(labels))))
+    ncol = min(5, len(metrics))
+    nrow = -(-len(metrics) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 0.45 * len(labels) * nrow + 1.2 * nrow), sharey=True,
+                             squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        t = table[table["metric"] == metric].set_index("label").reindex(labels).dropna(subset=["mean"])
+        ax.axvline(t["mean"].iloc[0], color="grey", ls="--", lw=1)
+        for y, (label, r) in enumerate(t.iterrows()):
+            sig = _excludes_zero(r)
+            ax.errorbar(r["mean"], y, xerr=[[r["mean"] - r["low"]], [r["high"] - r["mean"]]], fmt="o", ms=6,
+                        color=colours[label], mfc=colours[label] if sig or y == 0 else "white", capsize=3)
+        ax.set_yticks(range(len(t)), list(t.index))
+        ax.set_title(f"{metric} (n={int(t['n'].iloc[0])})")
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Mean per record with 95% bootstrap CI; dashed: {labels[0]}; filled: paired CI vs {labels[0]} "
+                 "excludes 0", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=130)
+        plt.close(fig)
+    return fig
+
+
+def write_outputs(out: str | Path, per_record: pd.DataFrame, *, settings: Mapping[str, Any] | None = None,
+                  figure: bool = True) -> dict[str, Path]:
+    """``out/per_record.jsonl`` (one JSON object per row, record order), ``summary.csv``, ``summary.md``,
+    ``figure.png`` and ``settings.json``. Returns the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"per_record": out / "per_record.jsonl", "summary_csv": out / "summary.csv",
+             "summary_md": out / "summary.md"}
+    with paths["per_record"].open("w", encoding="utf-8") as f:
+        for row in per_record.to_dict(orient="records"):
+            clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            f.write(json.dumps(clean, default=str) + "\n")
+    table = summary_table(per_record)
+    table.to_csv(paths["summary_csv"], index=False)
+    paths["summary_md"].write_text(summary_markdown(table), encoding="utf-8")
+    if figure:
+        paths["figure"] = out / "figure.png"
+        summary_figure(table, paths["figure"])
+    if settings is not None:
+        paths["settings"] = out / "settings.json"
+        paths["settings"].write_text(json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
+    return paths
+
+
+def read_per_record(path: str | Path) -> pd.DataFrame:
+    """``per_record.jsonl`` back as a DataFrame (missing metrics as NaN)."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return per_record_frame([{k: (math.nan if v is None else v) for k, v in r.items()} for r in rows])

@@ -1,0 +1,273 @@
+"""``editlens.compare`` and ``python -m editlens compare`` (Chapter 6): methods on the same records, paired.
+
+Fast: method names, the option errors (before the model is loaded), the summary table of a hand-made per-record
+frame, the shares and the merge of gathered rows, and all four editors (ROME, STEAM, ROME+SADR, STEAM+SADR in one
+v* optimisation) on the tiny random model, in two record orders. Slow (embedded model, 2 records, ROME and
+ROME+SADR, no generation, 5 v* steps): one process writes the outputs; ``accelerate launch`` with 2 CPU processes
+(gloo) gives the same per-record results, gathered in record order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from editlens import __main__ as cli
+from editlens import compare
+from editlens.compare import (
+    UnknownMethodError,
+    build_editors,
+    merge_rows,
+    parse_methods,
+    read_per_record,
+    run_methods,
+    shares,
+    summary_markdown,
+    summary_table,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOW_ARGS = ["--methods", "rome,sadr", "--limit", "2", "--no-generation", "--v-steps", "5", "--threads", "1"]
+
+
+# ---------------------------------------------------------------------------------------------- method names
+def test_parse_methods_keeps_order_and_drops_repeats():
+    assert parse_methods("rome, STEAM,sadr,steam+sadr,rome") == ["rome", "steam", "sadr", "steam+sadr"]
+    assert parse_methods(["sadr", "rome"]) == ["sadr", "rome"]
+    assert compare.uses(["rome", "steam+sadr"], "steam") and compare.uses(["steam+sadr"], "sadr")
+    assert not compare.uses(["rome", "sadr"], "steam")
+
+
+@pytest.mark.parametrize("text, bad", [("rome,memit", "'memit'"), ("rome,steam-sadr", "'steam-sadr'"), (" , ", "no method")])
+def test_unknown_method_names_the_valid_ones(text, bad):
+    with pytest.raises(UnknownMethodError) as err:
+        parse_methods(text)
+    msg = str(err.value)
+    assert bad in msg and "rome, steam, sadr, steam+sadr" in msg and "Fix:" in msg
+
+
+# ---------------------------------------------------------------------------------------------- command line errors
+def error_line(code: int, err: str) -> str:
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1, (code, err)
+    assert err.startswith("error: ") and ". Fix: " in err
+    return err
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--methods", "rome,memit"], ["'memit'", "rome, steam, sadr, steam+sadr"]),
+    (["--methods", "sadr,steam"], ["no rome"]),
+    (["--methods", "rome,sadr", "--anchors", "3"], ["--anchors", "steam"]),
+    (["--methods", "rome,steam", "--sadr-gamma", "0.1"], ["--sadr-gamma", "sadr"]),
+    (["--methods", "rome,steam+sadr", "--sadr-gamma", "-1"], ["--sadr-gamma", "-1"]),
+    (["--methods", "rome,steam", "--steam-layers", "a-b"], ["--steam-layers"]),
+    (["--limit", "0"], ["--limit", "0"]),
+    (["--v-steps", "0"], ["--v-steps"]),
+])
+def test_compare_options_rejected_before_loading(capsys, monkeypatch, tmp_path, argv, names):
+    monkeypatch.setattr(cli, "_load_model", lambda *a, **k: pytest.fail("loaded the model before the checks"))
+    code = cli.main(["compare", "--out", str(tmp_path / "o"), *argv])
+    line = error_line(code, capsys.readouterr().err)
+    for name in names:
+        assert name in line.split(". Fix:")[0], (name, line)
+
+
+def test_compare_out_must_be_a_folder(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "_load_model", lambda *a, **k: pytest.fail("loaded the model before the checks"))
+    (tmp_path / "f.json").write_text("{}")
+    line = error_line(cli.main(["compare", "--out", str(tmp_path / "f.json")]), capsys.readouterr().err)
+    assert "is a file" in line
+    line = error_line(cli.main(["compare", "--out", str(tmp_path / "no" / "o")]), capsys.readouterr().err)
+    assert "does not exist" in line
+    code = cli.main(["compare", "--methods", "rome"])  # --out is required
+    assert "--out" in error_line(code, capsys.readouterr().err)
+
+
+def test_compare_help_shares_edits_options_and_says_how_to_launch():
+    choices = cli.build_parser()._subparsers._group_actions[0].choices
+    edit, comp = choices["edit"].format_help(), choices["compare"].format_help()
+    for flag in ("--data", "--format", "--limit", "--spread", "--model", "--device", "--dtype", "--no-generation",
+                 "--gen-prompts", "--gen-tokens", "--semantic", "--steam-lambda", "--steam-layers", "--anchors",
+                 "--sadr-gamma", "--v-steps"):
+        assert flag in edit and flag in comp, flag
+    assert "--methods" in comp and "--seed" in comp and "--no-baseline" in edit
+    assert "accelerate launch --multi_gpu --num_processes 8 -m editlens compare" in comp
+    assert "--num_machines" in comp and "--machine_rank" in comp and "split_between_processes" in comp
+
+
+# ---------------------------------------------------------------------------------------------- table, shares, merge
+def hand_made(n: int = 10) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(n):
+        for m, shift in (("rome", 0.0), ("sadr", 0.3), ("steam+sadr", -0.1)):
+            rows.append({"index": i, "case_id": 100 + i, "relation": f"P{i % 3}", "method": m, "ES": 1.0,
+                         "NS": float(np.clip(0.5 + shift + 0.05 * rng.standard_normal(), 0, 1)),
+                         "Port": 0.25 + shift if i % 2 == 0 else math.nan, "seconds": 2.0 + shift})
+    return pd.DataFrame(rows)
+
+
+def test_summary_table_pairs_against_rome_on_the_records_every_method_has():
+    per = hand_made()
+    t = summary_table(per)
+    assert list(dict.fromkeys(t["metric"])) == ["ES", "NS", "Port", "seconds"]
+    assert list(t["method"][:3]) == ["rome", "sadr", "steam+sadr"]
+    assert list(t["label"][:3]) == ["ROME", "ROME+SADR", "STEAM+SADR"]
+    port = t[t.metric == "Port"].set_index("method")
+    assert (port["n"] == 5).all()  # only the even records have portability probes
+    assert port.loc["sadr", "diff vs rome"] == pytest.approx(0.3)
+    assert port.loc["sadr", "diff low"] == pytest.approx(0.3) and bool(port.loc["sadr", "CI excludes 0"])
+    ns = t[t.metric == "NS"].set_index("method")
+    want = per[per.method == "sadr"].NS.mean() - per[per.method == "rome"].NS.mean()
+    assert ns.loc["sadr", "diff vs rome"] == pytest.approx(want)
+    assert ns.loc["sadr", "diff low"] <= want <= ns.loc["sadr", "diff high"]
+    assert math.isnan(ns.loc["rome", "diff vs rome"])
+    md = summary_markdown(t)
+    assert "| Port | ROME+SADR | 5 | 0.550 [0.550, 0.550] | +0.300 [+0.300, +0.300] * |" in md
+    with pytest.raises(ValueError, match="baseline 'rome'"):
+        summary_table(per[per.method != "rome"])
+
+
+def test_write_outputs_round_trip(tmp_path):
+    per = hand_made(6)
+    paths = compare.write_outputs(tmp_path / "out", per, settings={"methods": ["rome", "sadr", "steam+sadr"]})
+    assert {p.name for p in paths.values()} == {"per_record.jsonl", "summary.csv", "summary.md", "figure.png",
+                                               "settings.json"}
+    back = read_per_record(paths["per_record"])
+    pd.testing.assert_frame_equal(back, per)
+    assert pd.read_csv(paths["summary_csv"]).shape[0] == 4 * 3
+
+
+@pytest.mark.parametrize("n, p", [(2, 2), (7, 3), (3, 4), (10, 1)])
+def test_shares_are_accelerates_contiguous_split(n, p):
+    parts = shares(n, p)
+    assert len(parts) == p and [i for s in parts for i in s] == list(range(n))
+    sizes = [len(s) for s in parts]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_merge_rows_restores_record_then_method_order_and_checks_completeness():
+    methods = ["rome", "sadr"]
+    rows = [{"index": i, "method": m, "ES": float(i)} for i in range(5) for m in methods]
+    parts = [[r for r in rows if r["index"] in s] for s in shares(5, 2)]
+    shuffled = [list(reversed(parts[1])), parts[0][::-1]]  # processes answer in any order
+    assert merge_rows(shuffled, methods, 5) == rows
+    with pytest.raises(ValueError, match="twice"):
+        merge_rows([parts[0], parts[0]], methods)
+    with pytest.raises(ValueError, match="missing"):
+        merge_rows([parts[0]], methods, 5)
+
+
+# ---------------------------------------------------------------------------------------------- the four editors (tiny model)
+def record(cid, subject, prompt, rel, new, true, **probes):
+    return {"case_id": cid, "requested_rewrite": {"prompt": prompt, "subject": subject, "relation_id": rel,
+                                                  "target_new": {"str": new}, "target_true": {"str": true}}, **probes}
+
+
+RECORDS = [
+    record(0, "France", "The capital city of {} is", "P36", "Berlin", "Paris",
+           paraphrase_prompts=["France's capital city is"], neighborhood_prompts=["The Louvre is located in the city of"],
+           attribute_prompts=["The capital of Germany is", "The Brandenburg Gate is located in the city of"],
+           relation_prompts=[{"prompt": "The official language of France is", "target": "French"}]),
+    record(1, "Germany", "The capital city of {} is", "P36", "Paris", "Berlin",
+           neighborhood_prompts=["Alexanderplatz is located in the city of"],
+           portability_prompts=[{"prompt": "Max Planck was a citizen of a country whose capital is",
+                                 "target_true": "Berlin", "target_new": "Paris"}]),
+    record(2, "Angela Merkel", "{} was born in the city of", "P19", "Paris", "Hamburg"),
+]
+
+
+def test_four_editors_on_the_tiny_model_do_not_depend_on_record_order(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDITLENS_CACHE", str(tmp_path))
+    from editlens.rome import ROMEHyperParams
+    from editlens.rome import key_stats as ks
+    from editlens.steam import AnchorBank
+
+    hp = ROMEHyperParams(layer=0, v_num_grad_steps=3, context_lengths=((3, 2),), v_lr=0.5, v_weight_decay=0.0,
+                         clamp_norm_factor=1e4, mom2_n_tokens=300)
+    stats = ks.get_key_stats(tiny_model, 0, n_tokens=300, seq_len=32, progress=False)
+    bank = AnchorBank(tiny_model, RECORDS, n_anchors=4, min_anchors=1, min_margin=-math.inf)
+    editors = build_editors(hp, stats, list(compare.METHODS), bank=bank, steam_lambda=2.0, sadr_gamma=1.0)
+    assert list(editors) == ["rome", "steam", "sadr", "steam+sadr"]
+    with editors["steam+sadr"](tiny_model, RECORDS[0]) as edits:  # both terms in one v* optimisation
+        first = edits[0].v_result.history[0]
+        assert "steam_align" in first and "sadr" in first, first
+    with pytest.raises(ValueError, match="AnchorBank"):
+        build_editors(hp, stats, ["rome", "steam+sadr"])
+    cases = RECORDS[:2]
+    per = run_methods(tiny_model, cases, editors, progress=False, descriptions={})
+    assert list(per.columns[:4]) == ["index", "case_id", "relation", "method"]
+    assert list(zip(per["index"], per["method"])) == [(i, m) for i in range(2) for m in compare.METHODS]
+    assert list(per["relation"][::4]) == ["P36", "P36"] and (per["seconds"] > 0).all()
+    assert per["Port"].isna().tolist() == [True] * 4 + [False] * 4  # only record 1 has a portability probe
+    rev = run_methods(tiny_model, cases[::-1], editors, indices=[1, 0], progress=False, descriptions={})
+    again = pd.DataFrame(merge_rows([rev.to_dict(orient="records")], list(compare.METHODS), 2))
+    pd.testing.assert_frame_equal(again.drop(columns="seconds"), per.drop(columns="seconds"), rtol=0, atol=1e-6)
+    table = summary_table(per)
+    assert set(table["method"]) == set(compare.METHODS) and "Port" in set(table["metric"])
+
+
+# ---------------------------------------------------------------------------------------------- slow: one and two processes
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> tuple[Path, float]:
+    out = tmp_path_factory.mktemp("compare") / "single"
+    t0 = time.perf_counter()
+    code = cli.main(["compare", *SLOW_ARGS, "--out", str(out)])
+    assert code == 0
+    return out, time.perf_counter() - t0
+
+
+@pytest.mark.slow
+def test_compare_one_process_writes_the_outputs(single_run):
+    out, seconds = single_run
+    print(f"single-process compare: {seconds:.1f} s")
+    assert {p.name for p in out.iterdir()} == {"per_record.jsonl", "summary.csv", "summary.md", "figure.png",
+                                              "settings.json"}
+    per = read_per_record(out / "per_record.jsonl")
+    assert list(zip(per["index"], per["method"])) == [(0, "rome"), (0, "sadr"), (1, "rome"), (1, "sadr")]
+    assert per["ES"].between(0, 1).all() and (per["seconds"] > 0).all()
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["n_processes"] == 1 and settings["shares"] == [[0, 1]]
+    assert settings["hparams"]["v_num_grad_steps"] == 5 and settings["sadr"]["gamma"] == pytest.approx(0.01)
+    table = pd.read_csv(out / "summary.csv")
+    assert {"ES", "PS", "NS", "RelS", "DNS", "seconds"} <= set(table["metric"])
+    assert "diff vs rome" in table.columns
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes_equals_one_process(single_run, tmp_path):
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    assert launcher, "accelerate is a dependency; its launcher is missing"
+    out = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "editlens", "compare",
+           "--device", "cpu", *SLOW_ARGS, "--out", str(out)]
+    t0 = time.perf_counter()
+    run = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    print(f"accelerate launch, 2 CPU processes: {time.perf_counter() - t0:.1f} s")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 process(es)" in run.stdout and run.stdout.count("wrote ") == 5  # only the main process writes
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["n_processes"] == 2 and settings["shares"] == [[0], [1]]  # each process edited one record
+    one = read_per_record(single_run[0] / "per_record.jsonl").drop(columns="seconds")
+    two = read_per_record(out / "per_record.jsonl").drop(columns="seconds")
+    assert list(two.columns) == list(one.columns)
+    pd.testing.assert_frame_equal(two, one, rtol=0, atol=1e-6)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from editlens.seeding import seed_everything
 
 METHODS = ("rome", "steam", "sadr", "steam+sadr")
 """Method names accepted by :func:`parse_methods` (``sadr`` is ROME+SADR)."""
@@ -91,14 +92,6 @@ def record_seed(seed: int, index: int) -> int:
     return (int(seed) * 1_000_003 + int(index)) % 2**31
 
 
-def _seed_everything(s: int) -> None:
-    import torch
-
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)
-
-
 def _relation(case: Mapping) -> Any:
     from editlens.rome.requests import as_case
 
@@ -130,14 +123,14 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
     before = model_fingerprint(model) if check_restored else None
     if warmup and cases:
         for editor in editors.values():
-            _seed_everything(record_seed(seed, indices[0]))
+            seed_everything(record_seed(seed, indices[0]))
             with editor(model, cases[0]):
                 pass
     rows = []
     with tqdm(total=len(cases) * len(editors), disable=not progress, desc="records x methods") as bar:
         for i, case in zip(indices, cases):
             for method, editor in editors.items():
-                _seed_everything(record_seed(seed, i))
+                seed_everything(record_seed(seed, i))
                 rec = evaluate_edits(model, [case], editor, baseline=False, generation=generation,
                                      descriptions=descriptions, progress=False).records[0]
                 edited = rec.get("edited", {})

@@ -1,0 +1,1294 @@
+# %% [markdown]
+# # 5. SADR: does an edit make the model stare at its subject?
+#
+# Chapter 3 measured a side effect of ROME that CounterFact's neighbourhood score does not see.
+# Put the edited subject anywhere in the context and ask about something else, and the model
+# tends to answer with the edit's new object: RelS (same subject, another relation) fell from
+# 100 to 63 and DNS (the edit stated as text, then an unrelated neighbourhood prompt) from 73.7
+# to 54.3. SADR {cite}`wang2025sadr` (ICLR 2025, arXiv 2502.14838) calls this *specificity
+# failure* and names a cause: *attention drift*. After the edit, attention heads at the
+# predicting position look at the edited subject much more than before, so the edited subject's
+# new value leaks into every answer given in its presence. Their fix, SADR, adds one term to
+# ROME's $v_*$ loss that keeps those attention rows close to where they were.
+#
+# This chapter checks each link on the embedded model, on the same 50 facts as Chapter 3: the
+# failure, the drift, whether the drift *causes* the failure (the authors' own restoration
+# experiment, with a control), and whether the regulariser fixes specificity without losing the
+# edit. The authors compared ROME run for 20 optimisation steps with ROME+SADR run for 80, so
+# the chapter also separates what the regulariser does from what 60 more steps do.
+#
+# ```{admonition} Objectives
+# - Measure specificity failure on distracted prompts, with probabilities, on one fact and over many.
+# - See attention drift: attention from the last prompt token to the edited subject, per layer and head, before and after an edit.
+# - Test the drift causally: put the unedited attention patterns back into the edited model and measure what comes back, against a random-heads control.
+# - Write SADR's regulariser as a `LossTerm` (selective mask, KL to the unedited attention, the authors' reduction and constants) and check that $\gamma = 0$ is ROME bit for bit.
+# - Compare ROME and ROME+SADR with paired differences and bootstrap intervals, at the authors' step counts and at equal steps.
+# ```
+#
+# **Prerequisites.** Chapter 3 (ROME, its $v_*$ loss, the evaluation and its DNS and RelS
+# probes). Chapter 1 (attention patterns, `hook_pattern`). Chapter 4 (a `LossTerm` added to
+# ROME's $v_*$ loss).
+#
+# **Time to run.** The measured time on one CPU thread with the embedded model is printed at the
+# end of the chapter, step by step.
+# <!-- RESULTS: total minutes (and CPU minutes) of the stored run, and per-fact seconds of each
+# method, from the timing table at the end -->
+# Almost all of it is computing and evaluating edits: each fact is edited three times (ROME with
+# 20 steps, ROME+SADR with 20 steps, ROME+SADR with the authors' 80 steps; the 80-step edits
+# cost about four times as much), plus a small $\gamma$ sweep. Every diagnostic reuses those
+# edits. Lower `N_EVAL_FACTS` and `N_SWEEP_FACTS` for a quicker run in class.
+
+# %% tags=["parameters"]
+# Parameters (papermill: `-p NAME VALUE`)
+# None = the embedded SmolLM2-135M-Instruct; e.g. "gpt2-xl" on a GPU
+MODEL_NAME = None
+DEVICE = None
+# facts edited by every method (Chapter 3's 50), over the relations
+N_EVAL_FACTS = 50
+# facts of the gamma sweep (those with the largest drop after ROME)
+N_SWEEP_FACTS = 6
+N_STOP_FACTS = 3  # facts on which the early-stopping rules are compared
+# SADR's gamma: the authors' ROME weight 100 times their factor 1e-4
+GAMMA = 0.01
+# sweep at equal steps; 0 (ROME) and GAMMA are reused
+GAMMAS = [0.0, 0.01, 0.1, 1.0]
+# v* steps of ROME (the authors' baseline) and of the equal-steps SADR
+STEPS_ROME = 20
+STEPS_SADR = 80  # v* steps of the authors' ROME+SADR
+# a fact "fails" when P(true answer) on its distracted prompts drops this
+# much (restoration, section 3)
+MIN_DROP = 0.1
+# restoration: the k most drifted heads (and as many random heads)
+TOP_K_HEADS = [5, 10, 20]
+N_ROW_HEADS = 3  # most drifted heads whose full attention row is drawn
+GEN_PROMPTS = 1  # generation prompts per fact (fluency GE)
+GEN_TOKENS = 30  # tokens per generation
+SEED = 0
+
+# %%
+import contextlib
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from tqdm import tqdm
+
+import editlens
+from editlens import evaluate, sadr, stats as estats
+from editlens.data import load_facts, spread_over_relations
+from editlens.exercises import assert_close, check_exercise
+from editlens.rome import (
+    applied_edit,
+    compute_rome_edit,
+    get_hparams,
+    stats_for,
+)
+from editlens.rome.requests import as_case, as_request
+from editlens.sadr import (
+    AUTHORS_STEPS,
+    AUTHORS_WEIGHT,
+    WEIGHT_SCALE,
+    AttentionDriftTerm,
+    answer_probability,
+    attention_drift,
+    attention_row,
+    distracted_prompts,
+    gamma_from_weight,
+    pooled_summary,
+    prompt_batch,
+    restoration_experiment,
+    run_patterns,
+    sadr_editor,
+    subject_positions,
+    with_steps,
+)
+from editlens.timing import Timings
+
+notebook_start = time.perf_counter()
+timings = Timings()  # step -> wall seconds (CPU seconds in timings.cpu)
+editlens.seed_everything(SEED)
+sns.set_theme(style="whitegrid", context="notebook")
+model, tokenizer = editlens.load_model(MODEL_NAME, device=DEVICE)
+facts = load_facts()
+eval_facts = [
+    as_case(f) for f in spread_over_relations(facts, N_EVAL_FACTS)
+]
+case_by_id = {c.get("case_id"): c for c in eval_facts}
+hp = get_hparams(model)  # the book's settings (Chapter 3)
+# the authors' early stop: the whole loss below hp.v_loss_early_stop
+hp_authors = hp.replace(v_early_stop_on="loss")
+with timings("key statistics C (cached)"):
+    stats = stats_for(model, hp)
+N_LAYERS, N_HEADS = model.cfg.n_layers, model.cfg.n_heads
+ALL_LAYERS = list(range(N_LAYERS))
+# the layers above the edit layer (the only ones an edit can change at
+# the last prompt token)
+UPPER = [layer for layer in ALL_LAYERS if layer > hp.layer]
+n_kv = getattr(model.cfg, "n_key_value_heads", None) or N_HEADS
+print(
+    f"{len(eval_facts)} facts; edit layer {hp.layer} of {N_LAYERS}; "
+    f"{N_HEADS} query heads per layer sharing {n_kv} key/value heads"
+)
+
+# %% [markdown]
+# ## 1. The failure, on one fact and on many
+#
+# A **distracted prompt** states the edit as text, then asks an unrelated neighbourhood question
+# (a different subject whose true answer is the edited fact's *old* object):
+#
+# > "{rewrite prompt} {new object}. {neighbour prompt}", e.g. *"The mother tongue of X is French.
+# > The mother tongue of Y is"*, where Y's answer is the old object.
+#
+# DNS counts the distracted prompts on which the true answer still beats the new object. Before
+# the edit, the first sentence is just a false statement in the context; after it, the edited
+# subject in the context carries the new fact into the model's computation. The helper below
+# reads, as the model is now, the probability of each distracted prompt's true answer
+# (teacher-forced over its tokens) **and**, from the same forward pass, the attention from the
+# last prompt token to the edited subject's last token in every layer and head (section 2).
+# It is read once on the unedited model and once inside every edit of every method below.
+
+
+# %%
+def readout(case: dict) -> dict | None:
+    """P(true answer) and attention to the subject's last token,
+    [prompt, layer, head], on the fact's distracted prompts, as the model
+    is now."""
+    req = as_request(case)
+    prompts = distracted_prompts(case)
+    if not prompts:  # a record without neighbourhood prompts
+        return None
+    batch = prompt_batch(model, prompts, [req.target_true] * len(prompts))
+    keys = subject_positions(model, prompts, req.subject)
+    keys = keys.to(batch.tokens.device)
+    logits, pats = run_patterns(model, batch, ALL_LAYERS)
+    rows = torch.arange(batch.n, device=keys.device)
+    att = torch.stack(
+        [pats[layer][rows, :, batch.last, keys] for layer in ALL_LAYERS], 1
+    )
+    return dict(
+        p_true=answer_probability(logits, batch).cpu(),
+        att=att.float().cpu(),
+    )
+
+
+readouts = {}  # (method, case_id) -> readout
+with timings("unedited readouts"):
+    for case in tqdm(eval_facts, desc="unedited readouts"):
+        readouts[("unedited", case.get("case_id"))] = readout(case)
+
+
+def p_drop(method: str, cid) -> float:
+    """Mean P(true answer) on the distracted prompts: unedited - edited."""
+    before, after = readouts[("unedited", cid)], readouts.get((method, cid))
+    if before is None or after is None:
+        return np.nan
+    return float(before["p_true"].mean() - after["p_true"].mean())
+
+
+def drift_points(method: str, cid) -> float:
+    """Attention drift of one edit: the mean, over distracted prompts and
+    every head above the edit layer, of the attention to the subject's last
+    token, edited minus unedited, in points (100 = all of a head's
+    attention)."""
+    before, after = readouts[("unedited", cid)], readouts.get((method, cid))
+    if before is None or after is None:
+        return np.nan
+    return float(100 * (after["att"] - before["att"])[:, UPPER].mean())
+
+
+# %% [markdown]
+# Every method's edits are computed **once**, inside `evaluate.evaluate_edits`, and the wrapper
+# below reads the distracted prompts while the edit is applied (before it is undone). It keeps
+# the edits that the later sections need: every ROME edit whose distracted prompts lose at
+# least `MIN_DROP` of the true answer's probability (the restoration experiment, section 3),
+# the ROME edit with the largest drop so far (the fact shown in sections 1-3), and each SADR
+# method's edit of that fact.
+
+# %%
+# (method, case_id) -> the edits (weights are restored, deltas kept)
+kept_edits = {}
+# the ROME edit with the largest drop so far
+demo = {"id": None, "drop": -np.inf}
+
+
+def keep(method: str, cid, edits) -> None:
+    if method == "ROME":
+        drop = p_drop(method, cid)
+        if np.isfinite(drop) and drop > demo["drop"]:
+            old = demo["id"]
+            demo.update(id=cid, drop=drop)
+            if old is not None and p_drop("ROME", old) < MIN_DROP:
+                kept_edits.pop(("ROME", old), None)  # no longer needed
+            kept_edits[(method, cid)] = edits
+        elif drop >= MIN_DROP:
+            kept_edits[(method, cid)] = edits
+    elif cid == demo["id"]:
+        kept_edits[(method, cid)] = edits
+
+
+def recording(editor, method: str):
+    """`editor`, plus the distracted-prompt readout before each edit is
+    undone."""
+
+    @contextlib.contextmanager
+    def wrapped(model, case):
+        with editor(model, case) as edits:
+            yield edits
+            cid = case.get("case_id")
+            readouts[(method, cid)] = readout(case)
+            keep(method, cid, edits)
+
+    return wrapped
+
+
+generation = evaluate.GenerationSettings(
+    n_prompts=GEN_PROMPTS, max_new_tokens=GEN_TOKENS
+)
+
+# %% [markdown]
+# **Which ROME?** Chapter 3 stopped ROME's $v_*$ optimisation early, as soon as the new object's
+# NLL fell below 0.05 (the book's rule for SmolLM2, `hp.v_early_stop_on = "nll+extra"`). The
+# authors' code stops when the *whole* loss falls below 0.05; section 4 shows why that rule
+# does not fire on this model, so their ROME runs all its 20 steps here. This chapter compares
+# the methods under the **authors' rule** (`hp_authors`), so "20 steps" and "80 steps" mean
+# what they say; its ROME is therefore a slightly longer-optimised ROME than Chapter 3's, and
+# its RelS and DNS need not equal Chapter 3's.
+
+# %%
+rome_hp = with_steps(hp_authors, STEPS_ROME)
+with timings("ROME: edits + evaluation"):
+    rome_report = evaluate.evaluate_edits(
+        model,
+        eval_facts,
+        recording(evaluate.rome_editor(rome_hp, stats), "ROME"),
+        generation=generation,
+    )
+print(rome_report.table())
+
+# %% [markdown]
+# The fact shown in sections 1-3 is chosen by code: among the evaluated facts, the one whose
+# distracted prompts lose the most probability of their true answer after the ROME edit. Not
+# every fact fails: on some, the edit leaves the distracted prompts alone (the histogram
+# below), so a fact picked by hand could show nothing.
+
+# %%
+demo_id = demo["id"]
+demo_case = case_by_id[demo_id]
+demo_req = as_request(demo_case)
+demo_prompts = distracted_prompts(demo_case)
+demo_edit = kept_edits[("ROME", demo_id)]
+neighbours = [
+    evaluate.fill_subject(evaluate.prompt_text(p), demo_req.subject)
+    for p in demo_case.get("neighborhood_prompts") or []
+]
+
+
+def probabilities(prompts: list[str], answer: str) -> np.ndarray:
+    """Teacher-forced P(answer) after each prompt, as the model is now."""
+    batch = prompt_batch(model, prompts, [answer] * len(prompts))
+    logits, _ = run_patterns(model, batch)
+    return answer_probability(logits, batch).numpy()
+
+
+def demo_probabilities() -> dict:
+    true, new = demo_req.target_true, demo_req.target_new
+    return {
+        "P(true) distracted": probabilities(demo_prompts, true),
+        "P(new) distracted": probabilities(demo_prompts, new),
+        "P(true) plain": probabilities(neighbours, true),
+    }
+
+
+demo_before = demo_probabilities()
+with applied_edit(model, demo_edit):
+    demo_after = demo_probabilities()
+print(
+    f"edit: {demo_req.text} {demo_req.target_true} => "
+    f"{demo_req.target_new}\n"
+    f"true answer of the neighbour prompts: {demo_req.target_true}\n"
+)
+columns = {"neighbour prompt": neighbours}
+for k in demo_before:  # each probability unedited, then after ROME
+    columns[f"{k}, unedited"] = demo_before[k]
+    columns[f"{k}, ROME"] = demo_after[k]
+demo_table = pd.DataFrame(columns)
+demo_table.round(3)
+
+# %% [markdown]
+# Each row is one neighbour prompt, asked plain (NS's probe) and after the edit stated as text
+# (DNS's probe). Compare the columns: a specificity failure is a true answer that survives the
+# plain question after the edit but loses probability, often to the new object, once the edited
+# subject is in the context.
+#
+# Over all facts, the per-record RelS and DNS of the unedited and edited models (the table
+# above), and the distribution of the drop of the true answer's probability on distracted
+# prompts:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+drops = pd.Series(
+    {c.get("case_id"): p_drop("ROME", c.get("case_id")) for c in eval_facts}
+).dropna()
+failing = drops[drops >= MIN_DROP].sort_values(ascending=False)
+s0, s1 = rome_report.summary("unedited"), rome_report.summary("edited")
+print(
+    f"RelS {s0['RelS']:.0f} -> {s1['RelS']:.0f}, "
+    f"DNS {s0['DNS']:.0f} -> {s1['DNS']:.0f} after ROME"
+)
+print(
+    f"{len(failing)} of {len(drops)} facts lose >= {MIN_DROP} of P(true) "
+    "on their distracted prompts"
+)
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3))
+sns.histplot(drops, bins=20, ax=ax)
+ax.axvline(MIN_DROP, color="grey", ls="--")
+ax.set(
+    xlabel="mean P(true answer) on distracted prompts: unedited - ROME",
+    ylabel="facts",
+    title=f"Drop after ROME (dashed: MIN_DROP = {MIN_DROP})",
+)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 2. The drift, seen
+#
+# SADR's diagnosis: at the last prompt token, the position that predicts the answer, some heads
+# attend to the edited subject's last token (the position where ROME writes $v_*$) far more
+# after the edit. The heatmaps show that attention for the chosen fact, averaged over its
+# distracted prompts, per layer and **query** head, unedited, edited, and the difference.
+# SmolLM2 uses grouped-query attention: its 9 query heads per layer share 3 key/value heads,
+# but each query head has its own pattern (`hook_pattern` is per query head), so every head is
+# a row of its own here, as in the authors' code. Layers at or below the edit layer cannot
+# change at this position: the edit enters after their attention.
+
+# %%
+with timings("drift diagnostics"):
+    drift = attention_drift(
+        model, demo_edit, demo_prompts, demo_req.subject
+    )
+fig, axes = plt.subplots(1, 3, figsize=(16, 6), sharey=True)
+panels = [
+    ("unedited", drift.before.mean(0), "viridis", None),
+    ("ROME", drift.after.mean(0), "viridis", None),
+    ("ROME - unedited", drift.change, "RdBu_r", 0.0),
+]
+for ax, (title, values, cmap, center) in zip(axes, panels):
+    sns.heatmap(values.numpy(), cmap=cmap, center=center, ax=ax)
+    ax.set(title=title, xlabel="query head")
+    ax.axhline(
+        hp.layer + 1, color="white" if center is None else "black", lw=1
+    )
+axes[0].set_ylabel("layer")
+fig.suptitle(
+    f"Attention from the last token to '{demo_req.subject}' "
+    "(its last token): "
+    f"{len(demo_prompts)} distracted prompts"
+)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Over every fact, the mean change of the same attention after ROME (each fact's distracted
+# prompts averaged first):
+
+# %%
+changes = [
+    (
+        readouts[("ROME", c.get("case_id"))]["att"]
+        - readouts[("unedited", c.get("case_id"))]["att"]
+    ).mean(0)
+    for c in eval_facts
+    if readouts[("unedited", c.get("case_id"))] is not None
+]
+mean_change = torch.stack(changes).mean(0)
+fig, ax = plt.subplots(figsize=(6, 6))
+sns.heatmap(mean_change.numpy(), cmap="RdBu_r", center=0.0, ax=ax)
+ax.set(
+    xlabel="query head",
+    ylabel="layer",
+    title=f"ROME - unedited, mean over {len(changes)} facts",
+)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **Reading the drift.** Look for heads above the edit layer whose attention to the subject grows
+# (red in the difference), on the chosen fact and on average over the facts.
+# <!-- RESULTS: which layers/heads drift most (chosen fact and mean over facts), by how much
+# (points of attention), and whether the average drift is concentrated or spread -->
+#
+# **The full attention row.** A head that drifts takes its attention from somewhere. For the
+# `N_ROW_HEADS` most drifted heads of the chosen fact (attention to the subject grew most,
+# layers above the edit), the last token's attention over every position of the distracted
+# prompt on which the true answer lost most, unedited and edited. Position 0 (BOS) usually
+# takes much of the attention ("attention sink").
+
+# %%
+worst = int(
+    np.argmax(
+        demo_before["P(true) distracted"] - demo_after["P(true) distracted"]
+    )
+)
+row_prompt = demo_prompts[worst]
+ids = prompt_batch(model, [row_prompt]).tokens[0].tolist()
+labels = [f"{i}:{tokenizer.decode([t])!r}" for i, t in enumerate(ids)]
+top = drift.top_heads(N_ROW_HEADS, UPPER)
+frames = []
+for layer, head in top:
+    before_row = attention_row(model, row_prompt, layer, head)
+    with applied_edit(model, demo_edit):
+        after_row = attention_row(model, row_prompt, layer, head)
+    for label, row in [("unedited", before_row), ("ROME", after_row)]:
+        frames.append(
+            pd.DataFrame(
+                dict(
+                    token=labels[: len(row)],
+                    attention=row.numpy(),
+                    model=label,
+                    head=f"layer {layer}, head {head}",
+                )
+            )
+        )
+rows_df = pd.concat(frames, ignore_index=True)
+subject_at = int(
+    subject_positions(model, [row_prompt], demo_req.subject)[0]
+)
+fig, axes = plt.subplots(
+    len(top), 1, figsize=(13, 2.6 * len(top)), sharex=True, squeeze=False
+)
+for ax, (name, part) in zip(
+    axes[:, 0], rows_df.groupby("head", sort=False)
+):
+    sns.barplot(data=part, x="token", y="attention", hue="model", ax=ax)
+    ax.axvline(subject_at, color="grey", ls="--")
+    ax.set(title=name, xlabel="")
+axes[-1, 0].set_xticks(range(len(labels)))
+axes[-1, 0].set_xticklabels(labels, rotation=90)
+fig.suptitle(
+    f"Last token's attention row (dashed: the subject's last token):\n"
+    f"{row_prompt!r}"
+)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 3. Does the drift cause the failure?
+#
+# Seeing more attention on the subject does not prove it matters. The authors' test: keep
+# everything of the edited model (its weights, its values, its MLP outputs) but give it back
+# the **unedited attention patterns** (post-softmax, `hook_pattern`) of the layers above the
+# edit layer, on the distracted prompts, and see how much of the true answer's probability
+# returns. If attention drift carries the failure, the probability should come back; if the
+# edited values carry it, it should not. The control restores the same number of (layer, head)
+# pairs chosen at random over the whole model, and, for the `TOP_K_HEADS` most drifted heads,
+# as many random heads of the same layers (`sadr.restoration_experiment`).
+#
+# The fraction recovered, $(p_{\text{restored}} - p_{\text{edited}}) /
+# (p_{\text{unedited}} - p_{\text{edited}})$, is only meaningful when the edit moved the
+# probability: with a small drop, the denominator is noise. So the raw probabilities stand
+# beside it. First the chosen fact:
+
+# %%
+with timings("restoration experiment"):
+    demo_restore, _ = restoration_experiment(
+        model,
+        demo_edit,
+        demo_prompts,
+        [demo_req.target_true] * len(demo_prompts),
+        demo_req.subject,
+        top_k=TOP_K_HEADS,
+        seed=SEED,
+    )
+n_upper, n_all = len(UPPER) * N_HEADS, N_LAYERS * N_HEADS
+print(f"drop of mean P(true) on this fact: {demo['drop']:.3f}")
+print(
+    f"the any-layer control draws {n_upper} of {n_all} heads: on average "
+    f"{n_upper * n_upper / n_all:.0f} of them lie in the upper layers"
+)
+demo_restore.round(3)
+
+# %% [markdown]
+# Then every fact whose distracted prompts lose at least `MIN_DROP` of the true answer's
+# probability after ROME (the others have nothing to restore), each fact's prompts averaged
+# first. The recovered probability $p_{\text{restored}} - p_{\text{edited}}$ is given per
+# condition with a bootstrap interval over facts.
+
+# %%
+restore_ids = [cid for cid in failing.index if ("ROME", cid) in kept_edits]
+frames = []
+with timings("restoration experiment"):
+    for cid in tqdm(restore_ids, desc="restoration"):
+        case, req = case_by_id[cid], as_request(case_by_id[cid])
+        prompts = distracted_prompts(case)
+        table, _ = restoration_experiment(
+            model,
+            kept_edits[("ROME", cid)],
+            prompts,
+            [req.target_true] * len(prompts),
+            req.subject,
+            top_k=TOP_K_HEADS,
+            seed=SEED,
+        )
+        frames.append(table.assign(fact=cid))
+restoration = (
+    pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"{len(restore_ids)} facts with a drop >= {MIN_DROP}")
+if len(restore_ids) >= 2:
+    order = list(dict.fromkeys(restoration.condition))
+    for cond in order:
+        part = restoration[restoration.condition == cond]
+        back = estats.paired_difference(
+            part.p_edited.to_numpy(), part.p_restored.to_numpy(), seed=SEED
+        )
+        frac = sadr.fraction_recovered(
+            part.p_unedited.mean(),
+            part.p_edited.mean(),
+            part.p_restored.mean(),
+        )
+        print(
+            f"{cond:<32} restored - edited {back.mean:+.2f} "
+            f"[{back.low:+.2f}, {back.high:+.2f}]; fraction {frac:.1f}"
+        )
+
+# %%
+if len(restoration):
+    long = restoration.melt(
+        id_vars=["fact", "condition"],
+        value_vars=["p_unedited", "p_edited", "p_restored"],
+        var_name="P(true)",
+        value_name="probability",
+    )
+    fig, ax = plt.subplots(figsize=(11, 4))
+    sns.barplot(
+        data=long, y="condition", x="probability", hue="P(true)", ax=ax
+    )
+    ax.set_title(
+        f"Unedited attention put back: {len(restore_ids)} failing facts "
+        "(95% bootstrap intervals)"
+    )
+    plt.tight_layout()
+    plt.show()
+
+# %% [markdown]
+# **Reading the restoration.** Compare the row "all heads of layers ..." with the row of as many
+# random heads anywhere: restoring attention is only evidence for drift if the heads that
+# drifted give back more than the same number of heads chosen blindly. With the edit at layer
+# 4 of 30, though, the upper layers hold most of the model's heads, so that random draw
+# overlaps them heavily (printed above) and is a weak control. The sharper one is the top-$k$
+# drifted heads against $k$ random heads of the same layers: it tells whether what comes back
+# is carried by the heads that drifted, and whether the drift is concentrated in a few heads.
+# <!-- RESULTS: restoration on the chosen fact (raw P(true) unedited / edited / restored, all
+# upper heads vs random) and over the N failing facts (recovered probability with CI per
+# condition; does "all heads" beat the random control; do the top-k heads carry it) -->
+#
+# ## 4. The regulariser
+#
+# SADR adds to ROME's $v_*$ loss (Chapter 3, section 4) a penalty on the attention rows at the
+# predicting position, as the authors' `compute_v` computes it:
+#
+# $$\mathcal{L}_{\text{SADR}}(\delta) = \gamma \sum_{l} \frac{1}{n}\sum_{b=1}^{n}\sum_{h}
+# M_{b,l,h}\, \mathrm{KL}\!\left(A^0_{l,h}[b, i_b, :] \,\middle\|\, A_{l,h}[b, i_b, :]\right),
+# \qquad M_{b,l,h} = \mathbb{1}\!\left[A_{l,h}[b,i_b,s_b] > \max_{h'} A^0_{l,h'}[b,i_b,s_b]
+# \right]$$
+#
+# - $A_{l,h}$: this step's post-softmax attention pattern of layer $l$, query head $h$
+#   (`blocks.{l}.attn.hook_pattern`, with gradients); $A^0$ the same at $\delta = 0$, the unedited
+#   weights, recorded once and detached. At the first step $A = A^0$ and the term is 0.
+# - $b$: the $n$ rewrite rows of ROME's batch (the bare rewrite prompt and its prefixed copies);
+#   the KL prompt "{subject} is a" is excluded. $i_b$: the last prompt token of row $b$ (before
+#   the target's tokens); the whole key row is compared. $s_b$: the subject's last token.
+# - KL$(A^0 \| A) = \sum_k (A^0_k + \epsilon) \log\frac{A^0_k + \epsilon}{A_k + \epsilon}$,
+#   $\epsilon = 10^{-8}$ added to both, as in their code.
+# - The **selective mask** $M$, per row, layer and head, recomputed at every step, without
+#   gradient: a head counts only if it *now* attends to the subject more than **any** head of that
+#   layer did before. It is not a per-head before/after comparison.
+# - Reduction: sum over keys and heads, divide by the number of rewrite rows, sum over layers,
+#   times $\gamma$.
+# - **GQA.** SmolLM2's 9 query heads per layer share 3 key/value heads. `hook_pattern` holds one
+#   pattern per *query* head, so the mask and the KL are per query head, as in the authors'
+#   code (their patterns come after the key/value heads are repeated; nothing else is done).
+# - Every layer and every head is read; layers at or below the edit layer contribute exactly 0
+#   (their attention does not depend on $\delta$), so the package does not hook them (its tests
+#   check that reading them gives the same value).
+# - **Constants.** The authors configure a weight and their code multiplies it by $10^{-4}$:
+#   $\gamma$ = weight $\times 10^{-4}$.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(
+    f"authors' weight for ROME {AUTHORS_WEIGHT['rome']:g} x "
+    f"{WEIGHT_SCALE:g} = "
+    f"gamma {gamma_from_weight(AUTHORS_WEIGHT['rome']):g}; "
+    f"their ROME+SADR ran {AUTHORS_STEPS['rome']} steps, "
+    f"their ROME {sadr.ROME_STEPS}"
+)
+print(
+    f"this chapter: gamma = {GAMMA:g}, steps {STEPS_ROME} and {STEPS_SADR}"
+)
+
+# %% [markdown]
+# `AttentionDriftTerm` is that term, a `LossTerm` of `editlens.rome.values` like Chapter 4's
+# alignment term. We run one ROME+SADR edit of the chosen fact with a subclass that keeps what
+# the term saw (the attention rows at the query position, now and at $\delta = 0$, the subject's
+# positions and the real keys) at the first step where the mask selects a head, and how many
+# heads the mask selects at every step.
+#
+# ### Exercise 5.1: the selective mask
+#
+# Given `rows_now` and `rows_before` (`[row, head, key]`: the attention rows at the query position
+# of one layer, this step and at $\delta = 0$) and `subject` (`[row]`, the subject's last token
+# of each row), return the boolean mask `[row, head]`: head $h$ of row $b$ is selected when its
+# attention to the subject now is strictly larger than the largest attention any head of that
+# row paid to the subject before. No gradient may flow through it.
+
+
+# %%
+def selective_mask(
+    rows_now: torch.Tensor, rows_before: torch.Tensor, subject: torch.Tensor
+) -> torch.Tensor:
+    # Your code here
+    raise NotImplementedError
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def selective_mask_solution(
+    rows_now: torch.Tensor, rows_before: torch.Tensor, subject: torch.Tensor
+) -> torch.Tensor:
+    rows = torch.arange(rows_now.shape[0], device=rows_now.device)
+    now = rows_now.detach()[rows, :, subject]  # [row, head]
+    before = rows_before.detach()[rows, :, subject].amax(-1, keepdim=True)
+    return now > before
+
+
+# %%
+class SeenDrift(AttentionDriftTerm):
+    """AttentionDriftTerm that keeps what it saw (the first step whose
+    mask selects a head, else step 1) and the number of selected heads per
+    step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen, self.selected = None, []
+
+    def __call__(self, ctx):
+        value = super().__call__(ctx)
+        if ctx.step == 0 or not self.hook_names:
+            return value
+        now = self.query_rows(ctx)
+        before = self.query_rows(ctx, initial=True)
+        subject = ctx.batch.subject_idx[: ctx.batch.n_rewrite]
+        n_selected = sum(
+            int(sadr.selective_mask(a, a0, subject).sum())
+            for a, a0 in zip(now, before)
+        )
+        self.selected.append(dict(step=ctx.step, heads=n_selected))
+        if self.seen is None or (n_selected and not self.seen["heads"]):
+            self.seen = dict(
+                now=[a.detach().float().cpu() for a in now],
+                before=[a.detach().float().cpu() for a in before],
+                subject=subject.cpu(),
+                keys=self.key_mask(ctx).cpu(),
+                value=float(value.detach()),
+                step=ctx.step,
+                heads=n_selected,
+            )
+        return value
+
+
+spy = SeenDrift(GAMMA)
+with timings("one SADR edit with a spy (section 4)"):
+    spy_edit = compute_rome_edit(model, demo_case, rome_hp, stats, [spy])
+seen = spy.seen
+print(
+    f"step {seen['step']}: {seen['heads']} (row, layer, head) triples "
+    "selected "
+    f"of {len(seen['now']) * seen['now'][0].shape[0] * N_HEADS}; "
+    f"layers read: {spy.layers[0]}..{spy.layers[-1]}"
+)
+
+
+def test_selective_mask(fn) -> None:
+    # by hand: the subject is key 2; before, the heads paid 0.1, 0.3, 0.2
+    # (max 0.3)
+    before = torch.zeros(1, 3, 4)
+    before[0, :, 2] = torch.tensor([0.1, 0.3, 0.2])
+    now = torch.zeros(1, 3, 4)
+    now[0, :, 2] = torch.tensor([0.35, 0.3, 0.25])
+    got = fn(now, before, torch.tensor([2]))
+    assert got.tolist() == [[True, False, False]], (
+        "by hand: expected [[True, False, False]] (strictly above the max "
+        f"over "
+        f"heads before), got {got.tolist()}"
+    )
+    # the rows the term saw in the edit above, every layer
+    for layer, a, a0 in zip(spy.layers, seen["now"], seen["before"]):
+        expected = sadr.selective_mask(a, a0, seen["subject"])
+        got = fn(a, a0, seen["subject"])
+        assert torch.equal(got.bool(), expected), (
+            f"mask differs at layer {layer}"
+        )
+
+
+selective_mask = check_exercise(
+    "5.1 selective_mask",
+    selective_mask,
+    selective_mask_solution,
+    test_selective_mask,
+)
+
+# %% [markdown]
+# ### Exercise 5.2: the attention KL
+#
+# Given `rows_before` ($A^0$) and `rows_now` ($A$), both `[row, head, key]`, and `keys`
+# (`[row, key]`, True for the real keys of each row's query position), return
+# KL$(A^0 \| A)$ per row and head, `[row, head]`, with $\epsilon$ = `sadr.EPS` added to both
+# patterns and the keys outside `keys` counting 0. The check then rebuilds the term's value at
+# that step from your KL and your mask: $\gamma \sum_l \frac{1}{n}\sum_{b,h} M \cdot
+# \mathrm{KL}$.
+
+
+# %%
+def row_kl(
+    rows_before: torch.Tensor, rows_now: torch.Tensor, keys: torch.Tensor
+) -> torch.Tensor:
+    # Your code here
+    raise NotImplementedError
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def row_kl_solution(
+    rows_before: torch.Tensor, rows_now: torch.Tensor, keys: torch.Tensor
+) -> torch.Tensor:
+    p = rows_before.float() + sadr.EPS
+    q = rows_now.float() + sadr.EPS
+    return (p * (p / q).log() * keys[:, None, :]).sum(-1)
+
+
+# %%
+def test_row_kl(fn) -> None:
+    total = 0.0
+    for layer, a, a0 in zip(spy.layers, seen["now"], seen["before"]):
+        kl = fn(a0, a, seen["keys"])
+        assert_close(
+            kl,
+            sadr.row_kl(a0, a, seen["keys"]),
+            atol=1e-6,
+            what=f"KL(A0 || A) at layer {layer}",
+        )
+        mask = sadr.selective_mask(a, a0, seen["subject"])
+        total += float((kl * mask).sum()) / a.shape[0]
+    assert_close(
+        spy.weight * total,
+        seen["value"],
+        atol=1e-7,
+        rtol=1e-3,
+        what="gamma * sum over layers of the masked KL at step "
+        f"{seen['step']}",
+    )
+
+
+row_kl = check_exercise("5.2 row_kl", row_kl, row_kl_solution, test_row_kl)
+
+# %% [markdown]
+# The $v_*$ loss of that edit, term by term, and how many heads the mask selected at each step
+# (summed over rows and layers). The dashed line is the early-stopping threshold 0.05.
+
+# %%
+history = pd.DataFrame(spy_edit.v_result.history)
+terms = [
+    c for c in ["nll", "kl", "weight_decay", "sadr", "loss"] if c in history
+]
+fig, axes = plt.subplots(1, 2, figsize=(14, 3.5))
+sns.lineplot(
+    data=history.melt(id_vars="step", value_vars=terms, var_name="term"),
+    x="step",
+    y="value",
+    hue="term",
+    marker="o",
+    ax=axes[0],
+)
+axes[0].axhline(hp.v_loss_early_stop, color="grey", ls="--")
+axes[0].set(yscale="log", title=f"ROME+SADR v* loss, gamma = {GAMMA:g}")
+sns.lineplot(
+    data=pd.DataFrame(spy.selected),
+    x="step",
+    y="heads",
+    marker="o",
+    ax=axes[1],
+)
+axes[1].set_title("(row, layer, head) triples selected by the mask")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **$\gamma = 0$ is ROME.** `compute_v` skips a term whose weight is 0, so the edit must equal
+# ROME's bit for bit (the same $v_*$, the same $\Delta W$):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with timings("gamma = 0 check (2 edits)"):
+    rome_again = compute_rome_edit(model, demo_case, rome_hp, stats)
+    sadr_zero = compute_rome_edit(
+        model, demo_case, rome_hp, stats, [AttentionDriftTerm(0.0)]
+    )
+print(
+    "gamma = 0 gives ROME's edit bit for bit:",
+    torch.equal(rome_again.delta, sadr_zero.delta)
+    and torch.equal(rome_again.v_star, sadr_zero.v_star),
+)
+print(
+    f"gamma = {GAMMA:g} changes v*:",
+    not torch.equal(rome_again.v_star, spy_edit.v_star),
+)
+
+# %% [markdown]
+# ### Early stopping: why "80 steps" needs the authors' rule
+#
+# ROME stops its $v_*$ optimisation early when a watched loss falls below 0.05. The authors'
+# code watches the **whole** loss. Its weight-decay term, $0.5\,\|\delta\| / \|v_0\|^2$, is
+# tiny for GPT-2 XL's large MLP outputs but not for SmolLM2's: once $\delta$ has grown it stays
+# above the threshold by itself (the loss history above, the table below), so on this model the
+# authors' rule does not fire and every edit runs all its steps: 80 steps really are four
+# times 20. The book's rule for SmolLM2 (Chapter 3) watches the NLL plus the extra terms
+# instead, and stops as soon as they are below 0.05, often before the step limit: then the
+# limit does not matter, and asking for 80 steps changes nothing. That is why this chapter
+# switches to the authors' rule to compare 20 with 80 steps. On the first `N_STOP_FACTS`
+# facts, the steps each rule runs, and the final loss terms (section 5 prints the steps of
+# every edit of the comparison):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+stop_rows = []
+with timings("early-stop comparison"):
+    for case in eval_facts[:N_STOP_FACTS]:
+        for rule, base in [
+            ("book (nll+extra)", hp),
+            ("authors (loss)", hp_authors),
+        ]:
+            for method, steps, terms_ in [
+                ("ROME", STEPS_ROME, []),
+                ("SADR", STEPS_SADR, [AttentionDriftTerm(GAMMA)]),
+            ]:
+                if rule.startswith("authors") and method == "SADR":
+                    # every step runs: read from section 5's edits
+                    continue
+                e = compute_rome_edit(
+                    model, case, with_steps(base, steps), stats, terms_
+                )
+                last = e.v_result.history[-1]
+                stop_rows.append(
+                    dict(
+                        fact=case.get("case_id"),
+                        rule=rule,
+                        method=f"{method} (limit {steps})",
+                        steps=len(e.v_result.history),
+                        nll=last["nll"],
+                        weight_decay=last["weight_decay"],
+                        loss=last["loss"],
+                    )
+                )
+stop_table = pd.DataFrame(stop_rows)
+print(
+    stop_table.groupby(["rule", "method"], sort=False)[["steps"]]
+    .agg(["min", "max"])
+    .to_string()
+)
+
+# %%
+stop_table.round(3)
+
+# %% [markdown]
+# ## 5. ROME vs ROME+SADR on the same facts
+#
+# Three methods, the same facts, the same evaluation, all under the authors' early-stopping rule
+# (so every edit runs exactly its step limit):
+#
+# - **ROME**: `STEPS_ROME` = 20 steps (the authors' baseline; computed above);
+# - **SADR-20**: ROME+SADR, $\gamma$ = `GAMMA`, the same 20 steps: the regulariser alone;
+# - **SADR-80**: ROME+SADR, $\gamma$ = `GAMMA`, `STEPS_SADR` = 80 steps: the authors' protocol.
+#
+# Then SADR-80 minus ROME (what the authors compared) is the sum of SADR-20 minus ROME (the
+# regulariser at equal steps) and SADR-80 minus SADR-20 (60 more steps with the regulariser).
+# After each edit, the drift is read on the distracted prompts, as in section 2.
+
+# %%
+SADR_EQ, SADR_AUTH = f"SADR-{STEPS_ROME}", f"SADR-{STEPS_SADR}"
+reports = {"ROME": rome_report}
+for label, steps in [(SADR_EQ, STEPS_ROME), (SADR_AUTH, STEPS_SADR)]:
+    if label in reports:  # STEPS_SADR == STEPS_ROME: one run
+        continue
+    editor = sadr_editor(hp_authors, stats, gamma=GAMMA, steps=steps)
+    with timings(f"{label}: edits + evaluation"):
+        reports[label] = evaluate.evaluate_edits(
+            model,
+            eval_facts,
+            recording(editor, label),
+            baseline=False,
+            generation=generation,
+        )
+    print(label)
+    print(reports[label].table())
+METHODS = list(reports)
+
+# %% [markdown]
+# Per fact and method: the probes (in %), fluency GE, the drift (mean change of attention to
+# the subject, in points, over the heads above the edit layer) and the drop of the true
+# answer's probability on distracted prompts. The table reports for each metric the mean over
+# facts with a 95% bootstrap interval and the **paired** difference to ROME (per fact, method
+# minus ROME) with its interval (`editlens.stats.paired_table`, 2,000 seeded resamples of the
+# facts). The unedited model is a row of its own (its drift and drop are 0 by definition).
+
+# %%
+METRICS = ["ES", "PS", "NS", "RelS", "DNS", "GE", "drift", "P(true) drop"]
+rows = []
+for i, case in enumerate(eval_facts):
+    cid = case.get("case_id")
+    runs = [("unedited", reports["ROME"].records[i]["unedited"])]
+    runs += [(m, reports[m].records[i]["edited"]) for m in METHODS]
+    for method, m in runs:
+        row = dict(fact=cid, method=method)
+        for k in METRICS[:5]:
+            row[k] = 100.0 * m.get(k, np.nan)
+        row["GE"] = m.get("GE", np.nan)
+        if method == "unedited":
+            ok = readouts[("unedited", cid)] is not None
+            row["drift"] = row["P(true) drop"] = 0.0 if ok else np.nan
+        else:
+            row["drift"] = drift_points(method, cid)
+            row["P(true) drop"] = p_drop(method, cid)
+            row["steps"] = reports[method].records[i]["edit_info"]["edits"][
+                0
+            ]["steps"]
+            row["edit s"] = reports[method].records[i]["edit_seconds"]
+        rows.append(row)
+per_fact = pd.DataFrame(rows)
+
+
+def comparison(
+    df: pd.DataFrame, metrics: list[str], baseline: str = "ROME"
+) -> pd.DataFrame:
+    """paired_table per metric; a fact without a probe for a metric (NaN)
+    leaves that metric for every method alike (the pairs stay aligned)."""
+    parts = []
+    for k in metrics:
+        ok = df.groupby("fact")[k].transform(lambda s: s.notna().all())
+        if ok.any():
+            parts.append(
+                estats.paired_table(
+                    df[ok], [k], baseline=baseline, seed=SEED
+                )
+            )
+    return pd.concat(parts, ignore_index=True)
+
+
+with timings("paired tables"):
+    table = comparison(per_fact, METRICS)
+print(
+    per_fact[per_fact.method != "unedited"]
+    .groupby("method", sort=False)[["steps", "edit s"]]
+    .median()
+    .rename(columns=lambda c: f"median {c}")
+    .round(1)
+    .to_string()
+)
+table.round(2)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+# the headline table: rounded means, and whether each paired CI excludes 0
+means = table.pivot(index="metric", columns="method", values="mean")
+excl = table.pivot(index="metric", columns="method", values="CI excludes 0")
+others = [m for m in METHODS if m != "ROME"]
+print(
+    "metric       unedited   ROME "
+    + " ".join(f"{m:>8}" for m in others)
+    + "   (CI of the difference to ROME excludes 0)"
+)
+for metric in METRICS:
+    if metric not in means.index:
+        continue
+    digits = 2 if metric in ("GE", "drift", "P(true) drop") else 0
+    r = means.loc[metric]
+    cells = [f"{r['unedited']:>8.{digits}f}", f"{r['ROME']:>6.{digits}f}"]
+    cells += [f"{r[m]:>8.{digits}f}" for m in others]
+    flags = ", ".join(f"{m}: {bool(excl.loc[metric, m])}" for m in others)
+    print(f"{metric:<12} " + " ".join(cells) + f"   ({flags})")
+
+# %% [markdown]
+# **Separating the regulariser from the longer optimisation.** The same paired differences,
+# decomposed: the regulariser at equal steps, the 60 extra steps with the regulariser, and the
+# authors' comparison (their sum):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+wide = per_fact.pivot(index="fact", columns="method")
+contrasts = [
+    ("regulariser (equal steps)", "ROME", SADR_EQ),
+    ("more steps (with SADR)", SADR_EQ, SADR_AUTH),
+    ("authors' protocol", "ROME", SADR_AUTH),
+]
+for metric in ["ES", "PS", "NS", "RelS", "DNS", "GE", "drift"]:
+    parts = []
+    for name, a, b in contrasts:
+        if a == b or a not in wide[metric] or b not in wide[metric]:
+            continue
+        ok = wide[metric][[a, b]].notna().all(axis=1)
+        d = estats.paired_difference(
+            wide[metric][a][ok], wide[metric][b][ok], seed=SEED
+        )
+        digits = 2 if metric in ("GE", "drift") else 0
+        mark = "*" if d.excludes_zero() else " "
+        parts.append(f"{name}: {d.mean:+.{digits}f}{mark}")
+    print(f"{metric:<5} " + "; ".join(parts))
+print("(* the 95% interval excludes 0)")
+
+# %%
+plot_df = per_fact.melt(
+    id_vars=["fact", "method"],
+    value_vars=["RelS", "DNS", "NS", "drift"],
+    var_name="metric",
+)
+grid = sns.catplot(
+    data=plot_df,
+    x="method",
+    y="value",
+    col="metric",
+    kind="point",
+    sharey=False,
+    height=3.2,
+    aspect=1.1,
+)
+for ax in grid.axes.flat:
+    ax.tick_params(axis="x", rotation=30)
+grid.figure.suptitle(
+    f"Means over {len(eval_facts)} facts (95% bootstrap intervals)", y=1.04
+)
+plt.show()
+
+# %% [markdown]
+# The authors report their results **pooled** over prompts (every prompt of a kind counts once,
+# so a fact with 10 neighbour prompts weighs ten times one with 1), where the table above
+# averages each fact's rate. Both, for reference:
+
+# %%
+pooled = pd.DataFrame(
+    {"unedited": pooled_summary(rome_report, eval_facts, "unedited")}
+    | {m: pooled_summary(reports[m], eval_facts) for m in METHODS}
+).T
+pooled[
+    [c for c in ["ES", "PS", "NS", "S", "RelS", "DNS"] if c in pooled]
+].round(1)
+
+# %% [markdown]
+# **Does SADR remove the drift?** The mean change of attention to the subject after each method,
+# over the facts (the ROME panel is section 2's):
+
+
+# %%
+def mean_attention_change(method: str) -> torch.Tensor:
+    """[layer, head]: attention to the subject, method - unedited, averaged
+    over each fact's distracted prompts, then over facts."""
+    per_fact_change = [
+        (
+            readouts[(method, c.get("case_id"))]["att"]
+            - readouts[("unedited", c.get("case_id"))]["att"]
+        ).mean(0)
+        for c in eval_facts
+        if readouts[("unedited", c.get("case_id"))] is not None
+    ]
+    return torch.stack(per_fact_change).mean(0)
+
+
+method_changes = {m: mean_attention_change(m) for m in METHODS}
+vmax = max(float(ch.abs().max()) for ch in method_changes.values())
+fig, axes = plt.subplots(
+    1, len(METHODS), figsize=(5.5 * len(METHODS), 6), sharey=True
+)
+for ax, (method, ch) in zip(np.atleast_1d(axes), method_changes.items()):
+    sns.heatmap(
+        ch.numpy(), cmap="RdBu_r", center=0.0, vmin=-vmax, vmax=vmax, ax=ax
+    )
+    ax.set(title=f"{method} - unedited", xlabel="query head")
+np.atleast_1d(axes)[0].set_ylabel("layer")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **Reading the comparison.** The authors report, on GPT-J and pooled over prompts, RelS (their
+# "RS") 11.9 → 27.8 and DNS 30.4 → 49.4 for ROME → ROME+SADR, with ES unchanged (99.9 → 99.8)
+# and PS slightly lower (99.6 → 96.4). The questions for this
+# model are, in order: does SADR-80 raise RelS and DNS over ROME with an interval that excludes
+# 0; does it keep ES and PS; does it lower the drift; and how much of any gain remains at equal
+# steps (SADR-20).
+# <!-- RESULTS: the headline numbers (RelS, DNS, NS, ES, PS, GE, drift) for ROME, SADR-20,
+# SADR-80 with which paired differences exclude 0; the decomposition (regulariser vs steps);
+# whether the authors' effect reproduces here, in one or two sentences with the numbers -->
+#
+# ## 6. How strong should the regulariser be?
+#
+# A larger $\gamma$ pulls the attention rows harder toward $A^0$; at some point it must fight
+# the edit itself. The sweep runs at equal steps (`STEPS_ROME`) on the `N_SWEEP_FACTS` facts
+# whose distracted prompts lost the most after ROME, where there is something to fix (a
+# selection on ROME's outcome, so its ROME numbers are worse than the average; every $\gamma$
+# is compared on these same facts). $\gamma = 0$ is ROME and $\gamma$ = `GAMMA` is SADR-20,
+# both reused.
+
+# %%
+sweep_ids = list(drops.sort_values(ascending=False).index[:N_SWEEP_FACTS])
+sweep_facts = [case_by_id[cid] for cid in sweep_ids]
+sweep_records = {
+    0.0: ("ROME", {r["case_id"]: r for r in rome_report.records}),
+}
+if SADR_EQ in reports:
+    sweep_records[float(GAMMA)] = (
+        SADR_EQ,
+        {r["case_id"]: r for r in reports[SADR_EQ].records},
+    )
+with timings("gamma sweep"):
+    for g in GAMMAS:
+        if float(g) in sweep_records:
+            continue
+        label = f"gamma={g:g}"
+        rep = evaluate.evaluate_edits(
+            model,
+            sweep_facts,
+            recording(
+                sadr_editor(hp_authors, stats, gamma=g, steps=STEPS_ROME),
+                label,
+            ),
+            baseline=False,
+            generation=generation,
+        )
+        sweep_records[float(g)] = (
+            label,
+            {r["case_id"]: r for r in rep.records},
+        )
+sweep_rows = []
+for g, (label, recs) in sorted(sweep_records.items()):
+    for cid in sweep_ids:
+        m = recs[cid]["edited"]
+        sweep_rows.append(
+            dict(
+                fact=cid,
+                method=f"gamma={g:g}",
+                gamma=g,
+                **{
+                    k: 100 * m.get(k, np.nan)
+                    for k in ["ES", "PS", "NS", "RelS", "DNS"]
+                },
+                GE=m.get("GE", np.nan),
+                drift=drift_points(label, cid),
+            )
+        )
+sweep = pd.DataFrame(sweep_rows)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(
+    sweep.groupby("method", sort=False)[
+        ["ES", "PS", "NS", "RelS", "DNS", "GE", "drift"]
+    ]
+    .mean()
+    .round(1)
+    .to_string()
+)
+if len(sweep_ids) >= 2:
+    sweep_table = comparison(
+        sweep,
+        ["ES", "PS", "NS", "RelS", "DNS", "GE", "drift"],
+        baseline="gamma=0",
+    )
+    moved = sweep_table[
+        sweep_table["CI excludes 0"].fillna(False).astype(bool)
+    ]
+    print(
+        "differences to gamma=0 whose CI excludes 0:",
+        sorted(zip(moved.metric, moved.method)),
+    )
+
+# %%
+fig, axes = plt.subplots(1, 4, figsize=(17, 3.5))
+for ax, metric in zip(axes, ["ES", "DNS", "RelS", "drift"]):
+    sns.pointplot(data=sweep, x="gamma", y=metric, ax=ax)
+    ax.set_title(f"{metric} vs gamma ({len(sweep_ids)} facts)")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **Reading the sweep.** With only `N_SWEEP_FACTS` facts, only large effects show. Read it for
+# the trade-off: does the drift fall as $\gamma$ grows, do DNS and RelS follow, and at which
+# $\gamma$ does the edit itself (ES, PS) start to give way?
+# <!-- RESULTS: the sweep in two or three sentences (drift, DNS/RelS, ES/PS vs gamma) -->
+#
+# ## 7. What holds
+#
+# On the embedded model, with the book's 50 facts:
+#
+# 1. **The failure**: <!-- RESULTS: RelS and DNS after ROME (this chapter's ROME, authors'
+#    rule) vs unedited; how many facts lose >= MIN_DROP on distracted prompts -->
+# 2. **The drift**: <!-- RESULTS: where the drifted heads are (layers), how large the drift is
+#    on the chosen fact and on average -->
+# 3. **Cause**: <!-- RESULTS: does restoring the upper layers' unedited attention bring the
+#    true answer back, more than random heads? on how many facts -->
+# 4. **The fix**: <!-- RESULTS: SADR-80 vs ROME and SADR-20 vs ROME on RelS, DNS, ES, PS, GE,
+#    drift; the share of the effect due to the regulariser vs the extra steps; whether the
+#    authors' claim reproduces on this model -->
+#
+# These are this model's numbers, not a verdict on the method at scale: a 135M-parameter model
+# with 30 layers, edited at layer 4 with a regularised $C$, need not route an edited fact the
+# way GPT-J does. Rerun the chapter with `MODEL_NAME` on a GPU to test it there.
+#
+# ## Timing
+
+# %%
+minutes = (time.perf_counter() - notebook_start) / 60
+print(
+    f"this notebook ran for {minutes:.1f} minutes "
+    f"({torch.get_num_threads()} torch thread(s))"
+)
+timings.table().round(1)
+
+# %% [markdown]
+# ### Open exercises
+#
+# 1. **ROME with 80 steps.** Add `evaluate.rome_editor(with_steps(hp_authors, 80), stats)` to the
+#    comparison. Does ROME itself change with 60 more steps, and is SADR-80 minus ROME-80 the
+#    same as SADR-20 minus ROME?
+# 2. **No mask.** `sadr_editor(..., hinge=False)` pulls every head back, not only those that now
+#    look at the subject more than any head did. Does the drift fall further, and at what cost
+#    to ES and PS?
+# 3. **The book's rule.** `sadr_editor(hp, stats, gamma=GAMMA)` uses Chapter 3's early stop,
+#    which keeps optimising while NLL + the SADR term is above 0.05. How many steps do SADR's
+#    edits run then, and how do they compare with ROME's?
+# 4. **Fewer layers.** Restore (section 3) only the layers where the drift is largest, or only
+#    the top-$k$ heads for larger $k$: how concentrated is the effect?
+#
+# ## Summary
+#
+# - Specificity failure shows on distracted prompts: the edit stated as text, then an unrelated
+#   question whose true answer is the edit's old object. DNS and RelS measure it; the true
+#   answer's probability shows it fact by fact, and it is not visible on every fact.
+# - Attention drift is read at the last prompt token: attention to the edited subject's last
+#   token, per layer and query head, unedited vs edited.
+# - The causal test puts the unedited attention patterns back into the edited model and
+#   measures the recovered probability against random heads, with raw probabilities beside the
+#   fraction recovered.
+# - SADR's term is $\gamma$ times a masked KL$(A^0 \| A)$ at the last prompt token, summed over
+#   keys and heads, divided by the rewrite rows and summed over layers; $\gamma$ is the authors'
+#   weight times $10^{-4}$; $\gamma = 0$ is ROME bit for bit.
+# - A step-count change hides in the authors' comparison (20 vs 80 steps, under an early-stop
+#   rule that never fires on this model): compare at equal steps too.
+#
+# **Next:** Chapter 6. <!-- RESULTS: name and one-line pitch of Chapter 6 -->

@@ -2,6 +2,7 @@
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/bench_steering.py [--train N] [--val N] [--k 8] [--alpha 5]
        [--position all] [--sft-steps 50] [--eval-every 10] [--batch-size 16] [--lr 2e-5]
+       python benchmarks/bench_steering.py --cost-sizes 25,50,100,200 [--lora-r 8] [--lora-lr 1e-3]
 
 (On a CPU shared with other jobs, one thread per process is much faster than torch's default.)
 
@@ -15,6 +16,11 @@ counted in both costs.
   with the best validation consistency, on a seeded subsample of ``--val`` validation queries
   (the same subsample scores steering).
 Prints figures only; asserts nothing. The default run takes about 7-8 minutes on one CPU thread.
+
+``--cost-sizes N1,N2,...`` instead prints the cost of steering, full SFT and LoRA (``peft``) as the
+training set grows (:func:`editlens.steering.fair.cost_by_train_size`, the figure of Chapter 2):
+heads are ranked once by attribution patching on the largest subset and held fixed, SFT and LoRA
+run ``--sft-steps`` steps and are charged up to their best validation checkpoint.
 """
 
 from __future__ import annotations
@@ -40,8 +46,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cost-sizes", default=None,
+                    help="comma-separated training-set sizes: print the cost-vs-size table (steering, SFT, LoRA)")
+    ap.add_argument("--lora-r", type=int, default=8, help="LoRA rank (q_proj, v_proj, o_proj) for --cost-sizes")
+    ap.add_argument("--lora-lr", type=float, default=1e-3, help="LoRA learning rate for --cost-sizes")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.cost_sizes:
+        return cost_table(args)
 
     import editlens
     from editlens.consistency import model_answers, query_consistency, summary
@@ -137,6 +149,42 @@ def main(argv=None) -> int:
               f"({(t_answers + match['train_seconds']) / steer_cost:.2f}x steering)")
     if best["step"] == 0:
         print("note: SFT never beat the unedited model on validation consistency within these steps.")
+    return 0
+
+
+def cost_table(args) -> int:
+    """Print the cost of steering, SFT and LoRA for each training-set size in ``--cost-sizes``."""
+    import editlens
+    from editlens import localize as LZ
+    from editlens.consistency import model_answers
+    from editlens.data.paraphrases import steering_splits
+    from editlens.sft import LoraSpec
+    from editlens.steering.fair import cost_by_train_size
+
+    try:
+        sizes = sorted(int(x) for x in args.cost_sizes.split(","))
+    except ValueError:
+        raise SystemExit(f"--cost-sizes must be comma-separated integers, got {args.cost_sizes!r}") from None
+    editlens.seed_everything(args.seed)
+    model, _ = editlens.load_model(device="cpu")
+    rng = np.random.default_rng(args.seed)
+    splits = steering_splits()
+    train = splits["train"]
+    val_all = splits["validation"]
+    val = [val_all[i] for i in sorted(rng.choice(len(val_all), min(args.val, len(val_all)), replace=False))]
+    # one fixed ranking (not charged to any size): attribution patching on the largest subset
+    order = np.random.default_rng(args.seed).permutation(len(train))
+    largest = [train[i] for i in sorted(order[: max(sizes)])]
+    t = time.perf_counter()
+    ps = LZ.patch_set(LZ.make_pairs(model_answers(model, largest)), max_pairs=args.attr_pairs, seed=args.seed)
+    heads = LZ.select_heads(LZ.attribution_patching(model, ps).effect, args.k)
+    print(f"# {len(val)} validation queries, K={args.k}, alpha={args.alpha}; ranking (not charged) "
+          f"{time.perf_counter() - t:.1f}s")
+    kw = dict(steps=args.sft_steps, eval_every=args.eval_every, batch_size=args.batch_size)
+    table = cost_by_train_size(model, train, val, heads, sizes=sizes, alpha=args.alpha,
+                               sft_kwargs=dict(kw, lr=args.lr), lora_kwargs=dict(kw, lr=args.lora_lr),
+                               lora_spec=LoraSpec(r=args.lora_r, seed=args.seed), seed=args.seed)
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     return 0
 
 

@@ -16,6 +16,14 @@ Gradients flow through the TransformerBridge into ``model.original_model``'s par
 Every run restores the original weights bit-exactly on exit (also after an exception):
 :func:`finetune_consistency` returns only the history; :func:`finetuned` yields the trained model
 inside a ``with`` block.
+
+Parameter-efficient variant: ``lora=LoraSpec(...)`` trains LoRA adapters (``peft``) on the
+attention projections instead, with the same loop, targets and checkpoint selection. The bridge
+wraps every HF ``nn.Linear`` in a ``LinearBridge`` (``q_proj._original_component``); the adapters
+replace that inner Linear, so the bridge's forward (and its hooks) runs through them.
+:func:`lora_adapters` removes them on exit and puts the original Linear objects back.
+``restore_best=metric`` ends training at the checkpoint with the best ``eval_fn`` metric
+(validation), so the yielded model is the selected one, not the last step.
 """
 
 from __future__ import annotations
@@ -47,6 +55,14 @@ class SFTResult:
     stopped: str = ""
     targets: dict[int, str] = field(default_factory=dict)
     trainable: list[str] = field(default_factory=list)
+    n_trainable: int = 0
+    method: str = "full"
+    restored_step: int | None = None
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Optimisation seconds per step (evaluation excluded)."""
+        return self.train_seconds / self.steps if self.steps else float("nan")
 
     def best(self, metric: str = "consistency", *, mode: str = "max") -> dict:
         """The history row with the best ``metric`` (earliest on ties)."""
@@ -97,8 +113,82 @@ def _examples(model, queries: Sequence[Any], targets: dict[int, str]) -> list[tu
     return [(enc.prompt(p), enc.answer(targets[i])) for i, q in enumerate(queries) for p in q.prompts]
 
 
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters for :func:`finetuned`: rank ``r``, scale ``alpha / r``, on the HF Linear layers
+    whose name ends with one of ``target`` (inside the bridge's wrappers). ``seed`` draws the A
+    matrices (B starts at zero, so the adapted model starts equal to the base model).
+
+    Taught in: Chapter 2 (the parameter-efficient baseline)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target: tuple[str, ...] = ("q_proj", "v_proj", "o_proj")
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or not self.target or self.dropout < 0 or self.dropout >= 1:
+            raise ValueError(f"LoraSpec needs r >= 1, a non-empty target and 0 <= dropout < 1; got r={self.r}, "
+                             f"target={self.target!r}, dropout={self.dropout}. Fix: e.g. LoraSpec(r=8).")
+
+
+def _lora_base_linears(hf: nn.Module, target: Sequence[str]) -> list[str]:
+    """Module names (in ``hf``) of the ``nn.Linear`` layers LoRA should wrap: the inner Linear of a
+    bridge wrapper named ``...{target}._original_component``, or a bare ``...{target}`` Linear."""
+    names = []
+    for name, mod in hf.named_modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        owner = name.removesuffix("._original_component")
+        if owner.rsplit(".", 1)[-1] in target:
+            names.append(name)
+    return names
+
+
+@contextlib.contextmanager
+def lora_adapters(model, spec: LoraSpec = LoraSpec()) -> Iterator[dict[str, nn.Parameter]]:
+    """Insert LoRA adapters (``peft.inject_adapter_in_model``) into ``model.original_model`` and
+    yield ``{clean name: parameter}`` of the adapters; on exit (also after an exception) the
+    adapters are removed, the original Linear modules put back, and every base parameter's value
+    and ``requires_grad`` flag restored.
+
+    Taught in: Chapter 2."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    hf = model.original_model
+    names = _lora_base_linears(hf, spec.target)
+    if not names:
+        linears = [n for n, m in hf.named_modules() if isinstance(m, nn.Linear)][:3]
+        raise ValueError(f"LoraSpec.target={spec.target!r} matches no Linear layer; names look like {linears}. "
+                         "Fix: pass the last part of such names, e.g. ('q_proj', 'v_proj').")
+    if any(isinstance(m, LoraLayer) for m in hf.modules()):
+        raise ValueError("the model already carries LoRA adapters; leave the enclosing lora_adapters/finetuned block first.")
+    flags = {n: p.requires_grad for n, p in hf.named_parameters()}
+    attrs = set(vars(hf))
+    # full module names: peft matches a list entry by equality (or dotted suffix)
+    cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=names)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            inject_adapter_in_model(cfg, hf)
+        adapters = {clean_name(n): p for n, p in hf.named_parameters() if "lora_" in n}
+        yield adapters
+    finally:
+        for name, mod in list(hf.named_modules()):
+            if isinstance(mod, LoraLayer):
+                parent, _, child = name.rpartition(".")
+                setattr(hf.get_submodule(parent) if parent else hf, child, mod.get_base_layer())
+        for extra in set(vars(hf)) - attrs:
+            delattr(hf, extra)
+        for n, p in hf.named_parameters():
+            if n in flags:
+                p.requires_grad_(flags[n])
+
+
 def _train(model, train_queries, targets, *, lr, steps, epochs, batch_size, eval_fn, eval_every, seed,
-           max_seconds, progress, trainable, weight_decay) -> SFTResult:
+           max_seconds, progress, trainable, weight_decay, restore_best=None) -> SFTResult:
     if lr <= 0 or batch_size < 1 or eval_every < 1:
         raise ValueError(f"need lr > 0, batch_size >= 1, eval_every >= 1; got lr={lr}, batch_size={batch_size}, "
                          f"eval_every={eval_every}.")
@@ -109,7 +199,10 @@ def _train(model, train_queries, targets, *, lr, steps, epochs, batch_size, eval
     per_epoch = -(-len(examples) // batch_size)
     total = steps if steps is not None else epochs * per_epoch
     params = _select(model, trainable)
-    result = SFTResult(targets=tg, trainable=list(params))
+    result = SFTResult(targets=tg, trainable=list(params), n_trainable=sum(p.numel() for p in params.values()))
+    if restore_best is not None and eval_fn is None:
+        raise ValueError(f"restore_best={restore_best!r} needs an eval_fn that returns that metric (on validation).")
+    best: dict[str, Any] = {}
     opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     pad, dev = pad_id(model), model_device(model)
@@ -123,6 +216,13 @@ def _train(model, train_queries, targets, *, lr, steps, epochs, batch_size, eval
                 row.update(eval_fn(model))
         result.history.append(row)
         losses.clear()
+        if restore_best is not None:
+            if restore_best not in row:
+                raise ValueError(f"restore_best={restore_best!r} but eval_fn returned {sorted(row)}; "
+                                 "Fix: return that metric from eval_fn.")
+            if not best or row[restore_best] > best["value"]:  # earliest on ties, as SFTResult.best
+                best.update(value=row[restore_best], step=step,
+                            params={n: p.detach().clone() for n, p in params.items()})
         if progress:
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
@@ -155,6 +255,11 @@ def _train(model, train_queries, targets, *, lr, steps, epochs, batch_size, eval
             evaluate(step)
     if not result.history or result.history[-1]["step"] != step:
         evaluate(step)
+    if restore_best is not None:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(best["params"][n])
+        result.restored_step = int(best["step"])
     return result
 
 
@@ -175,6 +280,8 @@ def finetuned(
     progress: bool = True,
     trainable: Callable[[str], bool] | Sequence[str] | None = None,
     weight_decay: float = 0.0,
+    lora: LoraSpec | None = None,
+    restore_best: str | None = None,
 ) -> Iterator[tuple[Any, SFTResult]]:
     """Fine-tune ``model`` in place and yield ``(model, result)``; on exit (also after an exception)
     every parameter, its ``requires_grad`` flag and its ``.grad`` are restored bit-exactly.
@@ -182,18 +289,34 @@ def finetuned(
     ``targets``: ``"majority"`` (the unedited model's majority answer per query), ``"gold"``, or a
     dict query index -> answer. ``steps`` overrides ``epochs``. ``trainable``: None (all
     parameters), a predicate on clean parameter names (``model.layers.3.mlp.down_proj.weight``)
-    or substrings of them; the others are frozen during training."""
+    or substrings of them; the others are frozen during training.
+
+    ``lora``: train LoRA adapters (:class:`LoraSpec`) instead of the model's own parameters
+    (``trainable`` must then be None); the adapters are removed on exit. ``restore_best``: a metric
+    of ``eval_fn`` (higher is better); the yielded model is the checkpoint with its best value
+    (``result.restored_step``), not the last step."""
+    if lora is not None and trainable is not None:
+        raise ValueError("pass either lora=LoraSpec(...) (adapters are trained) or trainable=... (model parameters "
+                         "are trained), not both.")
     named = dict((clean_name(n), p) for n, p in model.original_model.named_parameters())
     saved = {n: (p.detach().clone(), p.requires_grad, None if p.grad is None else p.grad.detach().clone())
              for n, p in named.items()}
-    chosen = set(_select(model, trainable))
+    adapters = lora_adapters(model, lora) if lora is not None else contextlib.nullcontext({})
     try:
-        for n, p in named.items():
-            p.requires_grad_(n in chosen)
-        result = _train(model, train_queries, targets, lr=lr, steps=steps, epochs=epochs, batch_size=batch_size,
-                        eval_fn=eval_fn, eval_every=eval_every, seed=seed, max_seconds=max_seconds,
-                        progress=progress, trainable=trainable, weight_decay=weight_decay)
-        yield model, result
+        with adapters as lora_params:
+            select = (lambda n: n in lora_params) if lora is not None else trainable
+            chosen = set(_select(model, select))
+            for n, p in model.original_model.named_parameters():
+                p.requires_grad_(clean_name(n) in chosen)
+            result = _train(model, train_queries, targets, lr=lr, steps=steps, epochs=epochs, batch_size=batch_size,
+                            eval_fn=eval_fn, eval_every=eval_every, seed=seed, max_seconds=max_seconds,
+                            progress=progress, trainable=select, weight_decay=weight_decay,
+                            restore_best=restore_best)
+            if lora is not None:
+                result.method = f"lora(r={lora.r})"
+            elif trainable is not None:
+                result.method = "selected"
+            yield model, result
     finally:
         with torch.no_grad():
             for n, p in named.items():
@@ -212,6 +335,7 @@ def finetune_consistency(
     """Fine-tune, record the history (see :class:`SFTResult`), and restore the original weights.
 
     Keyword arguments as :func:`finetuned` (``lr``, ``steps``/``epochs``, ``batch_size``,
-    ``eval_fn``, ``eval_every``, ``seed``, ``max_seconds``, ``progress``, ``trainable``)."""
+    ``eval_fn``, ``eval_every``, ``seed``, ``max_seconds``, ``progress``, ``trainable``, ``lora``,
+    ``restore_best``)."""
     with finetuned(model, train_queries, targets, **kwargs) as (_, result):
         return result

@@ -5,6 +5,7 @@ Taught in: Chapter 2.
 - :mod:`editlens.steering.directions`: prompt-level labels, per-head directions and strengths.
 - :mod:`editlens.steering.inject`: add the shifts to ``hook_z`` with hooks (nothing in the weights changes).
 - :mod:`editlens.steering.bake`: fold the shifts into an output-projection bias, undoably, and save a checkpoint.
+- :mod:`editlens.steering.fair`: steering, SFT and LoRA evaluated alike; variants, controls, diagnosis, cost.
 """
 
 from editlens.steering.bake import BakedSteering, bake_bias, baked, bias_from_shifts, save_steered
@@ -16,10 +17,14 @@ from editlens.steering.directions import (
     random_directions,
     random_heads,
 )
+from editlens.steering.fair import (AnswerShift, SideEffectData, answer_shift, control_shifts, cost_by_train_size,
+                                   direction_stability, effect_per_relation, evaluate_state, probe_ranking)
 from editlens.steering.inject import steered, steering_hooks, validate_shifts
 
 __all__ = [
-    "BakedSteering", "Directions", "bake_bias", "baked", "bias_from_shifts", "collect_training_activations",
-    "fit_directions", "labels_from_answers", "random_directions", "random_heads", "save_steered", "steered",
-    "steering_hooks", "validate_shifts",
+    "AnswerShift", "BakedSteering", "Directions", "SideEffectData", "answer_shift", "bake_bias", "baked",
+    "bias_from_shifts", "collect_training_activations", "control_shifts", "cost_by_train_size",
+    "direction_stability", "effect_per_relation", "evaluate_state", "fit_directions", "labels_from_answers",
+    "probe_ranking", "random_directions", "random_heads", "save_steered", "steered", "steering_hooks",
+    "validate_shifts",
 ]

@@ -166,12 +166,16 @@ def fit_directions(
     seed: int = 0,
     *,
     C: float = 1.0,
+    centre_by: Sequence[Any] | None = None,
 ) -> Directions:
     """Per-head unit direction and strength from last-token ``hook_z`` and prompt labels.
 
     ``method="mass_mean"`` (mu(1) - mu(0)) or ``"probe"`` (logistic-regression weight with
     inverse regularisation ``C``, mapped back from standardised to raw activation space).
-    Computed in float64, stored in float32."""
+    ``centre_by``: one group id per prompt (e.g. ``answers["query_id"]``); each group's mean
+    activation is subtracted before fitting (direction and sigma), so the direction cannot encode
+    which query a prompt belongs to (Chapter 2's per-query-centred variant). Computed in float64,
+    stored in float32."""
     if method not in ("mass_mean", "probe"):
         raise ValueError(f"method must be 'mass_mean' or 'probe', got {method!r}.")
     y = _check_z_labels(z, labels)
@@ -180,6 +184,8 @@ def fit_directions(
     theta = torch.full((L, H, D), float("nan"), dtype=torch.float32)
     sigma = torch.full((L, H), float("nan"), dtype=torch.float32)
     zd = z.detach().to("cpu", torch.float64)
+    if centre_by is not None:
+        zd = centre_per_group(zd, centre_by)
     pos, neg = torch.from_numpy(y == 1), torch.from_numpy(y == 0)
     for l, h in hs:
         x = zd[:, l, h]
@@ -200,7 +206,28 @@ def fit_directions(
         theta[l, h] = t.float()
         sigma[l, h] = _sigma(x, t)
     return Directions(theta=theta, sigma=sigma, method=method, heads=hs,
-                      n_per_class=(int((y == 0).sum()), int((y == 1).sum())), seed=seed)
+                      n_per_class=(int((y == 0).sum()), int((y == 1).sum())), seed=seed,
+                      info={"centred": centre_by is not None})
+
+
+def centre_per_group(
+    z: Float[Tensor, "prompt layer head d_head"], groups: Sequence[Any],
+) -> Float[Tensor, "prompt layer head d_head"]:
+    """``z`` minus the mean of its group's rows (one group id per row, e.g. the query id): what
+    is left is how a paraphrase differs from its query's average paraphrase.
+
+    Taught in: Chapter 2 (per-query-centred directions)."""
+    g = np.asarray(groups).ravel()
+    if len(g) != z.shape[0]:
+        raise ValueError(f"centre_by has {len(g)} group ids for {z.shape[0]} prompts; pass one id per row of z "
+                         "(e.g. answers['query_id']).")
+    _, inverse = np.unique(g, return_inverse=True)
+    idx = torch.from_numpy(inverse.astype(np.int64))
+    n_groups = int(idx.max()) + 1 if len(idx) else 0
+    flat = z.reshape(z.shape[0], -1)
+    sums = torch.zeros(n_groups, flat.shape[1], dtype=flat.dtype).index_add_(0, idx, flat)
+    counts = torch.bincount(idx, minlength=n_groups).to(flat.dtype)[:, None]
+    return (flat - (sums / counts)[idx]).reshape(z.shape)
 
 
 def random_directions(

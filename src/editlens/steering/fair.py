@@ -1,0 +1,402 @@
+"""A fair comparison of steering with fine-tuning, the open variants, and a diagnosis of the failure.
+
+Taught in: Chapter 2 (issue #14: steering, SFT and LoRA on the same footing).
+
+- :func:`evaluate_state`: one row for any model state (unedited, steered by hooks, fine-tuned or
+  LoRA-adapted in place): consistency and accuracy per split, and the side effects (known facts,
+  perplexity, open-ended agreement), through :mod:`editlens.consistency` and
+  :mod:`editlens.steering.side_effects`.
+- Variants: :func:`probe_ranking` (heads ranked by Chapter 1's probes), :func:`control_shifts`
+  (the chosen shifts with their random-head and random-direction controls); per-query centring is
+  ``fit_directions(..., centre_by=answers["query_id"])``; last-token injection is ``position="last"``.
+- Diagnosis: :func:`direction_stability`, :func:`answer_shift`, :func:`effect_per_relation`.
+- Cost: :func:`cost_by_train_size` (steering vs SFT vs LoRA as the training set grows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from editlens import consistency as C
+from editlens import sft
+from editlens.steering import side_effects as SE
+from editlens.steering.bake import baked
+from editlens.steering.directions import (
+    Head,
+    check_heads,
+    fit_directions,
+    labels_from_answers,
+    random_directions,
+    random_heads,
+)
+from editlens.steering.inject import Position, steering_hooks
+
+__all__ = [
+    "AnswerShift",
+    "SideEffectData",
+    "answer_shift",
+    "control_shifts",
+    "cost_by_train_size",
+    "direction_stability",
+    "effect_per_relation",
+    "evaluate_state",
+    "probe_ranking",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# One evaluation for every model state
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class SideEffectData:
+    """What the side effects are measured on: facts records (known facts), texts (perplexity),
+    open-ended questions (free-form agreement). Any of them may be empty to skip that measure.
+
+    Taught in: Chapter 2."""
+
+    facts: Sequence[Any] = ()
+    texts: Sequence[str] = ()
+    questions: Sequence[Any] = ()
+    max_new_tokens: int = 24
+
+
+def evaluate_state(
+    model,
+    splits: Mapping[str, Sequence[Any]],
+    *,
+    name: str = "",
+    shifts: Mapping[Head, Tensor] | None = None,
+    position: Position = "all",
+    side: SideEffectData | None = None,
+    batch_size: int = 32,
+    answers_out: dict[str, pd.DataFrame] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One table row for the model *as it is now* (call it inside ``sft.finetuned(...)`` for a
+    fine-tuned or LoRA state), optionally steered by ``shifts`` at ``position``.
+
+    Columns: ``model`` (= ``name``), ``{split}_consistency`` and ``{split}_accuracy`` for every
+    split (ParaRel macro averages, :func:`editlens.consistency.summary`), then, when ``side`` is
+    given, ``known_rewrite``, ``known_neighbourhood``, ``perplexity``, ``generation_agreement``,
+    and finally ``extra`` (e.g. ``seconds=...``). Side effects of ``position="all"`` steering are
+    measured with the shift baked into o_proj biases (generation runs the HF model, which hooks do
+    not reach); ``position="last"`` has no bias equivalent, so its side-effect columns are NaN.
+    ``answers_out``: a dict that receives each split's answers frame (for :func:`answer_shift`).
+
+    Taught in: Chapter 2."""
+    if not splits:
+        raise ValueError("splits is empty; pass e.g. {'validation': splits['validation']}.")
+    if position not in ("all", "last"):
+        raise ValueError(f"position must be 'all' or 'last', got {position!r}.")
+    hooks = steering_hooks(shifts, position, model=model) if shifts else None
+    row: dict[str, Any] = {"model": name}
+    for split, queries in splits.items():
+        answers = C.model_answers(model, queries, batch_size=batch_size, fwd_hooks=hooks)
+        s = C.summary(answers)
+        row[f"{split}_consistency"], row[f"{split}_accuracy"] = s["consistency"], s["accuracy"]
+        if answers_out is not None:
+            answers_out[split] = answers
+    if side is not None:
+        cols = ("known_rewrite", "known_neighbourhood", "perplexity", "generation_agreement")
+        if shifts and position == "last":
+            row.update({c: math.nan for c in cols})
+        else:
+            ctx = baked(model, shifts) if shifts else contextlib.nullcontext()
+            with ctx, torch.no_grad():
+                known = SE.known_facts(model, side.facts) if side.facts else {}
+                row["known_rewrite"] = known.get("rewrite", math.nan)
+                row["known_neighbourhood"] = known.get("neighbourhood", math.nan)
+                row["perplexity"] = SE.perplexity(model, side.texts) if side.texts else math.nan
+                row["generation_agreement"] = (SE.generation_consistency(
+                    model, side.questions, max_new_tokens=side.max_new_tokens)["agreement"]
+                    if side.questions else math.nan)
+    row.update(extra)
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# Variants
+# --------------------------------------------------------------------------------------------
+
+def probe_ranking(
+    z: Float[Tensor, "prompt layer head d_head"],
+    answers: pd.DataFrame,
+    *,
+    features: str = "concat",
+    seed: int = 0,
+    C_reg: float = 1.0,
+) -> tuple[list[Head], np.ndarray]:
+    """All heads ranked by the held-out accuracy of Chapter 1's pair probes
+    (:func:`editlens.localize.probe_heads`) on the training pairs; ``z`` row i is ``answers`` row i
+    (as returned by :func:`collect_training_activations`). Returns ``(ranking, accuracy[layer, head])``.
+
+    Taught in: Chapter 2 (probe-ranked heads, the variant to attribution patching)."""
+    from editlens import localize as LZ
+
+    if z.dim() != 4 or len(answers) != z.shape[0]:
+        raise ValueError(f"z must be [prompt, layer, head, d_head] with one row per answers row; got z "
+                         f"{tuple(z.shape)} and {len(answers)} answers. Fix: pass collect_training_activations' output.")
+    pairs = LZ.make_pairs(answers)
+    if pairs.empty or pairs["consistent"].nunique() < 2:
+        raise ValueError("the training pairs are all consistent (or all inconsistent): a probe needs both classes.")
+    index = {p: i for i, p in enumerate(answers["prompt"])}
+    res = LZ.probe_heads(z, pairs, index, features=features, seed=seed, C=C_reg, shuffled=False)
+    L, H = res.accuracy.shape
+    return LZ.select_heads(res.accuracy, L * H), res.accuracy
+
+
+def control_shifts(
+    z: Float[Tensor, "prompt layer head d_head"],
+    labels: Any,
+    heads: Sequence[Head],
+    alpha: float,
+    *,
+    method: str = "mass_mean",
+    centre_by: Sequence[Any] | None = None,
+    n_seeds: int = 2,
+    seed: int = 0,
+) -> list[tuple[str, int | None, dict[Head, Float[Tensor, d_head]]]]:
+    """The shifts of one steering variant and its controls, as ``(kind, seed, shifts)``:
+    ``"steered"`` (directions fitted on ``heads``), ``"random heads"`` (as many heads drawn outside
+    ``heads``, directions fitted the same way, same alpha) and ``"random directions"`` (random unit
+    directions on ``heads``), ``n_seeds`` of each control.
+
+    Taught in: Chapter 2."""
+    if z.dim() != 4:
+        raise ValueError(f"z must be [prompt, layer, head, d_head], got shape {tuple(z.shape)}.")
+    _, L, H, _ = z.shape
+    hs = check_heads(heads, L, H)
+    out: list[tuple[str, int | None, dict]] = []
+    fitted = fit_directions(z, labels, heads=hs, method=method, seed=seed, centre_by=centre_by)
+    out.append(("steered", None, fitted.shift(hs, alpha)))
+    for s in range(seed, seed + n_seeds):
+        other = random_heads(L, H, len(hs), exclude=hs, seed=s)
+        d = fit_directions(z, labels, heads=other, method=method, seed=seed, centre_by=centre_by)
+        out.append(("random heads", s, d.shift(other, alpha)))
+        out.append(("random directions", s, random_directions(z, heads=hs, seed=s).shift(hs, alpha)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Diagnosis
+# --------------------------------------------------------------------------------------------
+
+def direction_stability(
+    z: Float[Tensor, "prompt layer head d_head"],
+    labels: Any,
+    groups: Sequence[Any],
+    heads: Sequence[Head] | None = None,
+    *,
+    method: str = "mass_mean",
+    centre: bool = False,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Cosine between the directions fitted on two random halves of the training *queries*
+    (``groups``: one query id per prompt; a query's prompts stay together), one row per head:
+    ``layer``, ``head``, ``cosine``, and ``chance`` (the standard deviation of the cosine of two
+    random directions, 1/sqrt(d_head)). Near 1: the data fix the direction; near 0: noise.
+
+    Taught in: Chapter 2 (is the failure a matter of unstable directions?)."""
+    g = np.asarray(groups).ravel()
+    y = np.asarray(labels).astype(np.int64).ravel()
+    if len(g) != z.shape[0] or len(y) != z.shape[0]:
+        raise ValueError(f"need one group id and one label per prompt: z has {z.shape[0]} rows, groups {len(g)}, "
+                         f"labels {len(y)}. Fix: pass answers['query_id'] and labels_from_answers(answers).")
+    ids = np.unique(g)
+    if len(ids) < 4:
+        raise ValueError(f"only {len(ids)} distinct queries; two halves need at least 4. Fix: use more training queries.")
+    perm = np.random.default_rng(seed).permutation(ids)
+    half = set(perm[: len(ids) // 2].tolist())
+    mask = np.array([x in half for x in g.tolist()])
+    fits = []
+    for m in (mask, ~mask):
+        if len(np.unique(y[m])) < 2:
+            raise ValueError("one half of the queries has labels of a single class; Fix: another seed or more queries.")
+        fits.append(fit_directions(z[torch.from_numpy(m)], y[m], heads=heads, method=method, seed=seed,
+                                   centre_by=g[m] if centre else None))
+    a, b = fits
+    d = z.shape[-1]
+    rows = [dict(layer=l, head=h, cosine=float(torch.dot(a.theta[l, h], b.theta[l, h])), chance=1 / math.sqrt(d))
+            for l, h in a.heads]
+    return pd.DataFrame(rows)
+
+
+def _entropy_bits(answers: Sequence[str]) -> float:
+    counts = np.array(list(Counter(answers).values()), dtype=float)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum() + 0.0)
+
+
+@dataclass
+class AnswerShift:
+    """What steering (or fine-tuning) changed the answers to. ``per_query``: one row per query
+    (``entropy_before``/``entropy_after`` of its answer distribution over templates, in bits,
+    ``n_changed`` and the three destinations); ``summary``: totals and fractions.
+
+    Taught in: Chapter 2."""
+
+    per_query: pd.DataFrame
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+def answer_shift(before: pd.DataFrame, after: pd.DataFrame) -> AnswerShift:
+    """Compare two :func:`editlens.consistency.model_answers` frames of the same prompts.
+
+    Every prompt whose answer changed is counted once, in the first that applies:
+    ``to_majority`` (the new answer is the query's majority answer *before*), ``to_frequent``
+    (the new answer is the most frequent answer before among all prompts of the query's relation,
+    ties to the first met: one frequent candidate absorbing answers), else ``elsewhere``. Answer-distribution entropy per
+    query (bits) falls when paraphrases converge, rises when they scatter.
+
+    Taught in: Chapter 2."""
+    key = ["query_id", "template"]
+    need = set(key) | {"answer", "relation_id", "object"}
+    for nm, df in (("before", before), ("after", after)):
+        if not need <= set(df.columns):
+            raise ValueError(f"{nm} lacks columns {sorted(need - set(df.columns))}; pass model_answers frames.")
+    m = before[list(need)].merge(after[key + ["answer"]], on=key, suffixes=("_before", "_after"), validate="1:1")
+    if len(m) != len(before) or len(m) != len(after):
+        raise ValueError(f"before ({len(before)} rows) and after ({len(after)} rows) do not cover the same "
+                         "(query_id, template) prompts. Fix: score the same queries in the same order.")
+    m = m.sort_values(key, kind="stable")
+    # ties: the answer met first in (query, template) order (Counter keeps insertion order)
+    frequent = {r: Counter(g["answer_before"]).most_common(1)[0][0] for r, g in m.groupby("relation_id", sort=False)}
+    rows = []
+    for qid, g in m.sort_values(key).groupby("query_id", sort=True):
+        maj = C.majority_answer(list(g["answer_before"]), gold=g["object"].iat[0])
+        freq = frequent[g["relation_id"].iat[0]]
+        changed = g[g["answer_before"] != g["answer_after"]]
+        to_maj = int((changed["answer_after"] == maj).sum())
+        to_freq = int(((changed["answer_after"] != maj) & (changed["answer_after"] == freq)).sum())
+        rows.append(dict(query_id=qid, relation_id=g["relation_id"].iat[0],
+                         entropy_before=_entropy_bits(list(g["answer_before"])),
+                         entropy_after=_entropy_bits(list(g["answer_after"])), n_prompts=len(g),
+                         n_changed=len(changed), to_majority=to_maj, to_frequent=to_freq,
+                         elsewhere=len(changed) - to_maj - to_freq))
+    pq = pd.DataFrame(rows)
+    n = int(pq["n_changed"].sum())
+    summary = dict(n_prompts=int(pq["n_prompts"].sum()), n_changed=n,
+                   entropy_before=float(pq["entropy_before"].mean()), entropy_after=float(pq["entropy_after"].mean()))
+    for k in ("to_majority", "to_frequent", "elsewhere"):
+        summary[k] = int(pq[k].sum())
+        summary[f"frac_{k}"] = summary[k] / n if n else math.nan
+    return AnswerShift(per_query=pq, summary=summary)
+
+
+def effect_per_relation(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """Per relation (and the ``ALL`` macro row): ``consistency``/``accuracy`` before and after and
+    their differences, from :func:`editlens.consistency.consistency_by_relation` of each frame.
+
+    Taught in: Chapter 2."""
+    cols = ["relation_id", "n_queries", "consistency", "accuracy"]
+    b = C.consistency_by_relation(before)[cols]
+    a = C.consistency_by_relation(after)[["relation_id", "consistency", "accuracy"]]
+    t = b.merge(a, on="relation_id", suffixes=("_before", "_after"), how="outer")
+    for k in ("consistency", "accuracy"):
+        t[f"d_{k}"] = t[f"{k}_after"] - t[f"{k}_before"]
+    return t
+
+
+# --------------------------------------------------------------------------------------------
+# Cost as the training set grows
+# --------------------------------------------------------------------------------------------
+
+def cost_by_train_size(
+    model,
+    train_queries: Sequence[Any],
+    val_queries: Sequence[Any],
+    heads: Sequence[Head],
+    *,
+    sizes: Sequence[int] = (25, 50),
+    alpha: float = 1.0,
+    methods: Sequence[str] = ("steering", "sft", "lora"),
+    sft_kwargs: Mapping[str, Any] | None = None,
+    lora_kwargs: Mapping[str, Any] | None = None,
+    lora_spec: sft.LoraSpec | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Wall-clock of each method on seeded subsets of ``sizes`` training queries (nested: each
+    subset contains the smaller ones), one row per (size, method): ``seconds`` (the cost),
+    ``shared_seconds`` (the unedited model's training answers, counted in every method),
+    ``val_consistency`` (of the fitted/selected model, on ``val_queries``), ``val_gain`` (minus the
+    unedited model's), ``best_step``,
+    ``n_trainable`` and ``seconds_per_step`` for the fine-tuning methods, and ``ratio`` (cost /
+    steering's cost at that size).
+
+    Steering: training answers + last-token hook_z + mass-mean directions for the fixed ``heads``
+    (ranking heads is excluded: pass a ranking made once). SFT / LoRA: training answers +
+    optimisation time up to the checkpoint with the best validation consistency
+    (evaluation excluded, as in :class:`editlens.sft.SFTResult`). ``sft_kwargs``/``lora_kwargs`` go
+    to :func:`editlens.sft.finetune_consistency` (defaults: 20 steps, eval every 5, batch 16;
+    lr 2e-5 for SFT, 1e-3 for LoRA).
+
+    Taught in: Chapter 2 (under which conditions a 23x speed ratio could arise)."""
+    from editlens.localize.activations import last_token_z
+
+    bad = [m for m in methods if m not in ("steering", "sft", "lora")]
+    if bad or not methods:
+        raise ValueError(f"methods must be a subset of ('steering', 'sft', 'lora'), got {list(methods)!r}.")
+    sizes = [int(s) for s in sizes]
+    if not sizes or min(sizes) < 2 or max(sizes) > len(train_queries):
+        raise ValueError(f"sizes must lie in 2..{len(train_queries)} (the training queries), got {sizes}.")
+    if not val_queries:
+        raise ValueError("val_queries is empty; checkpoints are selected on validation consistency.")
+    order = np.random.default_rng(seed).permutation(len(train_queries))
+    base_kw = dict(steps=20, eval_every=5, batch_size=16, seed=seed, progress=False)
+
+    def val_consistency(m) -> dict[str, float]:
+        return {"consistency": C.summary(C.model_answers(m, val_queries))["consistency"]}
+
+    base = val_consistency(model)["consistency"]
+    rows = []
+    for n in sorted(sizes):
+        train = [train_queries[i] for i in sorted(order[:n])]
+        t0 = time.perf_counter()
+        answers = C.model_answers(model, train)
+        t_answers = time.perf_counter() - t0
+        per_query = C.query_consistency(answers)
+        targets = {int(q): str(a) for q, a in zip(per_query["query_id"], per_query["majority"])}
+        steer_cost = math.nan
+        if "steering" in methods:
+            t0 = time.perf_counter()
+            z = last_token_z(model, list(answers["prompt"]))
+            d = fit_directions(z, labels_from_answers(answers), heads=heads, method="mass_mean", seed=seed)
+            shifts = d.shift(heads, alpha)
+            steer_cost = t_answers + time.perf_counter() - t0
+            val = C.summary(C.model_answers(model, val_queries,
+                                            fwd_hooks=steering_hooks(shifts, "all", model=model)))["consistency"]
+            rows.append(dict(n_train=n, method="steering", seconds=steer_cost, shared_seconds=t_answers,
+                             val_consistency=val, best_step=math.nan, n_trainable=math.nan,
+                             seconds_per_step=math.nan))
+        for method in [m for m in ("sft", "lora") if m in methods]:
+            kw = dict(base_kw, lr=2e-5 if method == "sft" else 1e-3)
+            kw.update((sft_kwargs if method == "sft" else lora_kwargs) or {})
+            if method == "lora":
+                kw["lora"] = lora_spec if lora_spec is not None else sft.LoraSpec(seed=seed)
+            res = sft.finetune_consistency(model, train, targets, eval_fn=val_consistency, **kw)
+            best = res.best("consistency")
+            rows.append(dict(n_train=n, method=method, seconds=t_answers + best["train_seconds"],
+                             shared_seconds=t_answers, val_consistency=best["consistency"],
+                             best_step=best["step"], n_trainable=res.n_trainable,
+                             seconds_per_step=res.seconds_per_step))
+    out = pd.DataFrame(rows)
+    out.insert(out.columns.get_loc("val_consistency") + 1, "val_gain", out["val_consistency"] - base)
+    for col in ("best_step", "n_trainable"):
+        out[col] = out[col].astype("Int64")
+    steer = out[out["method"] == "steering"].set_index("n_train")["seconds"]
+    out["ratio"] = [r.seconds / steer[r.n_train] if r.n_train in steer.index else math.nan
+                    for r in out.itertuples()]
+    return out

@@ -762,7 +762,8 @@ print(
 # %% [markdown]
 # Fine-tuning on the same 111 training queries raises validation consistency about three times as
 # much as steering did, without losing accuracy, and was still improving at the last step. On this
-# machine and model it costs under twice steering's wall-clock, not 23 times: steering's own cost
+# machine and model it costs about 2.5 times steering's wall-clock (the ratio printed above), not
+# 23 times: steering's own cost
 # is dominated by scoring the training prompts, which a 135M model makes as expensive as a few
 # dozen optimisation steps. `benchmarks/bench_steering.py` measures the same two costs in one run
 # outside the notebook. (We compare on validation, where both were selected; the chapter does not
@@ -790,7 +791,7 @@ print(
 #   and random-direction controls: here the validation gain disappears on test, and the controls do
 #   as well as the located heads.
 # - Side effects are measurable (known facts, perplexity, free-form answers) and here all worsen.
-# - Supervised fine-tuning on the same data gains more at less than twice the cost: the paper's
+# - Supervised fine-tuning on the same data gains more at about 2.5 times the cost: the paper's
 #   speed-up does not reproduce at this scale.
 #
 # **Next:** Chapter 3 turns from making a model consistent about what it knows to changing what it

@@ -148,6 +148,21 @@ def test_write_outputs_round_trip(tmp_path):
     assert pd.read_csv(paths["summary_csv"]).shape[0] == 4 * 3
 
 
+def test_saving_the_figure_leaves_pyplot_and_the_theme_alone(tmp_path):
+    """A notebook that writes the outputs keeps its inline backend, its open figures and its seaborn theme."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    backend, style = matplotlib.get_backend(), dict(matplotlib.rcParams)
+    open_before = plt.get_fignums()
+    compare.write_outputs(tmp_path, hand_made(6))
+    assert (tmp_path / "figure.png").stat().st_size > 0
+    assert matplotlib.get_backend() == backend
+    assert plt.get_fignums() == open_before
+    changed = [k for k, v in matplotlib.rcParams.items() if k in style and str(style[k]) != str(v)]
+    assert not changed, f"rcParams changed: {changed[:5]}"
+
+
 @pytest.mark.parametrize("n, p", [(2, 2), (7, 3), (3, 4), (10, 1)])
 def test_shares_are_accelerates_contiguous_split(n, p):
     parts = shares(n, p)

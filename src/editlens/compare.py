@@ -239,21 +239,35 @@ def summary_markdown(table: pd.DataFrame) -> str:
 def summary_figure(table: pd.DataFrame, path: str | Path | None = None):
     """One seaborn figure: a panel per metric, each method's mean with its 95% CI (the baseline's mean as a dashed
     line; a filled marker where the paired CI against it excludes 0). Returns the figure; saves it to ``path``."""
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.figure import Figure
 
-    sns.set_theme(style="whitegrid", context="paper")
     metrics = list(dict.fromkeys(table["metric"]))
     labels = list(dict.fromkeys(table["label"]))
     colours = dict(zip(labels, sns.color_palette("colorblind", len(labels))))
     ncol = min(5, len(metrics))
     nrow = -(-len(metrics) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 0.45 * len(labels) * nrow + 1.2 * nrow), sharey=True,
-                             squeeze=False)
+    size = (2.6 * ncol, 0.45 * len(labels) * nrow + 1.2 * nrow)
+    # A figure saved to a file is not registered with pyplot (no backend switch, nothing left open in a notebook);
+    # the styles are scoped to this figure (no global seaborn theme change).
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
+        if path is None:
+            import matplotlib.pyplot as plt
+
+            fig = plt.figure(figsize=size)
+        else:
+            fig = Figure(figsize=size)
+        axes = fig.subplots(nrow, ncol, sharey=True, squeeze=False)
+        _draw_summary(axes, table, metrics, labels, colours)
+    fig.suptitle(f"Mean per record with 95% bootstrap CI; dashed: {labels[0]}; filled: paired CI vs {labels[0]} "
+                 "excludes 0", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=130)
+    return fig
+
+
+def _draw_summary(axes, table: pd.DataFrame, metrics: list, labels: list, colours: dict) -> None:
     for ax, metric in zip(axes.flat, metrics):
         t = table[table["metric"] == metric].set_index("label").reindex(labels).dropna(subset=["mean"])
         ax.axvline(t["mean"].iloc[0], color="grey", ls="--", lw=1)
@@ -266,13 +280,6 @@ def summary_figure(table: pd.DataFrame, path: str | Path | None = None):
         ax.set_ylim(len(labels) - 0.5, -0.5)
     for ax in list(axes.flat)[len(metrics):]:
         ax.set_visible(False)
-    fig.suptitle(f"Mean per record with 95% bootstrap CI; dashed: {labels[0]}; filled: paired CI vs {labels[0]} "
-                 "excludes 0", fontsize=9)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=130)
-        plt.close(fig)
-    return fig
 
 
 def write_outputs(out: str | Path, per_record: pd.DataFrame, *, settings: Mapping[str, Any] | None = None,

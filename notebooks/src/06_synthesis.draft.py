@@ -1,0 +1,841 @@
+# %% [markdown]
+# # 6. Synthesis: every method on the same facts, combined, and what to use when
+#
+# Chapters 3 to 5 each put one method beside ROME {cite}`meng2022rome`: STEAM
+# {cite}`jeong2025steam` adds an alignment term to ROME's $v_*$ loss, SADR {cite}`wang2025sadr` a
+# term against attention drift. Each chapter answered its own question on its own protocol. This
+# chapter asks the reader's question instead: *which edit should I use?* It answers it with one
+# protocol for every method:
+#
+# 1. **One table.** ROME, STEAM, ROME+SADR and STEAM+SADR (both terms in one $v_*$
+#    optimisation) edit the same 50 facts as Chapters 3-5, each edit from the unedited weights,
+#    and every metric of the book is reported with a paired bootstrap interval against ROME.
+# 2. **The consistency lens.** Chapters 1 and 2 asked whether the model gives the same answer to
+#    paraphrases of one question {cite}`elazar2021pararel,yang2024consistency`. Here the question
+#    is asked of the edited fact: across all templates of its relation, does the edited model
+#    answer the new object, and consistently? And does Chapter 2's consistency steering
+#    {cite}`li2023iti`, applied on top of an edit, make the edit more consistent?
+# 3. **Edits in sequence.** Editing libraries apply edit after edit to one model, and ROME is
+#    known to break down when they pile up {cite}`gupta2024rrome`. Which method keeps earlier
+#    edits and unrelated facts longest, and what degrades first?
+# 4. **What to use when**, from these numbers, and the one command that reruns the table at
+#    scale on a GPU.
+#
+# Nothing here is new machinery: every step calls what the earlier chapters built
+# (`editlens.compare`, `editlens.edit_consistency`, `editlens.steering`, `editlens.sequential`).
+#
+# ```{admonition} Objectives
+# - Run several editing methods over the same facts with `editlens.compare` and read one paired table: means with bootstrap intervals, and each method's difference to ROME with its interval.
+# - Compute a paired difference and its percentile bootstrap interval yourself, and match the package's.
+# - Measure an edit with Chapter 1's consistency: the share of a relation's templates that answer the new object, and their pairwise agreement; then with Chapter 2's steering on top.
+# - Apply edits one after another with each method, and find the edit count at which earlier edits or unrelated facts first lose 10 points.
+# - Choose a method for a task from measured trade-offs, and rerun the comparison at scale with `python -m editlens compare`.
+# ```
+#
+# **Prerequisites.** Chapter 3 (ROME and its evaluation: ES, PS, NS, RelS, DNS, portability,
+# GE), Chapter 4 (STEAM, SC and the paired bootstrap), Chapter 5 (SADR), Chapter 1 (pairwise
+# consistency over templates) and Chapter 2 (steering directions and their injection).
+#
+# **Time to run.** The measured time on one CPU thread with the embedded model is printed at the
+# end of the chapter, step by step.
+# <!-- RESULTS: total minutes (and CPU minutes) of the stored run; seconds per edit of each
+# method, from the timing table and the table of section 1 -->
+# Almost all of it is editing: each of the `N_FACTS` facts is edited once by each of the four
+# methods and evaluated (probes, a generation, the consistency lens with and without steering),
+# and `N_SEQUENTIAL` edits are applied in sequence per method. Lower `N_FACTS` and
+# `N_SEQUENTIAL` for a quicker run in class; a full run at scale belongs on a GPU (section 4).
+
+# %% tags=["parameters"]
+# Parameters (papermill: `-p NAME VALUE`)
+# None = the embedded SmolLM2-135M-Instruct; e.g. "gpt2-xl" on a GPU
+MODEL_NAME = None
+DEVICE = None
+# facts edited by every method (Chapters 3-5's 50), over the relations
+N_FACTS = 50
+# the methods of editlens.compare; "sadr" is ROME+SADR
+METHODS = ["rome", "steam", "sadr", "steam+sadr"]
+STEAM_LAMBDA = 1.0  # STEAM's weight (Chapter 4)
+N_ANCHORS = 8  # STEAM's anchor prompts per object (Chapter 4)
+SADR_GAMMA = 0.01  # SADR's gamma (Chapter 5: the authors' weight x 1e-4)
+V_STEPS = None  # v* steps of every method (None: the book's 20)
+GEN_PROMPTS = 1  # generation prompts per fact (GE, RS, SC)
+GEN_TOKENS = 30  # tokens per generation
+SEMANTIC = True  # also SC, the semantic consistency of generations
+# Chapter 2's consistency steering: attribution-patching pairs, heads,
+# strength and positions (Chapter 2 chose K = 64, alpha = 1 on validation)
+N_ATTR_PAIRS = 64
+STEER_K = 64
+STEER_ALPHA = 1.0
+STEER_POSITION = "all"
+# training queries the directions are fitted on (None: Chapter 2's split)
+STEER_TRAIN_QUERIES = None
+# sequential edits: how many, and how many never-edited facts are tracked
+N_SEQUENTIAL = 10
+N_UNRELATED = 20
+DROP = 0.10  # "degrades": the mean falls this far below its first value
+N_BOOT = 2000  # bootstrap resamples of every interval
+SEED = 0
+
+# %%
+import contextlib
+import tempfile
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from IPython.display import Markdown, display
+from tqdm import tqdm
+
+import editlens
+from editlens import evaluate, steering
+from editlens import localize as LZ
+from editlens import stats as estats
+from editlens.compare import (
+    LABELS,
+    build_editors,
+    read_per_record,
+    run_methods,
+    summary_figure,
+    summary_markdown,
+    summary_table,
+    write_outputs,
+)
+from editlens.data import load_facts, spread_over_relations
+from editlens.data.paraphrases import steering_splits
+from editlens.edit_consistency import (
+    edited_answer_consistency,
+    load_template_set,
+    relations_with_templates,
+)
+from editlens.exercises import assert_close, check_exercise
+from editlens.rome import get_hparams, stats_for
+from editlens.rome.requests import as_case
+from editlens.sadr import with_steps
+from editlens.sequential import (
+    degradation_summary,
+    mean_curve,
+    sequential_edits,
+)
+from editlens.steam import AnchorBank
+from editlens.timing import Timings
+
+notebook_start = time.perf_counter()
+timings = Timings()  # step -> wall seconds (CPU seconds in timings.cpu)
+editlens.seed_everything(SEED)
+sns.set_theme(style="whitegrid", context="notebook")
+pd.set_option("display.width", 120)
+model, tokenizer = editlens.load_model(MODEL_NAME, device=DEVICE)
+facts = load_facts()
+hp = with_steps(get_hparams(model), V_STEPS)  # the book's settings
+with timings("key statistics C (cached)"):
+    stats = stats_for(model, hp)
+
+# %% [markdown]
+# ## 0. What every section reuses, computed before any edit
+#
+# Four things are computed once, on the unedited model, and reused by every section:
+#
+# - **the facts**: the same `N_FACTS` facts as Chapters 3-5, taken round-robin over relations
+#   (`spread_over_relations`);
+# - **STEAM's anchors** (Chapter 4) for every new object among them. A fact whose new object has
+#   too few anchors could not be edited by STEAM; it is left out for *every* method, so that the
+#   table stays paired, and listed;
+# - **the template set** of Chapter 1: the facts whose relation has paraphrase templates are the
+#   ones the consistency lens (section 2) can ask;
+# - **Chapter 2's steering**: answers and last-token `hook_z` on Chapter 2's training split, a
+#   head ranking by attribution patching on its inconsistent pairs, mass-mean directions, and the
+#   shift $\alpha\,\sigma\,\theta$ of the top `STEER_K` heads, with Chapter 2's chosen settings
+#   as parameters.
+
+# %%
+candidates = [as_case(f) for f in spread_over_relations(facts, N_FACTS)]
+with timings("STEAM anchors"):
+    bank = AnchorBank(
+        model, facts, n_anchors=N_ANCHORS, min_anchors=min(3, N_ANCHORS)
+    )
+    coverage = bank.coverage(candidates)
+    bank.precompute(coverage.loc[coverage.ok, "target_new"])
+covered = set(coverage.loc[coverage.ok, "case_id"])
+eval_facts = [c for c in candidates if c.get("case_id") in covered]
+case_by_id = {c.get("case_id"): c for c in eval_facts}
+templates = load_template_set()
+with_templates = relations_with_templates(eval_facts, templates)
+lens_ids = {c.get("case_id") for cs in with_templates.values() for c in cs}
+print(
+    f"{len(eval_facts)} of {len(candidates)} facts have STEAM anchors "
+    f"(left out: {sorted(set(coverage.case_id) - covered)}); "
+    f"{len(lens_ids)} have templates, over {len(with_templates)} relations"
+)
+
+# %%
+splits = steering_splits()
+train_queries = splits["train"][:STEER_TRAIN_QUERIES]
+with timings("steering: answers + activations (train)"):
+    z_train, labels, train_answers = steering.collect_training_activations(
+        model, train_queries
+    )
+with timings("steering: head ranking (attribution patching)"):
+    pairs = LZ.make_pairs(train_answers)
+    patch_set = LZ.patch_set(pairs, max_pairs=N_ATTR_PAIRS, seed=SEED)
+    attribution = LZ.attribution_patching(model, patch_set)
+ranking = LZ.select_heads(
+    attribution.effect, model.cfg.n_layers * model.cfg.n_heads
+)
+steer_heads = ranking[:STEER_K]
+with timings("steering: fit directions"):
+    directions = steering.fit_directions(
+        z_train, labels, heads=steer_heads, method="mass_mean", seed=SEED
+    )
+shifts = directions.shift(steer_heads, STEER_ALPHA)
+steer_hooks = steering.steering_hooks(shifts, STEER_POSITION, model=model)
+print(
+    f"steering fitted on {len(train_queries)} training queries "
+    f"({len(labels)} prompts, {labels.mean():.2f} agree with their "
+    f"majority); K = {STEER_K} heads, alpha = {STEER_ALPHA:g}, "
+    f"{STEER_POSITION} positions"
+)
+
+# %% [markdown]
+# ## 1. One table: every method on the same facts
+#
+# `editlens.compare.build_editors` makes each method's editor from the chapters' own functions
+# (`rome_editor`, `steam_editor`, `sadr_editor`, and `sadr_editor(..., also=steam_terms(...))`
+# for STEAM+SADR), and `run_methods` edits every fact with every method, **each edit from the
+# unedited weights**, evaluates it as Chapter 3 does (ES, PS, NS, RelS, DNS, portability, GE,
+# RS, and SC from Chapter 4), and times the edit. Every (fact, method) edit is seeded from the
+# fact's position, so the rows do not depend on the order they run in; `run_methods` checks at
+# the end that the weights are back bit for bit.
+#
+# While each edit is applied, the wrapper below also reads it through the consistency lens of
+# section 2, unsteered and steered, so that section reuses these edits instead of recomputing
+# them. The reading happens after the edit is timed, so it does not count in "seconds per edit".
+
+# %%
+lens = {}  # (method, case_id, steering "off"/"on") -> lens readout
+
+
+def read_lens(case: dict, method: str) -> None:
+    """The edited fact across its relation's templates, unsteered and
+    with Chapter 2's steering, on the model as it is now."""
+    cid = case.get("case_id")
+    for name, hooks in [("off", None), ("on", steer_hooks)]:
+        lens[(method, cid, name)] = edited_answer_consistency(
+            model, case, templates, fwd_hooks=hooks
+        )
+
+
+def with_lens(editor, method: str):
+    """`editor`, plus the lens readout before each edit is undone."""
+
+    @contextlib.contextmanager
+    def wrapped(model, case):
+        with editor(model, case) as info:
+            yield info
+            if case.get("case_id") in lens_ids:
+                read_lens(case, method)
+
+    return wrapped
+
+
+editors = build_editors(
+    hp,
+    stats,
+    METHODS,
+    bank=bank,
+    steam_lambda=STEAM_LAMBDA,
+    sadr_gamma=SADR_GAMMA,
+)
+generation = evaluate.GenerationSettings(
+    n_prompts=GEN_PROMPTS,
+    max_new_tokens=GEN_TOKENS,
+    seed=SEED,
+    semantic=SEMANTIC,
+)
+with timings("unedited: consistency lens"):
+    for case in tqdm(eval_facts, desc="unedited lens"):
+        if case.get("case_id") in lens_ids:
+            read_lens(case, "unedited")
+with timings("all methods: edits + evaluation + lens"):
+    per_record = run_methods(
+        model,
+        eval_facts,
+        {m: with_lens(e, m) for m, e in editors.items()},
+        generation=generation,
+        seed=SEED,
+    )
+per_record.head(len(METHODS))
+
+# %% [markdown]
+# One row per (fact, method): the per-record rates are fractions in $[0, 1]$ (ES, PS, NS, RelS,
+# DNS, Port), GE is the generations' fluency (ROME's n-gram entropy), RS their TF-IDF
+# similarity to the new object's reference text, SC (Chapter 4) their sentence-embedding
+# similarity to the new object's reference text minus that to the true object's, and `seconds`
+# the time to compute one edit.
+# `summary_table` pairs the methods on the facts: for each metric, the mean over facts with a
+# 95% bootstrap interval, and each method's difference to ROME, fact by fact, with its interval
+# (`N_BOOT` seeded resamples of the facts). RelS and portability exist only for the facts that
+# have such prompts; a metric is paired on the facts where every method has it (column `n`).
+
+# %%
+with timings("paired table"):
+    table = summary_table(per_record, n_boot=N_BOOT, seed=SEED)
+display(Markdown(summary_markdown(table)))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+# the headline: means (rates in %), and whether each paired CI excludes 0
+# (seconds per edit vary from run to run: they are printed in the timing)
+means = table.pivot(index="metric", columns="label", values="mean")
+excl = table.pivot(index="metric", columns="label", values="CI excludes 0")
+method_labels = [LABELS[m] for m in METHODS]
+others = method_labels[1:]
+print(
+    f"{'metric':<8}"
+    + "".join(f"{m:>12}" for m in method_labels)
+    + "   (paired CI vs ROME excludes 0)"
+)
+for metric in dict.fromkeys(table["metric"]):
+    if metric == "seconds":
+        continue
+    rate = metric not in ("GE", "RS", "SC")
+    scale, digits = (100, 0) if rate else (1, 2)
+    cells = [
+        f"{scale * means.loc[metric, m]:>12.{digits}f}"
+        for m in method_labels
+    ]
+    flags = ", ".join(f"{m}: {bool(excl.loc[metric, m])}" for m in others)
+    print(f"{metric:<8}" + "".join(cells) + f"   ({flags})")
+
+# %%
+fig = summary_figure(table)
+plt.show()
+# summary_figure sets its own theme; back to the book's
+sns.set_theme(style="whitegrid", context="notebook")
+
+# %% [markdown]
+# **Reading the table.** Chapters 4 and 5 asked whether STEAM and SADR each improve on ROME; the
+# table asks it of all of them at once, on the same facts, under the book's early-stopping rule
+# (so ROME+SADR here is the regulariser at equal steps, Chapter 5's "SADR-20"). STEAM+SADR tests
+# whether the two terms add up, cancel, or trade off.
+# <!-- RESULTS: the headline in three or four sentences: which metrics differ from ROME with an
+# interval that excludes 0, for which method and by how much; whether STEAM+SADR combines the
+# gains of both (or not); the cost in seconds per edit of each method relative to ROME -->
+#
+# ### Exercise 6.1: a paired difference and its interval
+#
+# Every "diff vs rome" cell of the table is one number and an interval. Given two methods'
+# per-fact values `a` (ROME) and `b` (the other), in the same fact order, return
+# `(mean, low, high)`: the mean of `b - a`, and its 95% percentile bootstrap interval. Draw the
+# resamples the way the package does, so that the numbers match to the last digit: one generator
+# `rng = np.random.default_rng(seed)`, one call
+# `rng.integers(0, n, size=(n_boot, n))` for the indices of all `n_boot` resamples of the `n`
+# facts, the mean of each resample, and `np.quantile` of those means at 0.025 and 0.975.
+
+
+# %%
+def paired_bootstrap(
+    a: np.ndarray, b: np.ndarray, n_boot: int, seed: int
+) -> tuple[float, float, float]:
+    # Your code here
+    raise NotImplementedError
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def paired_bootstrap_solution(
+    a: np.ndarray, b: np.ndarray, n_boot: int, seed: int
+) -> tuple[float, float, float]:
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, d.size, size=(n_boot, d.size))
+    low, high = np.quantile(d[idx].mean(axis=1), [0.025, 0.975])
+    return float(d.mean()), float(low), float(high)
+
+
+# %%
+def test_paired_bootstrap(fn) -> None:
+    gen = np.random.default_rng(1)
+    xa, xb = gen.random(12), gen.random(12) + 0.1
+    expect = estats.paired_difference(xa, xb, n_boot=500, seed=7)
+    assert_close(
+        fn(xa, xb, 500, 7),
+        (expect.mean, expect.low, expect.high),
+        atol=1e-12,
+        what="(mean, low, high) on random values",
+    )
+    # the table's own cells: ROME vs each method on NS and seconds
+    for col in ["NS", "seconds"]:
+        piv = per_record.pivot(
+            index="index", columns="method", values=col
+        ).dropna()  # the facts where every method has it
+        for meth in METHODS[1:]:
+            cell = table[(table.metric == col) & (table.method == meth)]
+            result = fn(
+                piv["rome"].to_numpy(), piv[meth].to_numpy(), N_BOOT, SEED
+            )
+            cells = cell[["diff vs rome", "diff low", "diff high"]]
+            assert_close(
+                result,
+                cells.iloc[0].to_numpy(dtype=float, copy=True),
+                atol=1e-12,
+                what=f"{col}, {LABELS[meth]} - ROME",
+            )
+
+
+paired_bootstrap = check_exercise(
+    "6.1 paired_bootstrap",
+    paired_bootstrap,
+    paired_bootstrap_solution,
+    test_paired_bootstrap,
+)
+
+# %% [markdown]
+# ## 2. Edits through the consistency lens
+#
+# Chapter 3's paraphrase score PS asks an edited fact in two or three rewordings and counts the
+# ones where the new object beats the old. Chapter 1 asked more of the unedited model: every
+# template of a relation (ParaRel-style, seven per relation), the answer chosen among *all* the
+# relation's candidates, and the pairwise consistency of those answers. `editlens.edit_consistency`
+# asks an edited fact the same way. Per fact and method:
+#
+# - **new %**: the share of the relation's templates whose answer is the edit's new object;
+# - **consistency**: Chapter 1's pairwise consistency of the answers (any answer);
+# - **consistent new %**: the share of template pairs that *both* answer the new object, the
+#   consistency that counts for an edit.
+#
+# Only facts whose relation has templates in the paraphrase set are asked (section 0). The
+# unedited model is a row of its own: its "new %" is the base rate of answering the new object
+# before any edit.
+
+# %%
+LENS_METRICS = ["new %", "consistency", "consistent new %"]
+lens_frame = pd.DataFrame(
+    [
+        {
+            "fact": cid,
+            "method": "unedited" if m == "unedited" else LABELS[m],
+            "steering": s,
+            "relation": r["template_relation"],
+            "new %": 100 * r["frac_new"],
+            "true %": 100 * r["frac_true"],
+            "consistency": 100 * r["consistency"],
+            "consistent new %": 100 * r["consistency_new"],
+        }
+        for (m, cid, s), r in lens.items()
+    ]
+)
+lens_off = lens_frame[lens_frame.steering == "off"]
+with timings("paired tables (lens)"):
+    lens_table = estats.paired_table(
+        lens_off,
+        LENS_METRICS,
+        baseline="ROME",
+        n_boot=N_BOOT,
+        seed=SEED,
+    )
+lens_table.round(2)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(
+    lens_off.groupby("method", sort=False)[
+        ["new %", "true %"] + LENS_METRICS[1:]
+    ]
+    .mean()
+    .round(0)
+    .to_string()
+)
+flagged = lens_table[lens_table["CI excludes 0"].fillna(False).astype(bool)]
+print(
+    f"{lens_off.fact.nunique()} facts; differences to ROME whose CI "
+    "excludes 0:",
+    sorted(zip(flagged.metric, flagged.method)),
+)
+
+# %% [markdown]
+# **Steering on top of an edit.** Chapter 2's steering shifts a few heads toward the activations
+# of prompts that agree with their query's majority answer. On top of an edit, two outcomes are
+# possible and they pull in opposite directions: the shift may make the templates agree *on the
+# new object* (the edit generalises further), or pull the minority of templates back to the
+# model's old answer (the edit is partly undone). The paired difference below is steered minus
+# unsteered, fact by fact, for each method and for the unedited model.
+
+# %%
+steer_parts = []
+for method in dict.fromkeys(lens_frame.method):
+    part = lens_frame[lens_frame.method == method].assign(
+        method=lambda d: np.where(
+            d.steering == "on", f"{method} + steering", method
+        )
+    )
+    t = estats.paired_table(
+        part, LENS_METRICS, baseline=method, n_boot=N_BOOT, seed=SEED
+    )
+    steer_parts.append(
+        t[t.method != method]
+        .rename(columns={f"diff vs {method}": "steered - unsteered"})
+        .assign(edit=method)
+    )
+steer_table = pd.concat(steer_parts, ignore_index=True)
+steer_table[
+    [
+        "edit",
+        "metric",
+        "n",
+        "mean",
+        "steered - unsteered",
+        "diff low",
+        "diff high",
+        "CI excludes 0",
+    ]
+].round(2)
+
+# %%
+grid = sns.catplot(
+    data=lens_frame.melt(
+        id_vars=["fact", "method", "steering"],
+        value_vars=LENS_METRICS,
+        var_name="metric",
+    ),
+    x="method",
+    y="value",
+    hue="steering",
+    col="metric",
+    kind="point",
+    dodge=0.3,
+    height=3.4,
+    aspect=1.1,
+)
+for ax in grid.axes.flat:
+    ax.tick_params(axis="x", rotation=30)
+grid.figure.suptitle(
+    f"The edited fact across its templates, {lens_frame.fact.nunique()} "
+    "facts (means, 95% bootstrap intervals)",
+    y=1.05,
+)
+plt.show()
+
+# %% [markdown]
+# **Reading the lens.** PS in the table of section 1 and "new %" here ask the same question with
+# different prompts and a different rule (the new object against the old one, vs. against every
+# candidate of the relation): where they disagree, the edit holds on the book's paraphrases but
+# not across the relation's templates, or the other way round.
+# <!-- RESULTS: new % and consistent new % per method (vs PS of section 1); which method, if any,
+# is more consistent than ROME with an interval that excludes 0; what steering does on top of
+# each edit (raises consistent new %, or pulls answers back to the true object: true % up) and
+# on the unedited model, with the paired differences -->
+#
+# ## 3. Edits in sequence
+#
+# So far every edit started from the unedited weights. In use, edits accumulate: the tenth edit
+# is computed on a model that already carries nine. `editlens.sequential.sequential_edits`
+# applies `N_SEQUENTIAL` of the facts one after another with one method (each editor computes its
+# edit on the weights as the earlier edits left them, and all are undone, bit for bit, at the
+# end) and, after each edit, probes with CounterFact's rule:
+#
+# - **edited ES / edited PS**: efficacy and paraphrase success of every fact edited so far (are
+#   earlier edits still there?);
+# - **NS**: neighbourhood success of the facts edited so far;
+# - **unrelated**: `N_UNRELATED` facts that are never edited, none of them among this chapter's
+#   facts: 1 when the model still prefers their true object over their CounterFact new object.
+#
+# Every method edits the same facts in the same order and is probed on the same unrelated facts.
+
+# %%
+seq_cases = eval_facts[:N_SEQUENTIAL]
+used = {c.get("case_id") for c in candidates}
+unrelated = [
+    c
+    for c in (as_case(f) for f in spread_over_relations(facts, len(facts)))
+    if c.get("case_id") not in used
+][:N_UNRELATED]
+frames = {}
+with timings("sequential edits"):
+    for method, editor in editors.items():
+        print(f"{LABELS[method]}:")
+        frames[method] = sequential_edits(
+            model, seq_cases, editor, unrelated=unrelated, seed=SEED
+        )
+curves = pd.concat(
+    [
+        mean_curve(f).assign(
+            method=LABELS[m], value=lambda d: 100 * d.value
+        )
+        for m, f in frames.items()
+    ],
+    ignore_index=True,
+)
+print(
+    f"{len(seq_cases)} edits in sequence per method; "
+    f"{len(unrelated)} unrelated facts tracked"
+)
+
+# %%
+grid = sns.relplot(
+    data=curves,
+    x="n_edits",
+    y="value",
+    hue="method",
+    col="kind",
+    kind="line",
+    marker="o",
+    height=3.2,
+    aspect=1.0,
+)
+grid.set_axis_labels("edits applied so far", "mean (%)")
+grid.figure.suptitle(
+    f"{len(seq_cases)} edits in sequence: "
+    "earlier edits and unrelated facts",
+    y=1.05,
+)
+plt.show()
+
+# %% [markdown]
+# **What degrades first.** `degradation_summary` reads each curve: its value after the first
+# edit, after the last, and the first edit count at which the mean has fallen `DROP` (10 points)
+# or more below its first value (empty when it never does). The kind with the smallest edit
+# count is what gives way first.
+#
+# ### Exercise 6.2: the first drop
+#
+# Given one curve `curve` (a `pd.Series` of means indexed by the edit count, in increasing order)
+# and `drop`, return the first edit count at which the value is at least `drop` below the
+# curve's *first* value, or `None` if it never is. Allow $10^{-12}$ for rounding, as the package
+# does (a mean of exactly first $-$ `drop` counts).
+
+
+# %%
+def first_drop(curve: pd.Series, drop: float) -> int | None:
+    # Your code here
+    raise NotImplementedError
+
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def first_drop_solution(curve: pd.Series, drop: float) -> int | None:
+    below = curve[curve <= curve.iloc[0] - drop + 1e-12]
+    return int(below.index[0]) if len(below) else None
+
+
+# %%
+def synthetic_frame(values: list[float]) -> pd.DataFrame:
+    """A one-record sequential_edits frame whose mean curve is `values`."""
+    return pd.DataFrame(
+        {
+            "n_edits": range(1, len(values) + 1),
+            "record": 0,
+            "kind": "edited ES",
+            "value": values,
+            "edited_at": 1.0,
+        }
+    )
+
+
+def test_first_drop(fn) -> None:
+    curves_in = [
+        [1.0, 0.95, 0.85, 0.8, 0.5],  # drops at 3
+        [1.0, 1.0, 1.0],  # never
+        [0.8, 1.0, 0.75, 0.7, 0.6],  # from the first value, not the max
+        [1.0, 0.9],  # exactly DROP below counts
+    ]
+    checks = [(synthetic_frame(vals), 0.10) for vals in curves_in]
+    checks += [(fr_, DROP) for fr_ in frames.values()]
+    for fr, by in checks:
+        summ = degradation_summary(fr, drop=by).set_index("kind")
+        crv = mean_curve(fr)
+        for knd, grp in crv.groupby("kind", sort=False):
+            result = fn(grp.set_index("n_edits")["value"].sort_index(), by)
+            expect = summ.loc[knd, "drops_at"]
+            assert result == expect, (
+                f"{knd}, curve {grp['value'].round(3).tolist()}: "
+                f"first_drop = {result}, expected {expect}"
+            )
+
+
+first_drop = check_exercise(
+    "6.2 first_drop", first_drop, first_drop_solution, test_first_drop
+)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+degradation = pd.concat(
+    [
+        degradation_summary(f, drop=DROP).assign(method=LABELS[m])
+        for m, f in frames.items()
+    ],
+    ignore_index=True,
+)
+for column in ["first", "last", "change"]:
+    degradation[column] = (100 * degradation[column]).round(0)
+print(
+    degradation.pivot(index="kind", columns="method", values="drops_at")
+    .reindex(columns=method_labels)
+    .to_string()
+)
+degradation[["method", "kind", "first", "last", "change", "drops_at"]]
+
+# %% [markdown]
+# The curves are means over facts; the comparison after the last edit is paired like every other
+# in the book: per kind, each fact's value after the last edit under each method, the difference
+# to ROME fact by fact, and its bootstrap interval (the edited facts for edited ES, PS and NS;
+# the unrelated facts for "unrelated").
+
+# %%
+last = pd.concat(
+    [
+        f[f.n_edits == f.n_edits.max()].assign(method=LABELS[m])
+        for m, f in frames.items()
+    ],
+    ignore_index=True,
+)
+last_table = pd.concat(
+    [
+        estats.paired_table(
+            last[last.kind == kind].assign(
+                **{"value %": lambda d: 100 * d.value}
+            ),
+            ["value %"],
+            fact="record",
+            baseline="ROME",
+            n_boot=N_BOOT,
+            seed=SEED,
+        ).assign(metric=f"{kind} after {len(seq_cases)} edits")
+        for kind in dict.fromkeys(last.kind)
+    ],
+    ignore_index=True,
+)
+last_table.round(1)
+
+# %% [markdown]
+# **Reading the sequence.** Each method was built and tuned for one edit at a time; none of them
+# has a mechanism against accumulation. Rebuilding ROME {cite}`gupta2024rrome` traced ROME's
+# collapse under sequential editing to the key ROME's update divides by (when it is small, one
+# edit explodes and breaks the model); the book's ROME already uses r-ROME's key in all three places
+# (`key_variant="r-rome"`, Chapter 3 section 6), so collapse is less expected here, but slow
+# erosion is possible. The question is which kind erodes first, and whether the terms of
+# STEAM or SADR slow it.
+# <!-- RESULTS: after N_SEQUENTIAL edits, per method: edited ES/PS of earlier edits, NS,
+# unrelated accuracy (with the paired differences to ROME and whether their CIs exclude 0);
+# what degrades first (drops_at) and for which method; whether any method collapses -->
+#
+# ## 4. What to use when
+#
+# The guide below is read off this chapter's tables, on this model and these facts; every claim
+# names the number it rests on. Where a difference's interval includes 0, the guide says "no
+# measured difference", not a preference.
+#
+# - **One edit, measured by CounterFact's usual scores (ES, PS, NS).**
+#   <!-- RESULTS: which method, with ES/PS/NS and the paired differences to ROME -->
+# - **The edited subject will appear in other contexts (specificity: RelS, DNS).**
+#   <!-- RESULTS: ROME+SADR or STEAM+SADR vs ROME on RelS and DNS, with intervals; the cost in
+#   ES/PS if any -->
+# - **The edit must carry into reasoning and generation (portability, SC, GE).**
+#   <!-- RESULTS: STEAM (and STEAM+SADR) vs ROME on Port, SC, GE, with intervals -->
+# - **The edit must hold across every phrasing of the question (the consistency lens).**
+#   <!-- RESULTS: the method with the highest consistent new %, and whether steering on top
+#   helps or undoes the edit -->
+# - **Many edits, one after another.**
+#   <!-- RESULTS: which method keeps earlier edits and unrelated facts longest, and the edit
+#   count at which the first curve drops by 10 points -->
+# - **Cost.** <!-- RESULTS: seconds per edit of each method relative to ROME -->
+# - **When in doubt.** <!-- RESULTS: the default recommendation in one sentence, and the
+#   trade-off it accepts -->
+#
+# **At scale.** A 135M-parameter model on 50 facts detects only large differences; the same
+# table on CounterFact with a larger model settles the small ones. `python -m editlens compare`
+# runs exactly this section 1 (`build_editors`, `run_methods`, `summary_table`) from the command
+# line and writes `per_record.jsonl`, `summary.csv`, `summary.md`, `figure.png` and
+# `settings.json` into `DIR`. With `FILE` a CounterFact file (ROME's `counterfact.json`, or
+# SADR's `merged_counterfact.json`) and `N` records:
+#
+# ```bash
+# python -m editlens compare --methods rome,steam,sadr,steam+sadr --data FILE --limit N --out DIR
+# ```
+#
+# To match this chapter's settings, add `--spread` (the `N` records round-robin over relations,
+# as `spread_over_relations` here), `--semantic` (SC), `--gen-prompts 1 --gen-tokens 30`, and
+# `--model NAME` for a model that needs the GPU (e.g. `gpt2-xl`); `--sadr-gamma`,
+# `--steam-lambda`, `--anchors` and `--v-steps` are this chapter's `SADR_GAMMA`,
+# `STEAM_LAMBDA`, `N_ANCHORS` and `V_STEPS`. On several GPUs (or machines) the same command
+# runs under accelerate's launcher: each process edits its share of the records and the main
+# process gathers one table, the same as a single-process run gives:
+#
+# ```bash
+# accelerate launch --multi_gpu --num_processes 8 -m editlens compare \
+#     --methods rome,steam,sadr,steam+sadr --data FILE --limit N --spread \
+#     --model gpt2-xl --semantic --gen-prompts 1 --gen-tokens 30 --out DIR
+# ```
+#
+# (for several machines add accelerate's `--num_machines`, `--machine_rank`,
+# `--main_process_ip` and `--main_process_port`; on CPUs add `--device cpu`). Read the results
+# back into this notebook's objects with `read_per_record` and `summary_table`: the cell below
+# writes this chapter's rows in the command's format and reads them back.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with tempfile.TemporaryDirectory() as out:
+    # figure=False: figure.png is section 1's figure (summary_figure)
+    paths = write_outputs(out, per_record, figure=False)
+    again = read_per_record(paths["per_record"])
+    print("written:", sorted(p.name for p in paths.values()))
+    print(
+        "read back equal:",
+        again.equals(per_record),
+        "; same table:",
+        summary_table(again, n_boot=N_BOOT, seed=SEED).equals(table),
+    )
+
+# %% [markdown]
+# ## Timing
+
+# %%
+minutes = (time.perf_counter() - notebook_start) / 60
+print(
+    f"this notebook ran for {minutes:.1f} minutes "
+    f"({torch.get_num_threads()} torch thread(s))"
+)
+print(
+    per_record.groupby("method", sort=False)["seconds"]
+    .median()
+    .rename(index=LABELS)
+    .rename("median seconds per edit")
+    .round(1)
+    .to_string()
+)
+timings.table().round(1)
+
+# %% [markdown]
+# ### Open exercises
+#
+# 1. **The authors' steps.** Rerun with `V_STEPS = 80` (the authors' ROME+SADR ran 80 $v_*$
+#    steps). Which differences to ROME change, and what does each edit cost?
+# 2. **Steering strength.** Chapter 2 chose `STEER_ALPHA` for consistency on unedited queries.
+#    Sweep it on the edited facts (section 2 only needs `read_lens` inside each editor): is there
+#    an $\alpha$ that raises "consistent new %" without pulling answers back to the true object?
+# 3. **Longer sequences.** Raise `N_SEQUENTIAL` to all `N_FACTS` facts. Does any curve collapse
+#    (ROME's failure mode at scale), or only erode?
+# 4. **Other order.** Sequential results depend on the order of the edits. Reverse `seq_cases`
+#    and compare `degradation_summary`: is "what degrades first" a property of the method or of
+#    the facts edited first?
+#
+# ## Summary
+#
+# - One protocol for every method: the same facts, each edit from the unedited weights, the same
+#   seeds, and every difference paired with ROME fact by fact with a bootstrap interval
+#   (`editlens.compare`; `python -m editlens compare` at scale).
+# - A paired difference is the mean of per-fact differences; its interval is the percentile
+#   bootstrap over facts, and it is much narrower than the two methods' own intervals suggest.
+# - The consistency lens asks an edited fact with every template of its relation and all its
+#   candidates, and counts the template pairs that agree on the new object; Chapter 2's steering
+#   can be applied on top of any edit, with hooks, and measured the same way.
+# - Sequential edits nest editors, each computed on the weights the earlier edits left; the
+#   curves of earlier edits, neighbours and unrelated facts show what degrades first.
+# - <!-- RESULTS: the chapter's answer in one sentence: which method to use when, on this model
+#   -->
+#
+# These are this model's numbers, not a verdict on the methods at scale. Rerun the chapter with
+# `MODEL_NAME` on a GPU, or the comparison alone with `python -m editlens compare`, to test them
+# there.

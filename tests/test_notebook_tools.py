@@ -224,6 +224,16 @@ def test_code_lines_fit_the_rendered_column(path):
     )
 
 
+@pytest.mark.parametrize("path", chapter_sources() + sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")),
+                         ids=lambda p: p.name)
+def test_no_control_characters_in_chapters(path):
+    """A stray control character (a Python "\\a" in "\\alpha" written without a raw string) breaks MathJax in the
+    rendered page; tabs and newlines are the only ones allowed."""
+    bad = [(n, repr(line.strip())[:70]) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+           if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", line)]
+    assert not bad, f"{path.name}: control characters on lines {bad[:5]}"
+
+
 def test_format_script_uses_the_tested_width():
     script = (REPO_ROOT / "scripts" / "format_notebooks.sh").read_text()
     assert re.search(rf"^WIDTH=\"?\$\{{WIDTH:-{CODE_WIDTH}\}}\"?$", script, re.M), (

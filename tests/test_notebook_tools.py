@@ -228,8 +228,9 @@ def test_code_lines_fit_the_rendered_column(path):
                          ids=lambda p: p.name)
 def test_no_control_characters_in_chapters(path):
     """A stray control character (a Python "\\a" in "\\alpha" written without a raw string) breaks MathJax in the
-    rendered page; tabs and newlines are the only ones allowed."""
-    bad = [(n, repr(line.strip())[:70]) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+    rendered page; tabs and newlines are the only ones allowed. Lines are split on "\\n" only: ``splitlines`` would
+    also split on \\x0b, \\x0c and \\x1c-\\x1e and so hide them."""
+    bad = [(n, repr(line.strip())[:70]) for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1)
            if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", line)]
     assert not bad, f"{path.name}: control characters on lines {bad[:5]}"
 

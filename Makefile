@@ -50,7 +50,7 @@ book: setup
 # duration). The longest chapters go first so that they run side by side and the short files fill in
 # around them; LONG_CHAPTERS lists them longest first (measured one-thread times in each chapter).
 TEST_WORKERS ?= 2
-LONG_CHAPTERS := notebooks/04_steam.ipynb notebooks/02_consistency_steering.ipynb notebooks/03_rome.ipynb
+LONG_CHAPTERS := notebooks/02_consistency_steering.ipynb notebooks/04_steam.ipynb notebooks/03_rome.ipynb
 TEST_FILES := $(LONG_CHAPTERS) $(filter-out $(LONG_CHAPTERS),$(sort $(wildcard notebooks/*.ipynb))) tests/
 test: setup
 	$(BIN)/python -m pytest $(TEST_FILES) --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg \

@@ -9,6 +9,7 @@ Fixtures:
 - ``tiny_model``: a random 2-layer Llama (hidden 64, 4 query heads, 2 key/value heads) with the
   embedded tokenizer's vocabulary, wrapped in a ``TransformerBridge``: for fast structural tests.
   Needs the cached tokenizer only (``make setup``), not the model weights.
+- ``tiny_rome``: ``(hparams, key statistics)`` for quick ROME edits of ``tiny_model`` at layer 0.
 
 Mark a test that loads the embedded model or runs a notebook with ``@pytest.mark.slow``.
 """
@@ -115,3 +116,16 @@ def tiny_model(embedded_tokenizer):
 
     return tiny_llama(0, d_mlp=128, weight_std=None, tokenizer=embedded_tokenizer, tie_embeddings=True,
                       max_positions=256)[0]
+
+
+@pytest.fixture
+def tiny_rome(tiny_model, tmp_path, monkeypatch):
+    """``(hparams, key statistics)`` for quick ROME edits of ``tiny_model`` at layer 0 (3 v* steps; C from 300
+    tokens, cached in a per-test directory)."""
+    monkeypatch.setenv("EDITLENS_CACHE", str(tmp_path))
+    from editlens.rome import ROMEHyperParams
+    from editlens.rome import key_stats as ks
+
+    hp = ROMEHyperParams(layer=0, v_num_grad_steps=3, context_lengths=((3, 2),), v_lr=0.5, v_weight_decay=0.0,
+                         clamp_norm_factor=1e4, mom2_n_tokens=300)
+    return hp, ks.get_key_stats(tiny_model, 0, n_tokens=300, seq_len=32, progress=False)

@@ -145,6 +145,21 @@ def test_attribution_approximates_activation_patching(tiny, pairs):
     assert LZ.rank_correlation(act.effect, attr.effect) > 0.5
 
 
+def test_activation_patching_from_the_patched_layer_equals_full_runs(tiny, pairs, monkeypatch):
+    """Starting each patched run at the patched layer (editlens.block_runner) gives the full runs' effects."""
+    from editlens.localize import patching
+
+    model, _ = tiny
+    ps = LZ.patch_set(pairs)
+    fast = LZ.activation_patching(model, ps, batch_size=8)
+    monkeypatch.setattr(patching, "supports_block_runs", lambda model: False)
+    full = LZ.activation_patching(model, ps, batch_size=8)
+    assert np.abs(full.effect).max() > 1e-3  # the heads do matter on the tiny model
+    np.testing.assert_allclose(fast.effect, full.effect, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast.flip_rate, full.flip_rate)
+    assert fast.ld_corrupt == pytest.approx(full.ld_corrupt, rel=1e-6)
+
+
 # ---------------------------------------------------------------- comparison and saving
 
 def test_select_and_compare():

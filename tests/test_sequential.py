@@ -39,15 +39,10 @@ UNRELATED = [record(10, "Japan", "The capital city of {} is", "P36", "Madrid", "
 
 
 @pytest.fixture
-def rome(tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setenv("EDITLENS_CACHE", str(tmp_path))
+def rome(tiny_rome):
     from editlens.evaluate import rome_editor
-    from editlens.rome import ROMEHyperParams
-    from editlens.rome import key_stats as ks
 
-    hp = ROMEHyperParams(layer=0, v_num_grad_steps=3, context_lengths=((3, 2),), v_lr=0.5, v_weight_decay=0.0,
-                         clamp_norm_factor=1e4, mom2_n_tokens=300)
-    stats = ks.get_key_stats(tiny_model, 0, n_tokens=300, seq_len=32, progress=False)
+    hp, stats = tiny_rome
     return rome_editor(hp, stats), hp, stats
 
 

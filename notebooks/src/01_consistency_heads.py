@@ -22,11 +22,12 @@
 # **Prerequisites.** Chapter 0 (hooks, `hook_z`, the logit difference, gradients through hooks).
 # A linear probe is a logistic regression; you need no more than that.
 #
-# **Time to run.** About 5-10 minutes on one CPU thread with the embedded model: the timing
+# **Time to run.** About 5 minutes on one CPU thread with the embedded model: the timing
 # table at the end of the chapter gives this run's wall-clock and CPU seconds per step (measured
-# on a 2-core CPU shared with other work, so an idle laptop is faster). Activation patching and
-# scoring 45 candidate answers for every training prompt are the longest cells; the answers are
-# computed once (every shared prompt prefix once, `editlens.scoring`) and
+# on a 2-core CPU shared with other work, so an idle laptop is faster). Activation patching (each
+# patched run starts at the patched head's layer: the layers below compute what the unpatched run
+# computed) and scoring 45 candidate answers for every training prompt are the longest cells;
+# the answers are computed once (every shared prompt prefix once, `editlens.scoring`) and
 # everything else reuses them. Lower `N_PATCH_PAIRS` for a quicker run.
 #
 # Everything here is in `editlens.consistency` and `editlens.localize`; the notebook calls the

@@ -24,11 +24,12 @@
 # **Prerequisites.** Chapter 3 (ROME, its $v_*$ loss and the evaluation). Chapter 0's logit lens.
 #
 # **Time to run.** The measured time on one CPU thread with the embedded model is printed at the
-# end of the chapter, step by step: 53 minutes (46 minutes of CPU) on a 2-core machine shared
-# with other work, far over the book's 10-minute budget for a chapter. Almost all of it is
-# computing and evaluating edits: each of the 50 facts is edited once with ROME (about 19 s per
-# fact with its probes, generation and diagnostics) and once with STEAM (about 23 s: the
-# alignment term keeps the optimisation at its 20 steps), plus 12 more STEAM edits for the
+# end of the chapter, step by step: 26 minutes (24 minutes of CPU) on a 2-core machine whose
+# other core was busy with another chapter (53 minutes before the package batched the edited
+# models' generations), still over the book's 10-minute budget for a chapter. Almost all of it
+# is computing and evaluating edits: each of the 50 facts is edited once with ROME (about 10 s per
+# fact with its probes and diagnostics) and once with STEAM (about 11 s: the alignment term keeps
+# the optimisation at its 20 steps), plus 12 more STEAM edits for the
 # $\lambda$ sweep. Every diagnostic reuses those edits. Lower `N_EVAL_FACTS` and `N_SWEEP_FACTS`
 # for a quicker run in class.
 
@@ -920,6 +921,7 @@ with timings("lambda sweep"):
             ),
             baseline=False,
             generation=generation,
+            desc=f"lambda = {lam}",
         )
         sweep_reports[float(lam)] = records_by_id(rep)
 profiles_df = pd.concat([p for p in profiles if len(p)], ignore_index=True)

@@ -27,6 +27,7 @@ Every metric is reported for the edited model and for the unedited model beside 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -172,8 +173,19 @@ def fluency(text: str) -> float:
 
 @torch.no_grad()
 def generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int = 40, sample: bool = False, seed: int = 0,
-             top_k: int = 5) -> list[str]:
-    """Continuations of ``prompts`` (greedy, or seeded top-k sampling like ROME), batched with left padding."""
+             top_k: int = 5, row_edits: Sequence[Sequence[Any]] | None = None) -> list[str]:
+    """Continuations of ``prompts`` (greedy, or seeded top-k sampling like ROME), batched with left padding.
+    ``row_edits[i]``: the rank-one edits prompt ``i`` runs with (:func:`editlens.rome.rowwise.rowwise_edits`)."""
+    return _generate(model, prompts, max_new_tokens=max_new_tokens, sample=sample, seed=seed, top_k=top_k,
+                     row_edits=row_edits)[0]
+
+
+def _generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int, sample: bool, seed: int, top_k: int = 5,
+              row_edits: Sequence[Sequence[Any]] | None = None
+              ) -> tuple[list[str], Float[Tensor, "batch d_vocab"]]:
+    """:func:`generate`, and the logits that chose each row's first new token."""
+    from editlens.rome.rowwise import rowwise_edits
+
     tok = model.tokenizer
     hf = getattr(model, "original_model", None)
     seqs = [encode(model, p) for p in prompts]
@@ -183,11 +195,19 @@ def generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int = 40, sa
     ids = torch.tensor([[pad] * (n - len(s)) + s for s in seqs], device=dev)
     mask = torch.tensor([[0] * (n - len(s)) + [1] * len(s) for s in seqs], device=dev)
     kw = dict(do_sample=True, top_k=top_k, temperature=1.0, top_p=1.0) if sample else dict(do_sample=False)
-    with torch.random.fork_rng(devices=[]):
+    rows = contextlib.nullcontext() if row_edits is None else rowwise_edits(model, row_edits)
+    with torch.random.fork_rng(devices=[]), rows:
         torch.manual_seed(seed)
         out = hf.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                          min_new_tokens=max_new_tokens, **kw)
-    return [tok.decode(o[n:], skip_special_tokens=True) for o in out]
+                          min_new_tokens=max_new_tokens, output_logits=True, return_dict_in_generate=True, **kw)
+    return [tok.decode(o[n:], skip_special_tokens=True) for o in out.sequences], out.logits[0]
+
+
+@torch.no_grad()
+def next_token_logits(model: Any, prompt: str) -> Float[Tensor, "d_vocab"]:
+    """The logits after ``prompt`` (encoded as :func:`generate` encodes it), on the model as it is now."""
+    ids = torch.tensor([encode(model, prompt)], device=model.cfg.device)
+    return model.original_model(ids).logits[0, -1]
 
 
 def reference_texts(case: dict, descriptions: dict[str, list[str]]) -> tuple[list[str], str]:
@@ -303,23 +323,53 @@ def baseline_metrics(model: Any, cases: Sequence[dict], *, generation: Generatio
         gens = [generate(model, p, max_new_tokens=generation.max_new_tokens, sample=True, seed=generation.seed)
                 for p in prompts]
     else:
-        flat = [(i, p) for i, ps in enumerate(prompts) for p in ps]
-        order = sorted(range(len(flat)), key=lambda j: len(encode(model, flat[j][1])))  # similar lengths: less padding
-        texts: dict[int, str] = {}
-        from tqdm import tqdm
-
-        for b in tqdm(range(0, len(order), generation_batch_size), disable=not progress,
-                      desc="unedited model: generations"):
-            idx = order[b:b + generation_batch_size]
-            out = generate(model, [flat[j][1] for j in idx], max_new_tokens=generation.max_new_tokens, sample=False,
-                           seed=generation.seed)
-            texts.update(zip(idx, out))
-        gens = [[] for _ in cases]
-        for j, (i, _) in enumerate(flat):
-            gens[i].append(texts[j])
+        flat = [(p, ()) for ps in prompts for p in ps]
+        texts, _ = greedy_generations(model, flat, generation, batch_size=generation_batch_size, progress=progress,
+                                      desc="unedited model: generations")
+        gens, it = [], iter(texts)
+        for ps in prompts:
+            gens.append([next(it) for _ in ps])
     for m, case, g in zip(metrics, cases, gens):
         _add_generation_metrics(m, case, g, descriptions, corpus, getattr(generation, "semantic", False))
     return metrics
+
+
+def greedy_generations(model: Any, items: Sequence[tuple[str, Sequence[Any]]], generation: GenerationSettings, *,
+                       batch_size: int = 32, progress: bool = False, desc: str = "generations"
+                       ) -> tuple[list[str], list[Float[Tensor, "d_vocab"]]]:
+    """Greedy continuations of many ``(prompt, rank-one edits)`` items, batched over items (sorted by length, so
+    little padding); each item runs with its own edits (:func:`editlens.rome.rowwise.rowwise_edits`; empty: the
+    model as it is). Returns the texts in item order, and the logits that chose each first new token."""
+    from tqdm import tqdm
+
+    order = sorted(range(len(items)), key=lambda j: len(encode(model, items[j][0])))  # similar lengths: less padding
+    texts: dict[int, str] = {}
+    first: dict[int, Tensor] = {}
+    for b in tqdm(range(0, len(order), batch_size), disable=not progress, desc=desc):
+        idx = order[b:b + batch_size]
+        edits = [list(items[j][1]) for j in idx]
+        out, logits = _generate(model, [items[j][0] for j in idx], max_new_tokens=generation.max_new_tokens,
+                                sample=False, seed=generation.seed, row_edits=edits if any(edits) else None)
+        texts.update(zip(idx, out))
+        first.update(zip(idx, logits))
+    return [texts[j] for j in range(len(items))], [first[j] for j in range(len(items))]
+
+
+def yielded_weight_edits(info: Any) -> list[Any] | None:
+    """The rank-one :class:`editlens.rome.Edit` objects an editor's context yielded, when that is what it yielded
+    (at most one per layer) and they carry their factors; otherwise None."""
+    from editlens.rome.update import Edit
+
+    items = list(info) if isinstance(info, (list, tuple)) else [info]
+    if not items or not all(isinstance(e, Edit) and e.factors is not None for e in items):
+        return None
+    return items if len({e.layer for e in items}) == len(items) else None
+
+
+BATCHED_CHECK_ATOL = 2e-3
+"""Largest |logit| difference allowed between an edit applied to the weights and the same edit run per batch row
+(float rounding is about 1e-4 on the embedded model; an editor that changes more than its rank-one weight edits,
+such as a steering hook, differs by far more)."""
 
 
 def harmonic_mean(values: Iterable[float]) -> float:
@@ -380,12 +430,20 @@ def evaluate_edits(
     descriptions: dict[str, list[str]] | None = None,
     progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
+    batch_generations: bool = True,
+    desc: str = "evaluating edits",
 ) -> EvalReport:
     """Edit each record on its own (``editor(model, case)`` context manager), measure, restore.
 
     ``editor=None`` evaluates only the unedited model. ``baseline`` adds the unedited model's
     metrics beside each record; they are computed once, batched over all records, before the first
-    edit (:func:`baseline_metrics`). Returns an :class:`EvalReport`; ``report.table()`` prints it.
+    edit (:func:`baseline_metrics`). Greedy generations of the edited models are batched too
+    (``batch_generations``): inside each editor's context only the probes run, and when the editor
+    yields rank-one :class:`editlens.rome.Edit` objects, every record's generations run after the last
+    edit, many records per batch, each row with its own edit (:mod:`editlens.rome.rowwise`); a check of
+    each record's first-token logits against its edited weights guards this. ``on_record`` is called
+    for each record once all records are measured; ``desc`` labels the progress bars. Returns an :class:`EvalReport`; ``report.table()``
+    prints it.
     """
     from tqdm import tqdm
 
@@ -396,7 +454,9 @@ def evaluate_edits(
                                   "consistency": "tfidf", "n_descriptions": len(descriptions)})
     unedited = (baseline_metrics(model, cases, generation=generation, descriptions=descriptions, corpus=corpus,
                                  progress=progress) if baseline else None)  # once for the fact set, before any edit
-    bar = tqdm(cases, disable=not progress, desc="evaluating edits")
+    semantic = getattr(generation, "semantic", False) if generation is not None else False
+    deferred: list[tuple[int, list[str], list[Any], Tensor]] = []  # (record, prompts, edits, logits for the check)
+    bar = tqdm(cases, disable=not progress, desc=desc)
     for i, case in enumerate(bar):
         req = as_request(case)
         rec: dict[str, Any] = {"case_id": case.get("case_id"), "subject": req.subject, "prompt": req.text,
@@ -408,14 +468,37 @@ def evaluate_edits(
             with editor(model, case) as info:
                 rec["edit_seconds"] = time.perf_counter() - t0
                 rec["edit_info"] = _info(info)
-                rec["edited"] = case_metrics(model, case, generation=generation, descriptions=descriptions,
-                                             corpus=corpus)
+                edits = yielded_weight_edits(info) if batch_generations else None
+                if generation is None or generation.sample or edits is None:
+                    rec["edited"] = case_metrics(model, case, generation=generation, descriptions=descriptions,
+                                                 corpus=corpus)
+                else:  # probes now; generations later, batched over records, each row with its own edits
+                    rec["edited"] = probe_scores(model, case)
+                    prompts = _generation_prompts(case, generation)
+                    deferred.append((i, prompts, edits, next_token_logits(model, prompts[0])))
         report.records.append(rec)
-        if on_record is not None:
-            on_record(rec)
         if editor is not None and progress:
             s = report.summary("edited")
             bar.set_postfix({k: f"{s[k]:.0f}" for k in ("ES", "PS", "NS") if k in s})
+    if deferred:
+        items = [(p, edits) for _, prompts, edits, _ in deferred for p in prompts]
+        texts, first = greedy_generations(model, items, generation, progress=progress,
+                                          desc=f"{desc}: generations")
+        at = 0
+        for i, prompts, _, check in deferred:
+            diff = float((first[at] - check).abs().max())
+            if diff > BATCHED_CHECK_ATOL:
+                raise RuntimeError(
+                    f"evaluate_edits: record {report.records[i]['case_id']!r}: the editor's context changes the "
+                    f"model beyond the rank-one weight edits it yields (first-token logits differ by {diff:.3g} "
+                    "between the edited weights and the batched generation). Fix: "
+                    "evaluate_edits(..., batch_generations=False) generates inside each editor's context.")
+            _add_generation_metrics(report.records[i]["edited"], cases[i], texts[at:at + len(prompts)],
+                                    descriptions, corpus, semantic)
+            at += len(prompts)
+    if on_record is not None:
+        for rec in report.records:
+            on_record(rec)
     return report
 
 

@@ -12,8 +12,9 @@ Three kinds of restoration: ``"hidden"`` (the residual stream after block l), ``
 window is a parameter, ROME used 10 of 48 layers in GPT-2 XL).
 
 Speed: layers before the restoration are identical to the corrupted run, so each restored run
-starts from the cached corrupted residual stream (``start_at_layer``) and all tokens of one layer
-go in one batch.
+starts from the cached corrupted residual stream and runs only the blocks from there up
+(:mod:`editlens.block_runner`; the bridge's ``start_at_layer`` still runs the blocks below), the
+logits only at the last position; all restored tokens of one layer go in one batch.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from editlens.block_runner import record_block_calls, run_from_layer, supports_block_runs
 from editlens.rome.keys import encode, subject_last_index
 from editlens.rome.requests import as_case, as_request, with_leading_space
 
@@ -129,17 +131,9 @@ def trace_fact(
     scale = noise * (noise_std if noise_std is not None else embedding_std(model))
     eps = _noise(n_samples, s1 - s0, model.cfg.d_model, scale, seed, dev)
 
-    def corrupt(act: Tensor, hook: Any) -> Tensor:
-        act = act.clone()
-        act[:, s0:s1] = act[:, s0:s1] + eps.to(act.dtype)
-        return act
-
     clean_logits, clean_cache = model.run_with_cache(tokens, names_filter=lambda n: n in _names(L))
     tgt, answer_str = _answer_id(model, answer, clean_logits[0, -1])
     p_clean = float(torch.softmax(clean_logits[0, -1].float(), -1)[tgt])
-    corr_logits, corr_cache = _run_cache_with_hooks(model, tokens.expand(n_samples, -1), corrupt, L)
-    p_corr = float(torch.softmax(corr_logits[:, -1].float(), -1)[:, tgt].mean())
-
     if positions is None:
         pos = list(range(n_tok))
     elif positions == "subject_last":
@@ -148,19 +142,38 @@ def trace_fact(
         pos = [n_tok - 1]
     else:
         pos = list(positions)
+    # One corrupted run for every restored position at once: the rows for position j are the n_samples noisy
+    # runs again, so the block arguments recorded here fit each layer's restored batch.
+    fast = supports_block_runs(model)
+    n_rows = len(pos) * n_samples if fast else n_samples
+    tiled = eps.repeat(n_rows // n_samples, 1, 1)
+
+    def corrupt_rows(act: Tensor, hook: Any) -> Tensor:
+        act = act.clone()
+        act[:, s0:s1] = act[:, s0:s1] + tiled.to(act.dtype)
+        return act
+
+    if fast:
+        cache: dict[str, Tensor] = {}
+        corr_logits, calls = record_block_calls(model, tokens.expand(n_rows, -1),
+                                                fwd_hooks=[("hook_embed", corrupt_rows), *_savers(L, cache, n_samples)])
+        corr_cache = cache
+    else:
+        corr_logits, corr_cache = _run_cache_with_hooks(model, tokens.expand(n_rows, -1), corrupt_rows, L)
+    p_corr = float(torch.softmax(corr_logits[:n_samples, -1].float(), -1)[:, tgt].mean())
+
     scores = torch.zeros(len(pos), L)
     for layer in range(L):
         if kind == "hidden":
             start = layer + 1
-            resid = corr_cache[f"blocks.{layer}.hook_resid_post"]  # [n_samples, n_tok, d]
-            x = resid.repeat(len(pos), 1, 1)
+            x = corr_cache[f"blocks.{layer}.hook_resid_post"][:n_samples].repeat(len(pos), 1, 1)
             for j, t in enumerate(pos):
                 x[j * n_samples:(j + 1) * n_samples, t] = clean_cache[f"blocks.{layer}.hook_resid_post"][0, t]
             hooks = []
         else:
             layers = window_layers(layer, window, L)
             start = layers[0]
-            x = corr_cache[f"blocks.{start}.hook_resid_pre"].repeat(len(pos), 1, 1)
+            x = corr_cache[f"blocks.{start}.hook_resid_pre"][:n_samples].repeat(len(pos), 1, 1)
             hooks = []
             for l in layers:
                 name = _HOOK[kind].format(l)
@@ -173,7 +186,9 @@ def trace_fact(
                     return act
 
                 hooks.append((name, restore))
-        if start >= L:
+        if fast:  # only the blocks from `start` up, and logits only at the last position
+            logits = run_from_layer(model, x, start, calls, fwd_hooks=hooks, positions=slice(n_tok - 1, n_tok))
+        elif start >= L:
             logits = model.run_with_hooks(x, start_at_layer=L, fwd_hooks=hooks) if _supports_start_at_end(model, x) \
                 else model.unembed(model.ln_final(x))
         else:
@@ -193,15 +208,20 @@ def _names(L: int) -> set[str]:
     return names
 
 
-def _run_cache_with_hooks(model: Any, tokens: Tensor, corrupt: Any, L: int) -> tuple[Tensor, dict[str, Tensor]]:
-    cache: dict[str, Tensor] = {}
-    hooks = [("hook_embed", corrupt)]
+def _savers(L: int, cache: dict[str, Tensor], n_rows: int | None = None) -> list[tuple[str, Any]]:
+    """Hooks that keep each traced activation (its first ``n_rows`` rows) in ``cache``."""
+    hooks = []
     for name in _names(L):
         def save(act: Tensor, hook: Any, name: str = name) -> Tensor:
-            cache[name] = act.detach()
+            cache[name] = act[:n_rows].detach()
             return act
         hooks.append((name, save))
-    logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    return hooks
+
+
+def _run_cache_with_hooks(model: Any, tokens: Tensor, corrupt: Any, L: int) -> tuple[Tensor, dict[str, Tensor]]:
+    cache: dict[str, Tensor] = {}
+    logits = model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", corrupt), *_savers(L, cache)])
     return logits, cache
 
 
@@ -278,7 +298,7 @@ def average_indirect_effects(
                 continue
         for k in kinds:
             res = trace_fact(model, r, k, window=window, n_samples=n_samples, noise=noise, noise_std=std, seed=seed,
-                             positions=_positions(model, r, include_last))
+                             positions=traced_positions(model, r, include_last))
             sub[k].append(res.indirect_effect[0])
             if include_last:
                 last[k].append(res.indirect_effect[-1])
@@ -295,7 +315,8 @@ def average_indirect_effects(
     )
 
 
-def _positions(model: Any, r: Any, include_last: bool) -> list[int]:
+def traced_positions(model: Any, r: Any, include_last: bool = True) -> list[int]:
+    """The positions Chapter 3 averages: the subject's last token, and the last token when ``include_last``."""
     ids, s_last = subject_last_index(model, r.prompt, r.subject)
     return [s_last, len(ids) - 1] if include_last else [s_last]
 

@@ -39,11 +39,18 @@ def w_out(model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"]:
     return model.blocks[layer].mlp.W_out
 
 
+def rank_one_factors(W: Float[Tensor, "d_mlp d_model"], u: Float[Tensor, "d_mlp"], k: Float[Tensor, "d_mlp"],
+                     v_star: Float[Tensor, "d_model"]
+                     ) -> tuple[Float[Tensor, "d_mlp"], Float[Tensor, "d_model"]]:
+    """The two factors of ROME's update, in float64: ``u`` and ``r = (v* - k W) / (u . k)``."""
+    Wd, ud, kd, vd = W.double(), u.double(), k.double(), v_star.double()
+    return ud, (vd - kd @ Wd) / (ud @ kd)
+
+
 def rank_one_update(W: Float[Tensor, "d_mlp d_model"], u: Float[Tensor, "d_mlp"], k: Float[Tensor, "d_mlp"],
                     v_star: Float[Tensor, "d_model"]) -> Float[Tensor, "d_mlp d_model"]:
     """Delta such that ``k @ (W + delta) = v_star``: ``delta = u (v* - k W)^T / (u . k)``."""
-    Wd, ud, kd, vd = W.double(), u.double(), k.double(), v_star.double()
-    r = (vd - kd @ Wd) / (ud @ kd)
+    ud, r = rank_one_factors(W, u, k, v_star)
     return torch.outer(ud, r).to(W.dtype)
 
 
@@ -59,6 +66,9 @@ class Edit:
     v_star: Tensor | None = None
     v_result: VResult | None = None
     info: dict = field(default_factory=dict)
+    factors: tuple[Tensor, Tensor] | None = None
+    """``(left, right)`` with ``delta == outer(left, right)`` (float64), for evaluating several edits in one
+    batch without touching the weights (:func:`editlens.rome.rowwise.rowwise_edits`); None when unknown."""
     _saved: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -122,8 +132,10 @@ def compute_rome_edit(model: Any, request: Any, hparams: ROMEHyperParams, stats:
     else:
         raise ValueError(f"key_variant must be 'r-rome' or 'rome', got {hparams.key_variant!r}.")
     W = w_out(model, layer).detach()
-    delta = rank_one_update(W, u, k_used, vres.v_star)
+    left, right = rank_one_factors(W, u, k_used, vres.v_star)
+    delta = torch.outer(left, right).to(W.dtype)  # = rank_one_update(W, u, k_used, v*)
     return Edit(layer=layer, delta=delta, request=req, u=u, k_star=k_used, v_star=vres.v_star, v_result=vres,
+                factors=(left, right),
                 info={"key_variant": hparams.key_variant, "final_loss": vres.final_loss, "steps": len(vres.history)})
 
 

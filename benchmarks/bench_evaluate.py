@@ -1,0 +1,89 @@
+"""Benchmark the editing evaluation (Chapters 3-6) and causal tracing (Chapter 3), before and after, in one run.
+
+    python benchmarks/bench_evaluate.py [--facts 8] [--trace-facts 2] [--threads 1]
+
+Prints figures:
+- ``evaluate_edits`` with ROME on ``--facts`` facts of Chapter 3's evaluation set: generating inside each edit
+  (``batch_generations=False``, the code before) against batching every record's generations after the last edit
+  (:mod:`editlens.rome.rowwise`), and whether the generated texts are the same;
+- ``tracing.trace_fact`` (three kinds, at the subject's last token and the last token, as Chapter 3 averages them)
+  through the bridge's full runs (the code before) against running only the blocks above the restoration
+  (:mod:`editlens.block_runner`), and the largest difference between their scores.
+Exit status 1 if a "before" and "after" disagree (texts differ, or scores differ by more than 1e-5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--facts", type=int, default=8, help="facts for evaluate_edits (0: skip)")
+    ap.add_argument("--trace-facts", type=int, default=2, help="facts for causal tracing (0: skip)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import editlens
+    from editlens import evaluate, tracing
+    from editlens.data import (
+        load_facts,
+        load_object_descriptions,
+        spread_over_relations,
+    )
+    from editlens.rome import get_hparams
+    from editlens.rome import key_stats as ks
+    from editlens.rome.requests import as_request
+
+    model, _ = editlens.load_model(device="cpu")
+    print(f"model {model.cfg.model_name}, threads {torch.get_num_threads()}")
+    ok = True
+    facts = spread_over_relations(load_facts(), 50)
+    if args.facts:
+        hp = get_hparams(model)
+        stats = ks.stats_for(model, hp)
+        descriptions = load_object_descriptions()
+        cases = facts[: args.facts]
+        reports, seconds = {}, {}
+        for batched in (False, True):
+            t = time.perf_counter()
+            reports[batched] = evaluate.evaluate_edits(model, cases, evaluate.rome_editor(hp, stats), baseline=False,
+                                                       descriptions=descriptions, progress=False,
+                                                       batch_generations=batched)
+            seconds[batched] = time.perf_counter() - t
+        edit = {b: sum(r["edit_seconds"] for r in rep.records) for b, rep in reports.items()}
+        same = all(a["edited"]["generations"] == b["edited"]["generations"]
+                   for a, b in zip(reports[False].records, reports[True].records))
+        for b, label in ((False, "generations inside each edit (before)"), (True, "batched generations (after)")):
+            n = len(cases)
+            print(f"evaluate_edits, {label}: {seconds[b]:.1f} s for {n} facts, {seconds[b] / n:.1f} s per fact "
+                  f"({edit[b] / n:.1f} s computing the edit, {(seconds[b] - edit[b]) / n:.1f} s measuring it)")
+        print(f"evaluate_edits: measuring {((seconds[False] - edit[False]) / (seconds[True] - edit[True])):.1f}x "
+              f"faster, whole loop {seconds[False] / seconds[True]:.2f}x; same generated texts: {same}")
+        ok = ok and same
+    if args.trace_facts:
+        results, seconds = {}, {}
+        real = tracing.supports_block_runs
+        for fast in (False, True):
+            tracing.supports_block_runs = real if fast else (lambda model: False)
+            t = time.perf_counter()
+            results[fast] = [tracing.trace_fact(model, f, k, positions=tracing.traced_positions(model, as_request(f)))
+                             .scores for f in facts[: args.trace_facts] for k in tracing.KINDS]
+            seconds[fast] = time.perf_counter() - t
+        tracing.supports_block_runs = real
+        worst = max(float((a - b).abs().max()) for a, b in zip(results[False], results[True]))
+        n = args.trace_facts
+        print(f"causal tracing, bridge full runs (before): {seconds[False]:.1f} s for {n} facts x 3 kinds; "
+              f"blocks from the restored layer up (after): {seconds[True]:.1f} s; "
+              f"{seconds[False] / seconds[True]:.2f}x faster; max |score difference| {worst:.2e}")
+        ok = ok and worst <= 1e-5
+    if not ok:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Run a model from layer ``l`` up, on a residual stream you give it (Chapter 3: causal tracing).
+
+A TransformerBridge accepts ``run_with_hooks(resid, start_at_layer=l)``, but it still runs the blocks
+below ``l`` (their output is then replaced), so a restored run costs a whole forward pass. Causal
+tracing runs one such pass per (layer, kind) and fact, and the layers below the restoration are the
+corrupted run's own, so they need not run again. Here the model runs once with hooks that record the
+arguments each block is called with (rotary position embeddings, attention mask, ...); afterwards any
+residual stream of the same batch shape can be pushed through blocks ``l .. n_layers - 1`` directly,
+with the bridge's hook points firing as usual, and unembedded only where logits are needed.
+(The v* optimisation of :mod:`editlens.rome.values` drives the blocks the same way, with its own
+bookkeeping for gradients and cut prefixes.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+def supports_block_runs(model: Any) -> bool:
+    """True for a TransformerBridge whose logits are ``unembed(ln_final(resid))`` (no soft-capping after the head)."""
+    if getattr(model, "blocks", None) is None or not hasattr(model, "ln_final") or not hasattr(model, "unembed"):
+        return False
+    hf_cfg = getattr(getattr(model, "original_model", None), "config", None)
+    return not getattr(hf_cfg, "final_logit_softcapping", None)
+
+
+@dataclass
+class BlockCalls:
+    """How each block was called in one recorded run: ``calls[i] = (args after the residual, kwargs)``."""
+
+    calls: dict[int, tuple[tuple, dict[str, Any]]] = field(default_factory=dict)
+    batch: int = 0
+    n_tokens: int = 0
+
+
+def record_block_calls(model: Any, tokens: Int[Tensor, "batch pos"],
+                       fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> tuple[Float[Tensor, "batch pos d_vocab"],
+                                                                                 BlockCalls]:
+    """Run ``model`` on ``tokens`` with ``fwd_hooks``; return its logits and every block's call arguments
+    (without a key/value cache, so re-running a block does not grow one)."""
+    rec = BlockCalls(batch=int(tokens.shape[0]), n_tokens=int(tokens.shape[1]))
+    handles = []
+
+    def capture(idx: int) -> Callable:
+        def pre(module: Any, args: tuple, kwargs: dict) -> None:
+            kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            if "past_key_values" in kw:
+                kw["past_key_values"] = None
+            if "use_cache" in kw:
+                kw["use_cache"] = False
+            rec.calls[idx] = (tuple(args[1:]) if args else (), kw)
+        return pre
+
+    try:
+        for i, block in enumerate(model.blocks):
+            handles.append(block.register_forward_pre_hook(capture(i), with_kwargs=True))
+        logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
+    finally:
+        for h in handles:
+            h.remove()
+    if len(rec.calls) != len(model.blocks):
+        raise RuntimeError(f"record_block_calls: {len(rec.calls)} of {len(model.blocks)} blocks were called. "
+                           "Fix: use a TransformerBridge whose blocks run in order (editlens.load_model).")
+    return logits, rec
+
+
+def run_from_layer(model: Any, resid: Float[Tensor, "batch pos d_model"], start: int, calls: BlockCalls, *,
+                   fwd_hooks: Sequence[tuple[str, Callable]] = (), positions: slice | None = None
+                   ) -> Float[Tensor, "batch n_pos d_vocab"]:
+    """Logits of blocks ``start ..`` applied to ``resid`` (the residual stream entering block ``start``; ``start``
+    = n_layers: only the final norm and unembedding), at ``positions`` of the sequence (default all). ``resid``
+    must have the recorded run's batch and length: the recorded arguments (masks, positions) are for them."""
+    if tuple(resid.shape[:2]) != (calls.batch, calls.n_tokens):
+        raise ValueError(f"run_from_layer: the residual stream is {tuple(resid.shape[:2])} (batch, pos) but the "
+                         f"block calls were recorded for {(calls.batch, calls.n_tokens)}. Fix: record them "
+                         "(record_block_calls) on tokens of the same batch and length.")
+    n_layers = len(model.blocks)
+    if not 0 <= start <= n_layers:
+        raise ValueError(f"run_from_layer: start {start} is outside 0..{n_layers}.")
+    with model.hooks(fwd_hooks=list(fwd_hooks)):
+        h = resid
+        for i in range(start, n_layers):
+            args, kwargs = calls.calls[i]
+            out = model.blocks[i](h, *args, **kwargs)
+            h = out[0] if isinstance(out, (tuple, list)) else out
+        h = h if positions is None else h[:, positions]
+        return model.unembed(model.ln_final(h))

@@ -49,12 +49,13 @@ book: setup
 # (--no-loadscope-reorder; xdist would otherwise order files by their number of test items, not by
 # duration). The longest chapters go first so that they run side by side and the short files fill in
 # around them; LONG_CHAPTERS lists them longest first (measured one-thread times in each chapter).
+# --durations=25 prints the slowest items (notebook cells included), to see what bounds the run.
 TEST_WORKERS ?= 2
 LONG_CHAPTERS := notebooks/02_consistency_steering.ipynb notebooks/04_steam.ipynb notebooks/03_rome.ipynb
 TEST_FILES := $(LONG_CHAPTERS) $(filter-out $(LONG_CHAPTERS),$(sort $(wildcard notebooks/*.ipynb))) tests/
 test: setup
 	$(BIN)/python -m pytest $(TEST_FILES) --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg \
-		--nbval-cell-timeout 3600 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -ra
+		--nbval-cell-timeout 3600 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -ra --durations=25
 
 # The stored outputs come from one thread; a new CPU sums floats in another order, as 2 threads
 # do. Every checked cell must survive that (scripts/check_threads.sh; THREADS=3 for another count).

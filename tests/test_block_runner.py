@@ -14,8 +14,10 @@ FACT = {"prompt": "The capital of {} is", "subject": "France", "target_true": "P
 def test_run_from_layer_equals_the_full_run(tiny_model):
     ids = torch.tensor([tiny_model.tokenizer("The capital of France is")["input_ids"]] * 2)
     with torch.no_grad():
-        logits, calls = record_block_calls(tiny_model, ids)
+        logits, calls, kept = record_block_calls(tiny_model, ids, keep=["blocks.1.hook_resid_pre"], keep_rows=1)
         _, cache = tiny_model.run_with_cache(ids)
+        assert list(kept) == ["blocks.1.hook_resid_pre"]
+        torch.testing.assert_close(kept["blocks.1.hook_resid_pre"], cache["blocks.1.hook_resid_pre"][:1])
         n = tiny_model.cfg.n_layers
         for start in range(n + 1):
             resid = cache[f"blocks.{start}.hook_resid_pre"] if start < n else cache[f"blocks.{n - 1}.hook_resid_post"]

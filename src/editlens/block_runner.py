@@ -13,7 +13,7 @@ bookkeeping for gradients and cut prefixes.)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +39,21 @@ class BlockCalls:
 
 
 def record_block_calls(model: Any, tokens: Int[Tensor, "batch pos"],
-                       fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> tuple[Float[Tensor, "batch pos d_vocab"],
-                                                                                 BlockCalls]:
-    """Run ``model`` on ``tokens`` with ``fwd_hooks``; return its logits and every block's call arguments
-    (without a key/value cache, so re-running a block does not grow one)."""
+                       fwd_hooks: Sequence[tuple[str, Callable]] = (), *, keep: Iterable[str] = (),
+                       keep_rows: int | None = None
+                       ) -> tuple[Float[Tensor, "batch pos d_vocab"], BlockCalls, dict[str, Tensor]]:
+    """Run ``model`` on ``tokens`` with ``fwd_hooks``; return its logits, every block's call arguments (without a
+    key/value cache, so re-running a block does not grow one) and the activations of the hook points ``keep``
+    (their first ``keep_rows`` rows; default all), detached."""
     rec = BlockCalls(batch=int(tokens.shape[0]), n_tokens=int(tokens.shape[1]))
+    kept: dict[str, Tensor] = {}
     handles = []
+
+    def saver(name: str) -> Callable:
+        def save(act: Tensor, hook: Any) -> Tensor:
+            kept[name] = act[:keep_rows].detach()
+            return act
+        return save
 
     def capture(idx: int) -> Callable:
         def pre(module: Any, args: tuple, kwargs: dict) -> None:
@@ -59,14 +68,14 @@ def record_block_calls(model: Any, tokens: Int[Tensor, "batch pos"],
     try:
         for i, block in enumerate(model.blocks):
             handles.append(block.register_forward_pre_hook(capture(i), with_kwargs=True))
-        logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
+        logits = model.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, *((n, saver(n)) for n in keep)])
     finally:
         for h in handles:
             h.remove()
     if len(rec.calls) != len(model.blocks):
         raise RuntimeError(f"record_block_calls: {len(rec.calls)} of {len(model.blocks)} blocks were called. "
                            "Fix: use a TransformerBridge whose blocks run in order (editlens.load_model).")
-    return logits, rec
+    return logits, rec, kept
 
 
 def run_from_layer(model: Any, resid: Float[Tensor, "batch pos d_model"], start: int, calls: BlockCalls, *,

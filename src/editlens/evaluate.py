@@ -181,9 +181,9 @@ def generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int = 40, sa
 
 
 def _generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int, sample: bool, seed: int, top_k: int = 5,
-              row_edits: Sequence[Sequence[Any]] | None = None
-              ) -> tuple[list[str], Float[Tensor, "batch d_vocab"]]:
-    """:func:`generate`, and the logits that chose each row's first new token."""
+              row_edits: Sequence[Sequence[Any]] | None = None, first_logits: bool = False
+              ) -> tuple[list[str], Float[Tensor, "batch d_vocab"] | None]:
+    """:func:`generate`, and (``first_logits``) the logits that chose each row's first new token (else None)."""
     from editlens.rome.rowwise import rowwise_edits
 
     tok = model.tokenizer
@@ -199,8 +199,10 @@ def _generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int, sample
     with torch.random.fork_rng(devices=[]), rows:
         torch.manual_seed(seed)
         out = hf.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                          min_new_tokens=max_new_tokens, output_logits=True, return_dict_in_generate=True, **kw)
-    return [tok.decode(o[n:], skip_special_tokens=True) for o in out.sequences], out.logits[0]
+                          min_new_tokens=max_new_tokens, output_logits=first_logits, return_dict_in_generate=True,
+                          **kw)
+    texts = [tok.decode(o[n:], skip_special_tokens=True) for o in out.sequences]
+    return texts, (out.logits[0] if first_logits else None)
 
 
 @torch.no_grad()
@@ -335,11 +337,12 @@ def baseline_metrics(model: Any, cases: Sequence[dict], *, generation: Generatio
 
 
 def greedy_generations(model: Any, items: Sequence[tuple[str, Sequence[Any]]], generation: GenerationSettings, *,
-                       batch_size: int = 32, progress: bool = False, desc: str = "generations"
-                       ) -> tuple[list[str], list[Float[Tensor, "d_vocab"]]]:
+                       batch_size: int = 32, progress: bool = False, desc: str = "generations",
+                       first_logits: bool = False) -> tuple[list[str], list[Float[Tensor, "d_vocab"]] | None]:
     """Greedy continuations of many ``(prompt, rank-one edits)`` items, batched over items (sorted by length, so
     little padding); each item runs with its own edits (:func:`editlens.rome.rowwise.rowwise_edits`; empty: the
-    model as it is). Returns the texts in item order, and the logits that chose each first new token."""
+    model as it is). Returns the texts in item order, and (``first_logits``) the logits that chose each item's
+    first new token (else None)."""
     from tqdm import tqdm
 
     order = sorted(range(len(items)), key=lambda j: len(encode(model, items[j][0])))  # similar lengths: less padding
@@ -349,10 +352,12 @@ def greedy_generations(model: Any, items: Sequence[tuple[str, Sequence[Any]]], g
         idx = order[b:b + batch_size]
         edits = [list(items[j][1]) for j in idx]
         out, logits = _generate(model, [items[j][0] for j in idx], max_new_tokens=generation.max_new_tokens,
-                                sample=False, seed=generation.seed, row_edits=edits if any(edits) else None)
+                                sample=False, seed=generation.seed, row_edits=edits if any(edits) else None,
+                                first_logits=first_logits)
         texts.update(zip(idx, out))
-        first.update(zip(idx, logits))
-    return [texts[j] for j in range(len(items))], [first[j] for j in range(len(items))]
+        if first_logits:
+            first.update(zip(idx, logits))
+    return [texts[j] for j in range(len(items))], ([first[j] for j in range(len(items))] if first_logits else None)
 
 
 def yielded_weight_edits(info: Any) -> list[Any] | None:
@@ -442,8 +447,8 @@ def evaluate_edits(
     yields rank-one :class:`editlens.rome.Edit` objects, every record's generations run after the last
     edit, many records per batch, each row with its own edit (:mod:`editlens.rome.rowwise`); a check of
     each record's first-token logits against its edited weights guards this. ``on_record`` is called
-    for each record once all records are measured; ``desc`` labels the progress bars. Returns an :class:`EvalReport`; ``report.table()``
-    prints it.
+    for each record once all records are measured; ``desc`` labels the progress bars. Returns an
+    :class:`EvalReport`; ``report.table()`` prints it.
     """
     from tqdm import tqdm
 
@@ -483,7 +488,7 @@ def evaluate_edits(
     if deferred:
         items = [(p, edits) for _, prompts, edits, _ in deferred for p in prompts]
         texts, first = greedy_generations(model, items, generation, progress=progress,
-                                          desc=f"{desc}: generations")
+                                          desc=f"{desc}: generations", first_logits=True)
         at = 0
         for i, prompts, _, check in deferred:
             diff = float((first[at] - check).abs().max())

@@ -144,22 +144,16 @@ def trace_fact(
         pos = list(positions)
     # One corrupted run for every restored position at once: the rows for position j are the n_samples noisy
     # runs again, so the block arguments recorded here fit each layer's restored batch.
-    fast = supports_block_runs(model)
-    n_rows = len(pos) * n_samples if fast else n_samples
-    tiled = eps.repeat(n_rows // n_samples, 1, 1)
+    tiled = eps.repeat(len(pos), 1, 1)
 
-    def corrupt_rows(act: Tensor, hook: Any) -> Tensor:
+    def corrupt(act: Tensor, hook: Any) -> Tensor:
         act = act.clone()
         act[:, s0:s1] = act[:, s0:s1] + tiled.to(act.dtype)
         return act
 
-    if fast:
-        cache: dict[str, Tensor] = {}
-        corr_logits, calls = record_block_calls(model, tokens.expand(n_rows, -1),
-                                                fwd_hooks=[("hook_embed", corrupt_rows), *_savers(L, cache, n_samples)])
-        corr_cache = cache
-    else:
-        corr_logits, corr_cache = _run_cache_with_hooks(model, tokens.expand(n_rows, -1), corrupt_rows, L)
+    corr_logits, calls, corr_cache = record_block_calls(model, tokens.expand(len(pos) * n_samples, -1),
+                                                        [("hook_embed", corrupt)], keep=_names(L), keep_rows=n_samples)
+    fast = supports_block_runs(model)
     p_corr = float(torch.softmax(corr_logits[:n_samples, -1].float(), -1)[:, tgt].mean())
 
     scores = torch.zeros(len(pos), L)
@@ -206,23 +200,6 @@ def _names(L: int) -> set[str]:
         names |= {f"blocks.{l}.hook_resid_post", f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_mlp_out",
                   f"blocks.{l}.hook_attn_out"}
     return names
-
-
-def _savers(L: int, cache: dict[str, Tensor], n_rows: int | None = None) -> list[tuple[str, Any]]:
-    """Hooks that keep each traced activation (its first ``n_rows`` rows) in ``cache``."""
-    hooks = []
-    for name in _names(L):
-        def save(act: Tensor, hook: Any, name: str = name) -> Tensor:
-            cache[name] = act[:n_rows].detach()
-            return act
-        hooks.append((name, save))
-    return hooks
-
-
-def _run_cache_with_hooks(model: Any, tokens: Tensor, corrupt: Any, L: int) -> tuple[Tensor, dict[str, Tensor]]:
-    cache: dict[str, Tensor] = {}
-    logits = model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", corrupt), *_savers(L, cache)])
-    return logits, cache
 
 
 _START_AT_END: dict[int, bool] = {}

@@ -143,16 +143,6 @@ def _clean_pass(model, batch: _Batch) -> tuple[Float[Tensor, "pair layer head d_
         return z, batch.ld(logits, "clean")
 
 
-def _resid_savers(n_layers: int, store: dict[int, Tensor]) -> list[tuple[str, object]]:
-    """Hooks that keep the residual stream entering each block in ``store[layer]``."""
-    def saver(layer: int):
-        def save(act: Tensor, hook=None) -> Tensor:
-            store[layer] = act.detach()
-            return act
-        return save
-    return [(f"blocks.{layer}.hook_resid_pre", saver(layer)) for layer in range(n_layers)]
-
-
 def _check_nonempty(ps: PatchSet) -> None:
     if len(ps) == 0:
         raise ValueError("no inconsistent pairs to patch: every pair agrees (or none has the reference answer); "
@@ -192,8 +182,8 @@ def activation_patching(
         for b in chunks:
             z_src, ldc = _clean_pass(model, b)
             if from_layer:
-                resid: dict[int, Tensor] = {}
-                logits, c = record_block_calls(model, b.corrupt_tokens, fwd_hooks=_resid_savers(L, resid))
+                logits, c, resid = record_block_calls(model, b.corrupt_tokens,
+                                                      keep=[f"blocks.{layer}.hook_resid_pre" for layer in range(L)])
                 resids.append(resid); calls.append(c)
             else:
                 logits = model(b.corrupt_tokens)
@@ -211,7 +201,8 @@ def activation_patching(
                     return z
 
                 if c is not None:
-                    ld = b.ld(run_from_layer(model, resid[l], l, c, fwd_hooks=[(z_hook_name(l), hook)]), "corrupt")
+                    ld = b.ld(run_from_layer(model, resid[f"blocks.{l}.hook_resid_pre"], l, c,
+                                             fwd_hooks=[(z_hook_name(l), hook)]), "corrupt")
                 else:
                     with model.hooks(fwd_hooks=[(z_hook_name(l), hook)]):
                         ld = b.ld(model(b.corrupt_tokens), "corrupt")

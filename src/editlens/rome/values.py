@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from editlens.block_runner import supports_block_runs
 from editlens.rome.hparams import ROMEHyperParams
 from editlens.rome.keys import context_templates, encode, fill_template, pad_batch, subject_last_index
 from editlens.rome.requests import RewriteRequest, as_request, with_leading_space
@@ -373,16 +374,8 @@ class _Stop(Exception):
 
 
 def _fast_forward_supported(model: Any, layer: int) -> bool:
-    """Blocks are the HF decoder layers (TransformerBridge) and the final norm and unembedding are bridge modules."""
-    blocks = getattr(model, "blocks", None)
-    if blocks is None or not (0 <= layer < len(blocks)):
-        return False
-    if not hasattr(model, "ln_final") or not hasattr(model, "unembed"):
-        return False
-    hf_cfg = getattr(getattr(model, "original_model", None), "config", None)
-    if getattr(hf_cfg, "final_logit_softcapping", None):  # applied by the HF head, outside the unembedding
-        return False
-    return True
+    """The blocks can be driven one by one (:func:`editlens.block_runner.supports_block_runs`) from ``layer``."""
+    return supports_block_runs(model) and 0 <= layer < len(model.blocks)
 
 
 class _PrefixKV:

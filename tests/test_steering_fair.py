@@ -267,3 +267,82 @@ def test_embedded_lora_forward_is_used_and_restored(model):
                     p.normal_(0, 0.01)
         assert not torch.allclose(model(toks).detach(), base, atol=1e-4)
     assert torch.equal(model(toks).detach(), base) and _same(model, snap)
+
+
+# ---------------------------------------------------------------------- work done once (issue #10)
+
+def test_initial_eval_replaces_the_step_zero_evaluation(tiny_model):
+    from editlens.sft import finetune_consistency
+
+    qs = _queries()
+    calls = []
+
+    def eval_fn(m):
+        calls.append(1)
+        return {"consistency": 0.5}
+
+    kw = dict(lr=1e-2, steps=2, batch_size=2, eval_every=1, progress=False, seed=0, eval_fn=eval_fn)
+    plain = finetune_consistency(tiny_model, qs, "gold", **kw)
+    n_plain = len(calls)
+    given = finetune_consistency(tiny_model, qs, "gold", initial_eval={"consistency": -1.0}, **kw)
+    assert len(calls) - n_plain == n_plain - 1  # one evaluation fewer: step 0
+    assert given.history[0]["consistency"] == -1.0 and given.history[0]["step"] == 0
+    assert [r["loss"] for r in given.history[1:]] == [r["loss"] for r in plain.history[1:]]
+    with pytest.raises(ValueError, match="eval_fn"):
+        finetune_consistency(tiny_model, qs, "gold", steps=1, progress=False, initial_eval={"consistency": 0.0})
+
+
+def test_first_steps_equals_a_shorter_run(tiny_model):
+    from editlens.sft import finetune_consistency
+
+    qs = _queries()
+
+    def eval_fn(m):
+        return {"consistency": float(sum(p.float().sum() for p in m.original_model.parameters()))}
+
+    kw = dict(lr=1e-2, batch_size=2, eval_every=2, progress=False, seed=0, eval_fn=eval_fn)
+    long = finetune_consistency(tiny_model, qs, "gold", steps=6, **kw)
+    short = finetune_consistency(tiny_model, qs, "gold", steps=4, **kw)
+    cut = long.first_steps(4)
+    assert [r["step"] for r in cut.history] == [r["step"] for r in short.history] == [0, 2, 4]
+    for a, b in zip(cut.history, short.history):  # same trajectory: same weights, same losses
+        assert a["consistency"] == b["consistency"]
+        assert (math.isnan(a["loss"]) and math.isnan(b["loss"])) or a["loss"] == b["loss"]
+    assert cut.steps == 4 and cut.settings["steps"] == 4 and cut.train_seconds == long.history[2]["train_seconds"]
+    with pytest.raises(ValueError, match="evaluated steps"):
+        long.first_steps(3)
+
+
+def test_cost_curve_reuses_a_full_run_only_when_it_is_the_same_run(tiny_model):
+    from editlens.sft import LoraSpec, finetune_consistency
+
+    qs = _queries()
+    snap = _snapshot(tiny_model)
+    kw = dict(sizes=[3, 5], methods=("sft",), sft_kwargs=dict(steps=2, eval_every=1, lr=1e-2))
+    fresh = cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], **kw)
+    from editlens import consistency as C
+
+    base = C.summary(C.model_answers(tiny_model, qs[:2]))["consistency"]
+    targets = {i: a for i, a in enumerate(C.query_consistency(C.model_answers(tiny_model, qs))["majority"])}
+
+    def val(m):
+        return {"consistency": C.summary(C.model_answers(m, qs[:2]))["consistency"]}
+
+    run = finetune_consistency(tiny_model, qs, targets, lr=1e-2, steps=4, eval_every=1, batch_size=16, seed=0,
+                               eval_fn=val, progress=False)
+    reused = cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], base_consistency=base,
+                                full_runs={"sft": run}, **kw)
+    cols = ["n_train", "method", "val_consistency", "best_step"]
+    pd.testing.assert_frame_equal(fresh[cols], reused[cols])
+    assert reused.loc[reused.n_train == 5, "seconds_per_step"].iloc[0] == run.first_steps(2).seconds_per_step
+    other_lr = finetune_consistency(tiny_model, qs, targets, lr=5e-2, steps=2, eval_every=1, batch_size=16, seed=0,
+                                    eval_fn=val, progress=False)
+    with pytest.raises(ValueError, match="lr="):
+        cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], full_runs={"sft": other_lr}, **kw)
+    lora = finetune_consistency(tiny_model, qs, targets, lr=1e-2, steps=2, eval_every=1, batch_size=16, seed=0,
+                                eval_fn=val, progress=False, lora=LoraSpec(r=2))
+    with pytest.raises(ValueError, match="lora="):
+        cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], full_runs={"sft": lora}, **kw)
+    with pytest.raises(ValueError, match="full_runs keys"):
+        cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], full_runs={"SFT": run}, **kw)
+    assert _same(tiny_model, snap)

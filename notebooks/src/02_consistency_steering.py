@@ -26,9 +26,12 @@
 # **Prerequisites.** Chapter 0 (hooks, `hook_z`, $W_O$) and Chapter 1 (pairwise consistency,
 # attribution patching).
 #
-# **Time to run.** 44 minutes measured on one CPU thread of a 2-core machine that was running
-# another chapter on its other core (34 minutes before sections 10-13 were added; Hugging
-# Face-size models need a GPU).
+# **Time to run.** 29 minutes measured on one CPU thread of a 2-core machine whose other core
+# ran the test suite for the first 22 of them (44 minutes, with the other core busy throughout,
+# before the chapter stopped repeating work: section 2's training answers now give the
+# fine-tuning targets, the unsteered validation scores are every fine-tuning run's step 0, and
+# the cost curve reuses section 9's runs at the full training set; Hugging Face-size models need a
+# GPU).
 # Scoring answers dominates: every evaluation scores 7 paraphrases of each query against the
 # relation's whole candidate list (each shared prompt prefix once, `editlens.scoring`), and the
 # chapter runs about forty of them (the K x $\alpha$ sweep, the held-out tests with controls,
@@ -423,15 +426,22 @@ answer_frames = {}  # (split, model) -> answers, for the diagnosis (sec. 12)
 def evaluate(
     queries, shifts=None, position=POSITION, keep=None
 ) -> dict[str, float]:
-    hooks = (
-        None
-        if not shifts
-        else steering.steering_hooks(shifts, position, model=model)
+    """Consistency and accuracy of the model, steered by `shifts`; `keep`
+    stores the answers under that key of `answer_frames`."""
+    frames = {}
+    row = fair.evaluate_state(
+        model,
+        {"q": queries},
+        shifts=shifts,
+        position=position,
+        answers_out=frames,
     )
-    answers = C.model_answers(model, queries, fwd_hooks=hooks)
     if keep is not None:
-        answer_frames[keep] = answers
-    return C.summary(answers)
+        answer_frames[keep] = frames["q"]
+    return {
+        "consistency": row["q_consistency"],
+        "accuracy": row["q_accuracy"],
+    }
 
 
 base_val = evaluate(splits["validation"], keep=("validation", "unsteered"))
@@ -706,12 +716,10 @@ for name in side.index:
 
 # %%
 def validation_metrics(m) -> dict[str, float]:
+    row = fair.evaluate_state(m, {"v": splits["validation"]})
     return {
-        k: v
-        for k, v in C.summary(
-            C.model_answers(m, splits["validation"])
-        ).items()
-        if k in ("consistency", "accuracy")
+        "consistency": row["v_consistency"],
+        "accuracy": row["v_accuracy"],
     }
 
 
@@ -723,13 +731,20 @@ side_data = fair.SideEffectData(
 )
 
 
+# Work done once: the training answers of section 2 give the majority
+# targets, and the unsteered validation scores of section 6 are every
+# run's step-0 row (the untrained model is the unsteered one).
+train_targets = sft.majority_targets(train_answers)
+
+
 def fine_tune(name: str, **kwargs):
     """Train, keep the best validation checkpoint, test it once."""
     frames = {}
     with sft.finetuned(
         model,
         splits["train"],
-        "majority",
+        train_targets,
+        initial_eval=base_val,
         steps=SFT_STEPS,
         batch_size=16,
         eval_fn=validation_metrics,
@@ -827,8 +842,8 @@ print(
 # %% [markdown]
 # Fine-tuning on the same 111 training queries raises validation consistency about three times as
 # much as steering did, without losing accuracy, and was still improving at the last step. On this
-# machine and model it costs a few times steering's wall-clock (the ratio printed above: 3.5x in
-# the stored run, 2.5x in an earlier run on a less loaded machine), not 23 times: steering's own cost
+# machine and model it costs a few times steering's wall-clock (the ratio printed above: 2.4x in
+# the stored run, 3.5x in an earlier run on a more loaded machine), not 23 times: steering's own cost
 # is dominated by scoring the training prompts, which a 135M model makes as expensive as a few
 # dozen optimisation steps. `benchmarks/bench_steering.py` measures the same two costs in one run
 # outside the notebook. Section 13 follows the two costs as the training set grows.
@@ -891,21 +906,16 @@ for name, source in [
 fair_table = pd.DataFrame(state_rows + [sft_row, lora_row]).set_index(
     "model"
 )
-fair_table["validation_consistency"] = [
-    base_val["consistency"],
-    best.consistency,
-    np.nan,
-    np.nan,
-    sft_best["consistency"],
-    lora_best["consistency"],
-]
-fair_table["seconds"] = [
-    0.0,
-    steering_seconds,
-    np.nan,
-    np.nan,
-    sft_best["train_seconds"],
-    lora_best["train_seconds"],
+# model -> (validation consistency it was chosen on, seconds to build it);
+# the controls were not chosen, so they have neither
+chosen_on = {
+    "unsteered": (base_val["consistency"], 0.0),
+    "steering": (best.consistency, steering_seconds),
+    "SFT": (sft_best["consistency"], sft_best["train_seconds"]),
+    "LoRA": (lora_best["consistency"], lora_best["train_seconds"]),
+}
+fair_table[["validation_consistency", "seconds"]] = [
+    chosen_on.get(m, (np.nan, np.nan)) for m in fair_table.index
 ]
 
 # %%
@@ -1234,7 +1244,11 @@ print(
 # steps: with a fixed number of steps it barely grows with the data (only the unedited model's
 # answers, which both need for the majority targets, do). `fair.cost_by_train_size` measures the
 # three methods on nested random subsets of the training queries (`COST_SIZES`), with
-# `COST_STEPS` fine-tuning steps, each checkpoint chosen on validation.
+# `COST_STEPS` fine-tuning steps, each checkpoint chosen on validation. On all training queries
+# the fine-tuning points are the first `COST_STEPS` steps of section 9's runs: training is seeded
+# and deterministic, so a new run would repeat them step for step, and the function checks that
+# their settings, targets and starting point are the curve's before it reuses them
+# (`SFTResult.first_steps`).
 
 # %%
 with timed("cost by training-set size"):
@@ -1253,6 +1267,14 @@ with timed("cost by training-set size"):
         ),
         lora_spec=sft.LoraSpec(r=LORA_R, seed=SEED),
         seed=SEED,
+        base_consistency=base_val["consistency"],
+        # all training queries: the first COST_STEPS steps of section 9's
+        # runs, which are the same runs (checked), not trained again
+        full_runs=(
+            {"sft": sft_result, "lora": lora_result}
+            if SFT_STEPS >= COST_STEPS and SFT_EVAL_EVERY == COST_EVAL_EVERY
+            else None  # other settings: the curve trains its own runs
+        ),
     )
 
 # %%
@@ -1283,8 +1305,8 @@ print(
 )
 
 # %% [markdown]
-# The ratio falls as the training set grows: with 25 training queries fine-tuning costs 3.2x
-# (SFT) and 3.7x (LoRA) steering's time, with all 111 only 1.3x and 1.5x, because steering's cost
+# The ratio falls as the training set grows: with 25 training queries fine-tuning costs 3.0x
+# (SFT) and 3.3x (LoRA) steering's time, with all 111 only 1.5x and 1.4x, because steering's cost
 # is scoring its training prompts (linear in the data) while 20 fine-tuning steps cost the same
 # whatever the data. A 23x ratio needs the opposite regime: few training prompts and many
 # expensive optimisation steps, e.g. a 7B-13B model trained for several epochs with its optimizer
@@ -1313,7 +1335,7 @@ print(
 #   and random-direction controls: here the validation gain disappears on test, and the controls do
 #   as well as the located heads.
 # - Side effects are measurable (known facts, perplexity, free-form answers) and here all worsen.
-# - Supervised fine-tuning on the same data gains more at a few times the cost (3.5x here), and on
+# - Supervised fine-tuning on the same data gains more at a few times the cost (2.4x here), and on
 #   the same footing (chosen on validation, tested once) full SFT and LoRA raise held-out
 #   consistency by about 0.2 on both test sets with intervals far from 0, where steering gains
 #   nothing on held-out subjects and loses on held-out relations.
@@ -1323,7 +1345,7 @@ print(
 #   answers instead of aligning them (entropy up on unseen relations), and the per-relation gains
 #   on validation do not transfer. The uncentred direction seems to encode which queries are easy,
 #   not agreement.
-# - The cost ratio falls from about 3x to 1.3x as the training set grows from 25 to 111 queries;
+# - The cost ratio falls from about 3x to 1.5x as the training set grows from 25 to 111 queries;
 #   a 23x ratio needs few training prompts and expensive optimisation steps, which this setting is
 #   not.
 #

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -58,6 +59,25 @@ class SFTResult:
     n_trainable: int = 0
     method: str = "full"
     restored_step: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # what decides the trajectory (see ``first_steps``)
+
+    def first_steps(self, steps: int) -> "SFTResult":
+        """This run as it stood after ``steps`` steps: its history rows up to that step.
+
+        Training is deterministic and the evaluations do not touch it, so a run of ``steps`` steps
+        with the same :attr:`settings` would have produced exactly these rows (the time included).
+        The step must be one the run evaluated (a multiple of ``eval_every``, or its last step).
+
+        Taught in: Chapter 2 (the cost curve's full-size point reuses the main fine-tuning run)."""
+        evaluated = [r["step"] for r in self.history]
+        if steps not in evaluated:
+            raise ValueError(f"this run evaluated steps {evaluated}, not {steps}. Fix: ask for one of them, or "
+                             "train a run that evaluates at that step.")
+        rows = [dict(r) for r in self.history if r["step"] <= steps]
+        out = SFTResult(history=rows, steps=steps, train_seconds=rows[-1]["train_seconds"], stopped="steps",
+                        targets=dict(self.targets), trainable=list(self.trainable), n_trainable=self.n_trainable,
+                        method=self.method, settings=dict(self.settings, steps=steps))
+        return out
 
     @property
     def seconds_per_step(self) -> float:
@@ -93,13 +113,21 @@ def _select(model, trainable: Callable[[str], bool] | Sequence[str] | None) -> d
     return chosen
 
 
+def majority_targets(answers: pd.DataFrame) -> dict[int, str]:
+    """Query index -> the query's majority answer, from :func:`editlens.consistency.model_answers`'
+    frame: the ``"majority"`` targets, for a caller that already has the unedited model's answers.
+
+    Taught in: Chapter 2 (the training answers are scored once and reused as SFT's targets)."""
+    per_query = query_consistency(answers)
+    return {int(q): str(m) for q, m in zip(per_query["query_id"], per_query["majority"])}
+
+
 def _targets(model, queries: Sequence[Any], targets: Mapping[int, str] | str, batch_size: int) -> dict[int, str]:
     if isinstance(targets, str):
         if targets == "gold":
             return {i: q.object for i, q in enumerate(queries)}
         if targets == "majority":
-            per_query = query_consistency(model_answers(model, queries, batch_size=batch_size))
-            return {int(q): str(m) for q, m in zip(per_query["query_id"], per_query["majority"])}
+            return majority_targets(model_answers(model, queries, batch_size=batch_size))
         raise ValueError(f"targets must be 'majority', 'gold' or a dict query index -> answer, got {targets!r}.")
     missing = [i for i in range(len(queries)) if i not in targets]
     if missing:
@@ -188,7 +216,8 @@ def lora_adapters(model, spec: LoraSpec = LoraSpec()) -> Iterator[dict[str, nn.P
 
 
 def _train(model, train_queries, targets, *, lr, steps, epochs, batch_size, eval_fn, eval_every, seed,
-           max_seconds, progress, trainable, weight_decay, restore_best=None) -> SFTResult:
+           max_seconds, progress, trainable, weight_decay, restore_best=None,
+           initial_eval: Mapping[str, float] | None = None) -> SFTResult:
     if lr <= 0 or batch_size < 1 or eval_every < 1:
         raise ValueError(f"need lr > 0, batch_size >= 1, eval_every >= 1; got lr={lr}, batch_size={batch_size}, "
                          f"eval_every={eval_every}.")
@@ -199,9 +228,15 @@ def _train(model, train_queries, targets, *, lr, steps, epochs, batch_size, eval
     per_epoch = -(-len(examples) // batch_size)
     total = steps if steps is not None else epochs * per_epoch
     params = _select(model, trainable)
-    result = SFTResult(targets=tg, trainable=list(params), n_trainable=sum(p.numel() for p in params.values()))
+    result = SFTResult(targets=tg, trainable=list(params), n_trainable=sum(p.numel() for p in params.values()),
+                       settings=dict(lr=lr, batch_size=batch_size, seed=seed, weight_decay=weight_decay,
+                                     eval_every=eval_every, steps=total, max_seconds=max_seconds,
+                                     n_examples=len(examples), trainable=sorted(params)))
     if restore_best is not None and eval_fn is None:
         raise ValueError(f"restore_best={restore_best!r} needs an eval_fn that returns that metric (on validation).")
+    if initial_eval is not None and eval_fn is None:
+        raise ValueError("initial_eval stands in for eval_fn at step 0, but no eval_fn was given. Fix: pass eval_fn "
+                         "too, or drop initial_eval.")
     best: dict[str, Any] = {}
     opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -211,7 +246,9 @@ def _train(model, train_queries, targets, *, lr, steps, epochs, batch_size, eval
     def evaluate(step: int) -> None:
         row = dict(step=step, train_seconds=train_s, elapsed_seconds=time.perf_counter() - t_start,
                    loss=float(sum(losses) / len(losses)) if losses else float("nan"))
-        if eval_fn is not None:
+        if step == 0 and initial_eval is not None:
+            row.update(initial_eval)
+        elif eval_fn is not None:
             with torch.no_grad():
                 row.update(eval_fn(model))
         result.history.append(row)
@@ -282,6 +319,7 @@ def finetuned(
     weight_decay: float = 0.0,
     lora: LoraSpec | None = None,
     restore_best: str | None = None,
+    initial_eval: Mapping[str, float] | None = None,
 ) -> Iterator[tuple[Any, SFTResult]]:
     """Fine-tune ``model`` in place and yield ``(model, result)``; on exit (also after an exception)
     every parameter, its ``requires_grad`` flag and its ``.grad`` are restored bit-exactly.
@@ -294,7 +332,11 @@ def finetuned(
     ``lora``: train LoRA adapters (:class:`LoraSpec`) instead of the model's own parameters
     (``trainable`` must then be None); the adapters are removed on exit. ``restore_best``: a metric
     of ``eval_fn`` (higher is better); the yielded model is the checkpoint with its best value
-    (``result.restored_step``), not the last step."""
+    (``result.restored_step``), not the last step. ``initial_eval``: ``eval_fn``'s metrics for the
+    model before training when the caller has already measured them (for example the unsteered
+    validation scores); the step-0 row takes them instead of evaluating the same model again.
+    Training starts from the unchanged model (LoRA's B matrices start at zero), so they are the
+    step-0 values."""
     if lora is not None and trainable is not None:
         raise ValueError("pass either lora=LoraSpec(...) (adapters are trained) or trainable=... (model parameters "
                          "are trained), not both.")
@@ -311,7 +353,8 @@ def finetuned(
             result = _train(model, train_queries, targets, lr=lr, steps=steps, epochs=epochs, batch_size=batch_size,
                             eval_fn=eval_fn, eval_every=eval_every, seed=seed, max_seconds=max_seconds,
                             progress=progress, trainable=select, weight_decay=weight_decay,
-                            restore_best=restore_best)
+                            restore_best=restore_best, initial_eval=initial_eval)
+            result.settings["lora"] = lora
             if lora is not None:
                 result.method = f"lora(r={lora.r})"
             elif trainable is not None:
@@ -336,6 +379,6 @@ def finetune_consistency(
 
     Keyword arguments as :func:`finetuned` (``lr``, ``steps``/``epochs``, ``batch_size``,
     ``eval_fn``, ``eval_every``, ``seed``, ``max_seconds``, ``progress``, ``trainable``, ``lora``,
-    ``restore_best``)."""
+    ``restore_best``, ``initial_eval``)."""
     with finetuned(model, train_queries, targets, **kwargs) as (_, result):
         return result

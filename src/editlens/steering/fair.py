@@ -327,6 +327,8 @@ def cost_by_train_size(
     lora_kwargs: Mapping[str, Any] | None = None,
     lora_spec: sft.LoraSpec | None = None,
     seed: int = 0,
+    base_consistency: float | None = None,
+    full_runs: Mapping[str, sft.SFTResult] | None = None,
 ) -> pd.DataFrame:
     """Wall-clock of each method on seeded subsets of ``sizes`` training queries (nested: each
     subset contains the smaller ones), one row per (size, method): ``seconds`` (the cost),
@@ -342,6 +344,13 @@ def cost_by_train_size(
     (evaluation excluded, as in :class:`editlens.sft.SFTResult`). ``sft_kwargs``/``lora_kwargs`` go
     to :func:`editlens.sft.finetune_consistency` (defaults: 20 steps, eval every 5, batch 16;
     lr 2e-5 for SFT, 1e-3 for LoRA).
+
+    Work done once: ``base_consistency`` is the unedited model's validation consistency when the
+    caller has it (also the step-0 row of every fine-tuning run). ``full_runs`` maps ``"sft"`` /
+    ``"lora"`` to a run on all of ``train_queries`` with the same settings and at least as many
+    steps (Chapter 2's main runs): the largest size takes its first steps
+    (:meth:`editlens.sft.SFTResult.first_steps`) instead of training the same trajectory again.
+    A run whose settings differ is refused with the setting named.
 
     Taught in: Chapter 2 (under which conditions a 23x speed ratio could arise)."""
     from editlens.localize.activations import last_token_z
@@ -360,15 +369,18 @@ def cost_by_train_size(
     def val_consistency(m) -> dict[str, float]:
         return {"consistency": C.summary(C.model_answers(m, val_queries))["consistency"]}
 
-    base = val_consistency(model)["consistency"]
+    base = val_consistency(model)["consistency"] if base_consistency is None else float(base_consistency)
+    full_runs = dict(full_runs or {})
+    unknown = sorted(set(full_runs) - {"sft", "lora"})
+    if unknown:
+        raise ValueError(f"full_runs keys must be 'sft' or 'lora', got {unknown}.")
     rows = []
     for n in sorted(sizes):
         train = [train_queries[i] for i in sorted(order[:n])]
         t0 = time.perf_counter()
         answers = C.model_answers(model, train)
         t_answers = time.perf_counter() - t0
-        per_query = C.query_consistency(answers)
-        targets = {int(q): str(a) for q, a in zip(per_query["query_id"], per_query["majority"])}
+        targets = sft.majority_targets(answers)
         steer_cost = math.nan
         if "steering" in methods:
             t0 = time.perf_counter()
@@ -386,7 +398,11 @@ def cost_by_train_size(
             kw.update((sft_kwargs if method == "sft" else lora_kwargs) or {})
             if method == "lora":
                 kw["lora"] = lora_spec if lora_spec is not None else sft.LoraSpec(seed=seed)
-            res = sft.finetune_consistency(model, train, targets, eval_fn=val_consistency, **kw)
+            if method in full_runs and n == len(train_queries):
+                res = _reuse_run(full_runs[method], method, kw, targets, train, base)
+            else:
+                res = sft.finetune_consistency(model, train, targets, eval_fn=val_consistency,
+                                               initial_eval={"consistency": base}, **kw)
             best = res.best("consistency")
             rows.append(dict(n_train=n, method=method, seconds=t_answers + best["train_seconds"],
                              shared_seconds=t_answers, val_consistency=best["consistency"],
@@ -400,3 +416,30 @@ def cost_by_train_size(
     out["ratio"] = [r.seconds / steer[r.n_train] if r.n_train in steer.index else math.nan
                     for r in out.itertuples()]
     return out
+
+
+def _reuse_run(run: sft.SFTResult, method: str, kw: Mapping[str, Any], targets: Mapping[int, str],
+               train: Sequence[Any], base: float) -> sft.SFTResult:
+    """``run``'s first ``kw["steps"]`` steps, after checking that a fresh run would follow the same
+    trajectory (same settings, targets and training prompts) and was evaluated on the same set."""
+    want = dict(lr=kw["lr"], batch_size=kw["batch_size"], seed=kw["seed"], eval_every=kw["eval_every"],
+                weight_decay=kw.get("weight_decay", 0.0), lora=kw.get("lora"),
+                n_examples=sum(len(q.prompts) for q in train))
+    have = run.settings
+    for key, value in want.items():
+        if have.get(key) != value:
+            raise ValueError(f"full_runs[{method!r}] was trained with {key}={have.get(key)!r}, this curve uses "
+                             f"{value!r}. Fix: pass a run made with the curve's settings, or leave it out.")
+    if run.method not in ("full", f"lora(r={getattr(kw.get('lora'), 'r', None)})"):
+        raise ValueError(f"full_runs[{method!r}] trained {run.method!r} parameters; the curve trains all of them "
+                         "(SFT) or LoRA adapters. Fix: leave it out.")
+    if dict(run.targets) != {int(k): str(v) for k, v in targets.items()}:
+        raise ValueError(f"full_runs[{method!r}] was trained towards other targets than the curve's (the unedited "
+                         "model's majority answers). Fix: pass a run on the same training queries and targets.")
+    if kw["steps"] > run.steps:
+        raise ValueError(f"full_runs[{method!r}] ran {run.steps} steps, the curve needs {kw['steps']}.")
+    first = run.history[0].get("consistency")
+    if first is None or abs(first - base) > 1e-9:
+        raise ValueError(f"full_runs[{method!r}] starts at validation consistency {first!r}, the unedited model "
+                         f"has {base!r} on these validation queries. Fix: evaluate the run on the same queries.")
+    return run.first_steps(kw["steps"])

@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     once = sft.finetune_consistency(model, train, sft.majority_targets(train_answers), initial_eval=base, **kw)
     t_once = time.perf_counter() - t0
+
     def row_key(r: dict) -> tuple:  # the loss is NaN at step 0, and NaN != NaN
         return r["step"], r["consistency"], None if math.isnan(r["loss"]) else r["loss"]
 

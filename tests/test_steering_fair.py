@@ -343,6 +343,10 @@ def test_cost_curve_reuses_a_full_run_only_when_it_is_the_same_run(tiny_model):
                                 eval_fn=val, progress=False, lora=LoraSpec(r=2))
     with pytest.raises(ValueError, match="lora="):
         cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], full_runs={"sft": lora}, **kw)
+    part = finetune_consistency(tiny_model, qs, targets, lr=1e-2, steps=2, eval_every=1, batch_size=16, seed=0,
+                                eval_fn=val, progress=False, trainable=["mlp"])
+    with pytest.raises(ValueError, match="subset of the parameters"):
+        cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], full_runs={"sft": part}, **kw)
     with pytest.raises(ValueError, match="full_runs keys"):
         cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], full_runs={"SFT": run}, **kw)
     assert _same(tiny_model, snap)

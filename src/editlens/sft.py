@@ -231,7 +231,7 @@ def _train(model, train_queries, targets, *, lr, steps, epochs, batch_size, eval
     result = SFTResult(targets=tg, trainable=list(params), n_trainable=sum(p.numel() for p in params.values()),
                        settings=dict(lr=lr, batch_size=batch_size, seed=seed, weight_decay=weight_decay,
                                      eval_every=eval_every, steps=total, max_seconds=max_seconds,
-                                     n_examples=len(examples), trainable=sorted(params)))
+                                     n_examples=len(examples)))
     if restore_best is not None and eval_fn is None:
         raise ValueError(f"restore_best={restore_best!r} needs an eval_fn that returns that metric (on validation).")
     if initial_eval is not None and eval_fn is None:

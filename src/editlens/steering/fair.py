@@ -168,7 +168,7 @@ def control_shifts(
     centre_by: Sequence[Any] | None = None,
     n_seeds: int = 2,
     seed: int = 0,
-) -> list[tuple[str, int | None, dict[Head, Float[Tensor, d_head]]]]:
+) -> list[tuple[str, int | None, dict[Head, Float[Tensor, "d_head"]]]]:
     """The shifts of one steering variant and its controls, as ``(kind, seed, shifts)``:
     ``"steered"`` (directions fitted on ``heads``), ``"random heads"`` (as many heads drawn outside
     ``heads``, directions fitted the same way, same alpha) and ``"random directions"`` (random unit
@@ -430,8 +430,8 @@ def _reuse_run(run: sft.SFTResult, method: str, kw: Mapping[str, Any], targets: 
         if have.get(key) != value:
             raise ValueError(f"full_runs[{method!r}] was trained with {key}={have.get(key)!r}, this curve uses "
                              f"{value!r}. Fix: pass a run made with the curve's settings, or leave it out.")
-    if run.method not in ("full", f"lora(r={getattr(kw.get('lora'), 'r', None)})"):
-        raise ValueError(f"full_runs[{method!r}] trained {run.method!r} parameters; the curve trains all of them "
+    if run.method == "selected":  # the LoRA spec is compared above; a subset of parameters is neither
+        raise ValueError(f"full_runs[{method!r}] trained a subset of the parameters; the curve trains all of them "
                          "(SFT) or LoRA adapters. Fix: leave it out.")
     if dict(run.targets) != {int(k): str(v) for k, v in targets.items()}:
         raise ValueError(f"full_runs[{method!r}] was trained towards other targets than the curve's (the unedited "

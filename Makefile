@@ -51,7 +51,7 @@ book: setup
 # around them; LONG_CHAPTERS lists them longest first (measured one-thread times in each chapter).
 # --durations=25 prints the slowest items (notebook cells included), to see what bounds the run.
 TEST_WORKERS ?= 2
-LONG_CHAPTERS := notebooks/02_consistency_steering.ipynb notebooks/04_steam.ipynb notebooks/03_rome.ipynb
+LONG_CHAPTERS := notebooks/05_sadr.ipynb notebooks/02_consistency_steering.ipynb notebooks/04_steam.ipynb notebooks/03_rome.ipynb
 TEST_FILES := $(LONG_CHAPTERS) $(filter-out $(LONG_CHAPTERS),$(sort $(wildcard notebooks/*.ipynb))) tests/
 test: setup
 	$(BIN)/python -m pytest $(TEST_FILES) --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg \

@@ -229,6 +229,50 @@ def test_gamma_zero_reproduces_rome_bit_for_bit(tiny3_model, tmp_path, monkeypat
         assert torch.equal(p, before[n]), n
 
 
+def test_a_shorter_run_is_the_start_of_a_longer_one(tiny3_model):
+    """also_steps: the 3-step result taken from a 6-step run is the 3-step run, bit for bit (with SADR's term)."""
+    req = as_request(CASE)
+    hp = HP.replace(v_num_grad_steps=6)
+    long = compute_v(tiny3_model, req, 0, hp, [AttentionDriftTerm(1.0)], also_steps=[3, 1])
+    for n in (1, 3):
+        short = compute_v(tiny3_model, req, 0, hp.replace(v_num_grad_steps=n), [AttentionDriftTerm(1.0)])
+        got = long.earlier[n]
+        assert torch.equal(got.delta, short.delta) and torch.equal(got.v_star, short.v_star)
+        assert got.history == short.history and len(got.history) == n
+    assert not torch.equal(long.earlier[3].delta, long.delta) and len(long.history) == 6
+    # a run that stops early (before the shorter limit): the shorter result is the final one
+    stop = hp.replace(v_loss_early_stop=1e9, v_early_stop_on="loss")
+    early = compute_v(tiny3_model, req, 0, stop, also_steps=[3])
+    assert len(early.history) == 1 and torch.equal(early.earlier[3].delta, early.delta)
+    with pytest.raises(ValueError, match="also_steps"):
+        compute_v(tiny3_model, req, 0, hp, also_steps=[6])
+
+
+def test_earlier_edits_replay_the_shorter_edit_and_restore_the_weights(tiny3_model, tmp_path, monkeypatch):
+    from editlens.evaluate import EarlierEdits
+    from editlens.rome import key_stats as ks
+
+    monkeypatch.setenv("EDITLENS_CACHE", str(tmp_path))
+    stats = ks.get_key_stats(tiny3_model, 0, n_tokens=300, seq_len=32, progress=False)
+    hp = HP.replace(mom2_n_tokens=300)
+    before = {n: p.detach().clone() for n, p in tiny3_model.named_parameters()}
+    kept = EarlierEdits(3)
+    with pytest.raises(KeyError, match="No kept 3-step edit"):
+        with kept.editor()(tiny3_model, CASE):
+            pass
+    with sadr_editor(hp, stats, gamma=1.0, steps=6, earlier=kept)(tiny3_model, CASE) as edits:
+        long_w = tiny3_model.blocks[0].mlp.W_out.detach().clone()
+        assert len(edits[0].v_result.history) == 6
+    with sadr_editor(hp, stats, gamma=1.0, steps=3)(tiny3_model, CASE) as edits:
+        short_w = tiny3_model.blocks[0].mlp.W_out.detach().clone()
+    with kept.editor()(tiny3_model, CASE) as edits:
+        assert torch.equal(tiny3_model.blocks[0].mlp.W_out, short_w)
+        assert edits[0].info["steps"] == 3
+    assert not torch.equal(short_w, long_w)
+    for n, p in tiny3_model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
 def test_steam_and_sadr_terms_run_in_one_optimisation(tiny3_model):
     from editlens.steam import AlignmentTerm, AnchorSet
 

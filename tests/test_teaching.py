@@ -247,6 +247,33 @@ def test_grade_rejects_unknown_chapter_and_no_exercises(tmp_path, capsys):
 
 # --- slow: the real chapters ----------------------------------------------------------------------
 
+# Chapter 5's first exercise comes after its 50-fact evaluation of ROME (about a quarter of the
+# chapter). This test checks that the student edition runs up to the exercise, which does not
+# depend on the number of facts, so it runs that part on fewer facts, injected after the parameters
+# cell as papermill does; nbval runs the chapter at its default parameters.
+STUDENT_RUN_PARAMETERS = {"05_sadr": {"N_EVAL_FACTS": 6}}
+
+
+def _inject_parameters(nb, values: dict) -> None:
+    """Insert a cell assigning ``values`` right after the cell tagged ``parameters``."""
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    source = "\n".join(f"{name} = {value!r}" for name, value in values.items())
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(index + 1, cell)
+
+
+def test_student_run_parameters_name_parameters_of_their_chapter():
+    """A renamed or removed parameter would make the injected cell a silent no-op."""
+    for stem, values in STUDENT_RUN_PARAMETERS.items():
+        nb = _read(REPO / "notebooks" / f"{stem}.ipynb")
+        params = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        for name in values:
+            assert re.search(rf"^{name}\s*=", params, re.MULTILINE), (stem, name)
+        _inject_parameters(nb, values)
+        index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+        assert nb.cells[index + 1].metadata["tags"] == ["injected-parameters"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_student_notebook_runs_up_to_its_first_exercise(path):
@@ -256,6 +283,8 @@ def test_student_notebook_runs_up_to_its_first_exercise(path):
     student = student_edition(_read(path), chapter=path.stem)
     first = exercises(student)[0]
     student.cells = student.cells[: first.check]
+    if path.stem in STUDENT_RUN_PARAMETERS:
+        _inject_parameters(student, STUDENT_RUN_PARAMETERS[path.stem])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     NotebookClient(student, timeout=1800, kernel_name="python3",

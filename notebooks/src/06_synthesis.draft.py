@@ -38,8 +38,11 @@
 #
 # **Time to run.** The measured time on one CPU thread with the embedded model is printed at the
 # end of the chapter, step by step.
-# <!-- RESULTS: total minutes (and CPU minutes) of the stored run; seconds per edit of each
-# method, from the timing table and the table of section 1 -->
+# In the first full run (2026-12-03, papermill at the default parameters, one thread on a 2-core
+# machine running another chapter on its other core) the chapter took 45.3 minutes (43 of CPU):
+# 36 minutes for the four methods on 50 facts (10.8 s per fact and method with the evaluation and
+# the consistency lens; the edit alone took a median 5.4 s for ROME, 6.8 s for STEAM, 7.3 s for
+# ROME+SADR, 7.9 s for STEAM+SADR) and 6.9 minutes for the sequential edits.
 # Almost all of it is editing: each of the `N_FACTS` facts is edited once by each of the four
 # methods and evaluated (probes, a generation, the consistency lens with and without steering),
 # and `N_SEQUENTIAL` edits are applied in sequence per method. Lower `N_FACTS` and
@@ -320,9 +323,15 @@ sns.set_theme(style="whitegrid", context="notebook")
 # table asks it of all of them at once, on the same facts, under the book's early-stopping rule
 # (so ROME+SADR here is the regulariser at equal steps, Chapter 5's "SADR-20"). STEAM+SADR tests
 # whether the two terms add up, cancel, or trade off.
-# <!-- RESULTS: the headline in three or four sentences: which metrics differ from ROME with an
-# interval that excludes 0, for which method and by how much; whether STEAM+SADR combines the
-# gains of both (or not); the cost in seconds per edit of each method relative to ROME -->
+# In the first full run (50 facts) the four methods are indistinguishable on CounterFact's scores:
+# ES 98 for all, PS 98 (ROME) and 97, NS 98.6 and 98.4, portability 82, 82, 81, 81, GE 4.45 to
+# 4.48, no interval of a difference excluding 0. On specificity the only difference that excludes
+# 0 is a loss: STEAM's DNS, -2.0 points [-4.4, -0.0] (RelS 63, 62, 64, 61; DNS 54.3, 52.3,
+# 55.0, 54.2). What every extra term buys is in the generations: SC +0.04 over ROME for each
+# (STEAM +0.044 [+0.010, +0.080], ROME+SADR +0.040 [+0.008, +0.071], STEAM+SADR +0.044
+# [+0.014, +0.075]) and RS +0.03 for the two SADR methods. STEAM+SADR does not add the two terms'
+# gains: its SC is STEAM's and its RelS and DNS are ROME's. It costs the most: per edit ROME
+# 5.5 s, STEAM +1.5 s, ROME+SADR +1.8 s, STEAM+SADR +2.4 s (every interval excludes 0).
 #
 # ### Exercise 6.1: a paired difference and its interval
 #
@@ -523,10 +532,17 @@ plt.show()
 # different prompts and a different rule (the new object against the old one, vs. against every
 # candidate of the relation): where they disagree, the edit holds on the book's paraphrases but
 # not across the relation's templates, or the other way round.
-# <!-- RESULTS: new % and consistent new % per method (vs PS of section 1); which method, if any,
-# is more consistent than ROME with an interval that excludes 0; what steering does on top of
-# each edit (raises consistent new %, or pulls answers back to the true object: true % up) and
-# on the unedited model, with the paired differences -->
+# In the first full run (31 facts whose relation has templates, over 8 relations): the unedited
+# model answers the new object on 2% of the templates; after an edit on 82% (ROME), 83% (STEAM),
+# 82% and 83%, well below PS (97-98) on the book's paraphrases, so about a fifth of a relation's
+# templates keep another answer. Consistent new % (template pairs that agree on the new object)
+# is 71 for ROME and 73 for STEAM: STEAM's +2.2 points [+0.3, +4.6] (and its new % +1.8
+# [+0.5, +3.7]) are the only differences to ROME whose interval excludes 0; the SADR methods'
+# include 0. Steering on top of an edit does not make it more consistent, it undoes part of it:
+# new % falls by 6 to 8 points for every method (ROME -7.8 [-13.4, -2.8]), consistent new % by
+# as much (ROME -7.7 [-14.3, -1.4]), and pairwise consistency does not rise (-4 to -5, intervals
+# including 0). On the unedited model steering moves 6 points of answers to the new object
+# (+6.0 [+1.4, +12.0]): it scatters answers, as Chapter 2 found.
 #
 # ## 3. Edits in sequence
 #
@@ -717,9 +733,12 @@ last_table.round(1)
 # (`key_variant="r-rome"`, Chapter 3 section 6), so collapse is less expected here, but slow
 # erosion is possible. The question is which kind erodes first, and whether the terms of
 # STEAM or SADR slow it.
-# <!-- RESULTS: after N_SEQUENTIAL edits, per method: edited ES/PS of earlier edits, NS,
-# unrelated accuracy (with the paired differences to ROME and whether their CIs exclude 0);
-# what degrades first (drops_at) and for which method; whether any method collapses -->
+# In the first full run (10 edits, 20 never-edited facts) no method collapses. After the 10th
+# edit the earlier edits still hold (ES 100 for all four; PS 95, and 100 for STEAM, +5
+# [0, +15]), NS is 96.4 (95.4 for STEAM+SADR), and the never-edited facts' accuracy has fallen
+# from 100 to 90 for every method: that is what degrades first, the only curve to lose 10 points,
+# after the 8th edit, for all four alike. No difference to ROME excludes 0: neither term slows the
+# erosion over 10 edits.
 #
 # ## 4. What to use when
 #
@@ -728,21 +747,26 @@ last_table.round(1)
 # measured difference", not a preference.
 #
 # - **One edit, measured by CounterFact's usual scores (ES, PS, NS).**
-#   <!-- RESULTS: which method, with ES/PS/NS and the paired differences to ROME -->
+#   No measured difference: ES 98 for all, PS and NS within a point of ROME's (intervals
+#   including 0). Use ROME, the cheapest.
 # - **The edited subject will appear in other contexts (specificity: RelS, DNS).**
-#   <!-- RESULTS: ROME+SADR or STEAM+SADR vs ROME on RelS and DNS, with intervals; the cost in
-#   ES/PS if any -->
+#   No measured gain at the book's 20 steps: ROME+SADR RelS +1 [0, +3], DNS +0.6 [-1.2, +2.5];
+#   STEAM loses 2.0 points of DNS [-4.4, -0.0]. Chapter 5 finds SADR's gain only with the
+#   authors' 80 steps, four times the optimisation; on this model that is the option.
 # - **The edit must carry into reasoning and generation (portability, SC, GE).**
-#   <!-- RESULTS: STEAM (and STEAM+SADR) vs ROME on Port, SC, GE, with intervals -->
+#   Portability: no difference (82, 82, 81, 81). Generations: every extra term raises SC by
+#   about 0.04 (intervals excluding 0) at unchanged GE. STEAM is the cheapest of the three.
 # - **The edit must hold across every phrasing of the question (the consistency lens).**
-#   <!-- RESULTS: the method with the highest consistent new %, and whether steering on top
-#   helps or undoes the edit -->
+#   STEAM: consistent new % +2.2 points [+0.3, +4.6] over ROME. Do not add Chapter 2's
+#   steering on top: it undoes 6 to 8 points of every edit.
 # - **Many edits, one after another.**
-#   <!-- RESULTS: which method keeps earlier edits and unrelated facts longest, and the edit
-#   count at which the first curve drops by 10 points -->
-# - **Cost.** <!-- RESULTS: seconds per edit of each method relative to ROME -->
-# - **When in doubt.** <!-- RESULTS: the default recommendation in one sentence, and the
-#   trade-off it accepts -->
+#   No difference over 10 edits: with every method the never-edited facts lose 10 points
+#   after the 8th edit while the earlier edits hold. Watch unrelated facts, not the edits.
+# - **Cost.** Per edit on one CPU thread: ROME 5.5 s; STEAM 1.28x, ROME+SADR 1.33x,
+#   STEAM+SADR 1.45x (and Chapter 5's 80-step SADR about 4x).
+# - **When in doubt.** ROME: on this model no method beats it on CounterFact's scores,
+#   specificity or sequential edits; add STEAM's term (+1.5 s per edit) when generations and
+#   the relation's other phrasings should carry the edit, for small but measured gains.
 #
 # **At scale.** A 135M-parameter model on 50 facts detects only large differences; the same
 # table on CounterFact with a larger model settles the small ones. `python -m editlens compare`
@@ -833,8 +857,10 @@ timings.table().round(1)
 #   can be applied on top of any edit, with hooks, and measured the same way.
 # - Sequential edits nest editors, each computed on the weights the earlier edits left; the
 #   curves of earlier edits, neighbours and unrelated facts show what degrades first.
-# - <!-- RESULTS: the chapter's answer in one sentence: which method to use when, on this model
-#   -->
+# - On this model the four methods are indistinguishable on CounterFact's scores, on
+#   specificity and over 10 sequential edits; STEAM's and SADR's terms buy slightly more
+#   consistent generations (SC +0.04) at 1.3-1.5x ROME's cost, and steering on top of an edit
+#   undoes part of it.
 #
 # These are this model's numbers, not a verdict on the methods at scale. Rerun the chapter with
 # `MODEL_NAME` on a GPU, or the comparison alone with `python -m editlens compare`, to test them

@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -518,14 +518,59 @@ def _info(info: Any) -> dict:
 
 
 def rome_editor(hparams: Any, stats: Any = None,
-                extra_losses: Sequence[Any] | Callable[[Any, dict], Sequence[Any]] = ()) -> Editor:
+                extra_losses: Sequence[Any] | Callable[[Any, dict], Sequence[Any]] = (), *,
+                earlier: "EarlierEdits | None" = None) -> Editor:
     """The :data:`Editor` for ROME (Chapter 3); Chapters 4-5 (STEAM, SADR) pass ``extra_losses``: the loss terms,
     or a function ``(model, case) -> loss terms`` called before each edit (per-record terms, e.g. STEAM's anchors
-    of that record's target_new)."""
+    of that record's target_new). ``earlier`` (Chapter 5) keeps, from each edit's v* run, the edit that a run of
+    ``earlier.steps`` steps gives."""
     from editlens.rome.update import edited
 
     def editor(model: Any, case: dict) -> ContextManager:
         terms = extra_losses(model, case) if callable(extra_losses) else extra_losses
-        return edited(model, [case], hparams, stats, terms)
+        if earlier is None:
+            return edited(model, [case], hparams, stats, terms)
+        return earlier.keeping(edited(model, [case], hparams, stats, terms, also_steps=[earlier.steps]), case)
 
     return editor
+
+
+class EarlierEdits:
+    """The edits of a shorter v* run, kept from a longer one (Chapter 5: the authors' ROME+SADR runs 80 steps, the
+    equal-steps comparison 20; the first 20 steps of the 80-step run *are* the 20-step run, see
+    :func:`editlens.rome.values.compute_vs`). Pass it to :func:`rome_editor` (or ``sadr_editor``) of the long run;
+    after that run, :meth:`editor` applies the kept edits, so the short run costs nothing more."""
+
+    def __init__(self, steps: int):
+        if int(steps) < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}.")
+        self.steps = int(steps)
+        self.edits: dict[Any, list[Any]] = {}
+
+    @staticmethod
+    def key(case: dict) -> tuple:
+        req = as_request(case)
+        return (req.case_id, req.prompt, req.subject, req.target_new)
+
+    @contextlib.contextmanager
+    def keeping(self, edit_context: ContextManager, case: dict) -> Iterator[list[Any]]:
+        with edit_context as edits:
+            self.edits[self.key(case)] = [e.earlier[self.steps] for e in edits]
+            yield edits
+
+    def editor(self) -> Editor:
+        """The :data:`Editor` that applies the kept ``steps``-step edit of each record (the weights are restored
+        bit-exactly on exit); a record the long run did not edit is refused."""
+        from editlens.rome.update import applied_edit
+
+        @contextlib.contextmanager
+        def editor(model: Any, case: dict) -> Iterator[list[Any]]:
+            key = self.key(case)
+            if key not in self.edits:
+                raise KeyError(f"No kept {self.steps}-step edit for record {key[0]!r} ({key[2]!r} -> {key[3]!r}). "
+                               "Fix: run the long run's editor (with this EarlierEdits) on the record first.")
+            edits = self.edits[key]
+            with applied_edit(model, edits):
+                yield edits
+
+        return editor

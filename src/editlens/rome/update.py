@@ -69,6 +69,8 @@ class Edit:
     factors: tuple[Tensor, Tensor] | None = None
     """``(left, right)`` with ``delta == outer(left, right)`` (float64), for evaluating several edits in one
     batch without touching the weights (:func:`editlens.rome.rowwise.rowwise_edits`); None when unknown."""
+    earlier: dict[int, "Edit"] = field(default_factory=dict)
+    """``earlier[n]``: the edit a v* run limited to ``n`` steps gives (``also_steps`` of :func:`compute_rome_edit`)."""
     _saved: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -109,11 +111,14 @@ def applied_edit(model: Any, edit: Edit | Sequence[Edit]) -> Iterator[Any]:
 
 
 def compute_rome_edit(model: Any, request: Any, hparams: ROMEHyperParams, stats: KeyStats | None = None,
-                      extra_losses: Sequence[LossTerm] = (), *, verbose: bool = False) -> Edit:
+                      extra_losses: Sequence[LossTerm] = (), *, also_steps: Sequence[int] = (),
+                      verbose: bool = False) -> Edit:
     """Compute (not apply) the ROME edit for one request: k*, v*, u, delta (Chapter 3).
 
     ``extra_losses`` (Chapters 4-5) are added to the v* loss; see :mod:`editlens.rome.values` for the rules
-    (unique names, early stopping, rows of their own)."""
+    (unique names, early stopping, rows of their own). ``also_steps`` (Chapter 5): shorter step limits; the edit
+    a run limited to ``n`` steps gives is ``edit.earlier[n]``, from the same optimisation
+    (:func:`editlens.rome.values.compute_vs`)."""
     req = as_request(request)
     validate_request(req, model.tokenizer)
     layer = hparams.layer
@@ -123,38 +128,44 @@ def compute_rome_edit(model: Any, request: Any, hparams: ROMEHyperParams, stats:
         raise ValueError(f"Key statistics are for layer {stats.layer}, the edit is at layer {layer}. "
                          "Fix: pass stats computed at the edit layer (editlens.rome.key_stats.get_key_stats(model, layer)).")
     k_avg, k_bare = compute_k(model, req, layer, hparams)
-    vres = compute_v(model, req, layer, hparams, extra_losses, verbose=verbose)
-    u = stats.solve(k_avg, hparams.mom2_reg)
-    if hparams.key_variant == "r-rome":
-        k_used = k_avg
-    elif hparams.key_variant == "rome":
-        k_used = k_bare
-    else:
+    if hparams.key_variant not in ("r-rome", "rome"):
         raise ValueError(f"key_variant must be 'r-rome' or 'rome', got {hparams.key_variant!r}.")
+    vres = compute_v(model, req, layer, hparams, extra_losses, also_steps=also_steps, verbose=verbose)
+    u = stats.solve(k_avg, hparams.mom2_reg)
+    k_used = k_avg if hparams.key_variant == "r-rome" else k_bare
     W = w_out(model, layer).detach()
-    left, right = rank_one_factors(W, u, k_used, vres.v_star)
-    delta = torch.outer(left, right).to(W.dtype)  # = rank_one_update(W, u, k_used, v*)
-    return Edit(layer=layer, delta=delta, request=req, u=u, k_star=k_used, v_star=vres.v_star, v_result=vres,
-                factors=(left, right),
-                info={"key_variant": hparams.key_variant, "final_loss": vres.final_loss, "steps": len(vres.history)})
+
+    def edit_for(v: VResult) -> Edit:
+        left, right = rank_one_factors(W, u, k_used, v.v_star)
+        delta = torch.outer(left, right).to(W.dtype)  # = rank_one_update(W, u, k_used, v*)
+        return Edit(layer=layer, delta=delta, request=req, u=u, k_star=k_used, v_star=v.v_star, v_result=v,
+                    factors=(left, right),
+                    info={"key_variant": hparams.key_variant, "final_loss": v.final_loss, "steps": len(v.history)})
+
+    edit = edit_for(vres)
+    edit.earlier = {n: edit_for(v) for n, v in vres.earlier.items()}
+    return edit
 
 
 def apply_rome(model: Any, request: Any, hparams: ROMEHyperParams, stats: KeyStats | None = None,
-               extra_losses: Sequence[LossTerm] = (), *, verbose: bool = False) -> Edit:
+               extra_losses: Sequence[LossTerm] = (), *, also_steps: Sequence[int] = (),
+               verbose: bool = False) -> Edit:
     """Compute and apply a ROME edit; returns the applied :class:`Edit` (call ``edit.undo(model)`` to revert)."""
-    return compute_rome_edit(model, request, hparams, stats, extra_losses, verbose=verbose).apply(model)
+    return compute_rome_edit(model, request, hparams, stats, extra_losses, also_steps=also_steps,
+                             verbose=verbose).apply(model)
 
 
 @contextlib.contextmanager
 def edited(model: Any, requests: Any, hparams: ROMEHyperParams, stats: KeyStats | None = None,
-           extra_losses: Sequence[LossTerm] = (), *, verbose: bool = False) -> Iterator[list[Edit]]:
+           extra_losses: Sequence[LossTerm] = (), *, also_steps: Sequence[int] = (),
+           verbose: bool = False) -> Iterator[list[Edit]]:
     """Apply ROME edits for one request or a list (sequentially, each on the already edited model);
     restore the original weights bit-exactly on exit, also when the block raises."""
     reqs = [requests] if isinstance(requests, (dict, RewriteRequest)) or hasattr(requests, "requested_rewrite") else list(requests)
     done: list[Edit] = []
     try:
         for r in reqs:
-            done.append(apply_rome(model, r, hparams, stats, extra_losses, verbose=verbose))
+            done.append(apply_rome(model, r, hparams, stats, extra_losses, also_steps=also_steps, verbose=verbose))
         yield done
     finally:
         for e in reversed(done):

@@ -272,6 +272,8 @@ class VResult:
     v0: Float[Tensor, "d_model"]
     delta: Float[Tensor, "d_model"]
     history: list[dict[str, float]]
+    earlier: dict[int, "VResult"] = field(default_factory=dict)
+    """``earlier[n]``: the result a run limited to ``n`` steps returns (``also_steps`` of :func:`compute_vs`)."""
 
     @property
     def final_loss(self) -> float:
@@ -693,10 +695,12 @@ def compute_v(
     hparams: ROMEHyperParams,
     extra_losses: Sequence[LossTerm] = (),
     *,
+    also_steps: Sequence[int] = (),
     verbose: bool = False,
 ) -> VResult:
-    """Optimise v* for one request at ``layer`` (Chapter 3); ``extra_losses`` are added (Chapters 4-5)."""
-    return compute_vs(model, [request], layer, hparams, [extra_losses], verbose=verbose)[0]
+    """Optimise v* for one request at ``layer`` (Chapter 3); ``extra_losses`` are added (Chapters 4-5);
+    ``also_steps``: see :func:`compute_vs`."""
+    return compute_vs(model, [request], layer, hparams, [extra_losses], also_steps=also_steps, verbose=verbose)[0]
 
 
 @dataclass
@@ -711,6 +715,7 @@ class _Fact:
     v0: Tensor | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     done: bool = False
+    earlier: dict[int, VResult] = field(default_factory=dict)  # also_steps' results, taken during the run
 
 
 def _padded(batch: VBatch, width: int) -> VBatch:
@@ -741,6 +746,7 @@ def compute_vs(
     hparams: ROMEHyperParams,
     extra_losses: Sequence[Sequence[LossTerm]] | None = None,
     *,
+    also_steps: Sequence[int] = (),
     verbose: bool = False,
 ) -> list[VResult]:
     """Optimise v* for several requests at once (Chapter 3, "making it fast"): one forward and one backward pass
@@ -749,10 +755,22 @@ def compute_vs(
     steps are compute-bound, so 8 facts together took 86 s against 94 s one by one; on a GPU, where a step of a
     few dozen tokens is bound by launching kernels and reading weights, a batch costs about what one fact does.
 
-    ``extra_losses[i]`` are request ``i``'s extra terms (Chapters 4-5)."""
+    ``extra_losses[i]`` are request ``i``'s extra terms (Chapters 4-5).
+
+    ``also_steps`` (Chapter 5): shorter step limits whose results come out of the same run, in each result's
+    ``earlier[n]``. Nothing in a step depends on the limit (the loss, the early stop, Adam's state, the clamp), and
+    a run limited to ``n`` steps evaluates its loss at step ``n - 1`` without updating delta after it, so its
+    result is this run's delta and history as they stand when step ``n - 1``'s loss is computed (or the final
+    ones, if the run stopped early before). So one 80-step run also gives the 20-step edit, exactly."""
     reqs = [as_request(r) for r in requests]
     if not reqs:
         return []
+    limit = hparams.v_num_grad_steps
+    also_steps = sorted({int(n) for n in also_steps})
+    bad = [n for n in also_steps if not 1 <= n < limit]
+    if bad:
+        raise ValueError(f"also_steps {bad} must lie in 1..{limit - 1} (below the run's v_num_grad_steps = {limit}). "
+                         f"Fix: raise v_num_grad_steps to the longest run wanted and list only the shorter limits.")
     if hparams.v_early_stop_on not in EARLY_STOP_RULES:
         raise ValueError(f"v_early_stop_on must be one of {EARLY_STOP_RULES} ('loss' is ROME's code; see the "
                          f"editlens.rome.values docstring), got {hparams.v_early_stop_on!r}.")
@@ -826,6 +844,8 @@ def compute_vs(
             to_minimise: list[Tensor] = []
             for f in live:
                 loss, stop = _fact_step(f, step, acts, logits, hparams, verbose)
+                if step + 1 in also_steps:  # a run limited to step + 1 steps ends here, delta not updated
+                    f.earlier[step + 1] = _result(f)
                 if stop or step == hparams.v_num_grad_steps - 1:
                     f.done = True
                 else:
@@ -844,9 +864,17 @@ def compute_vs(
                         f.ctx.delta.mul_(max_norm / f.ctx.delta.norm())
     out = []
     for f in facts:
-        d = f.ctx.delta.detach().clone()
-        out.append(VResult(v_star=f.v0 + d, v0=f.v0, delta=d, history=f.history))
+        res = _result(f)
+        # limits the run never reached (it stopped early before them) end where it ended
+        res.earlier = {n: f.earlier[n] if n in f.earlier else _result(f) for n in also_steps}
+        out.append(res)
     return out
+
+
+def _result(f: _Fact) -> VResult:
+    """The fact's result as it stands now (copies: later steps do not change it)."""
+    d = f.ctx.delta.detach().clone()
+    return VResult(v_star=f.v0 + d, v0=f.v0, delta=d, history=[dict(h) for h in f.history])
 
 
 def _fact_step(f: _Fact, step: int, acts: dict[str, Tensor], logits: Tensor | None, hparams: ROMEHyperParams,

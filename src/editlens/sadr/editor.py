@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from editlens.evaluate import Editor, rome_editor
+from editlens.evaluate import EarlierEdits, Editor, rome_editor
 from editlens.rome.values import LossTerm
 from editlens.sadr.regulariser import DEFAULT_GAMMA, AttentionDriftTerm
 
@@ -54,7 +54,9 @@ def with_steps(hparams: Any, steps: int | None) -> Any:
 
 def sadr_editor(hparams: Any, stats: Any = None, gamma: float = DEFAULT_GAMMA, steps: int | None = None,
                 layers: Sequence[int] | None = None, *, hinge: bool = True,
-                also: TermMaker | Sequence[LossTerm] = ()) -> Editor:
+                also: TermMaker | Sequence[LossTerm] = (), earlier: EarlierEdits | None = None) -> Editor:
     """The :data:`~editlens.evaluate.Editor` of ROME+SADR: ``gamma`` * the attention-drift KL (``gamma=0``: exactly
-    ROME), ``steps`` v* steps (None: ``hparams``'s). ``also``: other terms in the same optimisation (e.g. STEAM's)."""
-    return rome_editor(with_steps(hparams, steps), stats, combined_terms(also, sadr_terms(gamma, layers, hinge=hinge)))
+    ROME), ``steps`` v* steps (None: ``hparams``'s). ``also``: other terms in the same optimisation (e.g. STEAM's).
+    ``earlier``: keep the edits of a shorter run from the same optimisation (:class:`editlens.evaluate.EarlierEdits`)."""
+    return rome_editor(with_steps(hparams, steps), stats, combined_terms(also, sadr_terms(gamma, layers, hinge=hinge)),
+                       earlier=earlier)

@@ -254,23 +254,26 @@ def test_grade_rejects_unknown_chapter_and_no_exercises(tmp_path, capsys):
 STUDENT_RUN_PARAMETERS = {"05_sadr": {"N_EVAL_FACTS": 6}}
 
 
+def _parameters_index(nb) -> int:
+    """Index of the cell tagged ``parameters`` (papermill's convention; its own helper needs tags on every cell)."""
+    return next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+
+
 def _inject_parameters(nb, values: dict) -> None:
     """Insert a cell assigning ``values`` right after the cell tagged ``parameters``."""
-    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     source = "\n".join(f"{name} = {value!r}" for name, value in values.items())
     cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
-    nb.cells.insert(index + 1, cell)
+    nb.cells.insert(_parameters_index(nb) + 1, cell)
 
 
 def test_student_run_parameters_name_parameters_of_their_chapter():
     """A renamed or removed parameter would make the injected cell a silent no-op."""
     for stem, values in STUDENT_RUN_PARAMETERS.items():
         nb = _read(REPO / "notebooks" / f"{stem}.ipynb")
-        params = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        index = _parameters_index(nb)
         for name in values:
-            assert re.search(rf"^{name}\s*=", params, re.MULTILINE), (stem, name)
+            assert re.search(rf"^{name}\s*=", nb.cells[index].source, re.MULTILINE), (stem, name)
         _inject_parameters(nb, values)
-        index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
         assert nb.cells[index + 1].metadata["tags"] == ["injected-parameters"]
 
 

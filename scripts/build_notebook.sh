@@ -11,7 +11,7 @@ out="notebooks/$name.ipynb"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 .venv/bin/jupytext -q --to ipynb -o "$out" "$src"
 .venv/bin/python scripts/normalise_notebook.py "$out"
-.venv/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 "$out"
+.venv/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=3600 "$out"
 # One stored output per progress-bar redraw -> the bar's final state (see scripts/collapse_progress.py).
 .venv/bin/python scripts/collapse_progress.py "$out"
 echo "executed $out"

@@ -248,10 +248,14 @@ def test_grade_rejects_unknown_chapter_and_no_exercises(tmp_path, capsys):
 # --- slow: the real chapters ----------------------------------------------------------------------
 
 # Chapter 5's first exercise comes after its 50-fact evaluation of ROME (about a quarter of the
-# chapter). This test checks that the student edition runs up to the exercise, which does not
-# depend on the number of facts, so it runs that part on fewer facts, injected after the parameters
-# cell as papermill does; nbval runs the chapter at its default parameters.
-STUDENT_RUN_PARAMETERS = {"05_sadr": {"N_EVAL_FACTS": 6}}
+# chapter), Chapter 6's after its 200 edits (four methods on 50 facts, most of the chapter). This
+# test checks that the student edition runs up to the exercise, which does not depend on the
+# number of facts, so it runs that part on fewer facts, injected after the parameters cell as
+# papermill does; nbval runs the chapters at their default parameters.
+STUDENT_RUN_PARAMETERS = {
+    "05_sadr": {"N_EVAL_FACTS": 6},
+    "06_synthesis": {"N_FACTS": 2, "N_BOOT": 200},
+}
 
 
 def _parameters_index(nb) -> int:

@@ -38,11 +38,11 @@
 #
 # **Time to run.** The measured time on one CPU thread with the embedded model is printed at the
 # end of the chapter, step by step.
-# In the first full run (2026-12-03, papermill at the default parameters, one thread on a 2-core
-# machine running another chapter on its other core) the chapter took 45.3 minutes (43 of CPU):
-# 36 minutes for the four methods on 50 facts (10.8 s per fact and method with the evaluation and
-# the consistency lens; the edit alone took a median 5.4 s for ROME, 6.8 s for STEAM, 7.3 s for
-# ROME+SADR, 7.9 s for STEAM+SADR) and 6.9 minutes for the sequential edits.
+# In the stored run (one thread on a 2-core machine whose other core ran other work) the chapter
+# took 41.3 minutes: 32 minutes for the four methods on 50 facts (9.7 s per fact and method with
+# the evaluation and the consistency lens; the edit alone took a median 4.8 s for ROME, 6.2 s for
+# STEAM, 6.7 s for ROME+SADR, 7.2 s for STEAM+SADR) and 6.6 minutes for the sequential edits. The
+# first exercise comes after the four methods' edits, about 35 minutes in.
 # Almost all of it is editing: each of the `N_FACTS` facts is edited once by each of the four
 # methods and evaluated (probes, a generation, the consistency lens with and without steering),
 # and `N_SEQUENTIAL` edits are applied in sequence per method. Lower `N_FACTS` and
@@ -323,7 +323,7 @@ sns.set_theme(style="whitegrid", context="notebook")
 # table asks it of all of them at once, on the same facts, under the book's early-stopping rule
 # (so ROME+SADR here is the regulariser at equal steps, Chapter 5's "SADR-20"). STEAM+SADR tests
 # whether the two terms add up, cancel, or trade off.
-# In the first full run (50 facts) the four methods are indistinguishable on CounterFact's scores:
+# In the stored run (50 facts) the four methods are indistinguishable on CounterFact's scores:
 # ES 98 for all, PS 98 (ROME) and 97, NS 98.6 and 98.4, portability 82, 82, 81, 81, GE 4.45 to
 # 4.48, no interval of a difference excluding 0. On specificity the only difference that excludes
 # 0 is a loss: STEAM's DNS, -2.0 points [-4.4, -0.0] (RelS 63, 62, 64, 61; DNS 54.3, 52.3,
@@ -331,7 +331,7 @@ sns.set_theme(style="whitegrid", context="notebook")
 # (STEAM +0.044 [+0.010, +0.080], ROME+SADR +0.040 [+0.008, +0.071], STEAM+SADR +0.044
 # [+0.014, +0.075]) and RS +0.03 for the two SADR methods. STEAM+SADR does not add the two terms'
 # gains: its SC is STEAM's and its RelS and DNS are ROME's. It costs the most: per edit ROME
-# 5.5 s, STEAM +1.5 s, ROME+SADR +1.8 s, STEAM+SADR +2.4 s (every interval excludes 0).
+# 4.9 s, STEAM +1.4 s, ROME+SADR +1.6 s, STEAM+SADR +2.3 s (means; every interval excludes 0).
 #
 # ### Exercise 6.1: a paired difference and its interval
 #
@@ -532,7 +532,7 @@ plt.show()
 # different prompts and a different rule (the new object against the old one, vs. against every
 # candidate of the relation): where they disagree, the edit holds on the book's paraphrases but
 # not across the relation's templates, or the other way round.
-# In the first full run (31 facts whose relation has templates, over 8 relations): the unedited
+# In the stored run (31 facts whose relation has templates, over 8 relations): the unedited
 # model answers the new object on 2% of the templates; after an edit on 82% (ROME), 83% (STEAM),
 # 82% and 83%, well below PS (97-98) on the book's paraphrases, so about a fifth of a relation's
 # templates keep another answer. Consistent new % (template pairs that agree on the new object)
@@ -733,7 +733,7 @@ last_table.round(1)
 # (`key_variant="r-rome"`, Chapter 3 section 6), so collapse is less expected here, but slow
 # erosion is possible. The question is which kind erodes first, and whether the terms of
 # STEAM or SADR slow it.
-# In the first full run (10 edits, 20 never-edited facts) no method collapses. After the 10th
+# In the stored run (10 edits, 20 never-edited facts) no method collapses. After the 10th
 # edit the earlier edits still hold (ES 100 for all four; PS 95, and 100 for STEAM, +5
 # [0, +15]), NS is 96.4 (95.4 for STEAM+SADR), and the never-edited facts' accuracy has fallen
 # from 100 to 90 for every method: that is what degrades first, the only curve to lose 10 points,
@@ -762,10 +762,10 @@ last_table.round(1)
 # - **Many edits, one after another.**
 #   No difference over 10 edits: with every method the never-edited facts lose 10 points
 #   after the 8th edit while the earlier edits hold. Watch unrelated facts, not the edits.
-# - **Cost.** Per edit on one CPU thread: ROME 5.5 s; STEAM 1.28x, ROME+SADR 1.33x,
-#   STEAM+SADR 1.45x (and Chapter 5's 80-step SADR about 4x).
+# - **Cost.** Per edit on one CPU thread: ROME 4.9 s; STEAM 1.28x, ROME+SADR 1.33x,
+#   STEAM+SADR 1.46x (and Chapter 5's 80-step SADR about 4x).
 # - **When in doubt.** ROME: on this model no method beats it on CounterFact's scores,
-#   specificity or sequential edits; add STEAM's term (+1.5 s per edit) when generations and
+#   specificity or sequential edits; add STEAM's term (+1.4 s per edit) when generations and
 #   the relation's other phrasings should carry the edit, for small but measured gains.
 #
 # **At scale.** A 135M-parameter model on 50 facts detects only large differences; the same

@@ -19,7 +19,7 @@ export OMP_NUM_THREADS MKL_NUM_THREADS
 help:
 	@echo "make book       set up, execute every chapter of _toc.yml (in parallel), render HTML into _build/html"
 	@echo "make test       set up, run the unit tests, the notebook checks (nbval) and the book build test"
-	@echo "make test-all   make test, plus nbval on Chapter 6's stored full run (about 45 more minutes of CPU)"
+	@echo "make test-all   make test, plus nbval on Chapter 6's stored full run (about 41 more minutes of CPU)"
 	@echo "make test-fast  the tests not marked slow (no model, no notebooks)"
 	@echo "make check-threads  re-execute the chapters with 2 torch threads; checked outputs must still match"
 	@echo "make student    write _build/student/NN_*.ipynb: chapters without solutions, to hand out (book/teaching.md)"
@@ -51,8 +51,8 @@ book: setup
 # duration). The longest chapters go first so that they run side by side and the short files fill in
 # around them; LONG_CHAPTERS lists them longest first (measured one-thread times in each chapter).
 # --durations=25 prints the slowest items (notebook cells included), to see what bounds the run.
-# Chapter 6 (45 minutes on one thread) is replayed by nbval only in `make test-all`: with it,
-# `make test` would take about 96 minutes on 2 cores, past CI's 90-minute limit. `make test` still
+# Chapter 6 (41 minutes on one thread) is replayed by nbval only in `make test-all`: with it,
+# `make test` would take about 100 minutes on 2 cores, past CI's 90-minute limit. `make test` still
 # runs Chapter 6 end to end on a few facts (tests/test_notebooks.py, papermill) and its student
 # edition up to the first exercise (tests/test_teaching.py); `make test-all` also checks the stored
 # outputs of its full run.

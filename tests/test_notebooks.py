@@ -29,7 +29,7 @@ OVERRIDES: dict[str, dict] = {
         "LAYER_TO_PLOT": 3,
         "SEED": 1,
     },
-    # Chapter 6 is replayed by nbval only in `make test-all` (45 minutes at its defaults); here it
+    # Chapter 6 is replayed by nbval only in `make test-all` (41 minutes at its defaults); here it
     # runs end to end, every section, on 4 facts and 2 sequential edits (about 5 minutes).
     "06_synthesis": {
         "N_FACTS": 4,

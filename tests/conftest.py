@@ -11,11 +11,16 @@ Fixtures:
   Needs the cached tokenizer only (``make setup``), not the model weights.
 - ``tiny_rome``: ``(hparams, key statistics)`` for quick ROME edits of ``tiny_model`` at layer 0.
 
+Helpers (plain functions, imported as ``from conftest import ...``):
+- ``parameters_cell(nb)``: a chapter's papermill ``parameters`` cell, its index and literal values.
+- ``inject_parameters(nb, values)``: a cell assigning ``values`` right after it, as papermill does.
+
 Mark a test that loads the embedded model or runs a notebook with ``@pytest.mark.slow``.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +35,37 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # Notebooks kept as test data under tests/ are inputs, not chapters: nbval must not collect them.
 collect_ignore_glob = ["fixtures/*.ipynb", "fixtures/**/*.ipynb"]
+
+def parameters_cell(nb) -> tuple[int, dict]:
+    """Index of the code cell tagged ``parameters`` (papermill's convention) and the literal values it assigns
+    (a computed default is left out: it cannot be overridden from the command line anyway)."""
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            values = {}
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    try:
+                        values[node.targets[0].id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        pass
+            return index, values
+    raise AssertionError("no code cell tagged `parameters` (papermill needs one to inject values)")
+
+
+def inject_parameters(nb, values: dict) -> int:
+    """Insert a cell tagged ``injected-parameters`` assigning ``values`` right after the ``parameters`` cell, as
+    papermill does; returns the new cell's index. A name the parameters cell does not define is an error (the
+    assignment would be a silent no-op)."""
+    import nbformat
+
+    index, defaults = parameters_cell(nb)
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise AssertionError(f"{unknown} are not assigned in the parameters cell (it has {sorted(defaults)})")
+    source = "\n".join(f"{name} = {value!r}" for name, value in values.items())
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
+    return index + 1
+
 
 SETUP_HINT = "Fix: run `make setup` (once, with network access) from the repository root."
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, parameters_cell
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -40,21 +40,6 @@ OVERRIDES: dict[str, dict] = {
 }
 
 PROBE_MARKER = "EDITLENS_PARAMETER_PROBE:"
-
-
-def parameters_cell(nb) -> tuple[int, dict]:
-    """Index of the cell tagged `parameters` and the literal values it assigns."""
-    for index, cell in enumerate(nb.cells):
-        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
-            values = {}
-            for node in ast.parse(cell.source).body:
-                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                    try:
-                        values[node.targets[0].id] = ast.literal_eval(node.value)
-                    except ValueError:
-                        pass  # computed default: not overridable from the command line anyway
-            return index, values
-    raise AssertionError("no code cell tagged `parameters` (papermill needs one to inject values)")
 
 
 @pytest.mark.slow

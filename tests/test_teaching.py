@@ -27,6 +27,8 @@ from editlens.editions import (
 )
 from editlens.exercises import GRADE_LOG_ENV, ExerciseNotDone, check_exercise
 
+from conftest import inject_parameters, parameters_cell
+
 REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = editions.chapters(REPO / "notebooks")
 STUB_BODY = "    # Your code here\n    raise NotImplementedError"
@@ -258,26 +260,13 @@ STUDENT_RUN_PARAMETERS = {
 }
 
 
-def _parameters_index(nb) -> int:
-    """Index of the cell tagged ``parameters`` (papermill's convention; its own helper needs tags on every cell)."""
-    return next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-
-
-def _inject_parameters(nb, values: dict) -> None:
-    """Insert a cell assigning ``values`` right after the cell tagged ``parameters``."""
-    source = "\n".join(f"{name} = {value!r}" for name, value in values.items())
-    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
-    nb.cells.insert(_parameters_index(nb) + 1, cell)
-
-
 def test_student_run_parameters_name_parameters_of_their_chapter():
     """A renamed or removed parameter would make the injected cell a silent no-op."""
     for stem, values in STUDENT_RUN_PARAMETERS.items():
         nb = _read(REPO / "notebooks" / f"{stem}.ipynb")
-        index = _parameters_index(nb)
-        for name in values:
-            assert re.search(rf"^{name}\s*=", nb.cells[index].source, re.MULTILINE), (stem, name)
-        _inject_parameters(nb, values)
+        index, defaults = parameters_cell(nb)
+        assert set(values) <= set(defaults), (stem, sorted(set(values) - set(defaults)))
+        assert inject_parameters(nb, values) == index + 1
         assert nb.cells[index + 1].metadata["tags"] == ["injected-parameters"]
 
 
@@ -291,7 +280,7 @@ def test_student_notebook_runs_up_to_its_first_exercise(path):
     first = exercises(student)[0]
     student.cells = student.cells[: first.check]
     if path.stem in STUDENT_RUN_PARAMETERS:
-        _inject_parameters(student, STUDENT_RUN_PARAMETERS[path.stem])
+        inject_parameters(student, STUDENT_RUN_PARAMETERS[path.stem])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     NotebookClient(student, timeout=1800, kernel_name="python3",

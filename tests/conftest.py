@@ -36,6 +36,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Notebooks kept as test data under tests/ are inputs, not chapters: nbval must not collect them.
 collect_ignore_glob = ["fixtures/*.ipynb", "fixtures/**/*.ipynb"]
 
+
 def parameters_cell(nb) -> tuple[int, dict]:
     """Index of the code cell tagged ``parameters`` (papermill's convention) and the literal values it assigns
     (a computed default is left out: it cannot be overridden from the command line anyway)."""

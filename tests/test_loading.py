@@ -12,7 +12,7 @@ import torch
 
 import editlens
 from editlens import embedded
-from editlens.loading import EMBEDDED_BOS, ModelNotAvailableError, _resolve_dtype, load_model, weights_fingerprint
+from editlens.loading import EMBEDDED_BOS, ModelNotAvailableError, _resolve_weights_dtype, load_model, weights_fingerprint
 
 
 def _tiny_llama_folder(folder: Path, *, safetensors: bool = True) -> Path:
@@ -39,8 +39,8 @@ def test_trust_remote_code_is_off_by_default():
 
 def test_bad_dtype_names_the_choices():
     with pytest.raises(ValueError, match="bfloat16"):
-        _resolve_dtype("float8")
-    assert _resolve_dtype("bf16") is torch.bfloat16
+        _resolve_weights_dtype("float8")
+    assert _resolve_weights_dtype("bf16") is torch.bfloat16
 
 
 def test_device_and_device_map_are_exclusive():

@@ -83,15 +83,24 @@ def test_every_scoring_path_agrees_on_tiny_model(tiny, hooked):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("hooked", [False, True])
-def test_every_scoring_path_agrees_on_embedded_model(model, hooked):
-    """On SmolLM2 the paths differ by float32 summation order only. Observed: at most 6e-5 over
-    Chapter 2's 3,759 validation pairs (logits of size ~20 over 49,152 tokens); 1e-4 leaves room."""
+@pytest.mark.parametrize("precision", ["float32", "model"])
+def test_every_scoring_path_agrees_on_embedded_model(model, hooked, precision):
+    """In float32 the paths differ by summation order only. Observed: at most 6e-5 over Chapter 2's
+    3,759 validation pairs (logits of size ~20 over 49,152 tokens); 1e-4 leaves room. In the model's
+    own precision (bfloat16 matrix products where the CPU has them) each layout rounds differently:
+    observed up to 0.06 nats here; 0.15 is the bound (a tenth of a typical answer margin)."""
+    import contextlib
+
+    from editlens.precision import full_precision
+
     hooks = [("blocks.3.attn.hook_z", lambda z, hook=None: z * 1.5)] if hooked else []
-    paths = every_path(model, hooks)
+    with full_precision(model) if precision == "float32" else contextlib.nullcontext():
+        paths = every_path(model, hooks)
     base = paths["unpacked"]
+    atol = 1e-4 if precision == "float32" else 0.15
     for name, got in paths.items():
         for x, y in zip(got, base):
-            np.testing.assert_allclose(x, y, atol=1e-4, err_msg=name)
+            np.testing.assert_allclose(x, y, atol=atol, err_msg=name)
     assert S.packing_supported(model)
 
 

@@ -10,9 +10,10 @@ import warnings
 # uses text progress bars on purpose (widget bars need JavaScript from a CDN, and the book is offline).
 warnings.filterwarnings("ignore", message="IProgress not found")
 
+from editlens import precision
 from editlens.loading import EMBEDDED, ModelNotAvailableError, load_model, weights_fingerprint
 from editlens.seeding import seed_everything
 
 __version__ = "0.1.0"
 
-__all__ = ["EMBEDDED", "ModelNotAvailableError", "load_model", "seed_everything", "weights_fingerprint", "__version__"]
+__all__ = ["EMBEDDED", "ModelNotAvailableError", "load_model", "precision", "seed_everything", "weights_fingerprint", "__version__"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 METHODS = ("rome", "steam", "sadr")
-DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16")
 EXIT_USAGE = 2
 
 
@@ -235,6 +235,7 @@ def _load_model(args: argparse.Namespace):
 
     try:
         model, _ = editlens.load_model(args.model, device=args.device, dtype=args.dtype)
+        print(f"precision: {editlens.precision.of(model).describe()}")
     except editlens.ModelNotAvailableError as err:
         problem = str(err).strip().splitlines()[0]
         if "no safetensors weights" in problem:  # the loader's own fix (convert the checkpoint) applies
@@ -380,6 +381,7 @@ def _distributed_state(device: str | None):
 def _compare(args: argparse.Namespace) -> int:
     """Every method of --methods on the same records; per-record rows, the paired table and the figure in --out."""
     from editlens.compare import LABELS, UnknownMethodError, parse_methods
+    from editlens.precision import of as precision_of
 
     try:
         args.method_list = parse_methods(args.methods)
@@ -459,6 +461,7 @@ def _compare(args: argparse.Namespace) -> int:
                     "case_ids": [c.get("case_id") if isinstance(c, dict) else getattr(c, "case_id", None)
                                  for c in cases],
                     "seed": args.seed, "n_processes": n_processes, "device": str(model.cfg.device),
+                    "precision": precision_of(model).name,
                     "shares": [sorted({r["index"] for r in part}) for part in parts],
                     "generation": None if gen is None else gen.as_settings(), "hparams": dict(vars(hp)),
                     "sadr": {"gamma": DEFAULT_GAMMA if args.sadr_gamma is None else args.sadr_gamma}
@@ -596,7 +599,9 @@ def _add_run_arguments(e: argparse.ArgumentParser) -> None:
                    "instead of the first ones")
     e.add_argument("--model", default=None, help="Hugging Face name or folder (default: the embedded SmolLM2)")
     e.add_argument("--device", default=None, help="cuda, cpu, mps (default: cuda when available)")
-    e.add_argument("--dtype", default=None, choices=DTYPES, help="float32 (default), bfloat16, float16")
+    e.add_argument("--dtype", default="auto", choices=DTYPES, help="precision of the model's matrix products: auto "
+                   "(default: bfloat16 where the hardware has native bf16, else float32), float32, bfloat16; the "
+                   "weights stay float32")
     e.add_argument("--layer", type=int, default=None, help="edit layer (default: the registry's for the model)")
     e.add_argument("--mom2-tokens", type=int, default=None, help="tokens behind C (default: the registry's)")
     e.add_argument("--no-generation", action="store_true", help="skip generations (fluency GE, consistency RS)")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from editlens import embedded
+from editlens import embedded, precision
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -41,16 +41,19 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    if dtype is None:
+_WEIGHT_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+                  "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _resolve_weights_dtype(weights_dtype: torch.dtype | str | None) -> torch.dtype:
+    if weights_dtype is None:
         return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-               "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in aliases:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(aliases)}; pass a torch.dtype or one of these names.")
-    return aliases[dtype]
+    if isinstance(weights_dtype, torch.dtype):
+        return weights_dtype
+    if weights_dtype not in _WEIGHT_DTYPES:
+        raise ValueError(f"weights_dtype {weights_dtype!r} is not one of {sorted(_WEIGHT_DTYPES)}; pass a torch.dtype "
+                         "or one of these names.")
+    return _WEIGHT_DTYPES[weights_dtype]
 
 
 def _offline() -> bool:
@@ -124,7 +127,8 @@ def load_model(
     name: str | os.PathLike | None = None,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | str | None = None,
+    dtype: torch.dtype | str | None = "auto",
+    weights_dtype: torch.dtype | str | None = None,
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
 ) -> tuple["TransformerBridge", "PreTrainedTokenizerBase"]:
@@ -139,12 +143,24 @@ def load_model(
     ``device`` defaults to CUDA when available. ``device_map`` (e.g. ``"auto"``) spreads a large
     model over several GPUs with accelerate; it excludes ``device``. The bridge keeps the Hugging
     Face weights unprocessed (no LayerNorm folding), which is what weight editing needs.
+
+    ``dtype`` is the precision the model computes in (:mod:`editlens.precision`): ``"auto"`` (default)
+    is bfloat16 matrix products where the hardware has native bf16 (AMX or AVX512-BF16 on a CPU, a
+    bf16-capable GPU) and float32 elsewhere; ``"float32"`` or ``"bfloat16"`` force one. The weights
+    stay float32 either way, so edits and their restoration are exact. For a model too large for
+    float32 weights, ``weights_dtype="bfloat16"`` (or ``"float16"``) stores them in half precision,
+    and the model then computes in that dtype. ``editlens.precision.of(model).describe()`` says which.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
     if device is not None and device_map is not None:
         raise ValueError("Pass either device or device_map, not both (device_map places the model itself).")
-    torch_dtype = _resolve_dtype(dtype)
+    torch_dtype = _resolve_weights_dtype(weights_dtype)
+    if torch_dtype != torch.float32 and dtype not in (None, "auto"):
+        raise ValueError(f"dtype={dtype!r} with weights_dtype={weights_dtype!r}: half-precision weights compute in "
+                         "their own dtype. Fix: drop dtype, or keep float32 weights (weights_dtype=None).")
+    if torch_dtype == torch.float32:
+        precision.resolve(dtype)  # a bad name fails here, before the weights are read
     key = None if name is None else str(name)
     if key is None or key.lower() in _EMBEDDED_ALIASES:
         model, tokenizer, folder = _load_embedded(dtype=torch_dtype, device_map=device_map)
@@ -159,6 +175,8 @@ def load_model(
     model.eval()
     bridge = TransformerBridge.boot_transformers(bridge_name, hf_model=model, tokenizer=tokenizer, dtype=torch_dtype)
     bridge.eval()
+    if torch_dtype == torch.float32:
+        precision.apply(bridge, precision.resolve(dtype, next(model.parameters()).device))
     return bridge, tokenizer
 
 

@@ -40,6 +40,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from editlens.precision import full_precision
+
 HookList = list[tuple[Any, Callable]]
 HookFactory = Callable[[Int[Tensor, "batch"]], HookList]
 """Called with the last-prompt-token position of every row of a batch; returns forward hooks.
@@ -305,7 +307,8 @@ def forward_packed(model: Any, row: PackedRow, keep: Sequence[int], hooks: HookL
 
 def packing_supported(model: Any) -> bool:
     """Does this model honour tree attention (4-D mask, explicit positions)? Checked once per model
-    by scoring two prompts that share a prefix both ways; the answer is cached."""
+    by scoring two prompts that share a prefix both ways, in float32 (bf16's rounding differs between
+    the two layouts); the answer is cached."""
     key = id(model)
     if key not in _PACKING_OK:
         try:
@@ -313,7 +316,7 @@ def packing_supported(model: Any) -> bool:
             b = encode_prompt(model, "The capital of Spain is the city of")
             tree = PrefixTree([a, b], row_tokens=64)
             (row_a, ia), (row_b, ib) = tree.home[tree.node(0, len(a) - 1)], tree.home[tree.node(1, len(b) - 1)]
-            with torch.no_grad():
+            with torch.no_grad(), full_precision(model):  # a property of the model, not of its precision
                 packed = [forward_packed(model, tree.rows[r], [i], [])[0] for r, i in ((row_a, ia), (row_b, ib))]
                 plain = [model(torch.tensor([s], device=model_device(model)))[0, -1] for s in (a, b)]
             ok = all(torch.allclose(p.float().log_softmax(-1), q.float().log_softmax(-1), atol=1e-3)

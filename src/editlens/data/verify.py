@@ -45,6 +45,7 @@ import torch
 
 from editlens.data.counterfact import FACTS_PATH, CounterFactRecord, load_facts, save_facts
 from editlens.scoring import score_continuations
+from editlens.precision import full_precision
 
 MIN_MARGIN: float = 0.02
 """A stored/recomputed margin passes when >= MIN_MARGIN (nats)."""
@@ -121,10 +122,12 @@ def margins_for(r: CounterFactRecord, nll: dict[tuple[str, str], float]) -> dict
 
 def compute_verifications(model: Any, records: Sequence[CounterFactRecord], *, tokenizer: Any | None = None,
                           batch_size: int = 32, scorer: TargetScorer | None = None) -> list[dict[str, Any]]:
-    """Recompute the verification dict of every record (one batched pass over all prompts)."""
+    """Recompute the verification dict of every record (one batched pass over all prompts), in float32
+    whatever the model's precision: the shipped margins are a property of the weights, not of a CPU."""
     scorer = scorer or TargetScorer(model, tokenizer, batch_size=batch_size)
     items = [it for r in records for it in record_items(r)]
-    scorer.score(items)
+    with full_precision(model):
+        scorer.score(items)
     return [margins_for(r, scorer.cache) for r in records]
 
 

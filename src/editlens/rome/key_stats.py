@@ -5,7 +5,9 @@ Taught in: Chapter 3 (ROME, "why u = C^-1 k*"). Chapters 5-6 reuse the cached st
 ROME estimated C from 100,000 Wikipedia documents. This book has no corpus to download, so by
 default the model writes its own: seeded samples from the model itself (``source="self"``);
 pass text files instead with ``source=[path, ...]``. With few tokens C is rank-deficient, so
-the inverse is regularised: ``u = (C + lambda * mean(diag C) * I)^-1 k``. Statistics are cached
+the inverse is regularised: ``u = (C + lambda * mean(diag C) * I)^-1 k``. C is computed in float32
+whatever precision the model runs in (:mod:`editlens.precision`), so one cached C serves every
+precision. Statistics are cached
 under ``editlens.paths.cache_dir()/stats`` with their provenance (weights fingerprint, layer,
 token count, source), and a cached file is only reused when all of these match.
 """
@@ -27,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from editlens.paths import cache_dir
+from editlens.precision import full_precision
 from editlens.rome.keys import mlp_key_hook
 from editlens.scoring import bos_ids
 
@@ -135,7 +138,7 @@ def sample_tokens(model: Any, n_tokens: int, *, seed: int = 0, seq_len: int = 12
             which = torch.randint(len(starts), (nb,), generator=g)
             L0 = len(starts[0])
             inp = torch.tensor([starts[i] for i in which.tolist()], device=dev)[:, :L0]
-            with torch.no_grad():
+            with torch.no_grad(), full_precision(model):  # the same text whatever the model's precision
                 gen = hf.generate(inp, attention_mask=torch.ones_like(inp), do_sample=True, temperature=1.0, top_k=0,
                                   top_p=1.0, max_new_tokens=seq_len - L0, min_new_tokens=seq_len - L0,
                                   pad_token_id=tok.pad_token_id)
@@ -211,7 +214,7 @@ def accumulate_second_moment(model: Any, layer: int, tokens: Int[Tensor, "n_seq 
     start = 1 if (skip_bos and bos_ids(model)) else 0
     for b in tqdm(range(0, tokens.shape[0], batch_size), disable=not progress, desc=f"keys at layer {layer}"):
         chunk = tokens[b:b + batch_size].to(model.cfg.device)
-        with torch.no_grad():
+        with torch.no_grad(), full_precision(model):  # a statistic: float32 whatever the model's precision
             model.run_with_hooks(chunk, fwd_hooks=[(mlp_key_hook(layer), grab)], stop_at_layer=layer + 1)
         k = store["k"][:, start:].reshape(-1, d_mlp).float()
         S += (k.T @ k).double().cpu()

@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from editlens.precision import full_precision
 from editlens.rome.hparams import ROMEHyperParams
 from editlens.rome.requests import RewriteRequest
 from editlens.scoring import bos_ids, encode_text, pad_id, pad_rows
@@ -58,7 +59,8 @@ def subject_last_index(model: Any, prompt_template: str, subject: str) -> tuple[
 
 def context_templates(model: Any, hparams: ROMEHyperParams) -> list[str]:
     """``["{}", "<generated prefix>. {}", ...]``: the bare prompt, then short prefixes the model samples
-    itself (seeded; ROME: 10 of 5 tokens and 10 of 10 tokens). Cached per model and settings."""
+    itself (seeded; ROME: 10 of 5 tokens and 10 of 10 tokens), sampled in float32 whatever the model's
+    precision, so an edit's prefixes do not depend on it. Cached per model and settings."""
     key = (getattr(model.cfg, "model_name", ""), hparams.context_lengths, hparams.context_seed)
     if key in _TEMPLATE_CACHE:
         return list(_TEMPLATE_CACHE[key])
@@ -79,7 +81,7 @@ def context_templates(model: Any, hparams: ROMEHyperParams) -> list[str]:
             texts: dict[int, str] = {}
             for L, idxs in by_len.items():
                 inp = torch.tensor([seqs[i] for i in idxs], device=model.cfg.device)
-                with torch.no_grad():
+                with torch.no_grad(), full_precision(model):  # the same prefixes whatever the precision
                     if hf is not None:
                         gen = hf.generate(inp, attention_mask=torch.ones_like(inp), do_sample=True, top_k=5,
                                           max_new_tokens=length, min_new_tokens=length,
@@ -119,7 +121,7 @@ def subject_keys(model: Any, request: RewriteRequest, layer: int,
     with torch.no_grad():
         model.run_with_hooks(tokens, fwd_hooks=[(mlp_key_hook(layer), grab)], stop_at_layer=layer + 1)
     rows = torch.arange(len(seqs), device=store["k"].device)
-    return store["k"][rows, torch.tensor(idxs, device=rows.device)]
+    return store["k"][rows, torch.tensor(idxs, device=rows.device)].float()  # bf16 under mixed precision
 
 
 def compute_k(model: Any, request: RewriteRequest, layer: int,

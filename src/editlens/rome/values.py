@@ -610,7 +610,7 @@ class _VForward:
         d_pos = b.subject_idx[d_rows]
 
         def add_delta(act: Float[Tensor, "batch pos d_model"], hook: Any) -> Tensor:
-            act = act.clone()
+            act = act.to(dtype=row_delta.dtype, copy=True)  # float32 delta: the sum stays float32 under bf16
             act[d_rows, d_pos] = act[d_rows, d_pos] + row_delta[d_rows]
             return act
 
@@ -636,7 +636,7 @@ class _VForward:
         d = row_delta[torch.tensor(plan.rows, device=dev)]
 
         def add_delta(act: Float[Tensor, "pack n_tokens d_model"], hook: Any) -> Tensor:
-            act = act.clone()
+            act = act.to(dtype=d.dtype, copy=True)  # float32 delta: the sum stays float32 under bf16
             act[at_pack, at_slot] = act[at_pack, at_slot] + d  # each row's first packed slot is its delta position
             return act
 

@@ -95,3 +95,15 @@ def test_batched_generations_refuse_an_editor_that_does_more(tiny_model, tiny_ro
     ok = ev.evaluate_edits(tiny_model, CASES, edit_and_steer, generation=gen, descriptions={}, progress=False,
                            baseline=False, batch_generations=False)
     assert len(ok.records) == 2 and "GE" in ok.records[0]["edited"]
+
+
+def test_evaluate_edits_draws_one_progress_bar(tiny_model, tiny_rome, capsys):
+    """The unedited generations, the edits and the edited generations advance one bar (a chapter stores its last
+    line), whose final postfix holds the edited scores."""
+    hp, stats = tiny_rome
+    ev.evaluate_edits(tiny_model, CASES, ev.rome_editor(hp, stats), desc="one bar",
+                      generation=ev.GenerationSettings(n_prompts=1, max_new_tokens=3), progress=True)
+    err = capsys.readouterr().err
+    lines = [seg for seg in err.replace("\r", "\n").splitlines() if seg.strip()]
+    assert lines and all(seg.startswith("one bar") for seg in lines), lines
+    assert f"{len(CASES) + 2}/{len(CASES) + 2}" in lines[-1] and "done: ES" in lines[-1]

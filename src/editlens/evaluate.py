@@ -45,6 +45,7 @@ from editlens.data import load_object_descriptions
 from editlens.rome.keys import encode
 from editlens.rome.requests import as_case, as_request
 from editlens.scoring import score_continuations
+from editlens.precision import full_precision
 
 Editor = Callable[[Any, dict], ContextManager]
 """``editor(model, case)`` returns a context manager inside which the model is edited (Chapters 3-6 each give one)."""
@@ -176,14 +177,6 @@ def generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int = 40, sa
              top_k: int = 5, row_edits: Sequence[Sequence[Any]] | None = None) -> list[str]:
     """Continuations of ``prompts`` (greedy, or seeded top-k sampling like ROME), batched with left padding.
     ``row_edits[i]``: the rank-one edits prompt ``i`` runs with (:func:`editlens.rome.rowwise.rowwise_edits`)."""
-    return _generate(model, prompts, max_new_tokens=max_new_tokens, sample=sample, seed=seed, top_k=top_k,
-                     row_edits=row_edits)[0]
-
-
-def _generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int, sample: bool, seed: int, top_k: int = 5,
-              row_edits: Sequence[Sequence[Any]] | None = None, first_logits: bool = False
-              ) -> tuple[list[str], Float[Tensor, "batch d_vocab"] | None]:
-    """:func:`generate`, and (``first_logits``) the logits that chose each row's first new token (else None)."""
     from editlens.rome.rowwise import rowwise_edits
 
     tok = model.tokenizer
@@ -199,17 +192,21 @@ def _generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int, sample
     with torch.random.fork_rng(devices=[]), rows:
         torch.manual_seed(seed)
         out = hf.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                          min_new_tokens=max_new_tokens, output_logits=first_logits, return_dict_in_generate=True,
-                          **kw)
-    texts = [tok.decode(o[n:], skip_special_tokens=True) for o in out.sequences]
-    return texts, (out.logits[0] if first_logits else None)
+                          min_new_tokens=max_new_tokens, **kw)
+    return [tok.decode(o[n:], skip_special_tokens=True) for o in out]
 
 
 @torch.no_grad()
-def next_token_logits(model: Any, prompt: str) -> Float[Tensor, "d_vocab"]:
-    """The logits after ``prompt`` (encoded as :func:`generate` encodes it), on the model as it is now."""
+def next_token_logits(model: Any, prompt: str, row_edits: Sequence[Any] | None = None) -> Float[Tensor, "d_vocab"]:
+    """The logits after ``prompt`` (encoded as :func:`generate` encodes it), on the model as it is now, in float32
+    whatever its precision (a check of exactness); ``row_edits``: rank-one edits applied as per-row hooks
+    (:func:`editlens.rome.rowwise.rowwise_edits`) instead of to the weights."""
+    from editlens.rome.rowwise import rowwise_edits
+
     ids = torch.tensor([encode(model, prompt)], device=model.cfg.device)
-    return model.original_model(ids).logits[0, -1]
+    rows = contextlib.nullcontext() if row_edits is None else rowwise_edits(model, [list(row_edits)])
+    with torch.no_grad(), full_precision(model), rows:
+        return model.original_model(ids).logits[0, -1].float()
 
 
 def reference_texts(case: dict, descriptions: dict[str, list[str]]) -> tuple[list[str], str]:
@@ -311,7 +308,8 @@ def case_metrics(model: Any, case: dict, *, generation: GenerationSettings | Non
 
 def baseline_metrics(model: Any, cases: Sequence[dict], *, generation: GenerationSettings | None,
                      descriptions: dict[str, list[str]], corpus: Sequence[str] = (), batch_size: int = 32,
-                     generation_batch_size: int = 32, progress: bool = False) -> list[dict[str, Any]]:
+                     generation_batch_size: int = 32, progress: bool = False, bar: Any = None
+                     ) -> list[dict[str, Any]]:
     """:func:`case_metrics` of every record on the model as it is now, computed once for the whole fact set
     (Chapter 3: the unedited model's metrics do not depend on the edit): one :func:`continuation_nll` call over
     all records' probe rows, and greedy generations batched over records. Sampled generations stay per record:
@@ -326,8 +324,8 @@ def baseline_metrics(model: Any, cases: Sequence[dict], *, generation: Generatio
                 for p in prompts]
     else:
         flat = [(p, ()) for ps in prompts for p in ps]
-        texts, _ = greedy_generations(model, flat, generation, batch_size=generation_batch_size, progress=progress,
-                                      desc="unedited model: generations")
+        texts = greedy_generations(model, flat, generation, batch_size=generation_batch_size, progress=progress,
+                                   desc="unedited model: generations", bar=bar)
         gens, it = [], iter(texts)
         for ps in prompts:
             gens.append([next(it) for _ in ps])
@@ -338,26 +336,25 @@ def baseline_metrics(model: Any, cases: Sequence[dict], *, generation: Generatio
 
 def greedy_generations(model: Any, items: Sequence[tuple[str, Sequence[Any]]], generation: GenerationSettings, *,
                        batch_size: int = 32, progress: bool = False, desc: str = "generations",
-                       first_logits: bool = False) -> tuple[list[str], list[Float[Tensor, "d_vocab"]] | None]:
+                       bar: Any = None) -> list[str]:
     """Greedy continuations of many ``(prompt, rank-one edits)`` items, batched over items (sorted by length, so
     little padding); each item runs with its own edits (:func:`editlens.rome.rowwise.rowwise_edits`; empty: the
-    model as it is). Returns the texts in item order, and (``first_logits``) the logits that chose each item's
-    first new token (else None)."""
+    model as it is). Returns the texts in item order. ``bar``: a tqdm bar to advance by one per batch (instead
+    of a bar of its own)."""
     from tqdm import tqdm
 
     order = sorted(range(len(items)), key=lambda j: len(encode(model, items[j][0])))  # similar lengths: less padding
     texts: dict[int, str] = {}
-    first: dict[int, Tensor] = {}
-    for b in tqdm(range(0, len(order), batch_size), disable=not progress, desc=desc):
+    batches = range(0, len(order), batch_size)
+    for b in batches if bar is not None else tqdm(batches, disable=not progress, desc=desc):
+        if bar is not None:
+            bar.set_postfix_str(desc, refresh=False)
+            bar.update(1)
         idx = order[b:b + batch_size]
         edits = [list(items[j][1]) for j in idx]
-        out, logits = _generate(model, [items[j][0] for j in idx], max_new_tokens=generation.max_new_tokens,
-                                sample=False, seed=generation.seed, row_edits=edits if any(edits) else None,
-                                first_logits=first_logits)
-        texts.update(zip(idx, out))
-        if first_logits:
-            first.update(zip(idx, logits))
-    return [texts[j] for j in range(len(items))], ([first[j] for j in range(len(items))] if first_logits else None)
+        texts.update(zip(idx, generate(model, [items[j][0] for j in idx], max_new_tokens=generation.max_new_tokens,
+                                       seed=generation.seed, row_edits=edits if any(edits) else None)))
+    return [texts[j] for j in range(len(items))]
 
 
 def yielded_weight_edits(info: Any) -> list[Any] | None:
@@ -372,9 +369,9 @@ def yielded_weight_edits(info: Any) -> list[Any] | None:
 
 
 BATCHED_CHECK_ATOL = 2e-3
-"""Largest |logit| difference allowed between an edit applied to the weights and the same edit run per batch row
-(float rounding is about 1e-4 on the embedded model; an editor that changes more than its rank-one weight edits,
-such as a steering hook, differs by far more)."""
+"""Largest |logit| difference allowed between an edit applied to the weights and the same edit run per batch row,
+both in float32 (float rounding is about 1e-4 on the embedded model; an editor that changes more than its rank-one
+weight edits, such as a steering hook, differs by far more)."""
 
 
 def harmonic_mean(values: Iterable[float]) -> float:
@@ -447,7 +444,7 @@ def evaluate_edits(
     yields rank-one :class:`editlens.rome.Edit` objects, every record's generations run after the last
     edit, many records per batch, each row with its own edit (:mod:`editlens.rome.rowwise`); a check of
     each record's first-token logits against its edited weights guards this. ``on_record`` is called
-    for each record once all records are measured; ``desc`` labels the progress bars. Returns an
+    for each record once all records are measured; ``desc`` labels the call's one progress bar. Returns an
     :class:`EvalReport`; ``report.table()`` prints it.
     """
     from tqdm import tqdm
@@ -457,12 +454,21 @@ def evaluate_edits(
     cases = [as_case(c) for c in cases]
     report = EvalReport(settings={"generation": None if generation is None else generation.as_settings(),
                                   "consistency": "tfidf", "n_descriptions": len(descriptions)})
-    unedited = (baseline_metrics(model, cases, generation=generation, descriptions=descriptions, corpus=corpus,
-                                 progress=progress) if baseline else None)  # once for the fact set, before any edit
     semantic = getattr(generation, "semantic", False) if generation is not None else False
+    if semantic and progress:
+        from editlens.sentence import load_sentence_model
+
+        load_sentence_model()  # loaded now (with its own messages), not inside the bar
+    greedy = generation is not None and not generation.sample
+    n_gen_batches = -(-sum(len(_generation_prompts(c, generation)) for c in cases) // 32) if greedy else 0
+    # One bar for the whole call: the unedited model's generations, the edits, the edited models' generations.
+    bar = tqdm(total=(n_gen_batches if baseline else 0) + (len(cases) if editor is not None else 0)
+               + (n_gen_batches if editor is not None and batch_generations else 0),
+               disable=not progress, desc=desc, unit="step")
+    unedited = (baseline_metrics(model, cases, generation=generation, descriptions=descriptions, corpus=corpus,
+                                 bar=bar) if baseline else None)  # once for the fact set, before any edit
     deferred: list[tuple[int, list[str], list[Any], Tensor]] = []  # (record, prompts, edits, logits for the check)
-    bar = tqdm(cases, disable=not progress, desc=desc)
-    for i, case in enumerate(bar):
+    for i, case in enumerate(cases):
         req = as_request(case)
         rec: dict[str, Any] = {"case_id": case.get("case_id"), "subject": req.subject, "prompt": req.text,
                                "target_new": req.target_new, "target_true": req.target_true}
@@ -481,26 +487,33 @@ def evaluate_edits(
                     rec["edited"] = probe_scores(model, case)
                     prompts = _generation_prompts(case, generation)
                     deferred.append((i, prompts, edits, next_token_logits(model, prompts[0])))
+            s = report.summary("edited") if report.records else {}
+            bar.set_postfix_str("edits " + " ".join(f"{k} {s[k]:.0f}" for k in ("ES", "PS", "NS") if k in s),
+                                refresh=False)
+            bar.update(1)
         report.records.append(rec)
-        if editor is not None and progress:
-            s = report.summary("edited")
-            bar.set_postfix({k: f"{s[k]:.0f}" for k in ("ES", "PS", "NS") if k in s})
     if deferred:
-        items = [(p, edits) for _, prompts, edits, _ in deferred for p in prompts]
-        texts, first = greedy_generations(model, items, generation, progress=progress,
-                                          desc=f"{desc}: generations", first_logits=True)
-        at = 0
-        for i, prompts, _, check in deferred:
-            diff = float((first[at] - check).abs().max())
+        for i, prompts, edits, check in deferred:  # the editor's context = its rank-one edits, to float32 rounding
+            diff = float((next_token_logits(model, prompts[0], row_edits=edits) - check).abs().max())
             if diff > BATCHED_CHECK_ATOL:
                 raise RuntimeError(
                     f"evaluate_edits: record {report.records[i]['case_id']!r}: the editor's context changes the "
                     f"model beyond the rank-one weight edits it yields (first-token logits differ by {diff:.3g} "
-                    "between the edited weights and the batched generation). Fix: "
+                    "between the edited weights and the same edits run per batch row). Fix: "
                     "evaluate_edits(..., batch_generations=False) generates inside each editor's context.")
+        items = [(p, edits) for _, prompts, edits, _ in deferred for p in prompts]
+        texts = greedy_generations(model, items, generation, desc="edited models: generations", bar=bar)
+        at = 0
+        for i, prompts, _, _ in deferred:
             _add_generation_metrics(report.records[i]["edited"], cases[i], texts[at:at + len(prompts)],
                                     descriptions, corpus, semantic)
             at += len(prompts)
+    if editor is not None:
+        s = report.summary("edited")
+        bar.set_postfix_str("done: " + " ".join(f"{k} {s[k]:.0f}" for k in ("ES", "PS", "NS") if k in s),
+                            refresh=False)
+    bar.total = bar.n  # steps that did not apply (generations inside the editors' contexts) are not counted
+    bar.close()
     if on_record is not None:
         for rec in report.records:
             on_record(rec)

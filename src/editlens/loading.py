@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +56,21 @@ def _resolve_weights_dtype(weights_dtype: torch.dtype | str | None) -> torch.dty
         raise ValueError(f"weights_dtype {weights_dtype!r} is not one of {sorted(_WEIGHT_DTYPES)}; pass a torch.dtype "
                          "or one of these names.")
     return _WEIGHT_DTYPES[weights_dtype]
+
+
+@contextmanager
+def no_loading_bars() -> Iterator[None]:
+    """Inside the block, transformers draws no progress bar (its "Loading weights" bar would stand in every
+    chapter's first output, and inside an evaluation's bar when a model loads lazily)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _offline() -> bool:
@@ -162,12 +179,14 @@ def load_model(
     if torch_dtype == torch.float32:
         precision.resolve(dtype)  # a bad name fails here, before the weights are read
     key = None if name is None else str(name)
-    if key is None or key.lower() in _EMBEDDED_ALIASES:
-        model, tokenizer, folder = _load_embedded(dtype=torch_dtype, device_map=device_map)
-        bridge_name = str(folder)
-    else:
-        model, tokenizer = _load_hf(key, dtype=torch_dtype, device_map=device_map, trust_remote_code=trust_remote_code)
-        bridge_name = key
+    with no_loading_bars():
+        if key is None or key.lower() in _EMBEDDED_ALIASES:
+            model, tokenizer, folder = _load_embedded(dtype=torch_dtype, device_map=device_map)
+            bridge_name = str(folder)
+        else:
+            model, tokenizer = _load_hf(key, dtype=torch_dtype, device_map=device_map,
+                                        trust_remote_code=trust_remote_code)
+            bridge_name = key
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if device_map is None:

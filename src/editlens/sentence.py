@@ -74,7 +74,9 @@ def load_sentence_model(device: str = "cpu") -> "SentenceTransformer":
         raise SentenceModelNotAvailableError(
             "sentence-transformers is not installed. Fix: pip install sentence-transformers==6.2.0"
         ) from err
-    with _offline():
+    from editlens.loading import no_loading_bars
+
+    with _offline(), no_loading_bars():
         model = SentenceTransformer(str(folder), device=device, local_files_only=True)
     model.eval()
     return model

@@ -13,6 +13,8 @@ export HF_DATASETS_OFFLINE := 1
 OMP_NUM_THREADS ?= 1
 MKL_NUM_THREADS ?= $(OMP_NUM_THREADS)
 export OMP_NUM_THREADS MKL_NUM_THREADS
+# Progress bars as wide as the book's monospace column (editlens.display.LINE_WIDTH).
+export TQDM_NCOLS ?= 76
 
 .PHONY: help setup book test test-fast check-portable student instructor clean
 

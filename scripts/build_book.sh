@@ -26,6 +26,8 @@ CELL_TIMEOUT="${BOOK_CELL_TIMEOUT:-3600}"   # seconds per cell; Chapter 3's eval
 # One thread per chapter process (JOBS processes share the cores); `make book` exports 1 as well.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export MKL_NUM_THREADS="${MKL_NUM_THREADS:-$OMP_NUM_THREADS}"
+# Progress bars as wide as the book's monospace column (editlens.display.LINE_WIDTH), so the page cuts none.
+export TQDM_NCOLS="${TQDM_NCOLS:-76}"
 export BIN EXEC CELL_TIMEOUT
 
 log() { printf '[book] %s\n' "$*"; }

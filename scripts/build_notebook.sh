@@ -9,6 +9,8 @@ src="notebooks/src/$name.py"
 out="notebooks/$name.ipynb"
 [[ -f "$src" ]] || { echo "no $src" >&2; exit 1; }
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# Progress bars as wide as the book's monospace column (editlens.display.LINE_WIDTH), so the page cuts none.
+export TQDM_NCOLS="${TQDM_NCOLS:-76}"
 .venv/bin/jupytext -q --to ipynb -o "$out" "$src"
 .venv/bin/python scripts/normalise_notebook.py "$out"
 .venv/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=3600 "$out"

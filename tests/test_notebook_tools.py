@@ -240,3 +240,45 @@ def test_format_script_uses_the_tested_width():
     assert re.search(rf"^WIDTH=\"?\$\{{WIDTH:-{CODE_WIDTH}\}}\"?$", script, re.M), (
         f"scripts/format_notebooks.sh must default to WIDTH={CODE_WIDTH}, the width this test checks"
     )
+
+
+# Chapters whose stored outputs still print lines wider than the column (issue: the rendered book as a reader
+# sees it). Remove a name once its re-executed chapter passes.
+OUTPUT_PENDING: set[str] = {"00_meet_the_model", "01_consistency_heads", "02_consistency_steering", "03_rome",
+                            "04_steam", "05_sadr", "06_synthesis"}
+
+
+def printed_text(output) -> str:
+    """What the rendered page shows as monospace text: streams, and text/plain when nothing richer exists."""
+    if output.get("output_type") == "stream":
+        return output.get("text", "")
+    data = output.get("data", {})
+    if "text/plain" in data and not any(k in data for k in ("text/html", "text/markdown", "image/png")):
+        return data["text/plain"]
+    return ""
+
+
+def output_cases():
+    pending = pytest.mark.xfail(strict=True, reason="in OUTPUT_PENDING: not re-executed with fitted outputs yet")
+    return [pytest.param(p, id=p.stem, marks=[pending] if p.stem in OUTPUT_PENDING else [])
+            for p in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
+
+
+# An OUTPUT_PENDING chapter that passes fails (strict xfail): then remove it from OUTPUT_PENDING.
+@pytest.mark.parametrize("path", output_cases())
+def test_printed_outputs_fit_the_rendered_column(path):
+    """Every printed line (progress bars included: make and the build scripts set TQDM_NCOLS) fits the column that
+    the code fits, so the rendered page cuts nothing (editlens.display.LINE_WIDTH)."""
+    from editlens.display import LINE_WIDTH, fits_the_column
+
+    assert LINE_WIDTH == CODE_WIDTH, "outputs and code share the page's monospace column"
+    nb = nbformat.read(path, as_version=4)
+    wide = [f"cell {i}: {len(line)} characters: {line[:60]}..."
+            for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            for out in cell.get("outputs", []) for line in fits_the_column(printed_text(out))]
+    assert not wide, f"{path.name}: {len(wide)} printed lines wider than {LINE_WIDTH} characters:\n" + "\n".join(wide[:30])
+
+
+def test_output_pending_lists_only_existing_chapters():
+    names = {p.stem for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    assert OUTPUT_PENDING <= names

@@ -282,3 +282,12 @@ def test_printed_outputs_fit_the_rendered_column(path):
 def test_output_pending_lists_only_existing_chapters():
     names = {p.stem for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
     assert OUTPUT_PENDING <= names
+
+
+def test_chapter_times_page_is_current():
+    """book/chapter-times.md (included by book/teaching.md) is what scripts/chapter_times.py reads from the stored
+    runs now: no chapter time in the book is typed by hand."""
+    import chapter_times
+
+    assert chapter_times.PAGE.read_text(encoding="utf-8") == chapter_times.page(), (
+        "book/chapter-times.md is stale; run .venv/bin/python scripts/chapter_times.py --write")

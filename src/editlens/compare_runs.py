@@ -84,3 +84,31 @@ def runs_markdown(table: pd.DataFrame, labels: Sequence[str] = ("float32", "bflo
                      f"{num(row['diff'], m, True)} [{num(row['low'], m, True)}, {num(row['high'], m, True)}]{star} | "
                      f"{row['records changed']} of {row['n']} |")
     return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m editlens.compare_runs RUN_A RUN_B --out DIR``: the paired table of two compare runs, written as
+    ``DIR/summary.csv`` and ``DIR/summary.md``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m editlens.compare_runs",
+                                 description="The paired table of two compare runs over the same records.")
+    ap.add_argument("run_a", help="folder of the first run (its per_record.jsonl)")
+    ap.add_argument("run_b", help="folder of the second run")
+    ap.add_argument("--labels", default="float32,bfloat16", help="names of the two runs, comma-separated")
+    ap.add_argument("--out", required=True, help="folder for summary.csv and summary.md")
+    args = ap.parse_args(argv)
+    labels = args.labels.split(",")
+    if len(labels) != 2:
+        ap.error("--labels takes two names, e.g. float32,bfloat16")
+    table = paired_runs(load_rows(args.run_a), load_rows(args.run_b), labels)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(runs_markdown(table, labels), encoding="utf-8")
+    print(f"wrote {out / 'summary.csv'} and {out / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,15 +21,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "book" / "chapter-times.md"
-TITLES = {
-    "00_meet_the_model": "0. Meet the model",
-    "01_consistency_heads": "1. Consistency heads",
-    "02_consistency_steering": "2. Consistency steering",
-    "03_rome": "3. Causal tracing and ROME",
-    "04_steam": "4. STEAM",
-    "05_sadr": "5. SADR",
-    "06_synthesis": "6. Synthesis",
-}
+sys.path.insert(0, str(ROOT / "scripts"))
+import stage_book  # noqa: E402  (the chapters of _toc.yml, as make book reads them)
+
+
+def chapters() -> list[Path]:
+    """The chapter notebooks, in _toc.yml's order."""
+    return [p for p in map(stage_book.source_of, stage_book.toc_documents()) if p.suffix == ".ipynb"]
+
+
+def title(path: Path) -> str:
+    """The chapter's short title: its first heading up to the colon ("5. SADR")."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            m = re.search(r"^#\s+(.+)$", "".join(cell["source"]), re.M)
+            if m:
+                return m.group(1).split(":")[0].strip()
+    return path.stem
 
 
 def _stamp(text: str) -> datetime:
@@ -69,12 +78,12 @@ def table() -> str:
     lines = ["| chapter | time to run | to the first exercise check | to the last exercise check |",
              "|---|---:|---:|---:|"]
     total = 0.0
-    for stem, title in TITLES.items():
-        t = chapter_times(ROOT / "notebooks" / f"{stem}.ipynb")
+    for path in chapters():
+        t = chapter_times(path)
         total += float(t["total"])
-        lines.append(f"| {title} | {_minutes(float(t['total']))} | {_minutes(float(t['first']))} | "
+        lines.append(f"| {title(path)} | {_minutes(float(t['total']))} | {_minutes(float(t['first']))} | "
                      f"{_minutes(float(t['last']))} ({t['exercises']} checks) |")
-    lines.append(f"| all seven | {_minutes(total)} | | |")
+    lines.append(f"| all chapters | {_minutes(total)} | | |")
     return "\n".join(lines) + "\n"
 
 

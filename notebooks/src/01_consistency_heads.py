@@ -422,12 +422,12 @@ print(
 
 # %% [markdown]
 # Which exact head comes first, and exactly how many heads beat the metadata baseline, are not
-# properties of the model. A probe's held-out accuracy counts test pairs (one pair is about
-# 0.001 of accuracy), and a pair near the decision boundary can flip when the activations
-# change slightly: bfloat16 instead of float32 (Chapter 0, section 3), another CPU, another
-# thread count. Upstream of the probes, a prompt whose two best candidates are nearly tied can
-# change its answer, and with it the labels of its pairs and the balanced subsample. Ties are
-# broken by (layer, head), but a near-tie is still noise. The claims checked below are the ones
+# properties of the model. A probe's held-out accuracy counts test pairs (914 of them: one pair
+# is about a thousandth of accuracy), and a pair near the decision boundary can flip when the
+# activations change slightly: bfloat16 instead of float32 (Chapter 0, section 3), another CPU,
+# another thread count. Upstream of the probes, a prompt whose two best candidates are nearly
+# tied can change its answer, and with it the labels of its pairs and the balanced subsample.
+# Ties are broken by (layer, head), but a near-tie is still noise. The claims checked below are the ones
 # that survive that, each with a margin of many held-out pairs.
 
 # %%

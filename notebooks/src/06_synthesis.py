@@ -223,7 +223,10 @@ print(
 # unedited weights**, evaluates it as Chapter 3 does (ES, PS, NS, RelS, DNS, portability, GE,
 # RS, and SC from Chapter 4), and times the edit. Every (fact, method) edit is seeded from the
 # fact's position, so the rows do not depend on the order they run in; `run_methods` checks at
-# the end that the weights are back bit for bit.
+# the end that the weights are back bit for bit. Inside each edit only the probes run; a fact's
+# generations under the four methods run afterwards in one batch, each row with its method's
+# rank-one edit added per row (Chapter 3's `rowwise_edits`), which costs little more than one
+# generation does.
 #
 # While each edit is applied, the wrapper below also reads it through the consistency lens of
 # section 2, unsteered and steered, so that section reuses these edits instead of recomputing

@@ -9,7 +9,12 @@ Prints figures:
 - ``tracing.trace_fact`` (three kinds, at the subject's last token and the last token, as Chapter 3 averages them)
   through the bridge's full runs (the code before) against running only the blocks above the restoration
   (:mod:`editlens.block_runner`), and the largest difference between their scores.
-Exit status 1 if a "before" and "after" disagree (texts differ, or scores differ by more than 1e-5).
+- ``compare.run_methods`` (Chapter 6) with the four methods on ``--compare-facts`` facts: one
+  ``evaluate_edits`` call per (record, method), each generating alone (the code before), against each record's
+  generations under every method in one batch (``run_methods`` now), and the largest difference between the
+  two tables' metrics (GE, RS and SC come from the generations; the edits are the same, seeded per record).
+Exit status 1 if a "before" and "after" disagree (texts differ, or scores differ by more than 1e-5; for
+``run_methods``, metrics differ by more than 1e-3: a batch of four rows rounds differently from one row).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--facts", type=int, default=8, help="facts for evaluate_edits (0: skip)")
     ap.add_argument("--trace-facts", type=int, default=2, help="facts for causal tracing (0: skip)")
+    ap.add_argument("--compare-facts", type=int, default=2,
+                    help="facts for run_methods with the four methods of Chapter 6 (0: skip)")
+    ap.add_argument("--dtype", default="auto", help="precision of the model (auto, float32, bfloat16)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
@@ -39,8 +47,9 @@ def main() -> None:
     from editlens.rome import key_stats as ks
     from editlens.rome.requests import as_request
 
-    model, _ = editlens.load_model(device="cpu")
-    print(f"model {model.cfg.model_name}, threads {torch.get_num_threads()}")
+    model, _ = editlens.load_model(device="cpu", dtype=args.dtype)
+    print(f"model {model.cfg.model_name}, {editlens.precision.of(model).describe()}, "
+          f"threads {torch.get_num_threads()}")
     ok = True
     facts = spread_over_relations(load_facts(), 50)
     if args.facts:
@@ -65,6 +74,8 @@ def main() -> None:
         print(f"evaluate_edits: measuring {((seconds[False] - edit[False]) / (seconds[True] - edit[True])):.1f}x "
               f"faster, whole loop {seconds[False] / seconds[True]:.2f}x; same generated texts: {same}")
         ok = ok and same
+    if args.compare_facts:
+        ok = bench_run_methods(model, facts[: args.compare_facts]) and ok
     if args.trace_facts:
         results, seconds = {}, {}
         real = tracing.supports_block_runs
@@ -83,6 +94,55 @@ def main() -> None:
         ok = ok and worst <= 1e-5
     if not ok:
         raise SystemExit(1)
+
+
+def bench_run_methods(model, cases) -> bool:
+    """Chapter 6's comparison: one evaluate_edits per (record, method) (before) vs run_methods (after)."""
+    import numpy as np
+    import pandas as pd
+
+    from editlens import compare
+    from editlens.data import load_facts, load_object_descriptions
+    from editlens.evaluate import GenerationSettings, evaluate_edits
+    from editlens.rome import get_hparams
+    from editlens.rome import key_stats as ks
+    from editlens.rome.requests import as_case, as_request
+    from editlens.seeding import seed_everything
+    from editlens.steam import AnchorBank
+
+    cases = [as_case(c) for c in cases]
+    hp = get_hparams(model)
+    bank = AnchorBank(model, load_facts(), n_anchors=8, min_anchors=3)
+    bank.precompute([as_request(c).target_new for c in cases])
+    editors = compare.build_editors(hp, ks.stats_for(model, hp), list(compare.METHODS), bank=bank,
+                                    sadr_gamma=0.01)
+    gen = GenerationSettings(n_prompts=1, max_new_tokens=30, seed=0, semantic=True)
+    descriptions = load_object_descriptions()
+    for editor in editors.values():  # one-time costs paid before either is timed
+        with editor(model, cases[0]):
+            pass
+    t = time.perf_counter()
+    rows = []
+    for i, case in enumerate(cases):
+        for method, editor in editors.items():
+            seed_everything(compare.record_seed(0, i))
+            rec = evaluate_edits(model, [case], editor, baseline=False, generation=gen, descriptions=descriptions,
+                                 progress=False).records[0]
+            rows.append({"index": i, "method": method,
+                         **{k: rec["edited"][k] for k in compare.ROW_METRICS if k in rec["edited"]}})
+    before_s = time.perf_counter() - t
+    before = pd.DataFrame(rows)
+    t = time.perf_counter()
+    after = compare.run_methods(model, cases, editors, generation=gen, descriptions=descriptions, progress=False,
+                                warmup=False)
+    after_s = time.perf_counter() - t
+    cols = [c for c in compare.ROW_METRICS if c in before.columns]
+    worst = float(np.nanmax(np.abs(before[cols].to_numpy(float) - after[cols].to_numpy(float))))
+    n = len(cases) * len(editors)
+    print(f"run_methods, {len(cases)} facts x {len(editors)} methods: one evaluate_edits per (record, method) "
+          f"(before) {before_s:.1f} s, {before_s / n:.2f} s per edit; a record's generations in one batch (after) "
+          f"{after_s:.1f} s, {after_s / n:.2f} s per edit; max |metric difference| {worst:.2e}")
+    return worst <= 1e-3
 
 
 if __name__ == "__main__":

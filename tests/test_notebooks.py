@@ -29,8 +29,8 @@ OVERRIDES: dict[str, dict] = {
         "LAYER_TO_PLOT": 3,
         "SEED": 1,
     },
-    # Chapter 6 is replayed by nbval only in `make test-all` (41 minutes at its defaults); here it
-    # runs end to end, every section, on 4 facts and 2 sequential edits (about 5 minutes).
+    # Chapter 6 at other sizes than its stored run (which `make test` replays with nbval at its
+    # defaults): every section end to end on 4 facts and 2 sequential edits, a few minutes.
     "06_synthesis": {
         "N_FACTS": 4,
         "N_SEQUENTIAL": 2,

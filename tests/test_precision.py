@@ -66,6 +66,35 @@ def test_full_precision_is_the_float32_model_bit_for_bit(tiny_model):
     assert torch.allclose(mixed.float(), ref, atol=0.1)
 
 
+def test_weights_cast_once_give_autocasts_numbers_and_follow_an_edit(tiny_model):
+    """Each Linear keeps a bf16 copy of its weight (cast once, not at every call): the same logits as autocast's
+    cast at every call, bit for bit, and an in-place edit of the weight (ROME's, restored exactly) is seen."""
+    from editlens.rome import update
+
+    toks = tiny_model.to_tokens(["The capital of France is", "Berlin is a city in"], padding_side="right")
+    _bf16(tiny_model)
+
+    def logits(cached: bool) -> torch.Tensor:
+        if cached:
+            with torch.no_grad():
+                return tiny_model(toks).float()
+        with torch.enable_grad():  # weights that take a gradient: autocast casts them at every call
+            assert all(p.requires_grad for p in tiny_model.parameters())
+            return tiny_model(toks).detach().float()
+
+    hf_linears = [m for m in tiny_model.original_model.modules() if type(m) is torch.nn.Linear]
+    assert hf_linears and all(hasattr(m.forward, "__wrapped__") for m in hf_linears)  # every one casts once
+    before = logits(True)
+    assert torch.equal(before, logits(False))
+    W = update.w_out(tiny_model, 1)
+    delta = 0.5 * torch.outer(torch.randn(W.shape[0], generator=torch.Generator().manual_seed(0)), W[0].detach())
+    with update.applied_edit(tiny_model, update.Edit(layer=1, delta=delta)):
+        edited = logits(True)
+        assert not torch.equal(edited, before)  # the edit reached the cached copy
+        assert torch.equal(edited, logits(False))
+    assert torch.equal(logits(True), before)  # undone: the copy follows the restored weight
+
+
 def test_left_padding_gives_no_nan_under_bf16(tiny_model, embedded_tokenizer):
     """A left pad sees no key; float32's -3.4e38 mask would become -inf in bf16 and its softmax NaN."""
     _bf16(tiny_model)

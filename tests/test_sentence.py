@@ -23,6 +23,17 @@ def test_embed_shape_normalised_and_deterministic():
     assert sentence.embed([]).shape == (0, sentence.EMBEDDING_DIM)
 
 
+def test_a_list_is_embedded_once_with_the_numbers_of_a_fresh_run():
+    sentence._embed.cache_clear()
+    first = sentence.embed(OTHER)
+    first.mul_(0)  # the caller's copy: the cache is not changed
+    again = sentence.embed(OTHER)
+    assert sentence._embed.cache_info().hits == 1
+    sentence._embed.cache_clear()
+    assert torch.equal(again, sentence.embed(OTHER))  # the cached numbers are a fresh run's, bit for bit
+    assert torch.allclose(again.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+
 def test_model_is_cached():
     assert sentence.load_sentence_model() is sentence.load_sentence_model()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -104,15 +105,18 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
                 warmup: bool = True, check_restored: bool = True) -> pd.DataFrame:
     """One row per (record, method): ``index`` (position in the full list; ``indices`` gives them for a share),
     ``case_id``, ``relation``, ``method``, the metrics of the edited model (:data:`ROW_METRICS` that the record has)
-    and ``seconds`` per edit. Each edit runs alone from the unedited weights, seeded with :func:`record_seed`;
-    ``generation``: :class:`editlens.evaluate.GenerationSettings` or None. ``warmup``: one untimed edit per method
-    first (the first edit of a process pays one-time costs that would otherwise count against the first method).
-    ``check_restored`` verifies at the end that the weights are those of the start (bit for bit, by
-    :func:`editlens.steam.anchors.model_fingerprint`)."""
+    and ``seconds`` per edit. Each edit runs alone from the unedited weights, seeded with :func:`record_seed`, and is
+    measured as :func:`editlens.evaluate.evaluate_edits` measures it; ``generation``:
+    :class:`editlens.evaluate.GenerationSettings` or None. A record's greedy generations under every method run in
+    one batch after its last edit (the same prompts, so no padding; each row with its method's rank-one edit,
+    :mod:`editlens.rome.rowwise`), so a row depends on its record alone, not on the other records of a share.
+    ``warmup``: one untimed edit per method first (the first edit of a process pays one-time costs that would
+    otherwise count against the first method). ``check_restored`` verifies at the end that the weights are those of
+    the start (bit for bit, by :func:`editlens.steam.anchors.model_fingerprint`)."""
     from tqdm import tqdm
 
     from editlens.data import load_object_descriptions
-    from editlens.evaluate import evaluate_edits
+    from editlens.evaluate import measure_edit, run_deferred_generations
     from editlens.steam.anchors import model_fingerprint
 
     cases = list(cases)
@@ -120,6 +124,11 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
     if len(indices) != len(cases):
         raise ValueError(f"run_methods: {len(indices)} indices for {len(cases)} records.")
     descriptions = load_object_descriptions() if descriptions is None else descriptions
+    corpus = [t for ts in descriptions.values() for t in ts]
+    if getattr(generation, "semantic", False):
+        from editlens.sentence import load_sentence_model
+
+        load_sentence_model()  # now, not inside the progress bar
     before = model_fingerprint(model) if check_restored else None
     if warmup and cases:
         for editor in editors.values():
@@ -129,21 +138,36 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
     rows = []
     with tqdm(total=len(cases) * len(editors), disable=not progress, desc="records x methods") as bar:
         for i, case in zip(indices, cases):
+            case = _as_case(case)
+            deferred = []
             for method, editor in editors.items():
                 seed_everything(record_seed(seed, i))
-                rec = evaluate_edits(model, [case], editor, baseline=False, generation=generation,
-                                     descriptions=descriptions, progress=False).records[0]
-                edited = rec.get("edited", {})
-                row = {"index": i, "case_id": rec.get("case_id"), "relation": _relation(case), "method": method}
-                row.update({k: float(edited[k]) for k in ROW_METRICS if k in edited})
-                row["seconds"] = float(rec.get("edit_seconds", math.nan))
-                rows.append(row)
+                t0 = time.perf_counter()
+                with editor(model, case) as info:
+                    seconds = time.perf_counter() - t0
+                    metrics, later = measure_edit(model, case, info, generation=generation,
+                                                  descriptions=descriptions, corpus=corpus)
+                if later is not None:
+                    deferred.append(later)
+                rows.append({"index": i, "case_id": case.get("case_id"), "relation": _relation(case),
+                             "method": method, "seconds": seconds, "_metrics": metrics})
                 bar.update(1)
-                bar.set_postfix(method=method, case=rec.get("case_id"))
+                bar.set_postfix(method=method, case=case.get("case_id"))
+            if deferred:  # this record's generations under every method, one batch
+                run_deferred_generations(model, deferred, generation, descriptions=descriptions, corpus=corpus)
     if check_restored and model_fingerprint(model) != before:
         raise RuntimeError("run_methods: the weights after the edits differ from those before; an editor did not "
                            "restore them. Fix: edit inside the editor's context manager only.")
+    for row in rows:
+        edited = row.pop("_metrics")
+        row.update({k: float(edited[k]) for k in ROW_METRICS if k in edited})
     return per_record_frame(rows)
+
+
+def _as_case(case: Any) -> dict:
+    from editlens.rome.requests import as_case
+
+    return as_case(case)
 
 
 def per_record_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
@@ -236,32 +260,35 @@ def summary_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary_figure(table: pd.DataFrame, path: str | Path | None = None):
-    """One seaborn figure: a panel per metric, each method's mean with its 95% CI (the baseline's mean as a dashed
-    line; a filled marker where the paired CI against it excludes 0). Returns the figure; saves it to ``path``."""
+def summary_figure(table: pd.DataFrame, path: str | Path | None = None, *, ncol: int = 2):
+    """One seaborn figure: a panel per metric, ``ncol`` panels per row, each method's mean with its 95% CI (the
+    baseline's mean as a dashed line; a filled marker where the paired CI against it excludes 0). One book column
+    wide (:data:`editlens.display.COLUMN_INCHES`), so its text reads at the body's size. Returns the figure; saves
+    it to ``path``."""
     import seaborn as sns
     from matplotlib.figure import Figure
+
+    from editlens.display import COLUMN_INCHES, DPI
 
     metrics = list(dict.fromkeys(table["metric"]))
     labels = list(dict.fromkeys(table["label"]))
     colours = dict(zip(labels, sns.color_palette("colorblind", len(labels))))
-    ncol = min(5, len(metrics))
+    ncol = max(1, min(ncol, len(metrics)))
     nrow = -(-len(metrics) // ncol)
-    size = (2.6 * ncol, 0.45 * len(labels) * nrow + 1.2 * nrow)
+    size = (COLUMN_INCHES, 0.5 + nrow * (0.7 + 0.25 * len(labels)))
     # A figure saved to a file is not registered with pyplot (no backend switch, nothing left open in a notebook);
     # the styles are scoped to this figure (no global seaborn theme change).
-    with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
         if path is None:
             import matplotlib.pyplot as plt
 
-            fig = plt.figure(figsize=size)
+            fig = plt.figure(figsize=size, dpi=DPI, layout="constrained")
         else:
-            fig = Figure(figsize=size)
+            fig = Figure(figsize=size, dpi=DPI, layout="constrained")
         axes = fig.subplots(nrow, ncol, sharey=True, squeeze=False)
         _draw_summary(axes, table, metrics, labels, colours)
-    fig.suptitle(f"Mean per record with 95% bootstrap CI; dashed: {labels[0]}; filled: paired CI vs {labels[0]} "
-                 "excludes 0", fontsize=9)
-    fig.tight_layout()
+        fig.suptitle(f"Mean per record, 95% bootstrap CI. Dashed: {labels[0]}'s mean;\n"
+                     f"filled: the paired CI against {labels[0]} excludes 0")
     if path is not None:
         fig.savefig(path, dpi=130)
     return fig

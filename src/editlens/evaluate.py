@@ -422,6 +422,57 @@ class EvalReport:
             w: self.summary(w) for w in ("unedited", "edited")}, "records": self.records}, indent=2, default=str) + "\n")
 
 
+@dataclass
+class DeferredGenerations:
+    """A record measured inside its editor's context whose greedy generations run later, batched with other
+    records' (:func:`run_deferred_generations`): ``metrics`` (the probe scores, completed in place), its prompts,
+    the rank-one edits its rows run with, and the first prompt's float32 next-token logits on the edited weights
+    (the guard that the editor's context is those edits)."""
+
+    case: dict
+    metrics: dict[str, Any]
+    prompts: list[str]
+    edits: list[Any]
+    check: Tensor
+
+
+def measure_edit(model: Any, case: dict, info: Any, *, generation: GenerationSettings | None,
+                 descriptions: dict[str, list[str]], corpus: Sequence[str] = (), batch_generations: bool = True
+                 ) -> tuple[dict[str, Any], DeferredGenerations | None]:
+    """Inside an editor's context (``info``: what it yielded): the record's metrics on the edited model. When the
+    editor yielded rank-one :class:`editlens.rome.Edit` objects and generations are greedy, only the probes run now
+    and the generations are returned as a :class:`DeferredGenerations` for :func:`run_deferred_generations`."""
+    edits = yielded_weight_edits(info) if batch_generations else None
+    if generation is None or generation.sample or edits is None:
+        return case_metrics(model, case, generation=generation, descriptions=descriptions, corpus=corpus), None
+    metrics = probe_scores(model, case)
+    prompts = _generation_prompts(case, generation)
+    return metrics, DeferredGenerations(case, metrics, prompts, edits, next_token_logits(model, prompts[0]))
+
+
+def run_deferred_generations(model: Any, deferred: Sequence[DeferredGenerations], generation: GenerationSettings, *,
+                             descriptions: dict[str, list[str]], corpus: Sequence[str] = (), batch_size: int = 32,
+                             bar: Any = None, desc: str = "edited models: generations") -> None:
+    """The generations of ``deferred`` records on the unedited weights, batched, each row with its own edits
+    (:mod:`editlens.rome.rowwise`); completes each record's ``metrics`` (GE, RS, SC, generations). First checks,
+    record by record, that the edits run per row give the logits the edited weights gave."""
+    for d in deferred:  # the editor's context = its rank-one edits, to float32 rounding
+        diff = float((next_token_logits(model, d.prompts[0], row_edits=d.edits) - d.check).abs().max())
+        if diff > BATCHED_CHECK_ATOL:
+            raise RuntimeError(
+                f"evaluate_edits: record {d.case.get('case_id')!r}: the editor's context changes the "
+                f"model beyond the rank-one weight edits it yields (first-token logits differ by {diff:.3g} "
+                "between the edited weights and the same edits run per batch row). Fix: "
+                "evaluate_edits(..., batch_generations=False) generates inside each editor's context.")
+    items = [(p, d.edits) for d in deferred for p in d.prompts]
+    texts = greedy_generations(model, items, generation, batch_size=batch_size, desc=desc, bar=bar)
+    at = 0
+    for d in deferred:
+        _add_generation_metrics(d.metrics, d.case, texts[at:at + len(d.prompts)], descriptions, corpus,
+                                getattr(generation, "semantic", False))
+        at += len(d.prompts)
+
+
 def evaluate_edits(
     model: Any,
     cases: Sequence[Any],
@@ -467,7 +518,7 @@ def evaluate_edits(
                disable=not progress, desc=desc, unit="step")
     unedited = (baseline_metrics(model, cases, generation=generation, descriptions=descriptions, corpus=corpus,
                                  bar=bar) if baseline else None)  # once for the fact set, before any edit
-    deferred: list[tuple[int, list[str], list[Any], Tensor]] = []  # (record, prompts, edits, logits for the check)
+    deferred: list[DeferredGenerations] = []  # records whose generations run after the last edit, batched
     for i, case in enumerate(cases):
         req = as_request(case)
         rec: dict[str, Any] = {"case_id": case.get("case_id"), "subject": req.subject, "prompt": req.text,
@@ -479,35 +530,19 @@ def evaluate_edits(
             with editor(model, case) as info:
                 rec["edit_seconds"] = time.perf_counter() - t0
                 rec["edit_info"] = _info(info)
-                edits = yielded_weight_edits(info) if batch_generations else None
-                if generation is None or generation.sample or edits is None:
-                    rec["edited"] = case_metrics(model, case, generation=generation, descriptions=descriptions,
-                                                 corpus=corpus)
-                else:  # probes now; generations later, batched over records, each row with its own edits
-                    rec["edited"] = probe_scores(model, case)
-                    prompts = _generation_prompts(case, generation)
-                    deferred.append((i, prompts, edits, next_token_logits(model, prompts[0])))
+                rec["edited"], later = measure_edit(model, case, info, generation=generation,
+                                                    descriptions=descriptions, corpus=corpus,
+                                                    batch_generations=batch_generations)
+                if later is not None:
+                    deferred.append(later)
             s = report.summary("edited") if report.records else {}
             bar.set_postfix_str("edits " + " ".join(f"{k} {s[k]:.0f}" for k in ("ES", "PS", "NS") if k in s),
                                 refresh=False)
             bar.update(1)
         report.records.append(rec)
     if deferred:
-        for i, prompts, edits, check in deferred:  # the editor's context = its rank-one edits, to float32 rounding
-            diff = float((next_token_logits(model, prompts[0], row_edits=edits) - check).abs().max())
-            if diff > BATCHED_CHECK_ATOL:
-                raise RuntimeError(
-                    f"evaluate_edits: record {report.records[i]['case_id']!r}: the editor's context changes the "
-                    f"model beyond the rank-one weight edits it yields (first-token logits differ by {diff:.3g} "
-                    "between the edited weights and the same edits run per batch row). Fix: "
-                    "evaluate_edits(..., batch_generations=False) generates inside each editor's context.")
-        items = [(p, edits) for _, prompts, edits, _ in deferred for p in prompts]
-        texts = greedy_generations(model, items, generation, desc="edited models: generations", bar=bar)
-        at = 0
-        for i, prompts, _, _ in deferred:
-            _add_generation_metrics(report.records[i]["edited"], cases[i], texts[at:at + len(prompts)],
-                                    descriptions, corpus, semantic)
-            at += len(prompts)
+        run_deferred_generations(model, deferred, generation, descriptions=descriptions, corpus=corpus, bar=bar,
+                                 desc="edited models: generations")
     if editor is not None:
         s = report.summary("edited")
         bar.set_postfix_str("done: " + " ".join(f"{k} {s[k]:.0f}" for k in ("ES", "PS", "NS") if k in s),

@@ -83,15 +83,22 @@ def load_sentence_model(device: str = "cpu") -> "SentenceTransformer":
 
 
 def embed(texts: Sequence[str], *, batch_size: int = 64) -> Float[Tensor, "n 384"]:
-    """Unit-length embeddings of ``texts`` (float32, on CPU); deterministic."""
+    """Unit-length embeddings of ``texts`` (float32, on CPU); deterministic. The same list of texts is embedded
+    once per process (a bounded cache keyed by the texts: e.g. an object's reference sentences, which every edit
+    to that object compares its generations with), with the same numbers as embedding it again."""
     if isinstance(texts, str):
         raise TypeError("embed() takes a list of strings, not a single string; wrap it: embed([text]).")
-    texts = list(texts)
+    texts = tuple(texts)
     if not texts:
         return torch.zeros(0, EMBEDDING_DIM)
+    return _embed(texts, batch_size).clone()
+
+
+@lru_cache(maxsize=1024)
+def _embed(texts: tuple[str, ...], batch_size: int) -> Float[Tensor, "n 384"]:
     model = load_sentence_model()
     with torch.no_grad():
-        vecs = model.encode(texts, batch_size=batch_size, convert_to_tensor=True,
+        vecs = model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
                             normalize_embeddings=False, show_progress_bar=False)
     vecs = vecs.float().cpu()
     return torch.nn.functional.normalize(vecs, dim=-1)

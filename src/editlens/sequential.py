@@ -79,6 +79,7 @@ def sequential_edits(
     probe_every: int = 1,
     seed: int = 0,
     progress: bool = True,
+    desc: str = "sequential edits",
     batch_size: int = 32,
     **editor_options: Any,
 ) -> pd.DataFrame:
@@ -87,7 +88,7 @@ def sequential_edits(
     ``editor``: an :data:`editlens.evaluate.Editor` (e.g. from :func:`editlens.compare.build_editors`) or a method
     name (``"rome"``, ``"steam"``, ``"sadr"``, ``"steam+sadr"``) with ``hparams=``, ``stats=`` (``bank=``, ...) as
     keyword arguments. ``unrelated``: records never edited (their accuracy is tracked). ``probe_every``: probe after
-    every k-th edit (and always after the last). Edit t is seeded with :func:`editlens.compare.record_seed` of
+    every k-th edit (and always after the last). ``desc`` labels the progress bar. Edit t is seeded with :func:`editlens.compare.record_seed` of
     ``(seed, t)``. The weights are restored bit for bit on return, also after an exception.
 
     Returns the long frame of :data:`COLUMNS`: one row per (edit count, record, kind), values in [0, 1].
@@ -116,7 +117,7 @@ def sequential_edits(
     rows: list[dict[str, Any]] = []
     n = len(cases)
     with contextlib.ExitStack() as stack:
-        for t, case in enumerate(tqdm(cases, disable=not progress, desc="sequential edits"), start=1):
+        for t, case in enumerate(tqdm(cases, disable=not progress, desc=desc), start=1):
             seed_everything(record_seed(seed, t - 1))
             stack.enter_context(edit(model, case))
             if t % probe_every and t != n:

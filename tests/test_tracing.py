@@ -81,7 +81,7 @@ def test_average_indirect_effects(tiny_model):
     avg = tracing.average_indirect_effects(tiny_model, [FACT, FACT], kinds=("hidden", "mlp"), n_samples=2, window=1,
                                            only_known=False, progress=False)
     assert avg.subject_last["mlp"].shape == (tiny_model.cfg.n_layers,) and avg.n_facts == 2
-    assert avg.traced == ["France", "France"] and avg.skipped == []
+    assert avg.traced == ["The capital of France is"] * 2 and avg.skipped == []
     # best_layer is the argmax over layers of the mean indirect effect of restoring at the subject's last
     # token: recompute that from one trace_fact per kind (both facts are FACT, so the mean is that trace).
     # A random model's effects are tiny (~1e-8), so compare relatively, not with an absolute tolerance.

@@ -18,13 +18,13 @@
 # **Prerequisites.** Chapter 0 (hooks, `run_with_cache` vs hooks with gradients). Linear algebra:
 # least squares with a constraint (the derivation is in section 4).
 #
-# **Time to run.** About TIME_MIN minutes on one CPU thread with the embedded model, measured on
-# the book's build machine, whose CPU has native bfloat16 units (the time is printed at the end
-# of the chapter); a CPU without them computes in float32 and takes about 3 times as long. Most
-# of it is computing the 50 edits (about EDIT_S s each, the $v_*$ optimisation), causal tracing
-# (about TRACE_S s) and the key variants of section 6; lower `N_EVAL_FACTS` and `N_TRACE_FACTS` for a
-# quicker run. The model's own text behind the key statistics ships with the book, and C is
-# computed once and cached on disk.
+# **Time to run.** About 6 minutes on one CPU thread with the embedded model, measured on the
+# book's build machine, whose CPU has native bfloat16 units (the time is printed at the end of
+# the chapter); a CPU without them computes in float32 and takes about 3 times as long. Most of
+# it is computing the 50 edits (about 2.5 s each, the $v_*$ optimisation, 8 facts at a time) and
+# evaluating them, and causal tracing (about a minute); lower `N_EVAL_FACTS` and `N_TRACE_FACTS`
+# for a quicker run. The model's own text behind the key statistics ships with the book, and C
+# is computed once and cached on disk.
 
 # %% tags=["parameters"]
 # Parameters (papermill: `-p NAME VALUE`)
@@ -232,11 +232,20 @@ print(
 )
 
 # %% [markdown]
+# Read each heatmap row by row: tokens down (the subject's marked `*`), layers across, darker
+# where restoring that one activation brings back more of the true answer's probability.
+# Restoring the residual stream helps at the subject's last token up to about layer 22 and at the
+# last token from layer 23 on: in between, what the model recalled about France moves to the end
+# of the prompt. The MLP windows matter at the subject in the early layers (strongest up to
+# layer 3, weaker up to about 9); the attention windows matter at the last token, late (about
+# layers 21-27), where the recalled answer is read from the subject. That is the handover that
+# ROME's paper found in GPT-2 XL.
+#
 # One fact is noisy. Averaged over many known facts, the indirect effect at the subject's last
 # token, layer by layer, tells where the subject's attributes are read in. Only facts the model
 # *knows* can be traced (a model cannot recall what it does not know): of the first
 # `N_TRACE_FACTS` facts, those whose unedited top next token is not the true answer's first token
-# are left out, and the cell prints which.
+# are left out. The table says which facts are averaged (`known`) and which are not.
 
 # %%
 start = time.perf_counter()
@@ -245,18 +254,23 @@ averaged = tracing.average_indirect_effects(
 )
 trace_seconds = time.perf_counter() - start
 print(
-    wrap(
-        f"averaged over {averaged.n_facts} known facts: "
-        + ", ".join(averaged.traced)
+    f"{averaged.n_facts} of {N_TRACE_FACTS} facts known and traced "
+    f"in {trace_seconds:.0f} s"
+)
+show_table(
+    pd.DataFrame(
+        [
+            dict(
+                prompt=as_request(f).text,
+                answer=as_request(f).target_true,
+                known=as_request(f).text in averaged.traced,
+            )
+            for f in facts[:N_TRACE_FACTS]
+        ]
     )
 )
-print(
-    wrap(
-        f"left out, {averaged.n_skipped} facts the model does not know: "
-        + ", ".join(averaged.skipped)
-    )
-)
-print(f"traced in {trace_seconds:.0f} s")
+
+# %%
 curves = pd.concat(
     [
         pd.DataFrame(
@@ -311,14 +325,21 @@ print(
 print(f"edit layer used by ROME for this model: {hp.layer}")
 
 # %% [markdown]
+# The figure and the table average the 6 known facts. Restoring the residual stream at the
+# subject's last token (blue) brings back about half of the lost probability up to layer 10 and
+# nothing after layer 22: by then the recalled attributes have moved on to the last token.
+# Restoring the attention outputs at the subject (green) never helps. The MLP curve (orange) is
+# the one that matters for choosing where to edit.
+#
 # **Choosing the layer.** Read the printed numbers with the window in mind: restoring "the MLP
 # at layer $l$" restores a window of 6 MLPs around $l$ (as ROME does), so for $l \le 3$ the window
 # contains the **first MLP**. In small Llama-style models that MLP acts as part of the embedding:
 # restoring it largely undoes the noise on the subject's tokens themselves, which is why the curve
-# is high and flat up to layer 3 and drops at layer 4, exactly where layer 0 leaves the window.
-# That is not a place to store a fact (an edit there changes what the token *is* everywhere).
-# Past it, the windowed effect has a modest bump over layers 4-7, much flatter than ROME's clear
-# peak at 15-20 of GPT-2 XL's 48 layers: a 135M-parameter model spreads recall over fewer steps.
+# is high and flat up to layer 3 (about 0.5) and drops at layer 4 (about 0.2), exactly where
+# layer 0 leaves the window. That is not a place to store a fact (an edit there changes what the
+# token *is* everywhere). Past it, the windowed effect has a modest bump over layers 5-8 (about
+# 0.3), much flatter than ROME's clear peak at 15-20 of GPT-2 XL's 48 layers: a 135M-parameter
+# model spreads recall over fewer steps.
 #
 # The registry (`editlens.rome.hparams`) sets **layer 4** for SmolLM2, the first layer whose window
 # excludes the embedding-like MLP and the start of the bump; in the author's trial of layers 4 and 7
@@ -349,7 +370,7 @@ start = time.perf_counter()
 stats = key_stats.stats_for(model, hp)
 print(
     f"C at layer {hp.layer}: {stats.n_tokens} tokens, "
-    f"numerical rank {stats.rank()} of {stats.C.shape[0]} "
+    f"numerical rank {stats.rank()} of {stats.C.shape[0]}\n"
     f"({time.perf_counter() - start:.0f} s; cached after the first run)"
 )
 print(json.dumps(stats.meta, indent=1, default=str))
@@ -402,11 +423,12 @@ ax.set_title("The edit direction u settles as C sees more tokens")
 plt.show()
 
 # %% [markdown]
-# Below about 1,500 tokens $C$ is rank-deficient and the plain pseudo-inverse gives an edit
-# direction unrelated to the one more text would give (cosine near 0); regularisation keeps it
-# partly right. The registry's default for SmolLM2 is 8,192 tokens, a CPU budget that sits between
-# the 4k and 16k rows (cosine roughly 0.7-0.9 to the 65k estimate). The evaluation below meets its
-# targets with it; on a GPU, raise `mom2_n_tokens` (ROME's statistics used far more text).
+# With about 1,100 tokens $C$ is rank-deficient (rank 1132 of 1536), and the plain
+# pseudo-inverse gives an edit direction unrelated to the one more text would give (cosine about
+# 0 to the 65k estimate); regularisation keeps it partly right (about 0.6). The registry's
+# default for SmolLM2 is 8,192 tokens, a CPU budget between the 4k and 16k rows (cosine 0.73 and
+# 0.93). The evaluation below meets its targets with it; on a GPU, raise `mom2_n_tokens` (ROME's
+# statistics used far more text).
 
 # %% [markdown]
 # ## 4. ROME, step by step
@@ -443,6 +465,7 @@ delta_ratio = v_result.delta.norm() / v_result.v0.norm()
 print(
     f"v* after {len(v_result.history)} steps: "
     f"p(new target) {last_step['p_target']:.3f}, "
+    f"||v0|| = {v_result.v0.norm():.1f},\n"
     f"||delta|| / ||v0|| = {delta_ratio:.2f}, "
     f"weight-decay term {last_step['weight_decay']:.3f}"
 )
@@ -450,7 +473,7 @@ print(
 # %% [markdown]
 # **A trap of scale: the early stop.** ROME stops when the *whole* loss drops below 0.05. Its
 # weight decay, `v_weight_decay * ||delta|| / ||v0||^2`, is negligible for GPT-2 XL, whose MLP
-# outputs are large. SmolLM2's $\|v_0\|$ is about 17, so with $\delta$ near the clamp the term
+# outputs are large. SmolLM2's $\|v_0\|$ is about 18, so with $\delta$ near the clamp the term
 # alone is about 0.1: the whole loss never reaches 0.05, every edit runs all 20 steps and pushes
 # $\delta$ to the clamp, which costs time and specificity. The registry therefore sets
 # `v_early_stop_on="nll+extra"` for SmolLM2: stop when the target's NLL (plus any extra loss
@@ -523,9 +546,7 @@ edit = update.compute_rome_edit(model, request, hp, stats)
 
 def first_word(prompt: str) -> str:
     """The first word of the greedy continuation."""
-    text = model.generate(
-        prompt, max_new_tokens=3, do_sample=False, verbose=False
-    )[len(prompt) :]
+    text = evaluate.generate(model, [prompt], max_new_tokens=3)[0]
     return text.split()[0].strip(".,;:")
 
 
@@ -593,10 +614,18 @@ for bad in bad_requests:
 # %%
 variant_rows = []
 W_layer = update.w_out(model, hp.layer).detach()
-for fact in tqdm(eval_facts[:N_VARIANT_FACTS], desc="key variants"):
+variant_facts = eval_facts[:N_VARIANT_FACTS]
+# the v* of all these facts, optimised together (compute_vs: one batch,
+# each fact with its own delta and early stop)
+v_stars = [
+    v.v_star
+    for v in values.compute_vs(
+        model, [as_request(f) for f in variant_facts], hp.layer, hp
+    )
+]
+for fact, v_star in zip(tqdm(variant_facts, desc="key variants"), v_stars):
     req = as_request(fact)
     k_avg, k_bare = keys.compute_k(model, req, hp.layer, hp)
-    v_star = values.compute_v(model, req, hp.layer, hp).v_star
     u = stats.solve(k_avg, hp.mom2_reg)
     for variant, k_used in [("r-rome", k_avg), ("rome", k_bare)]:
         delta = update.rank_one_update(W_layer, u, k_used, v_star)
@@ -622,18 +651,19 @@ for fact in tqdm(eval_facts[:N_VARIANT_FACTS], desc="key variants"):
 variants = pd.DataFrame(variant_rows)
 
 # %%
-variant_columns = [
-    "update_norm",
-    "gain_on_k_avg",
-    "miss_on_k_avg",
-    "ES",
-    "PS",
-    "NS",
-]
-by_variant = variants.groupby("variant")[variant_columns].agg(
-    ["mean", "max"]
+by_variant = variants.groupby("variant").agg(
+    **{
+        "||ΔW|| mean": ("update_norm", "mean"),
+        "||ΔW|| max": ("update_norm", "max"),
+        "gain mean": ("gain_on_k_avg", "mean"),
+        "gain max": ("gain_on_k_avg", "max"),
+        "miss mean": ("miss_on_k_avg", "mean"),
+        "miss max": ("miss_on_k_avg", "max"),
+        "ES": ("ES", "mean"),
+        "PS": ("PS", "mean"),
+        "NS": ("NS", "mean"),
+    }
 )
-by_variant.columns = [f"{c} ({a})" for c, a in by_variant.columns]
 show_table(by_variant.reset_index(), 2)
 
 # %%
@@ -669,24 +699,33 @@ sns.move_legend(ax, "center left", bbox_to_anchor=(1, 0.5))
 plt.show()
 
 # %% [markdown]
-# Read the table as: `gain_on_k_avg` is exactly 1 for r-ROME by construction; for the original
-# update it is the factor by which the edit's change to the averaged key is rescaled, and
-# `miss_on_k_avg` is how far $W'^\top k_*$ then lands from $v_*$ (relative). Where the two variants'
-# ES/PS/NS are close on this model, the difference is a matter of safety rather than average
-# quality: the original can produce an occasional outsized update, r-ROME cannot.
+# Read the table as: the gain, `gain_on_k_avg`, is exactly 1 for r-ROME by construction; for the
+# original update it is the factor by which the edit's change to the averaged key is rescaled,
+# and the miss, `miss_on_k_avg`, is how far $W'^\top k_*$ then lands from $v_*$ (relative to
+# $\|v_*\|$). On these 6 facts the original's gain is 1.21 on average and up to 1.5, so
+# $W'^\top k_*$ misses $v_*$ by 32% on average (up to 51%), while r-ROME hits it. The updates are
+# of similar size (mean $\|\Delta W\|$ 19.3 against 17.2, largest 29.8 against 29.6), and ES, PS
+# and NS are identical (100, 100, 96.5): on this model the difference is a matter of safety, not
+# of average quality. No outsized update happens among these 6 facts; with the original it can
+# (a small $u^\top k_{\text{bare}}$), with r-ROME it cannot. The scatter shows the same: r-ROME's
+# points sit at gain 1, the original's spread to the right.
 
 # %% [markdown]
 # ## 7. Evaluation
 #
-# Each fact is edited on its own, measured, and restored. Two things make fifty evaluations
+# Each fact is edited on its own, measured, and restored. Three things make fifty evaluations
 # cheaper without changing what they measure. The unedited model's probes and generations do
-# not depend on the edit, so they are computed once for the whole set. And the edited models'
-# generations wait until every edit is computed, then run together, many facts per batch: a
-# rank-one edit needs no change of weights, since on a key $k$ the edited MLP computes
-# $kW' = kW + (k \cdot u)\,r$, so each batch row adds its own fact's term with a hook
-# (`editlens.rome.rowwise`). Generating one token reads every weight of the model, so 32 rows
-# cost little more than 2. A check compares each fact's first-token logits with those of its edit
-# applied to the weights.
+# not depend on the edit, so they are computed once for the whole set. The $v_*$ optimisations of
+# `EDIT_BATCH` facts run together, one forward and backward pass per step for all of them
+# (`rome_editor(..., batch=EDIT_BATCH)`, `editlens.rome.compute_rome_edits`): each fact keeps its
+# own $\delta$, optimiser state and early stop, so the edits are the same up to float noise, and
+# since one fact's step uses small matrices, a batch of 8 costs about half of what 8 facts one at
+# a time do. And the edited models' generations wait until every edit is computed, then run
+# together, many facts per batch: a rank-one edit needs no change of weights, since on a key $k$
+# the edited MLP computes $kW' = kW + (k \cdot u)\,r$, so each batch row adds its own fact's term
+# with a hook (`editlens.rome.rowwise`). Generating one token reads every weight of the model, so
+# 32 rows cost little more than 2. A check compares each fact's first-token logits with those of
+# its edit applied to the weights.
 #
 # A prompt *succeeds* when the mean per-token NLL of one object beats the other's:
 #
@@ -728,7 +767,7 @@ print(
 summary = pd.DataFrame(
     [{"model": w, **report.summary(w)} for w in ("unedited", "edited")]
 )
-show_table(summary, {k: 1 for k in summary.columns} | {"GE": 2, "RS": 2})
+show_table(summary, {k: 1 for k in evaluate.METRICS} | {"GE": 2, "RS": 2})
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -788,26 +827,30 @@ show_table(per_relation, 0)
 
 # %% [markdown]
 # **Reading the table.** On 50 known facts spread over all 12 relations, ROME at layer 4 reaches
-# the book's targets: efficacy and paraphrase success near 100% (the unedited model, by
-# construction of the set, prefers the true object almost everywhere), and neighbourhood success
-# within about 1.5 points of the unedited model's, so the edits stay specific to their subject.
-# Fluency (GE) is unchanged. The probes beyond CounterFact show what the edit does *not* do well:
+# the book's targets: efficacy and paraphrase success of 98% (the unedited model, by construction
+# of the set, prefers the true object almost everywhere: ES 0, PS 3), and neighbourhood success
+# of 98.6% against the unedited model's 99.2%, so the edits stay specific to their subject.
+# Fluency barely moves (GE 4.43 against 4.53). The probes beyond CounterFact show what the edit
+# does *not* do well:
 #
-# - **RelS** (same subject, another relation) falls from 100 to about 63: asked a different
-#   question about the edited subject, the model now often answers with the new object. This is
-#   SADR's specificity failure, and Chapter 5 measures its cause.
-# - **DNS** (the edit stated as text before a neighbourhood prompt) falls too: once the new object
-#   is in the context, unrelated subjects get pulled towards it.
-# - **Port** (questions whose answer follows from the edit) is high here, because many of our
-#   portability probes name the new object's country or continent, which the model can read off
-#   the edited object itself.
-# - **RS** (TF-IDF similarity of generations to reference text about the new object) is close to 0
-#   for both models: 30-token generations of a 135M model rarely use the reference sentences'
-#   words. It is reported for completeness; Chapter 4's latent measures are more informative at
-#   this scale.
+# - **RelS** (same subject, another relation) falls from 100 to 61: asked a different question
+#   about the edited subject, the model now often answers with the new object. This is SADR's
+#   specificity failure, and Chapter 5 measures its cause.
+# - **DNS** (the edit stated as text before a neighbourhood prompt) falls from 73 to 54: once the
+#   new object is in the context, unrelated subjects get pulled towards it.
+# - **Port** (questions whose answer follows from the edit) rises from 21 to 81, because many of
+#   our portability probes name the new object's country or continent, which the model can read
+#   off the edited object itself.
+# - **RS** (TF-IDF similarity of generations to reference text about the new object) is low for
+#   both models, 0.04 before and 0.11 after the edit on a scale from 0 to 1: 30-token generations
+#   of a 135M model rarely use the reference sentences' words. It is reported for completeness;
+#   Chapter 4's semantic consistency score separates edited from unedited generations better.
 #
-# The per-relation table shows where the averages come from (with 3-5 facts per relation, single
-# facts move a cell by 20-30 points).
+# The per-relation table shows where the averages come from. With 2-5 facts per relation, one
+# fact moves a cell by 20-50 points; the clearest pattern is RelS, near 0 for native language and
+# manufacturer (the new object answers the other relation too) and 88-100 for capital, continent,
+# country, currency and official language. Relations are named by their Wikidata ids in
+# CounterFact (P36 and so on); the table adds a short name.
 #
 # The same evaluation runs from the command line, for more facts, the official CounterFact file
 # or a bigger model on a GPU:

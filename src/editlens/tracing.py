@@ -336,8 +336,8 @@ class AveragedTrace:
     n_facts: int
     n_skipped: int
     window: int
-    traced: list[str] = field(default_factory=list)  # subjects of the facts averaged
-    skipped: list[str] = field(default_factory=list)  # subjects of the facts left out (not known by the model)
+    traced: list[str] = field(default_factory=list)  # prompts of the facts averaged
+    skipped: list[str] = field(default_factory=list)  # prompts of the facts left out (not known by the model)
 
     def best_layer(self, kind: str = "mlp") -> int:
         """Layer whose restoration at the subject's last token brings back most probability."""
@@ -361,7 +361,7 @@ def average_indirect_effects(
     """Average indirect effects over facts at (subject last token, layer): picks the edit layer (Chapter 3).
 
     ``only_known``: skip facts whose clean top-1 token is not the answer's first token (a model
-    cannot recall what it does not know), decided in float32 whatever the model's precision; the subjects
+    cannot recall what it does not know), decided in float32 whatever the model's precision; the prompts
     traced and skipped are in ``traced`` and ``skipped``. The noise std is taken over all facts' subjects (ROME).
     """
     from tqdm import tqdm
@@ -378,9 +378,9 @@ def average_indirect_effects(
                 logits = model(torch.tensor([ids], device=model.cfg.device))[0, -1]
             ans = encode(model, with_leading_space(r.target_true or ""), bos=False)
             if not ans or int(logits.argmax()) != ans[0]:
-                skipped.append(r.subject)
+                skipped.append(r.text)
                 continue
-        traced.append(r.subject)
+        traced.append(r.text)
         for k in kinds:
             res = trace_fact(model, r, k, window=window, n_samples=n_samples, noise=noise, noise_std=std, seed=seed,
                              positions=traced_positions(model, r, include_last))

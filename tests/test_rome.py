@@ -221,6 +221,36 @@ def test_edited_context_manager_writes_v_star(tiny_model, cache):
         assert torch.equal(p, before[n]), n
 
 
+def test_edits_computed_together_equal_one_at_a_time(tiny_model, cache):
+    """compute_rome_edits (v* of several requests in one batch) gives each request compute_rome_edit's edit, and a
+    batched rome_editor gives evaluate_edits the same records as the one-at-a-time editor."""
+    from editlens import evaluate as ev
+    from editlens.rome import compute_rome_edit, compute_rome_edits
+
+    stats = ks.get_key_stats(tiny_model, 0, n_tokens=600, seq_len=32, progress=False)
+    other = {**CASE, "case_id": 1, "requested_rewrite": {**CASE["requested_rewrite"], "subject": "Danielle Darrieux",
+                                                         "prompt": "The mother tongue of {} is"}}
+    cases = [{**CASE, "case_id": 0}, other, {**CASE, "case_id": 2}]
+    hp = FAST.replace(v_num_grad_steps=4)
+    alone = [compute_rome_edit(tiny_model, c, hp, stats) for c in cases]
+    together = compute_rome_edits(tiny_model, cases, hp, stats)
+    for a, b in zip(together, alone):
+        assert a.request == b.request and a.layer == b.layer
+        torch.testing.assert_close(a.v_star, b.v_star, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a.delta, b.delta, rtol=1e-4, atol=1e-6)
+    assert compute_rome_edits(tiny_model, [], hp, stats) == []
+    kept = []
+    batched = ev.rome_editor(hp, stats, batch=2)
+    one = ev.evaluate_edits(tiny_model, cases, ev.rome_editor(hp, stats), generation=None, progress=False)
+    two = ev.evaluate_edits(tiny_model, cases, batched, generation=None, progress=False,
+                            while_edited=lambda case, info: kept.append((case["case_id"], info[0].applied)))
+    assert kept == [(0, True), (1, True), (2, True)]  # called inside each context, the edit applied
+    for a, b in zip(one.records, two.records):
+        assert a["edited"] == pytest.approx(b["edited"], nan_ok=True)
+    with pytest.raises(ValueError, match="batch"):
+        ev.rome_editor(hp, stats, batch=0)
+
+
 # ---------------------------------------------------------------------------------------------- embedded model
 @pytest.mark.slow
 def test_rome_on_embedded_model(model):

@@ -25,6 +25,7 @@ from editlens.steam import (
     steam_editor,
 )
 from editlens.steam.anchors import model_fingerprint, stratify
+from editlens.steam.states import last_token_states
 from editlens.steam.diagnostics import (
     cosine_profile,
     first_readable_layer,
@@ -245,6 +246,23 @@ def test_steam_editor_builds_per_case_terms_and_restores_weights(tiny_model, tmp
     with editor(tiny_model, RECORDS[2]):
         pass
     assert seen == [2]
+    # a record without enough anchors: an error, or (missing="rome") ROME's edit
+    atlantis = record(9, "X", "{} is in", "P1", "Atlantis", "Paris")
+    with pytest.raises(NotEnoughAnchorsError):
+        with steam_editor(hp, stats, bank, 2.0)(tiny_model, atlantis):
+            pass
+    with steam_editor(hp, stats, bank, 2.0, missing="rome")(tiny_model, atlantis) as as_rome:
+        assert "steam_align" not in as_rome[0].v_result.history[0]
+    with pytest.raises(ValueError, match="missing"):
+        steam_editor(hp, stats, bank, 2.0, missing="skip")
+    # batched: prepare() computes the next records' edits together, each applied on its own
+    batched = steam_editor(hp, stats, bank, 2.0, batch=2)
+    batched.prepare(tiny_model, [RECORDS[0], RECORDS[2]])
+    for rec in (RECORDS[0], RECORDS[2]):
+        with batched(tiny_model, rec) as edits:
+            assert edits[0].applied and "steam_align" in edits[0].v_result.history[0]
+    for n, p in tiny_model.named_parameters():
+        assert torch.equal(p, before[n]), n
 
 
 def test_diagnostics_on_the_tiny_model(tiny_model):
@@ -259,6 +277,20 @@ def test_diagnostics_on_the_tiny_model(tiny_model):
     assert layer == 0  # every token is in the top |vocab|
     with pytest.raises(ValueError, match="top_k"):
         first_readable_layer(tiny_model, "x", "y", top_k=0)
+    # from states the caller already has: the same profile and the same layer as the logit lens's own run
+    prompts = ["The capital city of France is", "Berlin is"]
+    states = last_token_states(tiny_model, prompts)
+    torch.testing.assert_close(
+        torch.tensor(cosine_profile(tiny_model, prompts, anchors, controls=[control], states=states).cosine.values),
+        torch.tensor(cosine_profile(tiny_model, prompts, anchors, controls=[control]).cosine.values))
+    vocab = len(tiny_model.tokenizer)
+    for prompt in prompts:
+        for top_k in (1, 50, 2000, vocab):
+            for answer in ("Berlin", "Paris", "the"):
+                assert (first_readable_layer(tiny_model, prompt, answer, top_k, states=states[prompts.index(prompt)])
+                        == first_readable_layer(tiny_model, prompt, answer, top_k)), (prompt, answer, top_k)
+    with pytest.raises(ValueError, match="every layer"):
+        first_readable_layer(tiny_model, prompts[0], "Berlin", states=states[0, :1])
 
 
 # ---------------------------------------------------------------------------------------------- embedded model

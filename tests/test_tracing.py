@@ -64,10 +64,24 @@ def test_start_at_layer_matches_full_run(tiny_model):
     assert res.scores[0, 0].item() == pytest.approx(p.item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("kind", tracing.KINDS)
+def test_all_layers_in_one_pass_match_one_batch_per_layer(tiny_model, kind, monkeypatch):
+    """The staircase (every layer's restorations in one pass, runs joining at their start block) gives the
+    scores of one restored batch per layer, also when the rows are split into several passes."""
+    per_layer = tracing.trace_fact(tiny_model, FACT, kind, n_samples=3, window=2, seed=2, batch_layers=False)
+    together = tracing.trace_fact(tiny_model, FACT, kind, n_samples=3, window=2, seed=2)
+    torch.testing.assert_close(together.scores, per_layer.scores, atol=1e-6, rtol=1e-4)
+    assert together.p_corrupted == pytest.approx(per_layer.p_corrupted, rel=1e-5)
+    monkeypatch.setattr(tracing, "MAX_ROWS", 3 * len(per_layer.positions))  # one layer per pass
+    split = tracing.trace_fact(tiny_model, FACT, kind, n_samples=3, window=2, seed=2)
+    torch.testing.assert_close(split.scores, per_layer.scores, atol=1e-6, rtol=1e-4)
+
+
 def test_average_indirect_effects(tiny_model):
     avg = tracing.average_indirect_effects(tiny_model, [FACT, FACT], kinds=("hidden", "mlp"), n_samples=2, window=1,
                                            only_known=False, progress=False)
     assert avg.subject_last["mlp"].shape == (tiny_model.cfg.n_layers,) and avg.n_facts == 2
+    assert avg.traced == ["The capital of France is"] * 2 and avg.skipped == []
     # best_layer is the argmax over layers of the mean indirect effect of restoring at the subject's last
     # token: recompute that from one trace_fact per kind (both facts are FACT, so the mean is that trace).
     # A random model's effects are tiny (~1e-8), so compare relatively, not with an absolute tolerance.

@@ -49,12 +49,13 @@ def column_figure(nrows: int = 1, ncols: int = 1, *, height: float = 4.0, **kwar
 
 def show_table(frame: Any, digits: int | Mapping[str, int] = 2, *, index: bool = False, na: str = "–",
                caption: str | None = None) -> Any:
-    """``frame`` as a styled HTML table: floats with ``digits`` decimals (an int, or per column), missing
-    values as ``na``, the index shown only when ``index`` (a meaningful index such as a method name
+    """``frame`` as a styled HTML table: floats with ``digits`` decimals (an int, or per column; a value that
+    rounds to zero shows as 0, never -0), missing values as ``na``, the index shown only when ``index`` (a meaningful index such as a method name
     is better made a column, or kept with ``index=True``)."""
     import pandas as pd
 
     frame = frame.to_frame() if isinstance(frame, pd.Series) else frame
+    frame = _without_negative_zeros(frame, digits)
     if isinstance(digits, Mapping):
         fmt = {col: f"{{:.{d}f}}" for col, d in digits.items() if col in frame.columns}
         styler = frame.style.format(na_rep=na, escape="html").format(fmt, na_rep=na, subset=list(fmt))
@@ -67,6 +68,21 @@ def show_table(frame: Any, digits: int | Mapping[str, int] = 2, *, index: bool =
     if caption:
         styler = styler.set_caption(caption)
     return styler
+
+
+def _without_negative_zeros(frame: Any, digits: int | Mapping[str, int]) -> Any:
+    """A copy of ``frame`` whose float columns are rounded to their ``digits``, -0.0 made 0.0 (so -0.001 shows
+    as 0.00, not -0.00)."""
+    import pandas as pd
+
+    frame = frame.copy()
+    for col in frame.columns:
+        if not pd.api.types.is_float_dtype(frame[col]):
+            continue
+        d = digits.get(col) if isinstance(digits, Mapping) else digits
+        if d is not None:
+            frame[col] = frame[col].round(d) + 0.0  # -0.0 + 0.0 == +0.0
+    return frame
 
 
 def fits_the_column(text: str, width: int = LINE_WIDTH) -> list[str]:

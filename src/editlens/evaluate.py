@@ -485,6 +485,7 @@ def evaluate_edits(
     on_record: Callable[[dict], None] | None = None,
     batch_generations: bool = True,
     desc: str = "evaluating edits",
+    while_edited: Callable[[dict, Any], None] | None = None,
 ) -> EvalReport:
     """Edit each record on its own (``editor(model, case)`` context manager), measure, restore.
 
@@ -495,8 +496,11 @@ def evaluate_edits(
     yields rank-one :class:`editlens.rome.Edit` objects, every record's generations run after the last
     edit, many records per batch, each row with its own edit (:mod:`editlens.rome.rowwise`); a check of
     each record's first-token logits against its edited weights guards this. ``on_record`` is called
-    for each record once all records are measured; ``desc`` labels the call's one progress bar. Returns an
-    :class:`EvalReport`; ``report.table()`` prints it.
+    for each record once all records are measured; ``desc`` labels the call's one progress bar.
+    ``while_edited(case, info)`` is called inside each editor's context after the probes, with what the context
+    yielded (Chapter 4 records its diagnostics of the edited model there). An editor with a ``prepare`` method
+    (:func:`rome_editor` with ``batch > 1``) is given the records still to edit before each edit, to compute
+    several edits at once. Returns an :class:`EvalReport`; ``report.table()`` prints it.
     """
     from tqdm import tqdm
 
@@ -519,6 +523,7 @@ def evaluate_edits(
     unedited = (baseline_metrics(model, cases, generation=generation, descriptions=descriptions, corpus=corpus,
                                  bar=bar) if baseline else None)  # once for the fact set, before any edit
     deferred: list[DeferredGenerations] = []  # records whose generations run after the last edit, batched
+    prepare = getattr(editor, "prepare", None)
     for i, case in enumerate(cases):
         req = as_request(case)
         rec: dict[str, Any] = {"case_id": case.get("case_id"), "subject": req.subject, "prompt": req.text,
@@ -527,6 +532,10 @@ def evaluate_edits(
             rec["unedited"] = unedited[i]
         if editor is not None:
             t0 = time.perf_counter()
+            if prepare is not None:
+                prepare(model, cases[i:])
+                rec["prepare_seconds"] = time.perf_counter() - t0  # the edits of a batch, when one was computed
+                t0 = time.perf_counter()
             with editor(model, case) as info:
                 rec["edit_seconds"] = time.perf_counter() - t0
                 rec["edit_info"] = _info(info)
@@ -535,6 +544,8 @@ def evaluate_edits(
                                                     batch_generations=batch_generations)
                 if later is not None:
                     deferred.append(later)
+                if while_edited is not None:
+                    while_edited(case, info)
             s = report.summary("edited") if report.records else {}
             bar.set_postfix_str("edits " + " ".join(f"{k} {s[k]:.0f}" for k in ("ES", "PS", "NS") if k in s),
                                 refresh=False)
@@ -567,19 +578,48 @@ def _info(info: Any) -> dict:
 
 def rome_editor(hparams: Any, stats: Any = None,
                 extra_losses: Sequence[Any] | Callable[[Any, dict], Sequence[Any]] = (), *,
-                earlier: "EarlierEdits | None" = None) -> Editor:
+                earlier: "EarlierEdits | None" = None, batch: int = 1) -> Editor:
     """The :data:`Editor` for ROME (Chapter 3); Chapters 4-5 (STEAM, SADR) pass ``extra_losses``: the loss terms,
     or a function ``(model, case) -> loss terms`` called before each edit (per-record terms, e.g. STEAM's anchors
     of that record's target_new). ``earlier`` (Chapter 5) keeps, from each edit's v* run, the edit that a run of
-    ``earlier.steps`` steps gives."""
-    from editlens.rome.update import edited
+    ``earlier.steps`` steps gives.
+
+    ``batch > 1``: :func:`evaluate_edits` lets the editor compute the edits of the next ``batch`` records
+    together (:meth:`prepare`, :func:`editlens.rome.update.compute_rome_edits`: their v* optimised in one batch,
+    each edit still applied and measured on its own); the same edits up to float noise, about twice as fast
+    under bfloat16 on a CPU with ``batch=8``."""
+    from editlens.rome.update import applied_edit, compute_rome_edits, edited
+
+    if int(batch) < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}.")
+    also = [earlier.steps] if earlier is not None else []
+    ready: dict[tuple, Any] = {}  # key of a record -> its precomputed Edit
+
+    def terms_for(model: Any, case: dict) -> Sequence[Any]:
+        return extra_losses(model, case) if callable(extra_losses) else extra_losses
+
+    def prepare(model: Any, upcoming: Sequence[dict]) -> None:
+        """Compute the edits of the first ``batch`` records of ``upcoming`` that have none ready yet."""
+        if batch == 1 or not upcoming or EarlierEdits.key(upcoming[0]) in ready:
+            return
+        todo = [c for c in upcoming if EarlierEdits.key(c) not in ready][:batch]
+        edits = compute_rome_edits(model, todo, hparams, stats, [terms_for(model, c) for c in todo], also_steps=also)
+        ready.update((EarlierEdits.key(c), e) for c, e in zip(todo, edits))
+
+    @contextlib.contextmanager
+    def precomputed(model: Any, edit: Any) -> Iterator[list[Any]]:
+        with applied_edit(model, edit):
+            yield [edit]
 
     def editor(model: Any, case: dict) -> ContextManager:
-        terms = extra_losses(model, case) if callable(extra_losses) else extra_losses
-        if earlier is None:
-            return edited(model, [case], hparams, stats, terms)
-        return earlier.keeping(edited(model, [case], hparams, stats, terms, also_steps=[earlier.steps]), case)
+        edit = ready.pop(EarlierEdits.key(case), None)
+        if edit is not None:
+            context = precomputed(model, edit)
+        else:
+            context = edited(model, [case], hparams, stats, terms_for(model, case), also_steps=also)
+        return context if earlier is None else earlier.keeping(context, case)
 
+    editor.prepare = prepare  # type: ignore[attr-defined]
     return editor
 
 

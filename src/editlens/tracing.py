@@ -26,7 +26,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from editlens.block_runner import record_block_calls, run_from_layer, supports_block_runs
+from editlens.block_runner import BlockCalls, record_block_calls, run_from_layer, supports_block_runs
+from editlens.precision import full_precision
 from editlens.rome.keys import encode, subject_last_index
 from editlens.rome.requests import as_case, as_request, with_leading_space
 
@@ -108,11 +109,14 @@ def trace_fact(
     seed: int = 0,
     positions: Iterable[int] | str | None = None,
     answer: str | None = None,
+    batch_layers: bool = True,
 ) -> TraceResult:
     """Trace one fact (a CounterFact record, request, or ``{"prompt", "subject"}``).
 
     ``positions``: token indices to trace (default all; ``"subject_last"`` or ``"last"`` for one).
     ``answer``: defaults to the fact's ``target_true``; ``None`` there means the clean top token.
+    ``batch_layers``: restore at every layer in one pass (:func:`_scores_all_layers`, the default where
+    :func:`editlens.block_runner.supports_block_runs`); False: one batch per layer (same numbers up to float noise).
     Returns a :class:`TraceResult`; ``result.indirect_effect`` is the heatmap [n_tokens, n_layers].
     """
     if kind not in KINDS:
@@ -131,7 +135,7 @@ def trace_fact(
     scale = noise * (noise_std if noise_std is not None else embedding_std(model))
     eps = _noise(n_samples, s1 - s0, model.cfg.d_model, scale, seed, dev)
 
-    clean_logits, clean_cache = model.run_with_cache(tokens, names_filter=lambda n: n in _names(L))
+    clean_logits, clean_calls, clean_cache = record_block_calls(model, tokens, keep=_names(L))
     tgt, answer_str = _answer_id(model, answer, clean_logits[0, -1])
     p_clean = float(torch.softmax(clean_logits[0, -1].float(), -1)[tgt])
     if positions is None:
@@ -142,6 +146,23 @@ def trace_fact(
         pos = [n_tok - 1]
     else:
         pos = list(positions)
+    if batch_layers and supports_block_runs(model):
+        scores, p_corr = _scores_all_layers(model, tokens, kind, pos, eps, s0, s1, tgt, clean_cache, clean_calls,
+                                            window)
+    else:
+        scores, p_corr = _scores_layer_by_layer(model, tokens, kind, pos, eps, s0, s1, tgt, clean_cache, window,
+                                                n_samples)
+    strs = [model.tokenizer.decode([i]) for i in ids]
+    return TraceResult(scores=scores, p_clean=p_clean, p_corrupted=p_corr, token_strs=strs, subject_range=(s0, s1),
+                       kind=kind, window=window if kind != "hidden" else 1, answer=answer_str, positions=pos)
+
+
+
+def _scores_layer_by_layer(model: Any, tokens: Tensor, kind: str, pos: list[int], eps: Tensor, s0: int, s1: int,
+                           tgt: int, clean_cache: dict[str, Tensor], window: int, n_samples: int
+                           ) -> tuple[Tensor, float]:
+    """Restored probabilities ``[len(pos), n_layers]`` and p(corrupted), one batch per layer (any model)."""
+    n_tok, L = tokens.shape[1], model.cfg.n_layers
     # One corrupted run for every restored position at once: the rows for position j are the n_samples noisy
     # runs again, so the block arguments recorded here fit each layer's restored batch.
     tiled = eps.repeat(len(pos), 1, 1)
@@ -189,9 +210,91 @@ def trace_fact(
             logits = model.run_with_hooks(x, start_at_layer=start, fwd_hooks=hooks)
         p = torch.softmax(logits[:, -1].float(), -1)[:, tgt].view(len(pos), n_samples).mean(-1)
         scores[:, layer] = p.cpu()
-    strs = [model.tokenizer.decode([i]) for i in ids]
-    return TraceResult(scores=scores, p_clean=p_clean, p_corrupted=p_corr, token_strs=strs, subject_range=(s0, s1),
-                       kind=kind, window=window if kind != "hidden" else 1, answer=answer_str, positions=pos)
+    return scores, p_corr
+
+
+MAX_ROWS = 4096
+"""Most restored runs :func:`_scores_all_layers` pushes through the blocks at once (more are split by layer)."""
+
+
+def _scores_all_layers(model: Any, tokens: Tensor, kind: str, pos: list[int], eps: Tensor, s0: int, s1: int,
+                       tgt: int, clean_cache: dict[str, Tensor], calls: BlockCalls, window: int,
+                       max_rows: int | None = None) -> tuple[Tensor, float]:
+    """Restored probabilities ``[len(pos), n_layers]`` and p(corrupted), every layer's restorations in one pass.
+
+    Each restored run (layer l, position t, noise sample s) starts at its own block: l + 1 for ``"hidden"`` (the
+    corrupted residual stream with position t replaced by the clean one), the window's first layer otherwise
+    (restoring t's MLP or attention output at each layer of the window). Below its start a run IS the corrupted
+    run, so the runs join the batch block by block (a staircase) and each block runs once, on every run that has
+    started, instead of once per layer: the same products in larger batches. ``calls`` are the blocks' arguments
+    recorded on the clean run (batch 1, broadcast to the batch). Logits only at the last position."""
+    n_tok, L = tokens.shape[1], model.cfg.n_layers
+    S, P = eps.shape[0], len(pos)
+    names = _names(L)
+
+    def corrupt(act: Tensor, hook: Any) -> Tensor:
+        act = act.clone()
+        act[:, s0:s1] = act[:, s0:s1] + eps.to(act.dtype)
+        return act
+
+    corr_logits, _, corr = record_block_calls(model, tokens.expand(S, -1), [("hook_embed", corrupt)], keep=names)
+    p_corr = float(torch.softmax(corr_logits[:, -1].float(), -1)[:, tgt].mean())
+    if kind == "hidden":
+        starts = {layer: layer + 1 for layer in range(L)}
+    else:
+        starts = {layer: window_layers(layer, window, L)[0] for layer in range(L)}
+    order = sorted(range(L), key=lambda layer: starts[layer])
+    per_group = max(1, (max_rows or MAX_ROWS) // (P * S))
+    scores = torch.zeros(P, L)
+    t_of_row = torch.tensor(pos).repeat_interleave(S)  # one layer's rows: position j's S samples, j = 0..P-1
+    for g in range(0, L, per_group):
+        group = order[g:g + per_group]
+        first = starts[group[0]]
+        hooks = []
+        if kind != "hidden":  # layer i restores, in the rows of every run whose window holds i, the run's position
+            for i in range(first, L):
+                rows = [k * P * S + r for k, layer in enumerate(group) if i in window_layers(layer, window, L)
+                        for r in range(P * S)]
+                if not rows:
+                    continue
+                r_idx = torch.tensor(rows)
+                t_idx = t_of_row[r_idx % (P * S)]
+                clean_act = clean_cache[_HOOK[kind].format(i)][0]
+
+                def restore(act: Tensor, hook: Any, r_idx: Tensor = r_idx, t_idx: Tensor = t_idx,
+                            clean_act: Tensor = clean_act) -> Tensor:
+                    act = act.clone()
+                    act[r_idx.to(act.device), t_idx.to(act.device)] = clean_act[t_idx.to(act.device)].to(act.dtype)
+                    return act
+
+                hooks.append((_HOOK[kind].format(i), restore))
+
+        def entering(layer: int) -> Tensor:  # the P * S runs of `layer`, entering block starts[layer]
+            if kind == "hidden":
+                x = corr[f"blocks.{layer}.hook_resid_post"].repeat(P, 1, 1)
+                for j, t in enumerate(pos):
+                    x[j * S:(j + 1) * S, t] = clean_cache[f"blocks.{layer}.hook_resid_post"][0, t]
+                return x
+            return corr[f"blocks.{starts[layer]}.hook_resid_pre"].repeat(P, 1, 1)
+
+        h = None
+        with model.hooks(fwd_hooks=hooks):
+            for i in range(first, L + 1):
+                joining = [entering(layer) for layer in group if starts[layer] == i]
+                if joining:
+                    h = torch.cat([h, *joining]) if h is not None else torch.cat(joining)
+                if i == L:
+                    break
+                args, kwargs = calls.calls[i]
+                out = model.blocks[i](h, *args, **kwargs)
+                h = out[0] if isinstance(out, (tuple, list)) else out
+            last = h[:, n_tok - 1:n_tok]
+            p = torch.cat([torch.softmax(model.unembed(model.ln_final(last[c:c + 256]))[:, -1].float(), -1)[:, tgt]
+                           for c in range(0, last.shape[0], 256)])
+        p = p.view(len(group), P, S).mean(-1).cpu()
+        for k, layer in enumerate(group):
+            scores[:, layer] = p[k]
+    return scores, p_corr
 
 
 def _names(L: int) -> set[str]:
@@ -233,6 +336,8 @@ class AveragedTrace:
     n_facts: int
     n_skipped: int
     window: int
+    traced: list[str] = field(default_factory=list)  # prompts of the facts averaged
+    skipped: list[str] = field(default_factory=list)  # prompts of the facts left out (not known by the model)
 
     def best_layer(self, kind: str = "mlp") -> int:
         """Layer whose restoration at the subject's last token brings back most probability."""
@@ -256,7 +361,8 @@ def average_indirect_effects(
     """Average indirect effects over facts at (subject last token, layer): picks the edit layer (Chapter 3).
 
     ``only_known``: skip facts whose clean top-1 token is not the answer's first token (a model
-    cannot recall what it does not know). The noise std is taken over all facts' subjects (ROME).
+    cannot recall what it does not know), decided in float32 whatever the model's precision; the prompts
+    traced and skipped are in ``traced`` and ``skipped``. The noise std is taken over all facts' subjects (ROME).
     """
     from tqdm import tqdm
 
@@ -264,15 +370,17 @@ def average_indirect_effects(
     std = embedding_std(model, [r.subject for r in reqs])
     sub: dict[str, list[Tensor]] = {k: [] for k in kinds}
     last: dict[str, list[Tensor]] = {k: [] for k in kinds}
-    pc, pk, skipped = [], [], 0
+    pc, pk, traced, skipped = [], [], [], []
     for r in tqdm(reqs, disable=not progress, desc="causal tracing"):
         if only_known:
             ids = encode(model, r.text)
-            logits = model(torch.tensor([ids], device=model.cfg.device))[0, -1]
+            with full_precision(model):  # which facts are known must not depend on the precision (near-ties)
+                logits = model(torch.tensor([ids], device=model.cfg.device))[0, -1]
             ans = encode(model, with_leading_space(r.target_true or ""), bos=False)
             if not ans or int(logits.argmax()) != ans[0]:
-                skipped += 1
+                skipped.append(r.text)
                 continue
+        traced.append(r.text)
         for k in kinds:
             res = trace_fact(model, r, k, window=window, n_samples=n_samples, noise=noise, noise_std=std, seed=seed,
                              positions=traced_positions(model, r, include_last))
@@ -288,7 +396,8 @@ def average_indirect_effects(
         subject_last={k: torch.stack(v).mean(0) for k, v in sub.items()},
         last={k: (torch.stack(v).mean(0) if v else torch.zeros(L)) for k, v in last.items()},
         per_fact_subject_last={k: torch.stack(v) for k, v in sub.items()},
-        p_clean=pc, p_corrupted=pk, n_facts=len(pc), n_skipped=skipped, window=window,
+        p_clean=pc, p_corrupted=pk, n_facts=len(pc), n_skipped=len(skipped), window=window,
+        traced=traced, skipped=skipped,
     )
 
 

@@ -83,7 +83,7 @@ class KeyStats:
 
     def rank(self, rtol: float = 1e-6) -> int:
         """Numerical rank: how many directions the sampled keys span."""
-        return int(torch.linalg.matrix_rank(self.C.double(), rtol=rtol))
+        return int(torch.linalg.matrix_rank(self.C.double(), rtol=rtol, hermitian=True))  # C is symmetric
 
     def regularised(self, reg: float) -> Float[Tensor, "d_mlp d_mlp"]:
         C = self.C.double()
@@ -281,19 +281,23 @@ def key_stats_convergence(model: Any, layer: int, keys: Float[Tensor, "n_edits d
         tokens = file_tokens(model, paths, max(ref_n, counts[-1]), seq_len=seq_len)
     per_seq = tokens.shape[1] - (1 if bos_ids(model) else 0)
     keys = keys.double().cpu()
+    n_seqs = {n: max(1, -(-n // per_seq)) for n in {*counts, ref_n}}
+    # The estimates are nested (the first m sequences of one sample): the keys of each sequence are computed
+    # once, and the running sum is kept at every count.
+    at: dict[int, KeyStats] = {}
+    S, cnt, done = None, 0, 0
+    for m in sorted(set(n_seqs.values())):
+        part, c = accumulate_second_moment(model, layer, tokens[done:m])
+        S, cnt, done = (part if S is None else S + part), cnt + c, m
+        at[m] = KeyStats(C=(S / cnt).float(), n_tokens=cnt)
 
-    def stats_n(n: int) -> KeyStats:
-        m = max(1, -(-n // per_seq))
-        S, cnt = accumulate_second_moment(model, layer, tokens[:m])
-        return KeyStats(C=(S / cnt).float(), n_tokens=cnt)
-
-    ref = stats_n(ref_n)
+    ref = at[n_seqs[ref_n]]
     u_ref = (ref.inverse(reg) @ keys.T).T
     rows = []
     for n in counts:
-        st = ref if n == ref_n else stats_n(n)
+        st = at[n_seqs[n]]
         u = (st.inverse(reg) @ keys.T).T
-        u_pinv = (torch.linalg.pinv(st.C.double()) @ keys.T).T
+        u_pinv = (torch.linalg.pinv(st.C.double(), hermitian=True) @ keys.T).T
         cos = torch.nn.functional.cosine_similarity(u, u_ref, dim=-1)
         cos_p = torch.nn.functional.cosine_similarity(u_pinv, u_ref, dim=-1)
         rows.append({"n_tokens": st.n_tokens, "rank": st.rank(), "cos_u_vs_ref": float(cos.mean()),

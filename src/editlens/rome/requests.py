@@ -17,6 +17,20 @@ from typing import Any, Mapping
 from editlens.scoring import with_leading_space
 
 
+RELATION_NAMES = {
+    "P17": "country", "P27": "citizenship", "P30": "continent", "P36": "capital", "P37": "official language",
+    "P38": "currency", "P103": "native language", "P106": "occupation", "P131": "located in (city)",
+    "P159": "headquarters", "P176": "manufacturer", "P641": "sport",
+}
+"""Short names of the Wikidata relations of the book's facts set (CounterFact's ``relation_id``)."""
+
+
+def relation_name(relation_id: str | None) -> str:
+    """``"P36"`` -> ``"capital (P36)"``; an id without a name is returned as it is."""
+    name = RELATION_NAMES.get(str(relation_id))
+    return f"{name} ({relation_id})" if name else str(relation_id)
+
+
 class BadRequestError(ValueError):
     """An edit request that cannot be carried out; the message names the problem and the fix."""
 

@@ -31,7 +31,7 @@ from editlens.rome.hparams import ROMEHyperParams
 from editlens.rome.key_stats import KeyStats, stats_for
 from editlens.rome.keys import compute_k
 from editlens.rome.requests import RewriteRequest, as_request, validate_request
-from editlens.rome.values import LossTerm, VResult, compute_v
+from editlens.rome.values import LossTerm, VResult, compute_v, compute_vs
 
 
 def w_out(model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"]:
@@ -119,6 +119,33 @@ def compute_rome_edit(model: Any, request: Any, hparams: ROMEHyperParams, stats:
     (unique names, early stopping, rows of their own). ``also_steps`` (Chapter 5): shorter step limits; the edit
     a run limited to ``n`` steps gives is ``edit.earlier[n]``, from the same optimisation
     (:func:`editlens.rome.values.compute_vs`)."""
+    req, stats = _checked(model, request, hparams, stats)
+    k_avg, k_bare = compute_k(model, req, hparams.layer, hparams)
+    vres = compute_v(model, req, hparams.layer, hparams, extra_losses, also_steps=also_steps, verbose=verbose)
+    return _edit(model, req, hparams, stats, k_avg, k_bare, vres)
+
+
+def compute_rome_edits(model: Any, requests: Sequence[Any], hparams: ROMEHyperParams, stats: KeyStats | None = None,
+                       extra_losses: Sequence[Sequence[LossTerm]] | None = None, *, also_steps: Sequence[int] = (),
+                       verbose: bool = False) -> list[Edit]:
+    """:func:`compute_rome_edit` of several requests (each edit on its own, none applied), their v* optimised
+    together: one forward and backward pass per step for all of them (:func:`editlens.rome.values.compute_vs`),
+    each with its own delta, early stop and history. The same edits up to float noise; under bfloat16 on a CPU a
+    batch of 8 facts costs about half of what 8 one at a time do (Chapter 3's evaluation).
+    ``extra_losses[i]``: request ``i``'s extra terms."""
+    checked = [_checked(model, r, hparams, stats) for r in requests]
+    if not checked:
+        return []
+    stats = checked[0][1]
+    reqs = [req for req, _ in checked]
+    ks = [compute_k(model, req, hparams.layer, hparams) for req in reqs]
+    vres = compute_vs(model, reqs, hparams.layer, hparams, extra_losses, also_steps=also_steps, verbose=verbose)
+    return [_edit(model, req, hparams, stats, k_avg, k_bare, v) for req, (k_avg, k_bare), v in zip(reqs, ks, vres)]
+
+
+def _checked(model: Any, request: Any, hparams: ROMEHyperParams, stats: KeyStats | None
+             ) -> tuple[RewriteRequest, KeyStats]:
+    """The validated request and the key statistics for the edit layer (computed or cached if not given)."""
     req = as_request(request)
     validate_request(req, model.tokenizer)
     layer = hparams.layer
@@ -127,10 +154,15 @@ def compute_rome_edit(model: Any, request: Any, hparams: ROMEHyperParams, stats:
     if stats.layer not in (-1, layer):
         raise ValueError(f"Key statistics are for layer {stats.layer}, the edit is at layer {layer}. "
                          "Fix: pass stats computed at the edit layer (editlens.rome.key_stats.get_key_stats(model, layer)).")
-    k_avg, k_bare = compute_k(model, req, layer, hparams)
     if hparams.key_variant not in ("r-rome", "rome"):
         raise ValueError(f"key_variant must be 'r-rome' or 'rome', got {hparams.key_variant!r}.")
-    vres = compute_v(model, req, layer, hparams, extra_losses, also_steps=also_steps, verbose=verbose)
+    return req, stats
+
+
+def _edit(model: Any, req: RewriteRequest, hparams: ROMEHyperParams, stats: KeyStats, k_avg: Tensor, k_bare: Tensor,
+          vres: VResult) -> Edit:
+    """The :class:`Edit` of one request from its keys and v* (and the edits of its shorter runs)."""
+    layer = hparams.layer
     u = stats.solve(k_avg, hparams.mom2_reg)
     k_used = k_avg if hparams.key_variant == "r-rome" else k_bare
     W = w_out(model, layer).detach()

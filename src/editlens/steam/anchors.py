@@ -11,7 +11,8 @@ from its own fact set (documented choices, each a parameter):
   portability prompts (their target_true). Each comes with a contrast answer (the record's other object).
 - **Filter**: the unedited model must prefer o* over the contrast by at least ``min_margin`` nats of mean
   per-token NLL (:func:`editlens.scoring.score_candidates`, the book's one scorer), as STEAM keeps only facts the
-  model already answers with o*.
+  model already answers with o*. Margins are scored in float32 whatever the model's precision
+  (:mod:`editlens.precision`), so which prompts are kept does not depend on it.
 - **Stratified**: round-robin over relations (sorted), within a relation by margin (largest first), up to
   ``n_anchors`` prompts (default 8).
 - **Anchor**: the mean over those prompts of ``blocks.{l}.hook_resid_post`` at the last prompt token, for every
@@ -34,6 +35,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from editlens.data.counterfact import round_robin
+from editlens.precision import full_precision
 from editlens.rome.requests import as_case, as_request
 from editlens.rome.update import Edit
 from editlens.scoring import score_candidates
@@ -139,10 +141,12 @@ def anchor_candidates(records: Iterable[Any], obj: str, facts: Sequence[KnownFac
 
 
 def score_margins(model: Any, facts: Sequence[KnownFact]) -> np.ndarray:
-    """NLL(contrast) - NLL(answer) of each fact on the model as it is (positive: the model prefers the answer)."""
+    """NLL(contrast) - NLL(answer) of each fact on the model as it is (positive: the model prefers the answer),
+    in float32 whatever the model's precision (the anchors chosen from them must not depend on it)."""
     if not facts:
         return np.zeros(0)
-    nll = score_candidates(model, [f.prompt for f in facts], [[f.answer, f.contrast] for f in facts])
+    with full_precision(model):
+        nll = score_candidates(model, [f.prompt for f in facts], [[f.answer, f.contrast] for f in facts])
     return np.array([float(n[1] - n[0]) for n in nll])
 
 
@@ -286,6 +290,13 @@ class AnchorBank:
         chosen = select_anchor_prompts(cands, self.margins(cands, undo), n_anchors=self.n_anchors,
                                        min_margin=self.min_margin)
         return chosen, len(cands)
+
+    def kept(self, obj: str, undo: Any = None) -> list[AnchorPrompt]:
+        """Every candidate of ``obj`` that passes the margin filter, largest margin first (the anchors are
+        :meth:`select`'s stratified subset; the rest are held-out "organic" prompts, Chapter 4)."""
+        cands = anchor_candidates(self.records, obj, self._facts)
+        kept = [AnchorPrompt(f, m) for f, m in zip(cands, self.margins(cands, undo)) if m > self.min_margin]
+        return sorted(kept, key=lambda a: -a.margin)
 
     def get(self, obj: str, undo: Edit | Sequence[Edit] | None = None) -> AnchorSet:
         """The :class:`AnchorSet` of ``obj``; raises :class:`NotEnoughAnchorsError` if it has too few prompts."""

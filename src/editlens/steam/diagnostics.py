@@ -22,7 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from editlens.lens import logit_lens_table
-from editlens.scoring import encode_prompt, model_device, with_leading_space
+from editlens.scoring import encode_answer, encode_prompt, model_device, with_leading_space
 from editlens.steam.anchors import AnchorSet
 from editlens.steam.states import last_token_states
 
@@ -34,7 +34,8 @@ def _cos_by_layer(states: Float[Tensor, "prompt layer d_model"], ref: Float[Tens
 
 def cosine_profile(model: Any, prompts: Sequence[str], anchors: AnchorSet, *,
                    organic: Float[Tensor, "prompt layer d_model"] | None = None,
-                   controls: Sequence[AnchorSet] = (), label: str = "run") -> pd.DataFrame:
+                   controls: Sequence[AnchorSet] = (), label: str = "run",
+                   states: Float[Tensor, "prompt n_layers d_model"] | None = None) -> pd.DataFrame:
     """Tidy rows ``(label, layer, reference, prompt, cosine)``: the model's last-token state on ``prompts`` (as the
     model is now, e.g. inside :func:`editlens.rome.applied_edit`) against, per layer,
 
@@ -43,8 +44,9 @@ def cosine_profile(model: Any, prompts: Sequence[str], anchors: AnchorSet, *,
       object, computed before the edit; default: the anchor prompts' own states ``anchors.states``);
     - ``"control"``: the mean over ``controls`` (other objects' anchors) of the cosine to each.
 
-    Layers are the anchors' layers."""
-    states = last_token_states(model, prompts, anchors.layers)
+    Layers are the anchors' layers. ``states``: the prompts' :func:`last_token_states` at EVERY layer, when the
+    caller has them already (one forward pass for this and :func:`first_readable_layer`)."""
+    states = last_token_states(model, prompts, anchors.layers) if states is None else states[:, anchors.layers]
     organic_states = anchors.states if organic is None else organic
     refs: dict[str, Tensor] = {"anchors": _cos_by_layer(states, anchors.vectors),
                                "organic": _cos_by_layer(states, organic_states.mean(0))}
@@ -67,11 +69,23 @@ def logit_lens_ranks(model: Any, prompt: str, answer: str, top_k: int = 10) -> p
     return logit_lens_table(model, cache, with_leading_space(answer), position=-1, top_k=min(top_k, 5))
 
 
-def first_readable_layer(model: Any, prompt: str, answer: str, top_k: int = 10) -> int | None:
+def first_readable_layer(model: Any, prompt: str, answer: str, top_k: int = 10, *,
+                         states: Float[Tensor, "n_layers d_model"] | None = None) -> int | None:
     """The first block (0-based) after which the logit lens ranks ``answer``'s first token among the top ``top_k``
-    at the last prompt token; None if it never does."""
+    at the last prompt token; None if it never does. ``states``: the prompt's last-token residual stream after every
+    block (a row of :func:`~editlens.steam.states.last_token_states`), when the caller has it already."""
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}. Fix: pass e.g. top_k=10.")
+    if states is not None:
+        if states.shape[0] != model.cfg.n_layers:
+            raise ValueError(f"states has {states.shape[0]} layers, the model {model.cfg.n_layers}. Fix: pass the "
+                             "prompt's last_token_states at every layer (layers=None).")
+        answer_id = encode_answer(model, answer)[0]
+        with torch.no_grad():
+            logits = model.unembed(model.ln_final(states[:, None].to(model_device(model))))[:, 0].float()
+        ranks = (logits > logits[:, answer_id:answer_id + 1]).sum(-1)  # log-softmax keeps the order
+        hits = (ranks < top_k).nonzero()
+        return None if hits.numel() == 0 else int(hits[0, 0])
     table = logit_lens_ranks(model, prompt, answer, top_k)
     hits = table[(table["layer"] != "embed") & (table["rank_answer"] < top_k)]
     return None if hits.empty else int(hits["layer"].iloc[0])

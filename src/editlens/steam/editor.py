@@ -18,15 +18,28 @@ from editlens.steam.alignment import (
     check_layers,
     default_layers,
 )
-from editlens.steam.anchors import AnchorBank
+from editlens.steam.anchors import AnchorBank, NotEnoughAnchorsError
+
+
+MISSING = ("raise", "rome")
 
 
 def steam_terms(hparams: Any, bank: AnchorBank, lam: float, layers: Sequence[int] | None = None, *,
-                position: Position = "last_prompt", paraphrases: bool = False):
-    """``(model, case) -> [AlignmentTerm]``: the per-record loss terms STEAM adds to ROME's v*."""
+                position: Position = "last_prompt", paraphrases: bool = False, missing: str = "raise"):
+    """``(model, case) -> [AlignmentTerm]``: the per-record loss terms STEAM adds to ROME's v*. A record whose
+    target_new has too few anchors raises :class:`~editlens.steam.anchors.NotEnoughAnchorsError`, or with
+    ``missing="rome"`` gets no term (it is edited as ROME edits it; Chapter 4 reports such records)."""
+    if missing not in MISSING:
+        raise ValueError(f"missing must be one of {MISSING}, got {missing!r}. Fix: 'raise' (the default) or "
+                         "'rome' (edit records without enough anchors as ROME does).")
 
     def terms(model: Any, case: dict) -> list[AlignmentTerm]:
         req = as_request(case)
+        if missing == "rome":
+            try:
+                bank.get(req.target_new)
+            except NotEnoughAnchorsError:
+                return []
         paras = list(case.get("paraphrase_prompts") or []) if paraphrases else []
         paras = [p if "{}" in p else p.replace(req.subject, "{}", 1) for p in paras if "{}" in p or req.subject in p]
         return [AlignmentTerm(bank.get(req.target_new), lam, layers, position=position, paraphrases=paras,
@@ -36,13 +49,16 @@ def steam_terms(hparams: Any, bank: AnchorBank, lam: float, layers: Sequence[int
 
 
 def steam_editor(hparams: Any, stats: Any, bank: AnchorBank, lam: float = 1.0, layers: Sequence[int] | None = None,
-                 *, position: Position = "last_prompt", paraphrases: bool = False) -> Editor:
+                 *, position: Position = "last_prompt", paraphrases: bool = False, missing: str = "raise",
+                 batch: int = 1) -> Editor:
     """The :data:`~editlens.evaluate.Editor` of STEAM: ROME with ``lam`` * L_LA toward the anchors of each record's
-    target_new (``lam=0``: exactly ROME). Layers are checked now against the bank's model (clear errors early)."""
+    target_new (``lam=0``: exactly ROME). Layers are checked now against the bank's model (clear errors early).
+    ``missing``: see :func:`steam_terms`; ``batch``: v* of that many records optimised together
+    (:func:`editlens.evaluate.rome_editor`)."""
     n_layers = bank.model.cfg.n_layers
     if layers is None:
         default_layers(hparams.layer, n_layers)
     else:
         check_layers(layers, hparams.layer, n_layers)
     return rome_editor(hparams, stats, steam_terms(hparams, bank, lam, layers, position=position,
-                                                   paraphrases=paraphrases))
+                                                   paraphrases=paraphrases, missing=missing), batch=batch)

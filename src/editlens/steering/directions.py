@@ -235,9 +235,13 @@ def random_directions(
     heads: Sequence[Head] | None = None,
     seed: int = 0,
     labels: Any | None = None,
+    *,
+    centre_by: Sequence[Any] | None = None,
 ) -> Directions:
     """Control: seeded random unit directions (Gaussian, normalised) with sigma = std of the
     activations projected on them, so ``shift(alpha)`` has the same recipe as a fitted direction.
+    ``centre_by``: as in :func:`fit_directions`, sigma is then measured on the per-group centred
+    activations (the control of a centred direction has that direction's recipe).
 
     The random vectors depend only on ``seed`` and (layer, head), not on which other heads are asked for."""
     if z.dim() != 4:
@@ -249,12 +253,15 @@ def random_directions(
     theta = torch.full((L, H, D), float("nan"), dtype=torch.float32)
     sigma = torch.full((L, H), float("nan"), dtype=torch.float32)
     zd = z.detach().to("cpu", torch.float64)
+    if centre_by is not None:
+        zd = centre_per_group(zd, centre_by)
     for l, h in hs:
         t = table[l, h] / table[l, h].norm()
         theta[l, h] = t.float()
         sigma[l, h] = _sigma(zd[:, l, h], t)
     n = (0, 0) if labels is None else (int((np.asarray(labels) == 0).sum()), int((np.asarray(labels) == 1).sum()))
-    return Directions(theta=theta, sigma=sigma, method="random", heads=hs, n_per_class=n, seed=seed)
+    return Directions(theta=theta, sigma=sigma, method="random", heads=hs, n_per_class=n, seed=seed,
+                      info={"centred": centre_by is not None})
 
 
 def random_heads(n_layers: int, n_heads: int, k: int, exclude: Iterable[Head] = (), seed: int = 0) -> list[Head]:

@@ -445,3 +445,23 @@ def test_cost_curve_reuses_a_full_run_only_when_it_is_the_same_run(tiny_model):
     with pytest.raises(ValueError, match="full_runs keys"):
         cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], full_runs={"SFT": run}, **kw)
     assert _same(tiny_model, snap)
+
+
+def test_cost_curve_takes_the_full_size_steering_point_from_the_caller(tiny_model):
+    from editlens import consistency as C
+
+    qs = _queries()
+    kw = dict(sizes=[3, 5], methods=("steering",), alpha=2.0)
+    fresh = cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], **kw)
+    answers = C.model_answers(tiny_model, qs, rows_per_batch=8)
+    full = dict(answers=answers, answers_seconds=1.5, seconds=4.0, val_consistency=0.25)
+    reused = cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], full_steering=full, **kw)
+    last = reused[reused.n_train == 5].iloc[0]
+    assert (last.seconds, last.shared_seconds, last.val_consistency) == (4.0, 1.5, 0.25)
+    first = ["n_train", "method", "val_consistency"]
+    pd.testing.assert_frame_equal(fresh[fresh.n_train == 3][first], reused[reused.n_train == 3][first])
+    with pytest.raises(ValueError, match="full_steering needs"):
+        cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], full_steering={"seconds": 1.0}, **kw)
+    with pytest.raises(ValueError, match="covers 2 queries"):
+        cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], **kw,
+                           full_steering=dict(full, answers=answers[answers.query_id < 2]))

@@ -95,16 +95,26 @@ def labels_from_answers(answers: pd.DataFrame) -> np.ndarray:
 
 
 def collect_training_activations(
-    model, queries: Sequence[Any], *, batch_size: int = 32,
+    model, queries: Sequence[Any], *, batch_size: int = 32, rows_per_batch: int = 1,
+    seconds: dict[str, float] | None = None,
 ) -> tuple[Float[Tensor, "prompt layer head d_head"], np.ndarray, pd.DataFrame]:
     """Answers, prompt-level labels and last-token ``hook_z`` of every (query, template) prompt.
 
-    Returns ``(z, labels, answers)``; row i of ``z`` and ``labels`` is row i of ``answers``."""
+    Returns ``(z, labels, answers)``; row i of ``z`` and ``labels`` is row i of ``answers``.
+    ``rows_per_batch``: as in :func:`editlens.consistency.model_answers` (Chapter 2 passes
+    :data:`editlens.scoring.ROWS_PER_BATCH`). ``seconds``: a dict that receives the wall-clock of
+    the two steps, ``"answers"`` and ``"activations"`` (Chapter 2's cost comparison reads them)."""
+    import time
+
     from editlens.localize.activations import last_token_z
 
-    answers = model_answers(model, queries, batch_size=batch_size)
+    t0 = time.perf_counter()
+    answers = model_answers(model, queries, batch_size=batch_size, rows_per_batch=rows_per_batch)
     labels = labels_from_answers(answers)
+    t1 = time.perf_counter()
     z = last_token_z(model, list(answers["prompt"]), batch_size=batch_size)
+    if seconds is not None:
+        seconds.update(answers=t1 - t0, activations=time.perf_counter() - t1)
     return z, labels, answers
 
 

@@ -17,6 +17,10 @@ Taught in: Chapter 2 (issue #14: steering, SFT and LoRA on the same footing).
   ``fit_directions(..., centre_by=answers["query_id"])``; last-token injection is ``position="last"``.
 - Diagnosis: :func:`direction_stability`, :func:`answer_shift`, :func:`effect_per_relation`.
 - Cost: :func:`cost_by_train_size` (steering vs SFT vs LoRA as the training set grows).
+
+Every answer scored here runs :data:`editlens.scoring.ROWS_PER_BATCH` packed rows per forward pass
+(``model_answers(..., rows_per_batch=...)``): several times faster in bfloat16 on a CPU, equal in
+exact arithmetic.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from torch import Tensor
 
 from editlens import consistency as C
 from editlens import sft
+from editlens.scoring import ROWS_PER_BATCH
 from editlens.steering import side_effects as SE
 from editlens.steering.bake import baked
 from editlens.steering.directions import (
@@ -117,7 +122,8 @@ def evaluate_state(
     hooks = steering_hooks(shifts, position, model=model) if shifts else None
     row: dict[str, Any] = {"model": name}
     for split, queries in splits.items():
-        answers = C.model_answers(model, queries, batch_size=batch_size, fwd_hooks=hooks)
+        answers = C.model_answers(model, queries, batch_size=batch_size, fwd_hooks=hooks,
+                                  rows_per_batch=ROWS_PER_BATCH)
         s = C.summary(answers)
         row[f"{split}_consistency"], row[f"{split}_accuracy"] = s["consistency"], s["accuracy"]
         if answers_out is not None:
@@ -175,7 +181,7 @@ def sweep_settings(
     cells = [(name, k, float(a)) for name in directions for k in ks for a in alphas]
     for name, k, alpha in tqdm(cells, disable=not progress, desc="K x alpha sweep"):
         hooks = steering_hooks(directions[name].shift(ranking[:k], alpha), position, model=model)
-        answers = C.model_answers(model, queries, fwd_hooks=hooks)
+        answers = C.model_answers(model, queries, fwd_hooks=hooks, rows_per_batch=ROWS_PER_BATCH)
         summ = C.summary(answers)
         rows.append(dict(directions=name, K=k, alpha=alpha, consistency=summ["consistency"],
                          accuracy=summ["accuracy"]))
@@ -379,7 +385,7 @@ def controlled_evaluation(
             frames[split]["unsteered"] = [unsteered[split]]
     for split, kind, seed, shifts in tqdm(todo, disable=not progress, desc=desc):
         hooks = steering_hooks(shifts, position, model=model) if shifts is not None else None
-        answers = C.model_answers(model, splits[split], fwd_hooks=hooks)
+        answers = C.model_answers(model, splits[split], fwd_hooks=hooks, rows_per_batch=ROWS_PER_BATCH)
         frames[split].setdefault(kind or "unsteered", []).append(answers)
     rows = []
     seeds = {kind: [sd for k, sd, _ in shift_sets if k == kind] for kind, _, _ in shift_sets}
@@ -534,6 +540,7 @@ def cost_by_train_size(
     seed: int = 0,
     base_consistency: float | None = None,
     full_runs: Mapping[str, sft.SFTResult] | None = None,
+    full_steering: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Wall-clock of each method on seeded subsets of ``sizes`` training queries (nested: each
     subset contains the smaller ones), one row per (size, method): ``seconds`` (the cost),
@@ -555,7 +562,11 @@ def cost_by_train_size(
     ``"lora"`` to a run on all of ``train_queries`` with the same settings and at least as many
     steps (Chapter 2's main runs): the largest size takes its first steps
     (:meth:`editlens.sft.SFTResult.first_steps`) instead of training the same trajectory again.
-    A run whose settings differ is refused with the setting named.
+    A run whose settings differ is refused with the setting named. ``full_steering``: what the
+    caller measured for steering on all of ``train_queries`` (Chapter 2's sections 2-6):
+    ``answers`` (their :func:`editlens.consistency.model_answers` frame), ``answers_seconds``,
+    ``seconds`` (answers, activations and directions) and ``val_consistency`` (of these ``heads``
+    at ``alpha``); the largest size then scores nothing again.
 
     Taught in: Chapter 2 (under which conditions a 23x speed ratio could arise)."""
     from editlens.localize.activations import last_token_z
@@ -572,29 +583,43 @@ def cost_by_train_size(
     base_kw = dict(steps=20, eval_every=5, batch_size=16, seed=seed, progress=False)
 
     def val_consistency(m) -> dict[str, float]:
-        return {"consistency": C.summary(C.model_answers(m, val_queries))["consistency"]}
+        return {"consistency": C.summary(C.model_answers(m, val_queries, rows_per_batch=ROWS_PER_BATCH))[
+            "consistency"]}
 
     base = val_consistency(model)["consistency"] if base_consistency is None else float(base_consistency)
     full_runs = dict(full_runs or {})
     unknown = sorted(set(full_runs) - {"sft", "lora"})
     if unknown:
         raise ValueError(f"full_runs keys must be 'sft' or 'lora', got {unknown}.")
+    full = dict(full_steering or {})
+    if full:
+        need = {"answers", "answers_seconds", "seconds", "val_consistency"}
+        if not need <= set(full):
+            raise ValueError(f"full_steering needs the keys {sorted(need)}, got {sorted(full)}.")
+        if full["answers"]["query_id"].nunique() != len(train_queries):
+            raise ValueError(f"full_steering['answers'] covers {full['answers']['query_id'].nunique()} queries, "
+                             f"train_queries has {len(train_queries)}. Fix: pass the answers of all of them.")
     rows = []
     for n in sorted(sizes):
         train = [train_queries[i] for i in sorted(order[:n])]
+        reuse = bool(full) and n == len(train_queries)
         t0 = time.perf_counter()
-        answers = C.model_answers(model, train)
-        t_answers = time.perf_counter() - t0
+        answers = full["answers"] if reuse else C.model_answers(model, train, rows_per_batch=ROWS_PER_BATCH)
+        t_answers = float(full["answers_seconds"]) if reuse else time.perf_counter() - t0
         targets = sft.majority_targets(answers)
         steer_cost = math.nan
-        if "steering" in methods:
+        if "steering" in methods and reuse:
+            rows.append(dict(n_train=n, method="steering", seconds=float(full["seconds"]), shared_seconds=t_answers,
+                             val_consistency=float(full["val_consistency"]), best_step=math.nan,
+                             n_trainable=math.nan, seconds_per_step=math.nan))
+        elif "steering" in methods:
             t0 = time.perf_counter()
             z = last_token_z(model, list(answers["prompt"]))
             d = fit_directions(z, labels_from_answers(answers), heads=heads, method="mass_mean", seed=seed)
             shifts = d.shift(heads, alpha)
             steer_cost = t_answers + time.perf_counter() - t0
-            val = C.summary(C.model_answers(model, val_queries,
-                                            fwd_hooks=steering_hooks(shifts, "all", model=model)))["consistency"]
+            val = C.summary(C.model_answers(model, val_queries, fwd_hooks=steering_hooks(shifts, "all", model=model),
+                                            rows_per_batch=ROWS_PER_BATCH))["consistency"]
             rows.append(dict(n_train=n, method="steering", seconds=steer_cost, shared_seconds=t_answers,
                              val_consistency=val, best_step=math.nan, n_trainable=math.nan,
                              seconds_per_step=math.nan))

@@ -217,3 +217,35 @@ def test_page_renders_in_chromium(doc: str, server: str, browser_context):
         assert shown >= expected, f"{doc}: the notebook stores {expected} figures, the page shows {shown}"
     if doc == toc_files()[0]:
         assert n_math > 0 and n_mjx > 0, "the intro page has a display equation: MathJax must typeset it"
+
+
+# The reader's view (issue: the rendered book as a reader sees it). Pages that still fail; remove a page once it
+# passes (a strict xfail: a pending page that passes fails, so the list cannot go stale).
+LAYOUT_PENDING = {"book/data", "book/at-scale", "notebooks/00_meet_the_model", "notebooks/01_consistency_heads",
+                  "notebooks/02_consistency_steering", "notebooks/03_rome", "notebooks/04_steam", "notebooks/05_sadr",
+                  "notebooks/06_synthesis"}
+MIN_SCALE = 0.85
+"""An image shown below this fraction of its natural width is squeezed: its text shrinks below the body's size."""
+LAYOUT_JS = (REPO_ROOT / "tests" / "book_layout.js").read_text()
+
+
+def layout_cases():
+    pending = pytest.mark.xfail(strict=True, reason="in LAYOUT_PENDING: not fitted to the column yet")
+    return [pytest.param(doc, id=doc, marks=[pending] if doc in LAYOUT_PENDING else []) for doc in toc_files()]
+
+
+@pytest.mark.parametrize("doc", layout_cases())
+def test_page_fits_the_column(doc: str, server: str, browser_context):
+    """At 1280 px nothing in the content column is wider than it or cut inside a scroll box (code inputs aside),
+    no figure is squeezed below MIN_SCALE of its natural width, no Markdown table is left as raw pipes and no
+    display equation overflows (tests/book_layout.js)."""
+    page = browser_context.new_page()
+    page.goto(f"{server}/{doc}.html", wait_until="load")
+    if page.locator(".math").count():
+        page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30_000)
+        page.evaluate("() => MathJax.startup.promise")
+    found = page.evaluate(LAYOUT_JS, MIN_SCALE)
+    page.close()
+    problems = [f"{kind}: {what}" for kind in ("wide", "scaled", "pipes", "math") for what in found[kind]]
+    assert not problems, (f"{doc} (column {found['column']} px): {len(problems)} layout problems:\n"
+                          + "\n".join(p.encode("utf-8", "replace").decode()[:200] for p in problems[:25]))

@@ -50,8 +50,9 @@ def hook_table(cache: "ActivationCache", layer: int | None = 0) -> pd.DataFrame:
 
 
 def attention_patterns(cache: "ActivationCache", n_layers: int) -> Float[Tensor, "layer head query key"]:
-    """All post-softmax attention patterns of the first batch element, stacked over layers."""
-    return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][0] for layer in range(n_layers)])
+    """All post-softmax attention patterns of the first batch element, stacked over layers, in float32
+    (under mixed precision the cached patterns are bfloat16, :mod:`editlens.precision`)."""
+    return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][0].float() for layer in range(n_layers)])
 
 
 def previous_token_scores(patterns: Float[Tensor, "layer head query key"]) -> Float[Tensor, "layer head"]:

@@ -57,9 +57,11 @@ def show_table(frame: Any, digits: int | Mapping[str, int] = 2, *, index: bool =
     frame = frame.to_frame() if isinstance(frame, pd.Series) else frame
     if isinstance(digits, Mapping):
         fmt = {col: f"{{:.{d}f}}" for col, d in digits.items() if col in frame.columns}
-        styler = frame.style.format(fmt, na_rep=na)
+        styler = frame.style.format(na_rep=na, escape="html").format(fmt, na_rep=na, subset=list(fmt))
     else:
-        styler = frame.style.format(precision=digits, na_rep=na, thousands=",")
+        styler = frame.style.format(precision=digits, na_rep=na, thousands=",", escape="html")
+    # text in cells and labels is HTML-escaped, so that tokens such as <|endoftext|> show as written
+    styler = styler.format_index(escape="html", axis=0).format_index(escape="html", axis=1)
     if not index:
         styler = styler.hide(axis="index")
     if caption:

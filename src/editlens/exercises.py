@@ -74,7 +74,7 @@ def check_exercise(name: str, attempt: F, solution: F | None, test: Callable[[Ca
         test(solution)
         if grading:
             _grade_log(name, "not attempted", "the stub still raises NotImplementedError")
-        print(f"[{name}] not attempted yet: the hidden solution passed the check and is used below.")
+        print(f"[{name}] not attempted yet:\n  the hidden solution passed the check and is used below.")
         return solution
     except Exception as err:
         if grading:
@@ -82,7 +82,7 @@ def check_exercise(name: str, attempt: F, solution: F | None, test: Callable[[Ca
         if not grading or solution is None:
             raise
         test(solution)
-        print(f"[{name}] your answer failed the check ({type(err).__name__}); the solution is used below.")
+        print(f"[{name}] your answer failed the check ({type(err).__name__}):\n  the solution is used below.")
         return solution
     if grading:
         _grade_log(name, "passed")

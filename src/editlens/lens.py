@@ -31,10 +31,12 @@ def logit_lens(
     """Log-probabilities of the next token read from every layer's residual stream.
 
     Row ``i`` applies the model's final norm (``ln_final``) and unembedding to the residual
-    stream after ``i`` blocks; the last row equals the model's own output.
+    stream after ``i`` blocks; the last row equals the model's own output. Log-probabilities are
+    float32 whatever the model computes in (under mixed precision the unembedding returns bfloat16
+    logits, :mod:`editlens.precision`; the log-softmax runs on them converted to float32).
     """
     resid = residual_stack(cache, model.cfg.n_layers, position)
-    return model.unembed(model.ln_final(resid)).log_softmax(dim=-1)
+    return model.unembed(model.ln_final(resid)).float().log_softmax(dim=-1)
 
 
 def logit_lens_table(

@@ -41,11 +41,12 @@ def class_balance(pairs: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
         n1 = int(g["consistent"].sum())
         return pd.Series(dict(n_pairs=len(g), n_consistent=n1, n_inconsistent=len(g) - n1,
                               frac_consistent=n1 / len(g) if len(g) else np.nan))
-    total = one(pairs).to_frame("ALL").T
+    counts = {"n_pairs": int, "n_consistent": int, "n_inconsistent": int}
+    total = one(pairs).to_frame("ALL").T.astype(counts)
     if by is None:
         return total
     per = pairs.groupby(by).apply(one, include_groups=False)
-    return pd.concat([per, total])
+    return pd.concat([per, total]).astype(counts)
 
 
 def balanced_subsample(pairs: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:

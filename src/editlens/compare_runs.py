@@ -1,0 +1,114 @@
+"""Two runs of the same comparison, paired record by record: what changes when one setting changes.
+
+Taught in: the page *float32 or bfloat16?* (book/precision.md), which runs Chapter 6's comparison
+(``python -m editlens compare``) on the same 50 facts in float32 and in bfloat16.
+
+Each run's ``per_record.jsonl`` holds one row per (record, method). Pairing the two runs on
+``(case_id, method)`` gives, per method and metric, the mean in each run and the paired difference
+(second minus first) with its bootstrap interval over records (:func:`editlens.stats.paired_table`),
+and how many records' values differ at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from editlens.stats import paired_table
+
+METRICS = ("ES", "PS", "NS", "RelS", "DNS", "Port", "GE", "RS", "SC")
+"""The quality metrics of ``compare`` (its ``seconds`` column is the run's cost, not a result)."""
+
+
+def load_rows(folder: str | Path) -> pd.DataFrame:
+    """The rows of ``folder/per_record.jsonl`` (written by ``python -m editlens compare --out folder``)."""
+    path = Path(folder) / "per_record.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist. Fix: run `python -m editlens compare ... --out {folder}`.")
+    return pd.DataFrame([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()])
+
+
+def paired_runs(a: pd.DataFrame, b: pd.DataFrame, labels: Sequence[str] = ("float32", "bfloat16"), *,
+                metrics: Sequence[str] = METRICS, seed: int = 0) -> pd.DataFrame:
+    """Per method and metric: each run's mean, the paired difference ``b - a`` over the same records with its 95%
+    bootstrap interval, and the number of records whose value differs (by more than 1e-9).
+
+    The runs must hold the same (case_id, method) pairs: a record missing from one would unpair the comparison."""
+    keys = ["case_id", "method"]
+    for name, rows in zip(labels, (a, b)):
+        if rows.duplicated(keys).any():
+            raise ValueError(f"paired_runs: run {name!r} has duplicate (case_id, method) rows.")
+    if set(map(tuple, a[keys].to_numpy())) != set(map(tuple, b[keys].to_numpy())):
+        raise ValueError("paired_runs: the two runs do not hold the same (case_id, method) rows. Fix: run both on the "
+                         "same --data, --limit, --spread and --methods.")
+    metrics = [m for m in metrics if m in a.columns and m in b.columns]
+    out = []
+    for method in dict.fromkeys(a["method"]):
+        both = pd.concat([a[a["method"] == method].assign(run=labels[0]),
+                          b[b["method"] == method].assign(run=labels[1])])
+        table = paired_table(both, metrics, method="run", fact="case_id", baseline=labels[0], seed=seed)
+        wide_a = a[a["method"] == method].set_index("case_id")
+        wide_b = b[b["method"] == method].set_index("case_id").loc[wide_a.index]
+        for metric in metrics:
+            first = table[(table["metric"] == metric) & (table["method"] == labels[0])].iloc[0]
+            second = table[(table["metric"] == metric) & (table["method"] == labels[1])].iloc[0]
+            changed = int((np.abs(wide_b[metric].to_numpy(float) - wide_a[metric].to_numpy(float)) > 1e-9).sum())
+            out.append({"method": method, "metric": metric, "n": int(first["n"]), labels[0]: first["mean"],
+                        labels[1]: second["mean"], "diff": second[f"diff vs {labels[0]}"],
+                        "low": second["diff low"], "high": second["diff high"],
+                        "excludes 0": bool(second["CI excludes 0"]), "records changed": changed})
+    return pd.DataFrame(out)
+
+
+def runs_markdown(table: pd.DataFrame, labels: Sequence[str] = ("float32", "bfloat16"), *,
+                  method_labels: dict[str, str] | None = None) -> str:
+    """:func:`paired_runs` as a Markdown table (rates in %, GE/RS/SC as they are); a star marks an interval that
+    excludes 0 (computed from the unrounded values)."""
+    rate = {"ES", "PS", "NS", "RelS", "DNS", "Port"}
+    lines = [f"| method | metric | {labels[0]} | {labels[1]} | difference [95% CI] | records changed |",
+             "|---|---|---:|---:|---|---:|"]
+    def num(x: float, metric: str, signed: bool = False) -> str:
+        scale, digits = (100, 1) if metric in rate else (1, 3)
+        v = round(x * scale, digits) + 0.0  # no "-0.0"
+        return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+    for row in table.to_dict("records"):
+        m = row["metric"]
+        name = (method_labels or {}).get(row["method"], row["method"])
+        star = " *" if row["excludes 0"] else ""
+        lines.append(f"| {name} | {m} | {num(row[labels[0]], m)} | {num(row[labels[1]], m)} | "
+                     f"{num(row['diff'], m, True)} [{num(row['low'], m, True)}, {num(row['high'], m, True)}]{star} | "
+                     f"{row['records changed']} of {row['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m editlens.compare_runs RUN_A RUN_B --out DIR``: the paired table of two compare runs, written as
+    ``DIR/summary.csv`` and ``DIR/summary.md``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m editlens.compare_runs",
+                                 description="The paired table of two compare runs over the same records.")
+    ap.add_argument("run_a", help="folder of the first run (its per_record.jsonl)")
+    ap.add_argument("run_b", help="folder of the second run")
+    ap.add_argument("--labels", default="float32,bfloat16", help="names of the two runs, comma-separated")
+    ap.add_argument("--out", required=True, help="folder for summary.csv and summary.md")
+    args = ap.parse_args(argv)
+    labels = args.labels.split(",")
+    if len(labels) != 2:
+        ap.error("--labels takes two names, e.g. float32,bfloat16")
+    table = paired_runs(load_rows(args.run_a), load_rows(args.run_b), labels)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(runs_markdown(table, labels), encoding="utf-8")
+    print(f"wrote {out / 'summary.csv'} and {out / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

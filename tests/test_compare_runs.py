@@ -1,0 +1,47 @@
+"""Two compare runs paired record by record (editlens.compare_runs): the precision page's table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from editlens.compare_runs import load_rows, paired_runs, runs_markdown
+
+
+def _rows(shift: float = 0.0, flip: int | None = None) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(20):
+        for method in ("rome", "steam"):
+            es = 1.0 if not (flip is not None and i == flip and method == "rome") else 0.0
+            rows.append({"index": i, "case_id": 100 + i, "method": method, "ES": es, "GE": 4.5 + rng.normal() * 0.1
+                         + shift, "seconds": 1.0})
+    return pd.DataFrame(rows)
+
+
+def test_identical_runs_differ_by_nothing():
+    t = paired_runs(_rows(), _rows(), metrics=("ES", "GE"))
+    assert len(t) == 4 and (t["diff"] == 0).all() and (t["records changed"] == 0).all()
+    assert not t["excludes 0"].any()
+
+
+def test_a_shift_and_a_flip_are_found():
+    t = paired_runs(_rows(), _rows(shift=0.05, flip=3), metrics=("ES", "GE")).set_index(["method", "metric"])
+    assert t.loc[("rome", "ES"), "records changed"] == 1
+    assert t.loc[("rome", "ES"), "diff"] == pytest.approx(-1 / 20)
+    assert t.loc[("steam", "ES"), "records changed"] == 0
+    assert t.loc[("rome", "GE"), "diff"] == pytest.approx(0.05) and t.loc[("rome", "GE"), "excludes 0"]
+    md = runs_markdown(t.reset_index())
+    assert "| rome | ES | 100.0 | 95.0 | -5.0 [" in md and "1 of 20 |" in md
+
+
+def test_unpaired_runs_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="same \\(case_id, method\\)"):
+        paired_runs(_rows(), _rows().iloc[:-1], metrics=("ES",))
+    with pytest.raises(FileNotFoundError, match="editlens compare"):
+        load_rows(tmp_path)
+    (tmp_path / "per_record.jsonl").write_text("\n".join(json.dumps(r) for r in _rows().to_dict("records")))
+    assert len(load_rows(tmp_path)) == 40

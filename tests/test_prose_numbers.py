@@ -1,0 +1,96 @@
+"""Numbers in the chapters' prose come from their runs (fast; no model).
+
+Every decimal number in a chapter's Markdown (0.627, 98.2, +0.04, 3.5) must appear in the stored outputs of that
+chapter, so that a re-execution that moves a figure fails here until the prose says the new one. A number that
+comes from elsewhere is listed in ``ELSEWHERE`` with its source: another chapter (its stem: the number must then
+appear in that chapter's outputs), a results file of the book (its path: the number must appear in it), or a
+fixed figure (a paper's, an arXiv identifier, a constant of the method) with the reason, checked by nobody.
+Integers are not checked (counts and parameters, which the outputs print in many forms).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import REPO_ROOT
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
+NUMBER = re.compile(r"(?<![\w.])[+\-\u2212]?\d[\d,]*\.\d+")
+
+# chapter stem -> {number as written: source}; a source is a chapter stem, a repository path, or "fixed: why".
+ELSEWHERE: dict[str, dict[str, str]] = {
+    "01_consistency_heads": {"2501.11041": "fixed: arXiv identifier", "2.5": "book/chapter-times.md",
+                             "4.5": "fixed: minutes of the float32 run of make check-portable (AVX2 kernels), not stored"},
+    "04_steam": {"2510.10398": "fixed: arXiv identifier"},
+    "05_sadr": {"2502.14838": "fixed: arXiv identifier"},
+}
+
+
+def outputs_text(stem: str) -> str:
+    """Everything a chapter's stored outputs show as text (streams and text/* data), commas removed."""
+    nb = json.loads((NOTEBOOKS / f"{stem}.ipynb").read_text(encoding="utf-8"))
+    parts = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []) if cell["cell_type"] == "code" else []:
+            if out.get("output_type") == "stream":
+                parts.append("".join(out["text"]))
+            parts += ["".join(v) for k, v in out.get("data", {}).items() if k.startswith("text/")]
+    return "\n".join(parts).replace(",", "")
+
+
+def prose_numbers(stem: str) -> list[str]:
+    nb = json.loads((NOTEBOOKS / f"{stem}.ipynb").read_text(encoding="utf-8"))
+    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    text = re.sub(r"`[^`]*`", " ", text)  # code spans: names and literals, not results
+    text = re.sub(r"\$[^$]*\$", " ", text)  # mathematics
+    return NUMBER.findall(text)
+
+
+def bare(number: str) -> str:
+    return number.lstrip("+-\u2212").replace(",", "")
+
+
+# Chapters whose prose has not been checked against their latest run yet (a strict xfail: remove a chapter once
+# it passes).
+PENDING = {"02_consistency_steering", "03_rome", "05_sadr", "06_synthesis"}
+
+
+def chapters() -> list:
+    pending = pytest.mark.xfail(strict=True, reason="in PENDING: prose not yet checked against the latest run")
+    return [pytest.param(p.stem, id=p.stem, marks=[pending] if p.stem in PENDING else [])
+            for p in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))]
+
+
+@pytest.mark.parametrize("stem", chapters())
+def test_prose_numbers_come_from_the_runs(stem: str):
+    shown = outputs_text(stem)
+    elsewhere = ELSEWHERE.get(stem, {})
+    missing, stale_sources = [], []
+    for number in dict.fromkeys(prose_numbers(stem)):
+        if bare(number) in shown:
+            continue
+        source = elsewhere.get(number) or elsewhere.get(bare(number))
+        if source is None:
+            missing.append(number)
+        elif source.startswith("fixed:"):
+            continue
+        elif (NOTEBOOKS / f"{source}.ipynb").exists():
+            if bare(number) not in outputs_text(source):
+                stale_sources.append(f"{number} (not in {source}'s outputs)")
+        elif (REPO_ROOT / source).exists():
+            if bare(number) not in (REPO_ROOT / source).read_text(encoding="utf-8").replace(",", ""):
+                stale_sources.append(f"{number} (not in {source})")
+        else:
+            stale_sources.append(f"{number} (source {source!r} does not exist)")
+    assert not missing, (f"{stem}: numbers in the prose that its stored outputs do not show: {missing}. Fix: say the "
+                         "run's figure, print it, or list it in ELSEWHERE with its source.")
+    assert not stale_sources, f"{stem}: numbers whose listed source does not show them: {stale_sources}"
+
+
+def test_elsewhere_lists_only_numbers_the_prose_still_uses():
+    unused = {stem: sorted(set(entries) - {n for n in prose_numbers(stem)} - {bare(n) for n in prose_numbers(stem)})
+              for stem, entries in ELSEWHERE.items()}
+    assert not any(unused.values()), f"ELSEWHERE entries no longer in the prose: {unused}"

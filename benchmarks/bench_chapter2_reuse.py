@@ -15,7 +15,7 @@ Prints two comparisons on the embedded model, each time measured in this one run
    :meth:`editlens.sft.SFTResult.first_steps`) and the baseline passed in. The validation
    consistency and best step of every row must be equal (exit status 1 if not).
 
-Prints figures; the default run took 16 minutes on one CPU thread with the other core busy.
+Prints figures; the default run took 16 minutes on one CPU thread with the other core busy (float32).
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def main(argv=None) -> int:
         return {"consistency": row["v_consistency"]}
 
     # What Chapter 2 has before it fine-tunes (sections 2 and 6); not part of either side.
-    _, _, train_answers = collect_training_activations(model, train)
+    from editlens.scoring import ROWS_PER_BATCH
+
+    _, _, train_answers = collect_training_activations(model, train, rows_per_batch=ROWS_PER_BATCH)
     base = val_metrics(model)
     kw = dict(lr=args.lr, steps=args.steps, eval_every=args.eval_every, batch_size=16, seed=args.seed,
               eval_fn=val_metrics, progress=False)

@@ -57,6 +57,7 @@ def main(argv=None) -> int:
 
     import editlens
     from editlens.consistency import model_answers, query_consistency, summary
+    from editlens.scoring import ROWS_PER_BATCH
     from editlens import localize as LZ
     from editlens.data.paraphrases import steering_splits
     from editlens.localize.activations import last_token_z
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
 
     # shared: the unedited model's answers on the training prompts
     t = time.perf_counter()
-    answers = model_answers(model, train)
+    answers = model_answers(model, train, rows_per_batch=ROWS_PER_BATCH)
     t_answers = time.perf_counter() - t
 
     # steering
@@ -103,16 +104,17 @@ def main(argv=None) -> int:
     steer_cost = t_answers + t_z + t_rank + t_fit + t_bake
 
     t = time.perf_counter()
-    base = summary(model_answers(model, val))
+    base = summary(model_answers(model, val, rows_per_batch=ROWS_PER_BATCH))
     t_eval = time.perf_counter() - t
-    steered = summary(model_answers(model, val, fwd_hooks=steering_hooks(shifts, args.position, model=model)))
+    steered = summary(model_answers(model, val, fwd_hooks=steering_hooks(shifts, args.position, model=model),
+                                    rows_per_batch=ROWS_PER_BATCH))
 
     # SFT on the same training queries, majority-answer targets
     per_query = query_consistency(answers)
     targets = {int(q): m for q, m in zip(per_query["query_id"], per_query["majority"])}
 
     def eval_fn(m):
-        s = summary(model_answers(m, val))
+        s = summary(model_answers(m, val, rows_per_batch=ROWS_PER_BATCH))
         return {"consistency": s["consistency"], "accuracy": s["accuracy"]}
 
     res = finetune_consistency(model, train, targets, lr=args.lr, steps=args.sft_steps, batch_size=args.batch_size,
@@ -157,6 +159,7 @@ def cost_table(args) -> int:
     import editlens
     from editlens import localize as LZ
     from editlens.consistency import model_answers
+    from editlens.scoring import ROWS_PER_BATCH
     from editlens.data.paraphrases import steering_splits
     from editlens.sft import LoraSpec
     from editlens.steering.fair import cost_by_train_size
@@ -176,7 +179,7 @@ def cost_table(args) -> int:
     order = np.random.default_rng(args.seed).permutation(len(train))
     largest = [train[i] for i in sorted(order[: max(sizes)])]
     t = time.perf_counter()
-    ps = LZ.patch_set(LZ.make_pairs(model_answers(model, largest)), max_pairs=args.attr_pairs, seed=args.seed)
+    ps = LZ.patch_set(LZ.make_pairs(model_answers(model, largest, rows_per_batch=ROWS_PER_BATCH)), max_pairs=args.attr_pairs, seed=args.seed)
     heads = LZ.select_heads(LZ.attribution_patching(model, ps).effect, args.k)
     print(f"# {len(val)} validation queries, K={args.k}, alpha={args.alpha}; ranking (not charged) "
           f"{time.perf_counter() - t:.1f}s")

@@ -82,6 +82,25 @@ def test_batching_does_not_change_scores(tiny):
         np.testing.assert_allclose(x, y, atol=1e-4)
 
 
+def test_packed_rows_batched_equal_one_at_a_time(tiny):
+    """Several packed rows per forward pass (each padded to row_tokens, its own tree attention, only the
+    kept positions unembedded) give the scores of one row at a time, in float32, with hooks too."""
+    from editlens.precision import full_precision
+
+    model, _ = tiny
+    qs = toy_queries()
+    prompts = [p for q in qs for p in q.prompts]
+    cands = [q.candidates for q in qs for _ in q.prompts]
+    hooks = [("blocks.0.attn.hook_z", lambda z, hook=None: z + 0.3)]
+    with full_precision(model):
+        for fwd_hooks in (None, hooks):
+            one = C.score_candidates(model, prompts, cands, row_tokens=24, rows_per_batch=1, fwd_hooks=fwd_hooks)
+            many = C.score_candidates(model, prompts, cands, row_tokens=24, rows_per_batch=5, fwd_hooks=fwd_hooks)
+            np.testing.assert_allclose(np.concatenate(one), np.concatenate(many), atol=1e-5)
+        rows = C.model_answers(model, qs, rows_per_batch=4)
+        assert rows["answer"].tolist() == C.model_answers(model, qs)["answer"].tolist()
+
+
 def test_answers_table(answers):
     qs = toy_queries()
     assert len(answers) == sum(len(q.prompts) for q in qs)

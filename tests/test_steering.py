@@ -295,3 +295,31 @@ def test_embedded_sft_gradients_reach_hf_weights(model):
         changed = [n for n, t in m.original_model.state_dict().items() if not torch.equal(t, snap[n])]
         assert changed and all("layers.29" in n and "mlp" in n for n in changed)
     assert _same(model, snap)
+
+
+def test_last_token_steering_packed_equals_unpacked(tiny_model):
+    """Steering only the last prompt token gives the same scores in packed prefix trees (the factory's
+    at_positions marks each prompt's end node) as one prompt per row, in float32; a prompt that ends
+    inside another prompt sends the batch to the unpacked path."""
+    from unittest import mock
+
+    from editlens import scoring
+    from editlens.precision import full_precision
+
+    prompts = ["The capital of France is", "The capital of Spain is", "Berlin is located in", "The capital of"]
+    cands = [["Paris", "New York", "Madrid"], ["Madrid", "Paris"], ["Germany", "New Zealand"], ["France", "Spain"]]
+    hooks = steering_hooks(_shifts(tiny_model, [(0, 1), (1, 2)], scale=3.0), "last", model=tiny_model)
+    assert hasattr(hooks, "at_positions")
+    with full_precision(tiny_model):
+        for n, fallback in ((3, False), (4, True)):  # "The capital of" ends inside "The capital of France is"
+            ps, cs = prompts[:n], cands[:n]
+            unpacked = scoring.score_candidates(tiny_model, ps, cs, fwd_hooks=hooks, packed=False, batch_size=2)
+            for rows in (1, 3):
+                with mock.patch.object(scoring, "_score_unpacked", wraps=scoring._score_unpacked) as spy:
+                    packed = scoring.score_candidates(tiny_model, ps, cs, fwd_hooks=hooks, row_tokens=12,
+                                                      rows_per_batch=rows)
+                assert spy.called == fallback
+                np.testing.assert_allclose(np.concatenate(packed), np.concatenate(unpacked), atol=1e-4)
+        plain = scoring.score_candidates(tiny_model, prompts[:3], cands[:3], row_tokens=12)
+        steered = scoring.score_candidates(tiny_model, prompts[:3], cands[:3], fwd_hooks=hooks, row_tokens=12)
+        assert not np.allclose(np.concatenate(plain), np.concatenate(steered), atol=1e-3)

@@ -12,13 +12,19 @@ import torch
 from editlens.steering import (
     SideEffectData,
     answer_shift,
+    choose_setting,
     control_shifts,
+    controlled_evaluation,
     cost_by_train_size,
     direction_stability,
     effect_per_relation,
     evaluate_state,
     fit_directions,
+    per_query_scores,
     probe_ranking,
+    random_directions,
+    steered_vs_controls,
+    sweep_settings,
 )
 from editlens.steering.directions import centre_per_group
 
@@ -163,6 +169,95 @@ def test_control_shifts_kinds():
             assert not set(shifts) & {(0, 0), (1, 2)} and len(shifts) == 2
         else:
             assert set(shifts) == {(0, 0), (1, 2)}
+
+
+def test_centred_controls_measure_sigma_like_the_centred_direction():
+    z = torch.randn(24, 2, 3, 4, generator=torch.Generator().manual_seed(0))
+    z[:12] += 5.0  # two groups far apart: the uncentred spread is much larger than the centred one
+    y = [0, 1] * 12
+    g = [0] * 12 + [1] * 12
+    plain = random_directions(z, heads=[(0, 0)], seed=1)
+    cen = random_directions(z, heads=[(0, 0)], seed=1, centre_by=g)
+    assert torch.equal(plain.theta[0, 0], cen.theta[0, 0])  # same direction, other spread
+    assert cen.sigma[0, 0] < plain.sigma[0, 0] and cen.info["centred"] and not plain.info["centred"]
+    out = control_shifts(z, y, [(0, 0)], alpha=1.0, n_seeds=1, seed=1, centre_by=g)
+    shifts = {kind: s for kind, _, s in out}
+    assert torch.allclose(shifts["random directions"][(0, 0)], cen.shift([(0, 0)], 1.0)[(0, 0)])
+    uncentred = {kind: s for kind, _, s in control_shifts(z, y, [(0, 0)], alpha=1.0, n_seeds=1, seed=1)}
+    assert torch.allclose(uncentred["random directions"][(0, 0)], plain.shift([(0, 0)], 1.0)[(0, 0)])
+
+
+def test_choose_setting_is_the_chapters_rule():
+    sweep = pd.DataFrame(dict(K=[8, 8, 16, 16], alpha=[0.5, 1.0, 0.5, 1.0], consistency=[0.70, 0.80, 0.80, 0.90],
+                              accuracy=[0.60, 0.59, 0.60, 0.50]))
+    best = choose_setting(sweep, base_accuracy=0.60, max_accuracy_drop=0.02)
+    assert (best.K, best.alpha) == (8, 1.0)  # 16/1.0 loses too much accuracy; the tie 0.80 goes to the smaller K
+    assert choose_setting(sweep, 0.60, 0.2).K == 16
+    with pytest.raises(ValueError, match="no setting"):
+        choose_setting(sweep, base_accuracy=0.9, max_accuracy_drop=0.01)
+
+
+def test_sweep_settings_scores_every_cell_once(tiny_model):
+    qs = _queries()
+    z = torch.randn(30, tiny_model.cfg.n_layers, tiny_model.cfg.n_heads, tiny_model.cfg.d_head,
+                    generator=torch.Generator().manual_seed(0))
+    y = [0, 1] * 15
+    dirs = {"a": fit_directions(z, y), "b": random_directions(z, seed=1)}
+    ranking = [(1, 0), (0, 2), (1, 3)]
+    frames: dict = {}
+    sw = sweep_settings(tiny_model, qs[:2], dirs, ranking, [1, 3], [0.5, 2.0], answers_out=frames, progress=False)
+    assert len(sw) == 8 and list(sw.columns) == ["directions", "K", "alpha", "consistency", "accuracy"]
+    assert set(frames) == {(n, k, a) for n in "ab" for k in (1, 3) for a in (0.5, 2.0)}
+    one = evaluate_state(tiny_model, {"v": qs[:2]}, shifts=dirs["b"].shift(ranking[:3], 2.0))
+    row = sw[(sw.directions == "b") & (sw.K == 3) & (sw.alpha == 2.0)].iloc[0]
+    assert row.consistency == one["v_consistency"] and row.accuracy == one["v_accuracy"]
+    with pytest.raises(ValueError, match="K values"):
+        sweep_settings(tiny_model, qs[:2], dirs, ranking, [4], [1.0], progress=False)
+
+
+def test_controlled_evaluation_scores_each_state_once_and_reuses_the_unsteered(tiny_model):
+    qs = _queries()
+    L, H, D = tiny_model.cfg.n_layers, tiny_model.cfg.n_heads, tiny_model.cfg.d_head
+    z = torch.randn(30, L, H, D, generator=torch.Generator().manual_seed(0))
+    sets = control_shifts(z, [0, 1] * 15, [(1, 0), (0, 2)], alpha=2.0, n_seeds=2)
+    splits = {"a": qs[:2], "b": qs[2:]}
+    base_a = evaluate_state(tiny_model, {"a": qs[:2]}, answers_out=(got := {}))
+    run = controlled_evaluation(tiny_model, splits, sets, unsteered={"a": got["a"]}, progress=False)
+    assert run.frames["a"]["unsteered"][0] is got["a"]  # taken, not scored again
+    assert {k: len(v) for k, v in run.frames["b"].items()} == {
+        "unsteered": 1, "steered": 1, "random heads": 2, "random directions": 2}
+    assert list(run.rows.columns) == ["split", "kind", "seed", "consistency", "accuracy"] and len(run.rows) == 12
+    assert run.rows[run.rows.kind == "random heads"]["seed"].tolist() == [0, 1, 0, 1]
+    steered_b = evaluate_state(tiny_model, {"b": qs[2:]}, shifts=sets[0][2])
+    summ = run.summary()
+    assert list(summ.index) == ["unsteered", "steered", "random heads", "random directions"]
+    assert summ.loc["steered", ("b", "consistency")] == steered_b["b_consistency"]
+    assert summ.loc["unsteered", ("a", "accuracy")] == base_a["a_accuracy"]
+    ci = run.intervals(n_boot=100)
+    assert set(ci["split"]) == {"a", "b"} and len(ci) == 2 * 3 * 2
+    assert set(ci["against"]) == {"unsteered", "random heads", "random directions"}
+
+
+def test_steered_vs_controls_pairs_queries_and_averages_seeds():
+    objects, rel = ["a", "b", "c", "d"], ["R"] * 4
+    base = _frame([["a", "x", "y"], ["b", "b", "x"], ["c", "x", "y"], ["d", "d", "d"]], objects, rel)
+    steer = _frame([["a", "a", "a"], ["b", "b", "b"], ["c", "c", "y"], ["d", "d", "d"]], objects, rel)
+    ctl1 = base.copy()
+    ctl2 = _frame([["a", "a", "y"], ["b", "b", "x"], ["c", "x", "y"], ["d", "d", "x"]], objects, rel)
+    t = steered_vs_controls({"steered": steer, "unsteered": base, "random heads": [ctl1, ctl2]},
+                            against=("unsteered", "random heads"), n_boot=200)
+    assert list(t["against"]) == ["unsteered", "unsteered", "random heads", "random heads"]
+    pq = {k: per_query_scores(v).set_index("query_id") for k, v in
+          {"s": steer, "u": base, "c": [ctl1, ctl2]}.items()}
+    cons = t[(t.against == "unsteered") & (t.metric == "consistency")].iloc[0]
+    assert cons["diff"] == pytest.approx((pq["s"].consistency - pq["u"].consistency).mean())
+    assert cons["low"] <= cons["diff"] <= cons["high"] and cons["n"] == 4
+    ctl = t[(t.against == "random heads") & (t.metric == "accuracy")].iloc[0]
+    assert ctl["diff"] == pytest.approx((pq["s"].accuracy - pq["c"].accuracy).mean())
+    assert pq["c"].loc[0, "consistency"] == pytest.approx((0 + 1 / 3) / 2)  # seeds averaged per query
+    assert t.excludes_0.dtype == bool
+    with pytest.raises(ValueError, match="lacks"):
+        steered_vs_controls({"steered": steer}, against=("unsteered",))
 
 
 def test_probe_ranking_synthetic():
@@ -350,3 +445,23 @@ def test_cost_curve_reuses_a_full_run_only_when_it_is_the_same_run(tiny_model):
     with pytest.raises(ValueError, match="full_runs keys"):
         cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], full_runs={"SFT": run}, **kw)
     assert _same(tiny_model, snap)
+
+
+def test_cost_curve_takes_the_full_size_steering_point_from_the_caller(tiny_model):
+    from editlens import consistency as C
+
+    qs = _queries()
+    kw = dict(sizes=[3, 5], methods=("steering",), alpha=2.0)
+    fresh = cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], **kw)
+    answers = C.model_answers(tiny_model, qs, rows_per_batch=8)
+    full = dict(answers=answers, answers_seconds=1.5, seconds=4.0, val_consistency=0.25)
+    reused = cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], full_steering=full, **kw)
+    last = reused[reused.n_train == 5].iloc[0]
+    assert (last.seconds, last.shared_seconds, last.val_consistency) == (4.0, 1.5, 0.25)
+    first = ["n_train", "method", "val_consistency"]
+    pd.testing.assert_frame_equal(fresh[fresh.n_train == 3][first], reused[reused.n_train == 3][first])
+    with pytest.raises(ValueError, match="full_steering needs"):
+        cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], full_steering={"seconds": 1.0}, **kw)
+    with pytest.raises(ValueError, match="covers 2 queries"):
+        cost_by_train_size(tiny_model, qs, qs[:2], heads=[(0, 1)], **kw,
+                           full_steering=dict(full, answers=answers[answers.query_id < 2]))

@@ -37,6 +37,7 @@ def model_answers(
     *,
     batch_size: int = 32,
     fwd_hooks: HookList | HookFactory | None = None,
+    rows_per_batch: int = 1,
 ) -> pd.DataFrame:
     """The model's answer to every prompt of every query (a ``ParaphraseQuery``-like object).
 
@@ -44,6 +45,8 @@ def model_answers(
     ``subject``, ``object``, ``split``, ``template``, ``prompt``, ``answer``, ``correct``,
     ``answer_nll``, ``gold_nll``, ``margin`` (NLL of the runner-up minus NLL of the answer).
     ``fwd_hooks`` (a hook list or a :data:`HookFactory`) is active during scoring, e.g. steering.
+    ``rows_per_batch``: packed rows per forward pass (:func:`editlens.scoring.score_candidates`;
+    Chapter 2 runs :data:`editlens.scoring.ROWS_PER_BATCH`, in bfloat16 the scores round differently).
     """
     prompts, cands, meta = [], [], []
     for qi, q in enumerate(queries):
@@ -52,7 +55,8 @@ def model_answers(
             cset.append(q.object)
         for t, p in enumerate(q.prompts):
             prompts.append(p); cands.append(cset); meta.append((qi, q, t))
-    nlls = score_candidates(model, prompts, cands, batch_size=batch_size, fwd_hooks=fwd_hooks)
+    nlls = score_candidates(model, prompts, cands, batch_size=batch_size, fwd_hooks=fwd_hooks,
+                            rows_per_batch=rows_per_batch)
     records = []
     for (qi, q, t), p, cset, nll in zip(meta, prompts, cands, nlls):
         order = np.argsort(nll, kind="stable")

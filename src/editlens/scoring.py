@@ -40,13 +40,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from editlens.precision import full_precision
+from editlens.precision import casts_cached, full_precision
 
 HookList = list[tuple[Any, Callable]]
 HookFactory = Callable[[Int[Tensor, "batch"]], HookList]
 """Called with the last-prompt-token position of every row of a batch; returns forward hooks.
 
-Chapter 2 uses it to steer only at the last prompt token (``last_pos`` differs row by row)."""
+Chapter 2 uses it to steer only at the last prompt token (``last_pos`` differs row by row). A factory
+that also has an ``at_positions`` attribute (called with a ``[batch, pos]`` boolean mask of the
+positions to act on, returning forward hooks) can act on packed prefix trees too, where one row holds
+many prompts: :func:`score_candidates` then packs (each prompt's last token is one tree node)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,9 +125,12 @@ def model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def pad_rows(rows: Sequence[Sequence[int]], pad: int, device: Any) -> Int[Tensor, "batch pos"]:
-    """Right-pad token lists into one tensor (causal attention: real positions never see padding)."""
+def pad_rows(rows: Sequence[Sequence[int]], pad: int, device: Any, *, multiple: int = 1) -> Int[Tensor, "batch pos"]:
+    """Right-pad token lists into one tensor (causal attention: real positions never see padding).
+    ``multiple``: the width is rounded up to a multiple of it, so that batches of varying lengths
+    share a few shapes (a CPU's bf16 kernels are built once per shape)."""
     width = max(len(r) for r in rows)
+    width = -(-width // multiple) * multiple
     out = torch.full((len(rows), width), pad, dtype=torch.long)
     for i, r in enumerate(rows):
         out[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
@@ -201,6 +207,7 @@ class PackedRow:
     tokens: list[int]
     depth: list[int]
     parent: list[int]  # index of the parent token in this row, -1 for a root token
+    nodes: list[int] = field(default_factory=list)  # the tree node of each token (PrefixTree rows)
 
     def mask(self, dtype: torch.dtype, device: Any) -> Float[Tensor, "1 1 pos pos"]:
         """Additive attention mask: 0 where a token may attend (itself, its ancestors), else -inf."""
@@ -259,7 +266,7 @@ class PrefixTree:
             for v in unit:
                 where[v] = offset + len(where)
                 p = self.parent[v]
-                current.tokens.append(self.token[v]); current.depth.append(self.depth[v])
+                current.tokens.append(self.token[v]); current.depth.append(self.depth[v]); current.nodes.append(v)
                 current.parent.append(where[p] if p >= 0 else -1)
                 self.home.setdefault(v, (len(self.rows), where[v]))
         if current.tokens:
@@ -305,6 +312,69 @@ def forward_packed(model: Any, row: PackedRow, keep: Sequence[int], hooks: HookL
     return logits[0]
 
 
+def forward_packed_rows(model: Any, rows: Sequence[PackedRow], keeps: Sequence[Sequence[int]], hooks: HookList,
+                        *, width: int = 0, marked: Sequence[Sequence[int]] | None = None,
+                        at_positions: Callable[[Tensor], HookList] | None = None,
+                        ) -> list[Float[Tensor, "keep vocab"]]:
+    """:func:`forward_packed` for several packed rows run as one batch: the logits at ``keeps[b]`` of
+    each row ``b``. Each row keeps its own tree attention; every row is padded to ``width`` tokens (at
+    least its longest row) with positions that attend to themselves only, which no real position
+    sees. On a CPU this is much faster than one row at a time: the weights are read, and cast to the
+    compute precision, once per forward, and batches of one fixed shape reuse the bf16 kernels that
+    oneDNN builds once per shape (building them takes longer than running them). The final
+    normalised states are read with a hook on ``ln_final.hook_out`` and only the kept positions go
+    through the unembedding. ``marked[b]`` (positions of row ``b``) and ``at_positions`` (a
+    :data:`HookFactory`'s ``at_positions``): hooks that act on the marked positions only, added to
+    ``hooks`` (Chapter 2's last-token steering, each prompt's last token being one tree node)."""
+    if len(rows) != len(keeps) or not rows:
+        raise ValueError(f"forward_packed_rows: {len(rows)} rows but {len(keeps)} keep lists.")
+    if (marked is None) != (at_positions is None):
+        raise ValueError("forward_packed_rows: pass both marked and at_positions, or neither.")
+
+    def with_marks(n_pos: int, batch: Sequence[int]) -> HookList:
+        if at_positions is None:
+            return list(hooks)
+        mask = torch.zeros((len(batch), n_pos), dtype=torch.bool)
+        for b, r in enumerate(batch):
+            mask[b, list(marked[r])] = True
+        return list(hooks) + list(at_positions(mask.to(model_device(model))))
+
+    if len(rows) == 1 or "ln_final.hook_out" not in getattr(model, "hook_dict", {}):
+        return [forward_packed(model, r, k, with_marks(len(r.tokens), [b]))
+                for b, (r, k) in enumerate(zip(rows, keeps))]
+    dev = model_device(model)
+    dtype = next(model.parameters()).dtype
+    n = max(width, max(len(r.tokens) for r in rows))
+    tokens = torch.full((len(rows), n), pad_id(model), dtype=torch.long)
+    pos = torch.zeros((len(rows), n), dtype=torch.long)
+    mask = torch.full((len(rows), 1, n, n), torch.finfo(dtype).min, dtype=dtype)
+    for b, r in enumerate(rows):
+        m = len(r.tokens)
+        tokens[b, :m] = torch.tensor(r.tokens)
+        pos[b, :m] = torch.tensor(r.depth)
+        mask[b, 0, :m, :m] = r.mask(dtype, "cpu")[0, 0]
+        pad = torch.arange(m, n)
+        mask[b, 0, pad, pad] = 0.0
+    captured: list[Tensor] = []
+
+    def grab(x: Tensor, hook: Any = None) -> Tensor:
+        captured.append(x)
+        return x
+
+    with model.hooks(fwd_hooks=with_marks(n, range(len(rows))) + [("ln_final.hook_out", grab)]):
+        model(tokens.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=1)
+    b_idx = torch.tensor([b for b, k in enumerate(keeps) for _ in k], device=dev)
+    p_idx = torch.tensor([p for k in keeps for p in k], device=dev)
+    logits = model.unembed(captured[-1][b_idx, p_idx][None])[0]
+    return list(torch.split(logits, [len(k) for k in keeps]))
+
+
+ROWS_PER_BATCH = 8
+"""Packed rows per forward pass for callers that batch them (``score_candidates(..., rows_per_batch=
+ROWS_PER_BATCH)``; see :func:`forward_packed_rows`). The default of :func:`score_candidates` stays 1
+(one row per forward, the chapters' stored results); in bfloat16 the two round differently."""
+
+
 def packing_supported(model: Any) -> bool:
     """Does this model honour tree attention (4-D mask, explicit positions)? Checked once per model
     by scoring two prompts that share a prefix both ways, in float32 (bf16's rounding differs between
@@ -340,37 +410,54 @@ def score_candidates(
     fwd_hooks: HookList | HookFactory | None = None,
     row_tokens: int = 256,
     packed: bool | None = None,
+    rows_per_batch: int = 1,
 ) -> list[np.ndarray]:
     """Mean per-token NLL of ``" " + c`` after each prompt, for each prompt's candidate list.
 
     Returns one array per prompt, aligned with ``candidates[i]``; lower is more likely. A plain
     hook list is active at every position. A :data:`HookFactory` (hooks at the last prompt token
-    of each row) needs one prompt per row, so it takes the unpacked path. ``packed=None`` packs
+    of each row) takes the unpacked path (one prompt per row), unless it has ``at_positions``: then
+    the prefix trees are packed and its hooks act on the nodes that end a prompt (unpacked after all
+    when such a node is also an inner token of another prompt or of a candidate). ``packed=None`` packs
     prefix trees when :func:`packing_supported`; ``False`` forces the unpacked path (each prompt
     once, multi-token candidates continued from its key/value cache, ``batch_size`` prompts).
+    ``rows_per_batch``: packed rows of about ``row_tokens`` tokens run together in one forward pass,
+    each padded to ``row_tokens`` (:func:`forward_packed_rows`; :data:`ROWS_PER_BATCH` is a good
+    value on a CPU). Equal in exact arithmetic; in bfloat16 the scores round differently.
     """
     if len(prompts) != len(candidates):
         raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists; give one list per prompt.")
     enc = TokenCache(model)
     pids = [enc.prompt(p) for p in prompts]
     cids = [[enc.answer(c) for c in cands] for cands in candidates]
-    if callable(fwd_hooks) or packed is False or (packed is None and not packing_supported(model)):
+    at_positions = getattr(fwd_hooks, "at_positions", None) if callable(fwd_hooks) else None
+    if (callable(fwd_hooks) and at_positions is None) or packed is False or (
+            packed is None and not packing_supported(model)):
         return _score_unpacked(model, pids, cids, batch_size=batch_size, fwd_hooks=fwd_hooks)
-    return _score_packed(model, pids, cids, hooks=list(fwd_hooks or []), row_tokens=row_tokens)
+    if at_positions is not None:
+        out = _score_packed(model, pids, cids, hooks=[], row_tokens=row_tokens, rows_per_batch=rows_per_batch,
+                            at_last_prompt_token=at_positions)
+        if out is not None:
+            return out
+        # a prompt's last token is also another sequence's inner token: only the unpacked path keeps them apart
+        return _score_unpacked(model, pids, cids, batch_size=batch_size, fwd_hooks=fwd_hooks)
+    return _score_packed(model, pids, cids, hooks=list(fwd_hooks or []), row_tokens=row_tokens,
+                         rows_per_batch=rows_per_batch)
 
 
 def score_continuations(
     model: Any, pairs: Sequence[tuple[str, str]], *, fwd_hooks: HookList | HookFactory | None = None,
-    packed: bool | None = None,
+    packed: bool | None = None, rows_per_batch: int = 1,
 ) -> np.ndarray:
     """Mean per-token NLL of each ``(prompt, continuation)`` pair: :func:`score_candidates` with one
-    candidate per prompt, the pairs sharing every prefix they can."""
+    candidate per prompt, the pairs sharing every prefix they can (``rows_per_batch`` as there)."""
     by_prompt: dict[str, list[int]] = {}
     for i, (p, _) in enumerate(pairs):
         by_prompt.setdefault(p, []).append(i)
     prompts = list(by_prompt)
     conts = [[pairs[i][1] for i in by_prompt[p]] for p in prompts]
-    scores = score_candidates(model, prompts, conts, fwd_hooks=fwd_hooks, packed=packed)
+    scores = score_candidates(model, prompts, conts, fwd_hooks=fwd_hooks, packed=packed,
+                              rows_per_batch=rows_per_batch)
     out = np.empty(len(pairs))
     for p, s in zip(prompts, scores):
         out[by_prompt[p]] = s
@@ -378,12 +465,20 @@ def score_continuations(
 
 
 def _score_packed(model: Any, pids: list[list[int]], cids: list[list[list[int]]], *, hooks: HookList,
-                  row_tokens: int) -> list[np.ndarray]:
+                  row_tokens: int, rows_per_batch: int = 1,
+                  at_last_prompt_token: Callable[[Tensor], HookList] | None = None) -> list[np.ndarray] | None:
     seqs, owners = [], []  # one sequence per (prompt, distinct candidate row)
     for i, (p, cands) in enumerate(zip(pids, cids)):
         for j, c in enumerate(cands):
             seqs.append(p + c[:-1]); owners.append((i, j))
     tree = PrefixTree(seqs, row_tokens=row_tokens)
+    marked: dict[int, list[int]] | None = None
+    if at_last_prompt_token is not None:  # the nodes that end a prompt, and where they sit in the rows
+        ends = {tree.node(s, len(pids[i]) - 1) for s, (i, _) in enumerate(owners)}
+        for s, (i, _) in enumerate(owners):
+            if any(v in ends for d, v in enumerate(tree.paths[s]) if d != len(pids[i]) - 1):
+                return None  # one prompt's end is inside another sequence: not separable in a tree
+        marked = {r: [k for k, v in enumerate(row.nodes) if v in ends] for r, row in enumerate(tree.rows)}
     wanted: dict[int, dict[int, list[tuple[int, int]]]] = {}  # row -> index -> [(node, target)]
     reads: list[list[tuple[int, int]]] = []  # per sequence: (node, target) of each scored token
     for s, (i, j) in enumerate(owners):
@@ -396,16 +491,23 @@ def _score_packed(model: Any, pids: list[list[int]], cids: list[list[list[int]]]
             rd.append((v, target))
         reads.append(rd)
     logp: dict[tuple[int, int], float] = {}
-    with torch.no_grad():
-        for r, at in sorted(wanted.items()):
-            keep = sorted(at)
-            lp = forward_packed(model, tree.rows[r], keep, hooks).float().log_softmax(-1)
-            for k, idx in enumerate(keep):
-                targets = sorted({t for _, t in at[idx]})
-                vals = lp[k, targets].tolist()
-                v = at[idx][0][0]
-                for t, x in zip(targets, vals):
-                    logp[(v, t)] = x
+    order = sorted(wanted)
+    with torch.no_grad(), casts_cached(model):  # the weights are cast once, not once per row batch
+        for start in range(0, len(order), max(1, rows_per_batch)):
+            chunk = order[start : start + max(1, rows_per_batch)]
+            keeps = [sorted(wanted[r]) for r in chunk]
+            outs = forward_packed_rows(
+                model, [tree.rows[r] for r in chunk], keeps, hooks, width=row_tokens,
+                marked=None if marked is None else [marked[r] for r in chunk], at_positions=at_last_prompt_token)
+            for r, keep, logits in zip(chunk, keeps, outs):
+                at = wanted[r]
+                lp = logits.float().log_softmax(-1)
+                for k, idx in enumerate(keep):
+                    targets = sorted({t for _, t in at[idx]})
+                    vals = lp[k, targets].tolist()
+                    v = at[idx][0][0]
+                    for t, x in zip(targets, vals):
+                        logp[(v, t)] = x
     out = [np.zeros(len(c)) for c in cids]
     for s, (i, j) in enumerate(owners):
         out[i][j] = -sum(logp[key] for key in reads[s]) / len(reads[s])
@@ -421,7 +523,7 @@ def _score_unpacked(model: Any, pids: list[list[int]], cids: list[list[list[int]
     for i, ids in enumerate(pids):
         by_len.setdefault(len(ids), []).append(i)
     plain = [] if callable(fwd_hooks) else list(fwd_hooks or [])
-    with torch.no_grad():
+    with torch.no_grad(), casts_cached(model):
         for plen, members in sorted(by_len.items()):
             for s in range(0, len(members), batch_size):
                 chunk = members[s : s + batch_size]

@@ -95,16 +95,26 @@ def labels_from_answers(answers: pd.DataFrame) -> np.ndarray:
 
 
 def collect_training_activations(
-    model, queries: Sequence[Any], *, batch_size: int = 32,
+    model, queries: Sequence[Any], *, batch_size: int = 32, rows_per_batch: int = 1,
+    seconds: dict[str, float] | None = None,
 ) -> tuple[Float[Tensor, "prompt layer head d_head"], np.ndarray, pd.DataFrame]:
     """Answers, prompt-level labels and last-token ``hook_z`` of every (query, template) prompt.
 
-    Returns ``(z, labels, answers)``; row i of ``z`` and ``labels`` is row i of ``answers``."""
+    Returns ``(z, labels, answers)``; row i of ``z`` and ``labels`` is row i of ``answers``.
+    ``rows_per_batch``: as in :func:`editlens.consistency.model_answers` (Chapter 2 passes
+    :data:`editlens.scoring.ROWS_PER_BATCH`). ``seconds``: a dict that receives the wall-clock of
+    the two steps, ``"answers"`` and ``"activations"`` (Chapter 2's cost comparison reads them)."""
+    import time
+
     from editlens.localize.activations import last_token_z
 
-    answers = model_answers(model, queries, batch_size=batch_size)
+    t0 = time.perf_counter()
+    answers = model_answers(model, queries, batch_size=batch_size, rows_per_batch=rows_per_batch)
     labels = labels_from_answers(answers)
+    t1 = time.perf_counter()
     z = last_token_z(model, list(answers["prompt"]), batch_size=batch_size)
+    if seconds is not None:
+        seconds.update(answers=t1 - t0, activations=time.perf_counter() - t1)
     return z, labels, answers
 
 
@@ -235,9 +245,13 @@ def random_directions(
     heads: Sequence[Head] | None = None,
     seed: int = 0,
     labels: Any | None = None,
+    *,
+    centre_by: Sequence[Any] | None = None,
 ) -> Directions:
     """Control: seeded random unit directions (Gaussian, normalised) with sigma = std of the
     activations projected on them, so ``shift(alpha)`` has the same recipe as a fitted direction.
+    ``centre_by``: as in :func:`fit_directions`, sigma is then measured on the per-group centred
+    activations (the control of a centred direction has that direction's recipe).
 
     The random vectors depend only on ``seed`` and (layer, head), not on which other heads are asked for."""
     if z.dim() != 4:
@@ -249,12 +263,15 @@ def random_directions(
     theta = torch.full((L, H, D), float("nan"), dtype=torch.float32)
     sigma = torch.full((L, H), float("nan"), dtype=torch.float32)
     zd = z.detach().to("cpu", torch.float64)
+    if centre_by is not None:
+        zd = centre_per_group(zd, centre_by)
     for l, h in hs:
         t = table[l, h] / table[l, h].norm()
         theta[l, h] = t.float()
         sigma[l, h] = _sigma(zd[:, l, h], t)
     n = (0, 0) if labels is None else (int((np.asarray(labels) == 0).sum()), int((np.asarray(labels) == 1).sum()))
-    return Directions(theta=theta, sigma=sigma, method="random", heads=hs, n_per_class=n, seed=seed)
+    return Directions(theta=theta, sigma=sigma, method="random", heads=hs, n_per_class=n, seed=seed,
+                      info={"centred": centre_by is not None})
 
 
 def random_heads(n_layers: int, n_heads: int, k: int, exclude: Iterable[Head] = (), seed: int = 0) -> list[Head]:

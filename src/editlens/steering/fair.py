@@ -6,11 +6,21 @@ Taught in: Chapter 2 (issue #14: steering, SFT and LoRA on the same footing).
   LoRA-adapted in place): consistency and accuracy per split, and the side effects (known facts,
   perplexity, open-ended agreement), through :mod:`editlens.consistency` and
   :mod:`editlens.steering.side_effects`.
+- Choosing K and alpha: :func:`sweep_settings` (the validation sweep, several candidate directions
+  at once), :func:`choose_setting` (the chapter's rule).
+- Held-out tests with controls: :func:`controlled_evaluation` (a configuration and its controls on
+  several splits, the unsteered model scored once), :class:`ControlledRun`.
+- Intervals: :func:`steered_vs_controls` (paired per-query bootstrap of a steered state minus the
+  unsteered model and minus its controls), :func:`per_query_scores`.
 - Variants: :func:`probe_ranking` (heads ranked by Chapter 1's probes), :func:`control_shifts`
   (the chosen shifts with their random-head and random-direction controls); per-query centring is
   ``fit_directions(..., centre_by=answers["query_id"])``; last-token injection is ``position="last"``.
 - Diagnosis: :func:`direction_stability`, :func:`answer_shift`, :func:`effect_per_relation`.
 - Cost: :func:`cost_by_train_size` (steering vs SFT vs LoRA as the training set grows).
+
+Every answer scored here runs :data:`editlens.scoring.ROWS_PER_BATCH` packed rows per forward pass
+(``model_answers(..., rows_per_batch=...)``): several times faster in bfloat16 on a CPU, equal in
+exact arithmetic.
 """
 
 from __future__ import annotations
@@ -31,9 +41,11 @@ from torch import Tensor
 
 from editlens import consistency as C
 from editlens import sft
+from editlens.scoring import ROWS_PER_BATCH
 from editlens.steering import side_effects as SE
 from editlens.steering.bake import baked
 from editlens.steering.directions import (
+    Directions,
     Head,
     check_heads,
     fit_directions,
@@ -45,14 +57,20 @@ from editlens.steering.inject import Position, steering_hooks
 
 __all__ = [
     "AnswerShift",
+    "ControlledRun",
     "SideEffectData",
     "answer_shift",
+    "choose_setting",
     "control_shifts",
+    "controlled_evaluation",
     "cost_by_train_size",
     "direction_stability",
     "effect_per_relation",
     "evaluate_state",
+    "per_query_scores",
     "probe_ranking",
+    "steered_vs_controls",
+    "sweep_settings",
 ]
 
 
@@ -104,7 +122,8 @@ def evaluate_state(
     hooks = steering_hooks(shifts, position, model=model) if shifts else None
     row: dict[str, Any] = {"model": name}
     for split, queries in splits.items():
-        answers = C.model_answers(model, queries, batch_size=batch_size, fwd_hooks=hooks)
+        answers = C.model_answers(model, queries, batch_size=batch_size, fwd_hooks=hooks,
+                                  rows_per_batch=ROWS_PER_BATCH)
         s = C.summary(answers)
         row[f"{split}_consistency"], row[f"{split}_accuracy"] = s["consistency"], s["accuracy"]
         if answers_out is not None:
@@ -125,6 +144,119 @@ def evaluate_state(
                     if side.questions else math.nan)
     row.update(extra)
     return row
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing K and alpha on validation
+# --------------------------------------------------------------------------------------------
+
+def sweep_settings(
+    model,
+    queries: Sequence[Any],
+    directions: Mapping[str, Directions],
+    ranking: Sequence[Head],
+    k_values: Sequence[int],
+    alphas: Sequence[float],
+    *,
+    position: Position = "all",
+    answers_out: dict[tuple[str, int, float], pd.DataFrame] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The K x alpha sweep for every candidate in ``directions`` (name -> fitted
+    :class:`~editlens.steering.directions.Directions`): steer the top-K heads of ``ranking`` with
+    that candidate's shifts at strength alpha and score ``queries`` (validation). One row per
+    (candidate, K, alpha): ``directions``, ``K``, ``alpha``, ``consistency``, ``accuracy``.
+    ``answers_out`` receives each cell's answers under ``(name, K, alpha)``, so a chosen cell is
+    not scored again. One progress bar for the whole sweep.
+
+    Taught in: Chapter 2 (section 6: the uncentred and the per-query centred candidates)."""
+    from tqdm import tqdm
+
+    ks = [int(k) for k in k_values]
+    if not directions or not ks or not alphas:
+        raise ValueError("sweep_settings needs at least one candidate, one K and one alpha.")
+    if max(ks) > len(ranking) or min(ks) < 1:
+        raise ValueError(f"K values {ks} must lie in 1..{len(ranking)} (the ranking's length).")
+    rows = []
+    cells = [(name, k, float(a)) for name in directions for k in ks for a in alphas]
+    for name, k, alpha in tqdm(cells, disable=not progress, desc="K x alpha sweep"):
+        hooks = steering_hooks(directions[name].shift(ranking[:k], alpha), position, model=model)
+        answers = C.model_answers(model, queries, fwd_hooks=hooks, rows_per_batch=ROWS_PER_BATCH)
+        summ = C.summary(answers)
+        rows.append(dict(directions=name, K=k, alpha=alpha, consistency=summ["consistency"],
+                         accuracy=summ["accuracy"]))
+        if answers_out is not None:
+            answers_out[(name, k, alpha)] = answers
+    return pd.DataFrame(rows)
+
+
+def choose_setting(sweep: pd.DataFrame, base_accuracy: float, max_accuracy_drop: float) -> pd.Series:
+    """The chapter's validation rule, fixed before looking: among the sweep's rows whose accuracy is
+    at most ``max_accuracy_drop`` below the unsteered model's (``base_accuracy``), the most
+    consistent; ties go to the smaller K, then the smaller alpha. Returns that row.
+
+    Taught in: Chapter 2."""
+    need = {"K", "alpha", "consistency", "accuracy"}
+    if not need <= set(sweep.columns) or sweep.empty:
+        raise ValueError(f"sweep must be a non-empty frame with columns {sorted(need)}; pass sweep_settings' rows.")
+    allowed = sweep[sweep["accuracy"] >= base_accuracy - max_accuracy_drop]
+    if allowed.empty:
+        raise ValueError(f"no setting keeps accuracy within {max_accuracy_drop} of the unsteered "
+                         f"{base_accuracy:.3f}. Fix: smaller alphas, or a looser max_accuracy_drop.")
+    return allowed.sort_values(["consistency", "K", "alpha"], ascending=[False, True, True]).iloc[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Paired per-query intervals: a steered state against the unsteered model and its controls
+# --------------------------------------------------------------------------------------------
+
+def per_query_scores(frames: pd.DataFrame | Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Per-query ``consistency`` and ``accuracy`` (:func:`editlens.consistency.query_consistency`)
+    of one model state, or the mean over several (a control's seeds), one row per ``query_id``."""
+    if isinstance(frames, pd.DataFrame):
+        frames = [frames]
+    if not frames:
+        raise ValueError("per_query_scores needs at least one answers frame.")
+    tables = [C.query_consistency(f).set_index("query_id")[["consistency", "accuracy"]] for f in frames]
+    if any(not t.index.equals(tables[0].index) for t in tables):
+        raise ValueError("the answers frames cover different queries; score every state on the same queries.")
+    return (sum(tables) / len(tables)).reset_index()
+
+
+def steered_vs_controls(
+    states: Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]],
+    steered: str = "steered",
+    against: Sequence[str] = ("unsteered", "random heads", "random directions"),
+    *,
+    metrics: Sequence[str] = ("consistency", "accuracy"),
+    seed: int = 0,
+    n_boot: int = 2000,
+) -> pd.DataFrame:
+    """Paired per-query bootstrap intervals of ``steered`` minus each state in ``against``.
+
+    ``states``: state name -> its answers frame on one split, or a list of frames (a control's
+    seeds, averaged per query before differencing). Each query's score under ``steered`` minus its
+    score under the other state, bootstrapped over queries (:func:`editlens.stats.paired_table`,
+    ``n_boot`` seeded resamples). One row per (``against``, ``metric``): ``diff``, ``low``,
+    ``high``, ``excludes_0`` and ``n`` (queries).
+
+    Taught in: Chapter 2 (section 11: is the steered state better than nothing, and than its
+    controls?)."""
+    from editlens import stats
+
+    missing = [k for k in (steered, *against) if k not in states]
+    if missing:
+        raise ValueError(f"states lacks {missing}; it has {list(states)}.")
+    per_query = pd.concat([per_query_scores(states[k]).assign(method=k) for k in (steered, *against)])
+    rows = []
+    for other in against:
+        t = stats.paired_table(per_query[per_query["method"].isin([other, steered])], list(metrics),
+                               fact="query_id", baseline=other, n_boot=n_boot, seed=seed)
+        for _, r in t[t["method"] == steered].iterrows():
+            rows.append(dict(against=other, metric=r["metric"], n=int(r["n"]), diff=float(r[f"diff vs {other}"]),
+                             low=float(r["diff low"]), high=float(r["diff high"]),
+                             excludes_0=bool(r["CI excludes 0"])))
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,7 +304,9 @@ def control_shifts(
     """The shifts of one steering variant and its controls, as ``(kind, seed, shifts)``:
     ``"steered"`` (directions fitted on ``heads``), ``"random heads"`` (as many heads drawn outside
     ``heads``, directions fitted the same way, same alpha) and ``"random directions"`` (random unit
-    directions on ``heads``), ``n_seeds`` of each control.
+    directions on ``heads``, sigma measured the same way: on centred activations when
+    ``centre_by`` is given), ``n_seeds`` of each control. The controls' seeds are ``seed``,
+    ``seed + 1``, ...: with ``seed=0`` they are the controls of Chapter 2's section 7.
 
     Taught in: Chapter 2."""
     if z.dim() != 4:
@@ -186,8 +320,85 @@ def control_shifts(
         other = random_heads(L, H, len(hs), exclude=hs, seed=s)
         d = fit_directions(z, labels, heads=other, method=method, seed=seed, centre_by=centre_by)
         out.append(("random heads", s, d.shift(other, alpha)))
-        out.append(("random directions", s, random_directions(z, heads=hs, seed=s).shift(hs, alpha)))
+        rand = random_directions(z, heads=hs, seed=s, centre_by=centre_by)
+        out.append(("random directions", s, rand.shift(hs, alpha)))
     return out
+
+
+@dataclass
+class ControlledRun:
+    """One steering configuration and its controls, scored on several splits.
+
+    ``frames[split][kind]``: the answers frames of that state (``"unsteered"``, ``"steered"``, and a
+    list over seeds for ``"random heads"`` / ``"random directions"``); ``rows``: one row per (split,
+    kind, seed) with ``consistency`` and ``accuracy`` (ParaRel macro averages).
+
+    Taught in: Chapter 2 (sections 7 and 11)."""
+
+    frames: dict[str, dict[str, list[pd.DataFrame]]]
+    rows: pd.DataFrame
+
+    def summary(self) -> pd.DataFrame:
+        """Mean over the control seeds: one row per state (unsteered, steered, controls), columns
+        ``(split, metric)``."""
+        t = self.rows.groupby(["split", "kind"], sort=False)[["consistency", "accuracy"]].mean()
+        return t.unstack("split").swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False) \
+            .reindex(list(dict.fromkeys(self.rows["kind"])))
+
+    def intervals(self, *, seed: int = 0, n_boot: int = 2000,
+                  metrics: Sequence[str] = ("consistency", "accuracy")) -> pd.DataFrame:
+        """:func:`steered_vs_controls` on every split: steered minus unsteered and minus each control
+        (per query, the controls' seeds averaged), with a ``split`` column."""
+        out = []
+        for split, states in self.frames.items():
+            against = [k for k in ("unsteered", "random heads", "random directions") if k in states]
+            out.append(steered_vs_controls(states, "steered", against, metrics=metrics, seed=seed,
+                                           n_boot=n_boot).assign(split=split))
+        return pd.concat(out, ignore_index=True)
+
+
+def controlled_evaluation(
+    model,
+    splits: Mapping[str, Sequence[Any]],
+    shift_sets: Sequence[tuple[str, int | None, Mapping[Head, Tensor]]],
+    *,
+    position: Position = "all",
+    unsteered: Mapping[str, pd.DataFrame] | None = None,
+    progress: bool = True,
+    desc: str = "states x splits",
+) -> ControlledRun:
+    """Score every state of ``shift_sets`` (:func:`control_shifts`' output) on every split, plus
+    the unsteered model (taken from ``unsteered[split]`` when the caller has scored it already, so
+    it is scored once for every configuration). One progress bar for the whole run.
+
+    Taught in: Chapter 2 (sections 7 and 11)."""
+    from tqdm import tqdm
+
+    if not splits or not shift_sets:
+        raise ValueError("controlled_evaluation needs at least one split and one shift set.")
+    unsteered = dict(unsteered or {})
+    todo = [(split, None, None, None) for split in splits if split not in unsteered]
+    todo += [(split, kind, seed, shifts) for kind, seed, shifts in shift_sets for split in splits]
+    frames: dict[str, dict[str, list[pd.DataFrame]]] = {s: {} for s in splits}
+    for split in splits:
+        if split in unsteered:
+            frames[split]["unsteered"] = [unsteered[split]]
+    for split, kind, seed, shifts in tqdm(todo, disable=not progress, desc=desc):
+        hooks = steering_hooks(shifts, position, model=model) if shifts is not None else None
+        answers = C.model_answers(model, splits[split], fwd_hooks=hooks, rows_per_batch=ROWS_PER_BATCH)
+        frames[split].setdefault(kind or "unsteered", []).append(answers)
+    rows = []
+    seeds = {kind: [sd for k, sd, _ in shift_sets if k == kind] for kind, _, _ in shift_sets}
+    for split, states in frames.items():
+        for kind, fs in states.items():
+            for i, f in enumerate(fs):
+                summ = C.summary(f)
+                seed = seeds[kind][i] if kind in seeds else None
+                rows.append(dict(split=split, kind=kind, seed=seed, consistency=summ["consistency"],
+                                 accuracy=summ["accuracy"]))
+    order = {"unsteered": 0, "steered": 1, "random heads": 2, "random directions": 3}
+    rows.sort(key=lambda r: (list(splits).index(r["split"]), order.get(r["kind"], 4)))
+    return ControlledRun(frames=frames, rows=pd.DataFrame(rows))
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,6 +540,7 @@ def cost_by_train_size(
     seed: int = 0,
     base_consistency: float | None = None,
     full_runs: Mapping[str, sft.SFTResult] | None = None,
+    full_steering: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Wall-clock of each method on seeded subsets of ``sizes`` training queries (nested: each
     subset contains the smaller ones), one row per (size, method): ``seconds`` (the cost),
@@ -350,7 +562,11 @@ def cost_by_train_size(
     ``"lora"`` to a run on all of ``train_queries`` with the same settings and at least as many
     steps (Chapter 2's main runs): the largest size takes its first steps
     (:meth:`editlens.sft.SFTResult.first_steps`) instead of training the same trajectory again.
-    A run whose settings differ is refused with the setting named.
+    A run whose settings differ is refused with the setting named. ``full_steering``: what the
+    caller measured for steering on all of ``train_queries`` (Chapter 2's sections 2-6):
+    ``answers`` (their :func:`editlens.consistency.model_answers` frame), ``answers_seconds``,
+    ``seconds`` (answers, activations and directions) and ``val_consistency`` (of these ``heads``
+    at ``alpha``); the largest size then scores nothing again.
 
     Taught in: Chapter 2 (under which conditions a 23x speed ratio could arise)."""
     from editlens.localize.activations import last_token_z
@@ -367,29 +583,43 @@ def cost_by_train_size(
     base_kw = dict(steps=20, eval_every=5, batch_size=16, seed=seed, progress=False)
 
     def val_consistency(m) -> dict[str, float]:
-        return {"consistency": C.summary(C.model_answers(m, val_queries))["consistency"]}
+        return {"consistency": C.summary(C.model_answers(m, val_queries, rows_per_batch=ROWS_PER_BATCH))[
+            "consistency"]}
 
     base = val_consistency(model)["consistency"] if base_consistency is None else float(base_consistency)
     full_runs = dict(full_runs or {})
     unknown = sorted(set(full_runs) - {"sft", "lora"})
     if unknown:
         raise ValueError(f"full_runs keys must be 'sft' or 'lora', got {unknown}.")
+    full = dict(full_steering or {})
+    if full:
+        need = {"answers", "answers_seconds", "seconds", "val_consistency"}
+        if not need <= set(full):
+            raise ValueError(f"full_steering needs the keys {sorted(need)}, got {sorted(full)}.")
+        if full["answers"]["query_id"].nunique() != len(train_queries):
+            raise ValueError(f"full_steering['answers'] covers {full['answers']['query_id'].nunique()} queries, "
+                             f"train_queries has {len(train_queries)}. Fix: pass the answers of all of them.")
     rows = []
     for n in sorted(sizes):
         train = [train_queries[i] for i in sorted(order[:n])]
+        reuse = bool(full) and n == len(train_queries)
         t0 = time.perf_counter()
-        answers = C.model_answers(model, train)
-        t_answers = time.perf_counter() - t0
+        answers = full["answers"] if reuse else C.model_answers(model, train, rows_per_batch=ROWS_PER_BATCH)
+        t_answers = float(full["answers_seconds"]) if reuse else time.perf_counter() - t0
         targets = sft.majority_targets(answers)
         steer_cost = math.nan
-        if "steering" in methods:
+        if "steering" in methods and reuse:
+            rows.append(dict(n_train=n, method="steering", seconds=float(full["seconds"]), shared_seconds=t_answers,
+                             val_consistency=float(full["val_consistency"]), best_step=math.nan,
+                             n_trainable=math.nan, seconds_per_step=math.nan))
+        elif "steering" in methods:
             t0 = time.perf_counter()
             z = last_token_z(model, list(answers["prompt"]))
             d = fit_directions(z, labels_from_answers(answers), heads=heads, method="mass_mean", seed=seed)
             shifts = d.shift(heads, alpha)
             steer_cost = t_answers + time.perf_counter() - t0
-            val = C.summary(C.model_answers(model, val_queries,
-                                            fwd_hooks=steering_hooks(shifts, "all", model=model)))["consistency"]
+            val = C.summary(C.model_answers(model, val_queries, fwd_hooks=steering_hooks(shifts, "all", model=model),
+                                            rows_per_batch=ROWS_PER_BATCH))["consistency"]
             rows.append(dict(n_train=n, method="steering", seconds=steer_cost, shared_seconds=t_answers,
                              val_consistency=val, best_step=math.nan, n_trainable=math.nan,
                              seconds_per_step=math.nan))

@@ -15,6 +15,8 @@ Positions:
 - ``"last"``: only each row's last prompt token. :func:`steering_hooks` returns a
   :data:`~editlens.scoring.HookFactory` (called with that position per row); the
   continuation pass of multi-token answers is not steered (its positions are not the prompt's).
+  Its ``at_positions`` form steers the nodes that end a prompt in a packed prefix tree, the same
+  function (answer tokens see the steered last prompt token, and are not steered themselves).
 """
 
 from __future__ import annotations
@@ -93,11 +95,22 @@ def _add_last(delta: Tensor, last_pos: Int[Tensor, "batch"] | None):
     return hook
 
 
+def _add_marked(delta: Tensor, mask: Tensor):
+    def hook(z: Float[Tensor, "batch pos head d_head"], hook=None) -> Tensor:
+        if z.shape[-2:] != delta.shape or z.shape[:2] != mask.shape:
+            raise ValueError(f"{getattr(hook, 'name', 'hook_z')}: activations {tuple(z.shape)} do not fit the shift "
+                             f"{tuple(delta.shape)} and the position mask {tuple(mask.shape)}.")
+        return torch.where(mask[..., None, None].to(z.device), z + delta.to(z.device, z.dtype), z)
+    return hook
+
+
 def steering_hooks(shifts: Mapping[Head, Tensor], position: Position = "all", *, model=None) -> HookList | HookFactory:
     """Forward hooks adding ``shifts[(l, h)]`` to ``blocks.{l}.attn.hook_z[..., h, :]``.
 
     ``position="all"`` returns a hook list (every position); ``"last"`` returns a HookFactory
-    (each row's last prompt token). Both are accepted as ``fwd_hooks`` by
+    (each row's last prompt token) whose ``at_positions(mask)`` gives the same shift on the positions
+    a ``[batch, pos]`` mask marks, so :func:`editlens.scoring.score_candidates` can steer the last
+    prompt token of every prompt in a packed prefix tree. Both are accepted as ``fwd_hooks`` by
     :func:`editlens.consistency.model_answers`. Pass ``model`` to check head indices and d_head now
     rather than at the first forward pass."""
     dims = model_dims(model) if model is not None else (None, None, None)
@@ -108,6 +121,11 @@ def steering_hooks(shifts: Mapping[Head, Tensor], position: Position = "all", *,
     if position == "last":
         def factory(last_pos: Int[Tensor, "batch"]) -> HookList:
             return [(z_hook_name(l), _add_last(d, last_pos)) for l, d in sorted(dense.items())]
+
+        def at_positions(mask: Tensor) -> HookList:
+            return [(z_hook_name(l), _add_marked(d, mask)) for l, d in sorted(dense.items())]
+
+        factory.at_positions = at_positions
         return factory
     raise ValueError(f"position must be 'all' or 'last', got {position!r}.")
 

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import torch
 
-from editlens.scoring import encode_prompt, model_device, pad_id, pad_rows, score_continuations
+from editlens.precision import casts_cached
+from editlens.scoring import ROWS_PER_BATCH, encode_prompt, model_device, pad_id, pad_rows, score_continuations
 
 
 def _token_rows(model: Any, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
@@ -38,14 +39,15 @@ def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 16, max_to
     rows = _token_rows(model, texts, max_tokens)
     total, count = 0.0, 0
     pad, dev = pad_id(model), model_device(model)
-    for s in range(0, len(rows), batch_size):
-        batch = rows[s : s + batch_size]
-        tokens = pad_rows(batch, pad, dev)
-        lp = torch.log_softmax(model(tokens).float(), -1)
-        for j, ids in enumerate(batch):
-            tgt = torch.tensor(ids[1:], device=lp.device)
-            total += float(-lp[j, torch.arange(len(ids) - 1, device=lp.device), tgt].sum())
-            count += len(ids) - 1
+    with casts_cached(model):  # the weights are cast once for all batches
+        for s in range(0, len(rows), batch_size):
+            batch = rows[s : s + batch_size]
+            tokens = pad_rows(batch, pad, dev, multiple=32)  # few shapes: bf16 kernels are built per shape
+            lp = torch.log_softmax(model(tokens).float(), -1)
+            for j, ids in enumerate(batch):
+                tgt = torch.tensor(ids[1:], device=lp.device)
+                total += float(-lp[j, torch.arange(len(ids) - 1, device=lp.device), tgt].sum())
+                count += len(ids) - 1
     return math.exp(total / count)
 
 
@@ -68,7 +70,7 @@ def known_facts(model: Any, facts: Sequence[Any], *, batch_size: int = 32) -> di
             elif kind == "NS":
                 rows.append(("neighbourhood", prompt, good, bad))
     pairs = [(r[1], r[2]) for r in rows] + [(r[1], r[3]) for r in rows]
-    nll = score_continuations(model, pairs)
+    nll = score_continuations(model, pairs, rows_per_batch=ROWS_PER_BATCH)
     true_nll, new_nll = nll[: len(rows)], nll[len(rows):]
     out: dict[str, float] = {}
     for kind in ("rewrite", "neighbourhood"):
@@ -97,7 +99,8 @@ def generation_consistency(model: Any, questions: Sequence[Any], *, max_new_toke
         raise ValueError("generation_consistency() needs at least one question.")
     per_question, answers = [], []
     prompts = [answer_prompt(p) for q in questions for p in q.paraphrases]
-    texts = generate(model, prompts, max_new_tokens=max_new_tokens)
+    with casts_cached(model):  # one cast of the weights for all decoding steps
+        texts = generate(model, prompts, max_new_tokens=max_new_tokens)
     i = 0
     for q in questions:
         ans = [t.strip().split("\n")[0].strip() or "(empty)" for t in texts[i : i + len(q.paraphrases)]]

@@ -222,18 +222,3 @@ def full_precision(model: Any) -> Iterator[None]:
     finally:
         state.full -= 1
 
-
-@contextmanager
-def casts_cached(model: Any) -> Iterator[None]:
-    """Inside this block every weight is cast to the compute precision once and reused by all forward
-    passes, instead of once per block call (autocast's cast cache, kept alive by an outer, disabled
-    autocast context; numerically the same). For code that does not change the weights inside the
-    block, such as scoring and generation: a weight changed in place inside it would be read from its
-    stale cast. A no-op for a model that computes in float32."""
-    state = getattr(model, _STATE_ATTR, None)
-    if state is None or not state.autocast:
-        yield
-        return
-    with torch.autocast(state.device_type, enabled=False):
-        yield
-

@@ -40,7 +40,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from editlens.precision import casts_cached, full_precision
+from editlens.precision import full_precision
 
 HookList = list[tuple[Any, Callable]]
 HookFactory = Callable[[Int[Tensor, "batch"]], HookList]
@@ -492,7 +492,7 @@ def _score_packed(model: Any, pids: list[list[int]], cids: list[list[list[int]]]
         reads.append(rd)
     logp: dict[tuple[int, int], float] = {}
     order = sorted(wanted)
-    with torch.no_grad(), casts_cached(model):  # the weights are cast once, not once per row batch
+    with torch.no_grad():
         for start in range(0, len(order), max(1, rows_per_batch)):
             chunk = order[start : start + max(1, rows_per_batch)]
             keeps = [sorted(wanted[r]) for r in chunk]
@@ -523,7 +523,7 @@ def _score_unpacked(model: Any, pids: list[list[int]], cids: list[list[list[int]
     for i, ids in enumerate(pids):
         by_len.setdefault(len(ids), []).append(i)
     plain = [] if callable(fwd_hooks) else list(fwd_hooks or [])
-    with torch.no_grad(), casts_cached(model):
+    with torch.no_grad():
         for plen, members in sorted(by_len.items()):
             for s in range(0, len(members), batch_size):
                 chunk = members[s : s + batch_size]

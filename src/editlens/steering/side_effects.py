@@ -15,7 +15,6 @@ from typing import Any, Sequence
 
 import torch
 
-from editlens.precision import casts_cached
 from editlens.scoring import ROWS_PER_BATCH, encode_prompt, model_device, pad_id, pad_rows, score_continuations
 
 
@@ -39,7 +38,7 @@ def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 16, max_to
     rows = _token_rows(model, texts, max_tokens)
     total, count = 0.0, 0
     pad, dev = pad_id(model), model_device(model)
-    with casts_cached(model):  # the weights are cast once for all batches
+    with torch.no_grad():
         for s in range(0, len(rows), batch_size):
             batch = rows[s : s + batch_size]
             tokens = pad_rows(batch, pad, dev, multiple=32)  # few shapes: bf16 kernels are built per shape
@@ -99,7 +98,7 @@ def generation_consistency(model: Any, questions: Sequence[Any], *, max_new_toke
         raise ValueError("generation_consistency() needs at least one question.")
     per_question, answers = [], []
     prompts = [answer_prompt(p) for q in questions for p in q.paraphrases]
-    with casts_cached(model):  # one cast of the weights for all decoding steps
+    with torch.no_grad():
         texts = generate(model, prompts, max_new_tokens=max_new_tokens)
     i = 0
     for q in questions:

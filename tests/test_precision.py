@@ -66,6 +66,44 @@ def test_full_precision_is_the_float32_model_bit_for_bit(tiny_model):
     assert torch.allclose(mixed.float(), ref, atol=0.1)
 
 
+def test_weights_cast_once_give_autocasts_outputs_bit_for_bit(tiny_model):
+    """The bf16 copies of the Linear weights (cast once, not at every call) are autocast's own cast: the same
+    logits; an in-place change of a weight (an edit, then its undo) is seen; training keeps its gradients."""
+    from editlens.rome import update
+
+    toks = tiny_model.to_tokens(["The capital of France is", "Berlin is a city in"], padding_side="right")
+    _bf16(tiny_model)
+    state = tiny_model._editlens_precision
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        state.cast_once = True
+        once = tiny_model(toks).detach()
+        state.cast_once = False
+        every = tiny_model(toks).detach()
+        state.cast_once = True
+        return once, every
+
+    once, every = both()
+    assert torch.equal(once, every)
+    W = update.w_out(tiny_model, 0)
+    with torch.no_grad():
+        W.add_(0.05)
+    edited, every = both()
+    assert torch.equal(edited, every) and not torch.equal(edited, once)
+    with torch.no_grad():
+        W.sub_(0.05)
+    tiny_model.zero_grad()
+    tiny_model(toks).float().logsumexp(-1).sum().backward()
+    grads = {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
+    assert grads and all(g.abs().sum() > 0 for n, g in grads.items() if "mlp" in n)
+    tiny_model.zero_grad()
+    state.cast_once = False
+    tiny_model(toks).float().logsumexp(-1).sum().backward()
+    for n, p in tiny_model.named_parameters():
+        if n in grads:
+            assert torch.equal(p.grad, grads[n]), n
+
+
 def test_left_padding_gives_no_nan_under_bf16(tiny_model, embedded_tokenizer):
     """A left pad sees no key; float32's -3.4e38 mask would become -inf in bf16 and its softmax NaN."""
     _bf16(tiny_model)

@@ -104,6 +104,7 @@ class _State:
         self.precision = precision
         self.device_type = device_type
         self.full = 0  # > 0 inside full_precision()
+        self.cast_once = True  # Linear weights cast to the compute dtype once per change (_cast_once)
 
     @property
     def autocast(self) -> bool:
@@ -121,6 +122,40 @@ def _wrap_forward(module: torch.nn.Module, state: _State) -> None:
             return inner(*args, **kwargs)
 
     object.__setattr__(module, "forward", forward)  # bridge components forward setattr to the HF module
+
+
+def _cast_once(linear: torch.nn.Linear, state: _State) -> None:
+    """Under autocast, give ``linear`` its weights already in the compute dtype, cast once, not at every call.
+
+    Autocast casts a float32 weight to bfloat16 at every call (it caches casts only of weights that require
+    gradients): for the embedded model that is 163M values per forward pass, about as long as the matrix
+    products of a short batch themselves. The copy is the same rounding autocast makes (``weight.to(bf16)``),
+    so outputs are bit for bit those of autocast's own cast. It is made again when the weight changes in
+    place (an edit: its version counter moves) or is replaced; bypassed outside autocast (full_precision),
+    and when the weight requires gradients with grad mode on (training: autocast's own cache keeps the
+    gradient path)."""
+    inner = linear.forward
+    cache: dict[str, tuple[tuple, torch.Tensor]] = {}
+
+    def cast(name: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        key = (t._version, t.data_ptr(), t.dtype, t.device, dtype)
+        hit = cache.get(name)
+        if hit is None or hit[0] != key:
+            hit = (key, t.detach().to(dtype))
+            cache[name] = hit
+        return hit[1]
+
+    @functools.wraps(inner)
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        w, b = linear.weight, linear.bias
+        dtype = state.precision.compute
+        if (not state.autocast or not state.cast_once or not torch.is_autocast_enabled(state.device_type)
+                or torch.get_autocast_dtype(state.device_type) != dtype or w.dtype != torch.float32
+                or (torch.is_grad_enabled() and (w.requires_grad or (b is not None and b.requires_grad)))):
+            return inner(x)
+        return torch.nn.functional.linear(x, cast("weight", w, dtype), None if b is None else cast("bias", b, dtype))
+
+    object.__setattr__(linear, "forward", forward)
 
 
 def _mask_safe(attn: torch.nn.Module) -> None:
@@ -161,6 +196,10 @@ def apply(model: Any, precision: Precision) -> Any:
     for block in model.blocks:
         _wrap_forward(block, state)
     _wrap_forward(model.unembed, state)
+    for module in (*model.blocks, model.unembed):
+        for linear in module.modules():
+            if isinstance(linear, torch.nn.Linear):
+                _cast_once(linear, state)
     for module in model.modules():
         if hasattr(module, "_apply_reconstruct_attention_mask"):
             _mask_safe(module)

@@ -10,12 +10,20 @@ from editlens.rome.hparams import ROMEHyperParams, get_hparams, register
 from editlens.rome.key_stats import KeyStats, get_key_stats, key_stats_convergence, stats_for
 from editlens.rome.keys import compute_k, context_templates
 from editlens.rome.requests import BadRequestError, RewriteRequest, as_case, as_request, validate_request
-from editlens.rome.update import Edit, applied_edit, apply_rome, compute_rome_edit, edited, rank_one_update
+from editlens.rome.update import (
+    Edit,
+    applied_edit,
+    apply_rome,
+    compute_rome_edit,
+    compute_rome_edits,
+    edited,
+    rank_one_update,
+)
 from editlens.rome.values import LossTerm, VBatch, VContext, VResult, compute_v, compute_vs
 
 __all__ = [
     "ROMEHyperParams", "get_hparams", "register", "KeyStats", "get_key_stats", "key_stats_convergence", "stats_for",
     "compute_k", "context_templates", "BadRequestError", "RewriteRequest", "as_case", "as_request", "validate_request",
-    "Edit", "applied_edit", "apply_rome", "compute_rome_edit", "edited", "rank_one_update",
+    "Edit", "applied_edit", "apply_rome", "compute_rome_edit", "compute_rome_edits", "edited", "rank_one_update",
     "LossTerm", "VBatch", "VContext", "VResult", "compute_v", "compute_vs",
 ]

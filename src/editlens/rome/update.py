@@ -31,7 +31,7 @@ from editlens.rome.hparams import ROMEHyperParams
 from editlens.rome.key_stats import KeyStats, stats_for
 from editlens.rome.keys import compute_k
 from editlens.rome.requests import RewriteRequest, as_request, validate_request
-from editlens.rome.values import LossTerm, VResult, compute_v
+from editlens.rome.values import LossTerm, VResult, compute_vs
 
 
 def w_out(model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"]:
@@ -119,32 +119,47 @@ def compute_rome_edit(model: Any, request: Any, hparams: ROMEHyperParams, stats:
     (unique names, early stopping, rows of their own). ``also_steps`` (Chapter 5): shorter step limits; the edit
     a run limited to ``n`` steps gives is ``edit.earlier[n]``, from the same optimisation
     (:func:`editlens.rome.values.compute_vs`)."""
-    req = as_request(request)
-    validate_request(req, model.tokenizer)
+    return compute_rome_edits(model, [request], hparams, stats, [extra_losses], also_steps=also_steps,
+                              verbose=verbose)[0]
+
+
+def compute_rome_edits(model: Any, requests: Sequence[Any], hparams: ROMEHyperParams, stats: KeyStats | None = None,
+                       extra_losses: Sequence[Sequence[LossTerm]] | None = None, *, also_steps: Sequence[int] = (),
+                       verbose: bool = False) -> list[Edit]:
+    """:func:`compute_rome_edit` for several requests, each edit computed on the unedited model (not in sequence):
+    their v* in one batched optimisation (:func:`editlens.rome.values.compute_vs`: one forward and backward pass
+    per step for all of them, each with its own delta, loss and early stop). ``extra_losses[i]``: request i's
+    terms. Each edit equals the one-request edit up to float noise (the batch's matrix products round differently)."""
+    reqs = [as_request(r) for r in requests]
+    for req in reqs:
+        validate_request(req, model.tokenizer)
     layer = hparams.layer
     if stats is None:
         stats = stats_for(model, hparams)
     if stats.layer not in (-1, layer):
         raise ValueError(f"Key statistics are for layer {stats.layer}, the edit is at layer {layer}. "
                          "Fix: pass stats computed at the edit layer (editlens.rome.key_stats.get_key_stats(model, layer)).")
-    k_avg, k_bare = compute_k(model, req, layer, hparams)
     if hparams.key_variant not in ("r-rome", "rome"):
         raise ValueError(f"key_variant must be 'r-rome' or 'rome', got {hparams.key_variant!r}.")
-    vres = compute_v(model, req, layer, hparams, extra_losses, also_steps=also_steps, verbose=verbose)
-    u = stats.solve(k_avg, hparams.mom2_reg)
-    k_used = k_avg if hparams.key_variant == "r-rome" else k_bare
+    keys = [compute_k(model, req, layer, hparams) for req in reqs]
+    vres = compute_vs(model, reqs, layer, hparams, extra_losses, also_steps=also_steps, verbose=verbose)
     W = w_out(model, layer).detach()
+    edits = []
+    for req, (k_avg, k_bare), v in zip(reqs, keys, vres):
+        u = stats.solve(k_avg, hparams.mom2_reg)
+        k_used = k_avg if hparams.key_variant == "r-rome" else k_bare
 
-    def edit_for(v: VResult) -> Edit:
-        left, right = rank_one_factors(W, u, k_used, v.v_star)
-        delta = torch.outer(left, right).to(W.dtype)  # = rank_one_update(W, u, k_used, v*)
-        return Edit(layer=layer, delta=delta, request=req, u=u, k_star=k_used, v_star=v.v_star, v_result=v,
-                    factors=(left, right),
-                    info={"key_variant": hparams.key_variant, "final_loss": v.final_loss, "steps": len(v.history)})
+        def edit_for(v: VResult, req: RewriteRequest = req, u: Tensor = u, k_used: Tensor = k_used) -> Edit:
+            left, right = rank_one_factors(W, u, k_used, v.v_star)
+            delta = torch.outer(left, right).to(W.dtype)  # = rank_one_update(W, u, k_used, v*)
+            return Edit(layer=layer, delta=delta, request=req, u=u, k_star=k_used, v_star=v.v_star, v_result=v,
+                        factors=(left, right),
+                        info={"key_variant": hparams.key_variant, "final_loss": v.final_loss, "steps": len(v.history)})
 
-    edit = edit_for(vres)
-    edit.earlier = {n: edit_for(v) for n, v in vres.earlier.items()}
-    return edit
+        edit = edit_for(v)
+        edit.earlier = {n: edit_for(e) for n, e in v.earlier.items()}
+        edits.append(edit)
+    return edits
 
 
 def apply_rome(model: Any, request: Any, hparams: ROMEHyperParams, stats: KeyStats | None = None,

@@ -15,6 +15,7 @@ from editlens.sadr import (
     AttentionDriftTerm,
     all_pairs,
     answer_probability,
+    answer_run,
     attention_drift,
     attention_row,
     combined_terms,
@@ -341,6 +342,14 @@ def test_overwriting_patterns(tiny3_model):
     expected = torch.tensor([math.exp(-float(n) * len(a)) for n, a in zip(nll, batch.answers)])
     torch.testing.assert_close(p.double(), expected.double(), rtol=1e-3, atol=1e-9)
     assert set(record_patterns(tiny3_model, prompts)) == {0, 1, 2}
+    # answer_run: the same probabilities and patterns, only the answer positions unembedded
+    p_run, pats_run = answer_run(tiny3_model, batch, [1, 2])
+    torch.testing.assert_close(p_run, p, rtol=1e-5, atol=1e-9)
+    assert all(torch.equal(pats_run[layer], pats[layer]) for layer in (1, 2))
+    p_one, _ = answer_run(tiny3_model, batch, replace=uniform, heads={1: [3]})
+    torch.testing.assert_close(p_one, answer_probability(one_head, batch), rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="needs answers"):
+        answer_run(tiny3_model, prompt_batch(tiny3_model, prompts))
 
 
 def test_restoration_experiment(tiny3_model):
@@ -355,6 +364,11 @@ def test_restoration_experiment(tiny3_model):
     nothing = restore(tiny3_model, run, [], "nothing")
     torch.testing.assert_close(nothing.p_restored, run.p_edited)
     assert nothing.fraction == pytest.approx(0.0, abs=1e-5)
+    # the conditions run together (one forward) give what each gives alone
+    for row, cond in zip(table.itertuples(), run.results[:4]):
+        alone = restore(tiny3_model, run, cond.pairs, cond.label)
+        torch.testing.assert_close(alone.p_restored, cond.p_restored, rtol=1e-5, atol=1e-9)
+        assert row.p_restored == pytest.approx(float(alone.p_restored.mean()), rel=1e-5)
     # an edit that changes nothing: edited = unedited
     null = record_run(tiny3_model, Edit(layer=0, delta=torch.zeros_like(edit.delta)), prompts, answers)
     torch.testing.assert_close(null.p_edited, null.p_unedited)

@@ -107,6 +107,37 @@ def test_fast_forward_runs_only_the_upper_blocks(tiny3_model, reuse_prefix):
     torch.testing.assert_close(fwd.unembed(acts[V.FINAL_HOOK]), full, rtol=1e-4, atol=1e-5)
 
 
+def test_reading_positions_equals_the_full_shape(tiny3_model):
+    """_VForward.at (positions gathered from the packed suffix run, as ctx.at reads them) gives what indexing the
+    full-shape activation gives, for attention patterns and the residual stream, at every real position; and the
+    packed run equals the one that runs every position. Rows of two facts (different lengths) share the packs."""
+    other = {**CASE, "requested_rewrite": {**CASE["requested_rewrite"], "subject": "Danielle Darrieux",
+                                           "prompt": "The mother tongue of {} is"}}
+    batches = [V.build_v_batch(tiny3_model, as_request(c), HP) for c in (CASE, other)]
+    width = max(int(b.tokens.shape[1]) for b in batches)
+    batch = V._stack([V._padded(b, width) for b in batches])
+    names = ["blocks.1.attn.hook_pattern", "blocks.2.attn.hook_pattern", "blocks.1.hook_resid_post", V.FINAL_HOOK]
+    delta = torch.randn(batch.n_rows, 64, generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for mode in ("prefix", "fast"):
+        fwd = V._VForward(tiny3_model, batch, 0, names, fast=True, reuse_prefix=mode == "prefix")
+        fwd.initial_pass()
+        fwd.step("blocks.0.hook_mlp_out", delta)
+        runs[mode] = fwd
+    assert runs["prefix"].mode == "prefix" and runs["prefix"].plan.n_blocks > 1  # rows of both facts in one pack
+    real = batch.attention_mask
+    rows, pos = real.nonzero(as_tuple=True)
+    for name in names:
+        got = runs["prefix"].at(name, rows, pos)
+        full = V._index_query(runs["prefix"].full(name), name, rows, pos)
+        plain = V._index_query(runs["fast"].full(name), name, rows, pos)
+        if got.ndim == 3:  # [n, head, key]: the real keys up to the query
+            keep = ((torch.arange(width)[None] <= pos[:, None]) & real[rows])[:, None, :]
+            got, full, plain = got * keep, full * keep, plain * keep
+        assert torch.equal(got, full), name
+        torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-5)
+
+
 def test_terms_cannot_overwrite_each_other_or_builtins(tiny_model):
     req = as_request(CASE)
     for name in ("nll", "kl", "weight_decay", "loss"):

@@ -66,6 +66,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -154,6 +155,28 @@ class VContext:
     # (table [batch pos] -> row of logits or -1, logits [n vocab]); this step's, and those at delta = 0
     _scored: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
     _scored_initial: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+    # activations at the positions terms declared (LossTerm.positions), gathered by compute_vs for all facts at once:
+    # hook name -> [n, ...]; this step's, and those at delta = 0
+    _read: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    _read_initial: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    _positions: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
+
+    def at(self, name: str, rows: Tensor | None = None, pos: Tensor | None = None, *,
+           initial: bool = False) -> Tensor:
+        """Hook ``name``'s activation at query positions ``(rows[j], pos[j])``: ``[n, ...]``, the position
+        dimension dropped (an attention pattern ``[batch, head, query, key]`` gives ``[n, head, key]``, keys at
+        full length). Without ``rows``/``pos``: at the positions a term declared for this hook
+        (:meth:`LossTerm.positions`), which compute_vs gathers once per step for every fact of a batch: cheaper
+        than ``ctx.acts[name][rows, pos]``, which puts the whole activation together at full shape."""
+        if rows is None:
+            hit = (self._read_initial if initial else self._read).get(name)
+            if hit is not None:
+                return hit
+            if name not in self._positions:
+                raise KeyError(f"No positions declared for hook {name!r}. Fix: pass rows and pos, or return them "
+                               "from the term's positions(ctx).")
+            rows, pos = self._positions[name]
+        return _index_query(self.initial[name] if initial else self.acts[name], name, rows, pos)
 
     def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         """Logits of final-norm residual vectors (any leading shape)."""
@@ -173,16 +196,34 @@ class VContext:
         hit = _lookup(self._scored, rows, pos)
         if hit is not None:
             return hit
-        if self.resid_final is None:
+        resid = self._resid()
+        if resid is None:
             raise RuntimeError("No forward pass has run yet: logits exist from the first step on.")
-        return self.unembed(self.resid_final[rows, pos])
+        return self.unembed(resid[rows, pos])
+
+    def _resid(self) -> Tensor | None:
+        """This step's ln_final output at full shape (``resid_final``, else put together from ``acts``)."""
+        if self.resid_final is None and FINAL_HOOK in self.acts:
+            self.resid_final = self.acts[FINAL_HOOK]
+        return self.resid_final
 
     @property
     def logits(self) -> Float[Tensor, "batch pos d_vocab"] | None:
         """All of this step's logits (computed on first use: a full unembedding; prefer :meth:`logits_at`)."""
-        if self._logits is None and self.resid_final is not None:
+        if self._logits is None and self._resid() is not None:
             self._logits = self.unembed(self.resid_final)
         return self._logits
+
+
+def _query_dim(name: str) -> int:
+    """The query-position dimension of a hook's activation: 2 for attention scores and patterns
+    ``[batch, head, query, key]``, else 1 (``[batch, pos, ...]``)."""
+    return 2 if name.endswith(("hook_pattern", "hook_attn_scores")) else 1
+
+
+def _index_query(act: Tensor, name: str, rows: Tensor, pos: Tensor) -> Tensor:
+    """``act`` at query positions ``(rows, pos)``: ``[*rows.shape, ...]`` without the position dimension."""
+    return act.movedim(_query_dim(name), 1)[rows, pos]
 
 
 def _lookup(scored: tuple[Tensor, Tensor] | None, rows: Tensor | slice, pos: Tensor) -> Tensor | None:
@@ -204,24 +245,22 @@ def _scored_positions(batch: VBatch) -> tuple[Tensor, Tensor]:
     return torch.cat([rows, kl]), torch.cat([tp.reshape(-1), batch.subject_idx[batch.kl_rows]])
 
 
-def _unembed_scored(facts: Sequence[Any], resid: Float[Tensor, "batch pos d_model"],
+def _unembed_scored(facts: Sequence[Any], resid_at: Callable[[Tensor, Tensor], Tensor],
                     unembed: Callable[[Tensor], Tensor]) -> list[tuple[Tensor, Tensor]]:
     """One unembedding for the scored positions of several facts (the unembedding's weights are the largest
-    matrix of the model: read them once per step, not once per term and fact); a lookup table per fact."""
-    rows, pos, sizes = [], [], []
+    matrix of the model: read them once per step, not once per term and fact); a lookup table per fact.
+    ``resid_at(rows, pos)``: the final residual stream at those positions of the stacked batch. The logits are
+    split per fact (one backward node; each fact's lookups then index its own rows, not the whole batch's)."""
     for f in facts:
-        r, p = _scored_positions(f.ctx.batch)
-        rows.append(r + f.rows.start)
-        pos.append(p)
-        sizes.append(int(r.shape[0]))
-    logits = unembed(resid[torch.cat(rows), torch.cat(pos)])
-    out, start = [], 0
-    for f, r, p, n in zip(facts, rows, pos, sizes):
-        table = torch.full((f.ctx.batch.n_rows, resid.shape[1]), -1, dtype=torch.long, device=resid.device)
-        table[r - f.rows.start, p] = torch.arange(n, device=resid.device)
-        out.append((table, logits[start : start + n]))
-        start += n
-    return out
+        if f.scored is None:  # the same every step: found once
+            r, p = _scored_positions(f.ctx.batch)
+            table = torch.full(tuple(f.ctx.batch.tokens.shape), -1, dtype=torch.long, device=r.device)
+            table[r, p] = torch.arange(int(r.shape[0]), device=r.device)
+            f.scored = (r + f.rows.start, p, table)
+    rows = torch.cat([f.scored[0] for f in facts])
+    pos = torch.cat([f.scored[1] for f in facts])
+    logits = unembed(resid_at(rows, pos)).split([int(f.scored[0].shape[0]) for f in facts])
+    return [(f.scored[2], chunk) for f, chunk in zip(facts, logits)]
 
 
 class LossTerm:
@@ -240,6 +279,12 @@ class LossTerm:
 
     def prepare(self, ctx: VContext) -> None:
         """Called once before the first step; ``ctx.initial`` is filled, ``ctx.acts`` still empty."""
+
+    def positions(self, ctx: VContext) -> tuple[Tensor, Tensor] | None:
+        """``(rows, positions)`` of ``ctx.batch`` where the term reads its hooks (the same every step), or None
+        (it reads ``ctx.acts`` at full shape). Declared, they are gathered for all facts of a batch at once and
+        read with ``ctx.at(name)`` (``[n, ...]``): much cheaper in a batch. Called once, after ``prepare``."""
+        return None
 
     def __call__(self, ctx: VContext) -> Float[Tensor, ""]:
         raise NotImplementedError
@@ -382,14 +427,44 @@ def _fast_forward_supported(model: Any, layer: int) -> bool:
 
 class _PrefixKV:
     """Keys and values of the positions before a cut, per layer, for a suffix-only run (a read-only stand-in for a
-    key/value cache: ``update`` prepends the recorded prefix and stores nothing, so it serves every step)."""
+    key/value cache: ``update`` prepends the recorded prefix and stores nothing, so it serves every step).
 
-    def __init__(self, kv: dict[int, tuple[Tensor, Tensor]]):
-        self.kv = kv
+    ``n_rep`` > 1 (grouped-query attention, run inside :func:`_kv_repeated`): the recorded keys/values are already
+    repeated for every query head (done once per plan, not at every step and layer) and ``update`` repeats the new
+    ones, as the attention's own ``repeat_kv`` would (the same values, so the same result)."""
+
+    def __init__(self, kv: dict[int, tuple[Tensor, Tensor]], n_rep: int = 1):
+        self.kv, self.n_rep = kv, n_rep
 
     def update(self, keys: Tensor, values: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         pk, pv = self.kv[layer_idx]
+        if self.n_rep > 1:
+            keys, values = keys.repeat_interleave(self.n_rep, 1), values.repeat_interleave(self.n_rep, 1)
         return torch.cat([pk, keys], dim=-2), torch.cat([pv, values], dim=-2)
+
+
+def _gqa_modules(model: Any, layers: Sequence[int]) -> tuple[list[Any], int]:
+    """The attention modules of ``layers`` that repeat keys/values for grouped-query attention, and how many times
+    (``([], 1)`` when there is nothing to repeat or the modules do not all say it the same way)."""
+    mods = [m for i in layers for m in model.blocks[i].modules() if "num_key_value_groups" in vars(m)]
+    reps = {int(getattr(m, "num_key_value_groups")) for m in mods}
+    if len(mods) != len(layers) or len(reps) != 1 or min(reps) <= 1:
+        return [], 1
+    return mods, reps.pop()
+
+
+@contextlib.contextmanager
+def _kv_repeated(mods: Sequence[Any]) -> Iterator[None]:
+    """Inside: the attention modules take keys/values already repeated per query head (``_PrefixKV`` with
+    ``n_rep`` > 1 hands them over so), so they do not repeat them again."""
+    saved = [m.num_key_value_groups for m in mods]
+    try:
+        for m in mods:
+            m.num_key_value_groups = 1
+        yield
+    finally:
+        for m, n in zip(mods, saved):
+            m.num_key_value_groups = n
 
 
 def _cache_kv(cache: Any, layer: int) -> tuple[Tensor, Tensor] | None:
@@ -410,25 +485,48 @@ _SLICED_KWARGS = {"attention_mask", "position_embeddings", "position_ids", "cach
 
 @dataclass
 class _Suffix:
-    """Delta rows cut at their delta positions and packed, one packed row per fact (Chapter 3, "making it fast").
+    """Delta rows cut at their delta positions and packed into rows of ``n_tokens`` slots (Chapter 3, "making it
+    fast").
 
-    Row ``rows[i]`` of fact ``packs[i]`` contributes its positions ``cuts[i] .. cuts[i] + lens[i] - 1`` at
-    ``offsets[i]`` of that fact's packed row (``n_tokens`` slots, the shorter ones padded). Its queries see the
-    recorded keys/values of its own positions before the cut (each fact's rows' recorded positions lie side by side,
-    ``T`` per row, ``n_blocks`` rows) and its own packed positions up to themselves. A v* step then costs about
-    what its real tokens cost: the positions before the cut, which do not depend on delta, are never recomputed."""
+    Row ``rows[i]`` contributes its positions ``cuts[i] .. cuts[i] + lens[i] - 1`` at ``offsets[i]`` of packed row
+    ``packs[i]`` (the slots left over are padding). Its queries see the recorded keys/values of its own positions
+    before the cut (the recorded positions of a pack's rows lie side by side, ``block_len`` per row, ``n_blocks``
+    rows; a row's are block ``blocks[i]``) and its own packed positions up to themselves. A v* step then costs about what
+    its real tokens cost: the positions before the cut, which do not depend on delta, are never recomputed. Rows
+    are packed by length, first fit (:func:`_pack_rows`), whatever fact they belong to: little padding, and each
+    query attends to a few rows' recorded keys, not to a whole fact's."""
 
     rows: list[int]
     packs: list[int]
-    blocks: list[int]  # each row's block among its fact's recorded keys
+    blocks: list[int]  # each row's block among its pack's recorded keys
     cuts: list[int]
     lens: list[int]
     offsets: list[int]
     n_tokens: int
     n_blocks: int
+    block_len: int  # recorded positions per row's block of keys: the longest cut (later positions are never seen)
     gather_rows: Int[Tensor, "pack n_tokens"]  # (row, position) of each packed slot in the full batch
     gather_pos: Int[Tensor, "pack n_tokens"]
     kwargs: dict[int, dict[str, Any]] = field(default_factory=dict)  # block index -> its arguments
+    # per row of the full batch (-1 / 0 for a row that is not in the plan): pack, block, cut, length, offset
+    of_row: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _pack_rows(rows: Sequence[int], lens: dict[int, int]) -> list[list[int]]:
+    """Rows into packs of at most the longest row's length, longest first, each into the first pack with room."""
+    cap = max(lens[r] for r in rows)
+    packs: list[list[int]] = []
+    room: list[int] = []
+    for r in sorted(rows, key=lambda r: (-lens[r], r)):
+        for i, free in enumerate(room):
+            if lens[r] <= free:
+                packs[i].append(r)
+                room[i] -= lens[r]
+                break
+        else:
+            packs.append([r])
+            room.append(cap - lens[r])
+    return packs
 
 
 class _VForward:
@@ -455,7 +553,9 @@ class _VForward:
         self.block_calls: dict[int, tuple[tuple, dict]] = {}
         self.resid_in: Tensor | None = None
         self.initial: dict[str, Tensor] = {}
-        self.groups: list[_Group] = []
+        self.store: dict[str, Tensor] = {}  # the last step's activations (packed in the prefix mode)
+        self.plan: _Suffix | None = None  # the last step's packing (prefix mode)
+        self._full: dict[str, Tensor] = {}  # the last step's activations put together at full shape (on demand)
 
     @property
     def mode(self) -> str:
@@ -529,14 +629,14 @@ class _VForward:
         self._cuts = {r: int(b.subject_idx[r]) for r in self.delta_rows}
         self._lens = {r: int(lengths[r]) - self._cuts[r] for r in self.delta_rows}
         self._plans: dict[tuple[int, ...], _Suffix] = {}
+        self.gqa, self.n_rep = _gqa_modules(self.model, range(self.layer, n_layers))
         return bool(self.delta_rows) and min(self._cuts.values()) > 0 and min(self._lens.values()) > 0
 
     def _plan(self, facts: Sequence[Sequence[int]]) -> _Suffix:
-        """The packed suffix run of some facts' delta rows (cached: they change only when a fact stops)."""
+        """The packed suffix run of these packs of delta rows (cached: they change only when a fact stops)."""
         key = tuple(tuple(f) for f in facts)
         if key in self._plans:
             return self._plans[key]
-        T = int(self.batch.tokens.shape[1])
         dev = self.batch.tokens.device
         rows, packs, blocks, cuts, lens, offsets = [], [], [], [], [], []
         for g, frows in enumerate(facts):
@@ -548,6 +648,7 @@ class _VForward:
         F = len(facts)
         N = max(sum(self._lens[r] for r in f) for f in facts)
         R = max(len(f) for f in facts)
+        T = max(cuts)  # recorded keys per row: a row's queries see only its positions before its cut
         # slot tables [F, N]: source (row, position), owner block (-1: padding), index within the row's suffix
         grows = torch.zeros(F, N, dtype=torch.long)
         gpos = torch.zeros(F, N, dtype=torch.long)
@@ -569,7 +670,13 @@ class _VForward:
         mask = torch.cat([sees_recorded, sees_packed], dim=-1)[:, None].to(dev)  # [F, 1, N, R*T + N]
         grows, gpos = grows.to(dev), gpos.to(dev)
         plan = _Suffix(rows=rows, packs=packs, blocks=blocks, cuts=cuts, lens=lens, offsets=offsets, n_tokens=N,
-                       n_blocks=R, gather_rows=grows, gather_pos=gpos)
+                       n_blocks=R, block_len=T, gather_rows=grows, gather_pos=gpos)
+        at = torch.tensor(rows, dtype=torch.long)
+        for name, values, missing in [("pack", packs, -1), ("block", blocks, 0), ("cut", cuts, 0), ("len", lens, 0),
+                                      ("offset", offsets, 0)]:
+            t = torch.full((self.batch.n_rows,), missing, dtype=torch.long)
+            t[at] = torch.tensor(values, dtype=torch.long)
+            plan.of_row[name] = t.to(dev)
         for i in range(self.layer, len(self.model.blocks)):
             kw = dict(self.block_calls[i][1])
 
@@ -583,27 +690,57 @@ class _VForward:
                 kw["position_ids"] = packed(kw["position_ids"])
             kw.pop("cache_position", None)
             kv = []
-            for t in self.kv[i]:  # [batch, kv_heads, T, d] -> [F, kv_heads, R*T, d]
+            for t in self.kv[i]:  # [batch, kv_heads, T, d] -> [F, kv_heads (* n_rep), R*T, d]
                 per_fact = []
                 for frows in facts:
-                    x = t[torch.tensor(list(frows), device=dev)]
+                    x = t[torch.tensor(list(frows), device=dev), :, :T]
                     if len(frows) < R:
                         x = torch.cat([x, x.new_zeros(R - len(frows), *x.shape[1:])])
                     per_fact.append(x.permute(1, 0, 2, 3).reshape(x.shape[1], R * T, x.shape[-1]))
-                kv.append(torch.stack(per_fact))
-            kw["past_key_values"] = _PrefixKV({i: (kv[0], kv[1])})
+                kv.append(torch.stack(per_fact).repeat_interleave(self.n_rep, 1))
+            kw["past_key_values"] = _PrefixKV({i: (kv[0], kv[1])}, self.n_rep)
             plan.kwargs[i] = kw
         self._plans[key] = plan
         return plan
 
-    def step(self, mlp_hook: str, row_delta: Float[Tensor, "batch d_model"], acts: dict[str, Tensor],
+    def step(self, mlp_hook: str, row_delta: Float[Tensor, "batch d_model"], acts: dict[str, Tensor] | None = None,
              rows: Sequence[slice] | None = None) -> Tensor | None:
         """One forward with ``row_delta[r]`` added at ``mlp_hook`` (the edit layer's MLP output) at the delta
-        position of each delta row ``r``, with gradients; fills ``acts`` (full shape); returns the full logits
-        (plain mode) or None. ``rows``: the row ranges still optimised (the prefix mode runs only those)."""
+        position of each delta row ``r``, with gradients; returns the full logits (plain mode) or None. The
+        activations are read with :meth:`full` (full shape) or :meth:`at` (some positions); ``acts``, if given, is
+        filled with every hook's at full shape. ``rows``: the row ranges still optimised (the prefix mode runs only
+        those)."""
+        self.store, self._full = {}, {}
         if self.reuse_prefix:
-            self._step_prefix(mlp_hook, row_delta, acts, rows)
-            return None
+            self._step_prefix(mlp_hook, row_delta, self.store, rows)
+            out = None
+        else:
+            out = self._step_full(mlp_hook, row_delta)
+        if acts is not None:
+            acts.update({name: self.full(name) for name in self.hook_names if name in self.initial})
+        return out
+
+    def full(self, name: str) -> Tensor:
+        """The last step's activation of hook ``name`` at full shape (a hook that did not run: its delta = 0
+        value). In the prefix mode it is put together on first use, each row's unchanged positions taken from
+        the delta = 0 pass."""
+        if name not in self._full:
+            if name not in self.store:
+                return self.initial[name]
+            part = self.store[name]
+            self._full[name] = part if not self.reuse_prefix else \
+                _merge_suffix(self.initial[name], part, self.plan, int(self.batch.tokens.shape[1]), name)
+        return self._full[name]
+
+    def at(self, name: str, rows: Tensor, pos: Tensor) -> Tensor:
+        """The last step's activation of hook ``name`` at query positions ``(rows[j], pos[j])`` of the batch
+        (:func:`_index_query`), without putting it together at full shape."""
+        if name not in self.store or not self.reuse_prefix:
+            return _index_query(self.full(name), name, rows, pos)
+        return _suffix_at(self.initial[name], self.store[name], self.plan, rows, pos,
+                          int(self.batch.tokens.shape[1]), name)
+
+    def _step_full(self, mlp_hook: str, row_delta: Float[Tensor, "batch d_model"]) -> Tensor | None:
         b = self.batch
         all_rows = torch.arange(b.n_rows, device=b.tokens.device)
         d_rows = all_rows if b.delta_rows is None or bool(b.delta_rows.all()) else all_rows[b.delta_rows]
@@ -614,7 +751,7 @@ class _VForward:
             act[d_rows, d_pos] = act[d_rows, d_pos] + row_delta[d_rows]
             return act
 
-        hooks = [(mlp_hook, add_delta), *self._recorders(acts, detach=False)]
+        hooks = [(mlp_hook, add_delta), *self._recorders(self.store, detach=False)]
         if not self.fast:
             return self.model.run_with_hooks(b.tokens, fwd_hooks=hooks)
         with self.model.hooks(fwd_hooks=hooks):
@@ -626,11 +763,11 @@ class _VForward:
             self.model.ln_final(h)  # recorded by the FINAL_HOOK recorder
         return None
 
-    def _step_prefix(self, mlp_hook: str, row_delta: Float[Tensor, "batch d_model"], acts: dict[str, Tensor],
+    def _step_prefix(self, mlp_hook: str, row_delta: Float[Tensor, "batch d_model"], store: dict[str, Tensor],
                      rows: Sequence[slice] | None) -> None:
         ranges = rows if rows is not None else [slice(0, self.batch.n_rows)]
-        facts = [[r for r in self.delta_rows if s.start <= r < s.stop] for s in ranges]
-        plan = self._plan([f for f in facts if f])
+        live = [r for r in self.delta_rows if any(s.start <= r < s.stop for s in ranges)]
+        plan = self.plan = self._plan(_pack_rows(live, self._lens))
         dev = row_delta.device
         at_pack, at_slot = torch.tensor(plan.packs, device=dev), torch.tensor(plan.offsets, device=dev)
         d = row_delta[torch.tensor(plan.rows, device=dev)]
@@ -640,19 +777,13 @@ class _VForward:
             act[at_pack, at_slot] = act[at_pack, at_slot] + d  # each row's first packed slot is its delta position
             return act
 
-        store: dict[str, Tensor] = {}
-        with self.model.hooks(fwd_hooks=[(mlp_hook, add_delta), *self._recorders(store, detach=False)]):
+        with self.model.hooks(fwd_hooks=[(mlp_hook, add_delta), *self._recorders(store, detach=False)]), \
+                _kv_repeated(self.gqa):
             h = self.resid_in[plan.gather_rows, plan.gather_pos]
             for i in range(self.layer, len(self.model.blocks)):
                 out = self.model.blocks[i](h, **plan.kwargs[i])
                 h = out[0] if isinstance(out, (tuple, list)) else out
             self.model.ln_final(h)
-        T = int(self.batch.tokens.shape[1])
-        for name in self.hook_names:
-            if name not in self.initial:
-                continue
-            acts[name] = _merge_suffix(self.initial[name], store[name], plan, T, name) if name in store \
-                else self.initial[name]
 
     def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         lead = resid.shape[:-1]
@@ -660,32 +791,72 @@ class _VForward:
         return out.reshape(*lead, out.shape[-1])
 
 
-def _merge_suffix(full: Tensor, part: Tensor, plan: _Suffix, T: int, name: str) -> Tensor:
-    """Put a packed-suffix activation back at full shape: ``full`` (delta = 0, every position) with each delta
-    row's positions ``cut..cut+len-1`` replaced. ``part`` has one row per fact; a dimension of size ``n_tokens``
-    holds query positions, one of size ``n_blocks * T + n_tokens`` key positions (recorded, then packed)."""
-    N, RT = plan.n_tokens, plan.n_blocks * T
-    q_dims = [d for d in range(1, part.ndim) if part.shape[d] == N and full.shape[d] == T]
-    k_dims = [d for d in range(1, part.ndim) if part.shape[d] == RT + N and full.shape[d] == T]
-    same = all(part.shape[d] == full.shape[d] for d in range(1, part.ndim) if d not in q_dims + k_dims)
-    if part.ndim != full.ndim or len(q_dims) != 1 or len(k_dims) > 1 or not same:
+def _key_dim(name: str) -> int | None:
+    """The key-position dimension of a hook's activation (attention scores and patterns: 3), else None."""
+    return 3 if _query_dim(name) == 2 else None
+
+
+def _check_packed(full: Tensor, part: Tensor, plan: _Suffix, T: int, name: str) -> None:
+    """``part`` must be ``full``'s activation packed: the query dimension ``n_tokens`` long, the key dimension (if
+    any) ``n_blocks * block_len + n_tokens`` (recorded keys, then the packed ones), every other one the same."""
+    qd, kd = _query_dim(name), _key_dim(name)
+    want = list(full.shape)
+    want[0], want[qd] = part.shape[0], plan.n_tokens
+    if kd is not None and kd < len(want):
+        want[kd] = plan.n_blocks * plan.block_len + plan.n_tokens
+    if list(part.shape) != want or full.shape[qd] != T:
         raise RuntimeError(f"Hook {name!r}: cannot place a packed activation of shape {tuple(part.shape)} into "
                            f"{tuple(full.shape)}. Fix: run compute_v with hparams.replace(v_reuse_prefix=False).")
-    qd = q_dims[0] - 1  # dimensions of one row (batch dimension dropped)
+
+
+def _merge_suffix(full: Tensor, part: Tensor, plan: _Suffix, T: int, name: str) -> Tensor:
+    """Put a packed-suffix activation back at full shape: ``full`` (delta = 0, every position) with each delta
+    row's positions ``cut..cut+len-1`` replaced. In ``part`` the query dimension (:func:`_query_dim`) holds packed
+    positions, the key dimension of an attention hook (:func:`_key_dim`) ``n_blocks * block_len`` recorded keys,
+    then the packed ones."""
+    _check_packed(full, part, plan, T, name)
+    qd, kd = _query_dim(name) - 1, _key_dim(name)  # dimensions of one row (batch dimension dropped)
+    RT = plan.n_blocks * plan.block_len
     out = full.clone()
     for r, g, k, c, n, o in zip(plan.rows, plan.packs, plan.blocks, plan.cuts, plan.lens, plan.offsets):
         src = part[g].narrow(qd, o, n)
         idx: list[Any] = [slice(None)] * (full.ndim - 1)
         idx[qd] = slice(c, c + n)
-        if not k_dims:
+        if kd is None:
             out[r][tuple(idx)] = src
             continue
-        kd = k_dims[0] - 1
         pre, new = list(idx), list(idx)
-        pre[kd], new[kd] = slice(0, c), slice(c, c + n)
-        out[r][tuple(pre)] = src.narrow(kd, k * T, c)
-        out[r][tuple(new)] = src.narrow(kd, RT + o, n)
+        pre[kd - 1], new[kd - 1] = slice(0, c), slice(c, c + n)
+        out[r][tuple(pre)] = src.narrow(kd - 1, k * plan.block_len, c)
+        out[r][tuple(new)] = src.narrow(kd - 1, RT + o, n)
     return out
+
+
+def _suffix_at(full: Tensor, part: Tensor, plan: _Suffix, rows: Tensor, pos: Tensor, T: int, name: str) -> Tensor:
+    """What ``_index_query(_merge_suffix(full, part, ...), name, rows, pos)`` gives, gathered from the packed
+    activation directly: the positions a row ran take their values from ``part`` (its keys before the cut from its
+    block of recorded keys, then its packed keys), every other position from ``full`` (delta = 0)."""
+    _check_packed(full, part, plan, T, name)
+    dev = part.device
+    rows, pos = torch.broadcast_tensors(torch.as_tensor(rows, device=dev), torch.as_tensor(pos, device=dev))
+    shape = rows.shape
+    r, p = rows.reshape(-1), pos.reshape(-1)
+    of = {k: v[r] for k, v in plan.of_row.items()}
+    c, n, o = of["cut"], of["len"], of["offset"]
+    inside = (of["pack"] >= 0) & (p >= c) & (p < c + n)
+    base = _index_query(full, name, r, p)
+    got = _index_query(part, name, torch.where(inside, of["pack"], 0), torch.where(inside, o + p - c, 0))
+    if _key_dim(name) is not None:  # [m, head, key]: recorded keys of n_blocks rows, then the packed ones
+        RT = plan.n_blocks * plan.block_len
+        j = torch.arange(T, device=dev)[None]
+        rec = j < c[:, None]
+        new = ~rec & (j < (c + n)[:, None])
+        idx = torch.where(rec, of["block"][:, None] * plan.block_len + j, RT + o[:, None] + j - c[:, None])
+        idx = torch.where(rec | new, idx, 0)
+        got = got.gather(-1, idx[:, None, :].expand(*got.shape[:-1], T))
+        got = torch.where((rec | new)[:, None, :], got, base.to(got.dtype))
+    out = torch.where(inside.view(-1, *[1] * (got.ndim - 1)), got, base.to(got.dtype))
+    return out.reshape(*shape, *out.shape[1:])
 
 
 def compute_v(
@@ -716,6 +887,7 @@ class _Fact:
     history: list[dict[str, float]] = field(default_factory=list)
     done: bool = False
     earlier: dict[int, VResult] = field(default_factory=dict)  # also_steps' results, taken during the run
+    scored: tuple[Tensor, Tensor, Tensor] | None = None  # scored (rows in the stack, positions), lookup table
 
 
 def _padded(batch: VBatch, width: int) -> VBatch:
@@ -820,11 +992,13 @@ def compute_vs(
         f.ctx._unembed = fwd.unembed
         f.ctx.initial = {name: act[f.rows] for name, act in initial.items()}
     with torch.no_grad():
-        for f, scored in zip(facts, _unembed_scored(facts, initial[FINAL_HOOK], fwd.unembed)):
+        resid0_at = lambda r, p: initial[FINAL_HOOK][r, p]  # noqa: E731
+        for f, scored in zip(facts, _unembed_scored(facts, resid0_at, fwd.unembed)):
             f.ctx._scored_initial = scored
     for f in facts:
         for term in f.active:
             term.prepare(f.ctx)
+        _declare_positions(f)
 
     opt = torch.optim.Adam([f.ctx.delta for f in facts], lr=hparams.v_lr)
     with frozen_parameters(model):
@@ -834,13 +1008,13 @@ def compute_vs(
                 break
             opt.zero_grad(set_to_none=True)
             row_delta = torch.stack([f.ctx.delta for f in facts])[fact_of_row]
-            acts: dict[str, Tensor] = {}
-            logits = fwd.step(mlp_hook, row_delta, acts, rows=[f.rows for f in live])
-            for name, act in initial.items():  # hooks below the edit layer did not run: unchanged by delta
-                acts.setdefault(name, act)
+            logits = fwd.step(mlp_hook, row_delta, rows=[f.rows for f in live])
+            acts = _StepActs(fwd)  # full shape, put together only for a term that reads ctx.acts
             if logits is None:
-                for f, scored in zip(live, _unembed_scored(live, acts[FINAL_HOOK], fwd.unembed)):
+                resid_at = lambda r, p: fwd.at(FINAL_HOOK, r, p)  # noqa: E731
+                for f, scored in zip(live, _unembed_scored(live, resid_at, fwd.unembed)):
                     f.ctx._scored = scored
+            _read_declared(live, fwd)
             to_minimise: list[Tensor] = []
             for f in live:
                 loss, stop = _fact_step(f, step, acts, logits, hparams, verbose)
@@ -871,20 +1045,87 @@ def compute_vs(
     return out
 
 
+class _StepActs(Mapping):
+    """One step's activations by hook name, at full shape, put together on first use (:meth:`_VForward.full`)."""
+
+    def __init__(self, fwd: _VForward):
+        self.fwd = fwd
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self.fwd.initial:
+            raise KeyError(name)
+        return self.fwd.full(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.fwd.initial)
+
+    def __len__(self) -> int:
+        return len(self.fwd.initial)
+
+
+class _RowsOf(Mapping):
+    """One fact's rows of a mapping of activations (sliced on first access)."""
+
+    def __init__(self, acts: Mapping[str, Tensor], rows: slice):
+        self.acts, self.rows, self.cache = acts, rows, {}
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self.cache:
+            self.cache[name] = self.acts[name][self.rows]
+        return self.cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.acts)
+
+    def __len__(self) -> int:
+        return len(self.acts)
+
+
+def _declare_positions(f: _Fact) -> None:
+    """The positions the fact's terms read (:meth:`LossTerm.positions`) and the activations there at delta = 0."""
+    for term in f.active:
+        got = term.positions(f.ctx)
+        if got is None:
+            continue
+        rows, pos = (torch.as_tensor(x, device=f.ctx.batch.tokens.device) for x in got)
+        for name in term.hook_names:
+            old = f.ctx._positions.get(name)
+            if old is not None and not (torch.equal(old[0], rows) and torch.equal(old[1], pos)):
+                raise ValueError(f"Two loss terms read hook {name!r} at different positions. Fix: read it through "
+                                 "ctx.acts (positions() returning None) in one of them.")
+            f.ctx._positions[name] = (rows, pos)
+            f.ctx._read_initial[name] = _index_query(f.ctx.initial[name], name, rows, pos)
+
+
+def _read_declared(facts: Sequence[_Fact], fwd: _VForward) -> None:
+    """This step's activations at every fact's declared positions: one gather per hook for all facts, split per
+    fact (ctx.at)."""
+    names = dict.fromkeys(n for f in facts for n in f.ctx._positions)
+    for f in facts:
+        f.ctx._read = {}
+    for name in names:
+        owners = [f for f in facts if name in f.ctx._positions]
+        rows = torch.cat([f.ctx._positions[name][0].reshape(-1) + f.rows.start for f in owners])
+        pos = torch.cat([f.ctx._positions[name][1].reshape(-1) for f in owners])
+        sizes = [f.ctx._positions[name][0].numel() for f in owners]
+        for f, got in zip(owners, fwd.at(name, rows, pos).split(sizes)):
+            f.ctx._read[name] = got.reshape(*f.ctx._positions[name][0].shape, *got.shape[1:])
+
+
 def _result(f: _Fact) -> VResult:
     """The fact's result as it stands now (copies: later steps do not change it)."""
     d = f.ctx.delta.detach().clone()
     return VResult(v_star=f.v0 + d, v0=f.v0, delta=d, history=[dict(h) for h in f.history])
 
 
-def _fact_step(f: _Fact, step: int, acts: dict[str, Tensor], logits: Tensor | None, hparams: ROMEHyperParams,
+def _fact_step(f: _Fact, step: int, acts: Mapping[str, Tensor], logits: Tensor | None, hparams: ROMEHyperParams,
                verbose: bool) -> tuple[Tensor, bool]:
     """One fact's loss at this step, recorded in its history; and whether it stops here."""
     ctx, batch, delta = f.ctx, f.ctx.batch, f.ctx.delta
     ctx.step = step
-    ctx.acts = {name: act[f.rows] for name, act in acts.items()}
+    ctx.acts = _RowsOf(acts, f.rows)
     ctx._logits = logits[f.rows] if logits is not None else None
-    ctx.resid_final = ctx.acts[FINAL_HOOK]
+    ctx.resid_final = None  # put together from ctx.acts if a term needs it at full shape
     nll = target_nll(lambda x: torch.log_softmax(x.float(), -1), ctx.logits_at, batch)
     loss_nll = nll.mean()
     terms: dict[str, Tensor] = {"nll": loss_nll}

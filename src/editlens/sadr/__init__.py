@@ -16,11 +16,19 @@ from editlens.sadr.drift import (
     subject_attention,
     subject_positions,
 )
-from editlens.sadr.editor import combined_terms, sadr_editor, sadr_terms, with_steps
+from editlens.sadr.editor import (
+    PrecomputedEdits,
+    combined_terms,
+    sadr_editor,
+    sadr_edits,
+    sadr_terms,
+    with_steps,
+)
 from editlens.sadr.metrics import pooled_summary, pooled_table, probe_counts
 from editlens.sadr.patterns import (
     PromptBatch,
     answer_probability,
+    answer_run,
     prompt_batch,
     record_patterns,
     run_patterns,
@@ -48,14 +56,15 @@ from editlens.sadr.restore import (
     record_run,
     restoration_experiment,
     restore,
+    restore_many,
 )
 
 __all__ = [
     "AUTHORS_STEPS", "AUTHORS_WEIGHT", "DEFAULT_GAMMA", "EPS", "ROME_STEPS", "WEIGHT_SCALE",
-    "AttentionDriftTerm", "Drift", "PromptBatch", "Restoration", "RestorationRun",
-    "all_pairs", "answer_probability", "attention_drift", "attention_row", "attention_to", "combined_terms",
+    "AttentionDriftTerm", "Drift", "PrecomputedEdits", "PromptBatch", "Restoration", "RestorationRun",
+    "all_pairs", "answer_probability", "answer_run", "attention_drift", "attention_row", "attention_to", "combined_terms",
     "distracted_prompts", "drift_loss_per_layer", "fraction_recovered", "gamma_from_weight", "pattern_hook",
     "pooled_summary", "pooled_table", "probe_counts", "prompt_batch", "random_pairs", "record_patterns", "record_run",
-    "restoration_experiment", "restore", "row_kl", "run_patterns", "sadr_editor", "sadr_terms", "selective_mask",
+    "restoration_experiment", "restore", "restore_many", "row_kl", "run_patterns", "sadr_editor", "sadr_edits", "sadr_terms", "selective_mask",
     "subject_attention", "subject_positions", "with_steps",
 ]

@@ -73,15 +73,9 @@ def _overwrite(recorded: Tensor, heads: Sequence[int] | None):
     return hook
 
 
-@torch.no_grad()
-def run_patterns(model: Any, batch: PromptBatch, layers: Sequence[int] = (), *,
-                 replace: Mapping[int, Tensor] | None = None, heads: Heads | None = None
-                 ) -> tuple[Float[Tensor, "batch pos d_vocab"], dict[int, Tensor]]:
-    """One forward of ``batch``: the logits and the patterns of ``layers`` (detached, [batch, head, query, key]).
-
-    ``replace``: layer -> a recorded pattern of the same batch that overwrites this run's (the heads in
-    ``heads[layer]``, default every head) before the attention output is computed."""
-    store: dict[int, Tensor] = {}
+def _hooks(layers: Sequence[int], replace: Mapping[int, Tensor] | None, heads: Heads | None,
+           store: dict[int, Tensor]) -> list[tuple[str, Any]]:
+    """Hooks that overwrite the patterns of ``replace`` (the heads in ``heads``), then record those of ``layers``."""
     hooks: list[tuple[str, Any]] = []
     for layer, pattern in (replace or {}).items():
         hooks.append((pattern_hook(layer), _overwrite(pattern, (heads or {}).get(layer))))
@@ -92,9 +86,55 @@ def run_patterns(model: Any, batch: PromptBatch, layers: Sequence[int] = (), *,
             return act
         return rec
 
-    hooks += [(pattern_hook(layer), recorder(layer)) for layer in layers]
-    logits = model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
+    return hooks + [(pattern_hook(layer), recorder(layer)) for layer in layers]
+
+
+@torch.no_grad()
+def run_patterns(model: Any, batch: PromptBatch, layers: Sequence[int] = (), *,
+                 replace: Mapping[int, Tensor] | None = None, heads: Heads | None = None
+                 ) -> tuple[Float[Tensor, "batch pos d_vocab"], dict[int, Tensor]]:
+    """One forward of ``batch``: the logits and the patterns of ``layers`` (detached, [batch, head, query, key]).
+
+    ``replace``: layer -> a recorded pattern of the same batch that overwrites this run's (the heads in
+    ``heads[layer]``, default every head) before the attention output is computed."""
+    store: dict[int, Tensor] = {}
+    logits = model.run_with_hooks(batch.tokens, fwd_hooks=_hooks(layers, replace, heads, store))
     return logits, store
+
+
+class _Stop(Exception):
+    """Ends a forward pass after the final norm (the logits of every position are not needed)."""
+
+
+@torch.no_grad()
+def answer_run(model: Any, batch: PromptBatch, layers: Sequence[int] = (), *,
+               replace: Mapping[int, Tensor] | None = None, heads: Heads | None = None,
+               fwd_hooks: Sequence[tuple[str, Any]] = ()) -> tuple[Float[Tensor, " batch"], dict[int, Tensor]]:
+    """:func:`run_patterns`, returning the answers' probabilities (:func:`answer_probability`) instead of the
+    logits: the forward stops after the final norm, and only the positions that predict answer tokens are
+    unembedded (the unembedding of every position, and its softmax over the whole vocabulary, cost more than
+    the rest of a short batch's forward). ``fwd_hooks``: more hooks, run before the recorders."""
+    if not any(batch.answers):
+        raise ValueError("answer_run needs answers. Fix: build the batch with prompt_batch(model, prompts, answers).")
+    store: dict[int, Tensor] = {}
+    final: dict[str, Tensor] = {}
+
+    def stop(act: Tensor, hook: Any) -> Tensor:
+        final["resid"] = act
+        raise _Stop
+
+    try:
+        model.run_with_hooks(batch.tokens, fwd_hooks=[*fwd_hooks, *_hooks(layers, replace, heads, store),
+                                                      ("ln_final.hook_out", stop)])
+    except _Stop:
+        pass
+    dev = final["resid"].device
+    rows = torch.cat([torch.full((len(a),), b, dtype=torch.long) for b, a in enumerate(batch.answers)]).to(dev)
+    pos = torch.cat([int(batch.last[b]) + torch.arange(len(a)) for b, a in enumerate(batch.answers)]).to(dev)
+    tok = torch.tensor([t for a in batch.answers for t in a], dtype=torch.long, device=dev)
+    lp = torch.log_softmax(model.unembed(final["resid"][rows, pos][None])[0].float(), -1)
+    per_row = torch.zeros(batch.n, device=dev).index_add_(0, rows, lp[torch.arange(len(tok), device=dev), tok])
+    return per_row.exp(), store
 
 
 def answer_probability(logits: Float[Tensor, "batch pos d_vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:

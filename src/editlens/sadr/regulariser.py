@@ -81,14 +81,15 @@ def drift_loss_per_layer(now: Sequence[Float[Tensor, "row head key"]], before: S
                          eps: float = EPS) -> Float[Tensor, " layer"]:
     """Per layer: sum over rows and heads of M * KL(A0 || A), divided by the number of rows (unweighted).
 
-    ``now[l]``/``before[l]``: the query rows (one per rewrite row) of layer l's pattern, [row, head, key]."""
-    out = []
-    for a, a0 in zip(now, before):
-        kl = row_kl(a0, a, keys, eps)
-        if hinge:
-            kl = kl * selective_mask(a, a0, subject)
-        out.append(kl.sum() / a.shape[0])
-    return torch.stack(out)
+    ``now[l]``/``before[l]``: the query rows (one per rewrite row) of layer l's pattern, [row, head, key]. The
+    layers are computed together (stacked: one set of operations, not one per layer)."""
+    a, a0 = torch.stack(list(now)), torch.stack(list(before))  # [layer, row, head, key]
+    n_layers, n_rows, n_heads = a.shape[:3]
+    flat, flat0 = a.flatten(0, 1), a0.flatten(0, 1)
+    kl = row_kl(flat0, flat, keys.repeat(n_layers, 1), eps)
+    if hinge:
+        kl = kl * selective_mask(flat, flat0, subject.repeat(n_layers))
+    return kl.view(n_layers, n_rows, n_heads).sum((1, 2)) / n_rows
 
 
 class AttentionDriftTerm(LossTerm):
@@ -130,13 +131,15 @@ class AttentionDriftTerm(LossTerm):
         self.resolve(ctx.layer, ctx.model.cfg.n_layers)
         return []
 
-    def query_rows(self, ctx: VContext, *, initial: bool = False) -> list[Float[Tensor, "row head key"]]:
-        """Each read layer's pattern at the query row i of each rewrite row, [row, head, key] (this step or A0)."""
+    def positions(self, ctx: VContext) -> tuple[Tensor, Tensor]:
+        """The query row i of each rewrite row: the only positions the term reads (compute_v gathers them)."""
         b = ctx.batch
         rows = torch.arange(b.n_rewrite, device=b.tokens.device)
-        i = b.last_prompt_idx[rows]
-        source = ctx.initial if initial else ctx.acts
-        return [source[name][rows, :, i, :] for name in self.hook_names]
+        return rows, b.last_prompt_idx[rows]
+
+    def query_rows(self, ctx: VContext, *, initial: bool = False) -> list[Float[Tensor, "row head key"]]:
+        """Each read layer's pattern at the query row i of each rewrite row, [row, head, key] (this step or A0)."""
+        return [ctx.at(name, initial=initial) for name in self.hook_names]
 
     def key_mask(self, ctx: VContext) -> Bool[Tensor, "row key"]:
         """Real keys of each rewrite row's query row: not padding, not after the query (causal)."""

@@ -25,12 +25,8 @@ from torch import Tensor
 
 from editlens.rome.update import Edit, applied_edit
 from editlens.sadr.drift import Drift, subject_positions
-from editlens.sadr.patterns import (
-    PromptBatch,
-    answer_probability,
-    prompt_batch,
-    run_patterns,
-)
+from editlens.sadr.patterns import PromptBatch, answer_run, prompt_batch
+from editlens.sadr.regulariser import pattern_hook
 
 Pair = tuple[int, int]
 
@@ -104,24 +100,48 @@ def record_run(model: Any, edit: Edit | Sequence[Edit], prompts: Sequence[str], 
     """Patterns of every layer and the true answers' probabilities, unedited and with ``edit`` applied."""
     batch = prompt_batch(model, list(prompts), list(answers))
     layers = list(range(model.cfg.n_layers))
-    logits, unedited = run_patterns(model, batch, layers)
-    p0 = answer_probability(logits, batch).cpu()
+    p0, unedited = answer_run(model, batch, layers)
     with applied_edit(model, edit):
-        logits, edited = run_patterns(model, batch, layers)
-    p1 = answer_probability(logits, batch).cpu()
-    return RestorationRun(batch=batch, edit=edit, unedited=unedited, edited=edited, p_unedited=p0, p_edited=p1)
+        p1, edited = answer_run(model, batch, layers)
+    return RestorationRun(batch=batch, edit=edit, unedited=unedited, edited=edited, p_unedited=p0.cpu(),
+                          p_edited=p1.cpu())
 
 
 def restore(model: Any, run: RestorationRun, pairs: Sequence[Pair], label: str = "") -> Restoration:
     """The edited model with the unedited patterns of ``pairs`` put back: the true answers' probabilities."""
-    heads = as_heads(pairs)
+    return restore_many(model, run, [(label, pairs)])[0]
+
+
+def restore_many(model: Any, run: RestorationRun, conditions: Sequence[tuple[str, Sequence[Pair]]]
+                 ) -> list[Restoration]:
+    """:func:`restore` for several ``(label, pairs)`` conditions in one forward pass: the run's prompts once per
+    condition, each copy with its own heads put back (a short batch's matrix products are small; stacked, the
+    conditions cost little more than one)."""
+    n, n_heads = run.batch.n, model.cfg.n_heads
+    b = run.batch
+    big = PromptBatch(tokens=b.tokens.repeat(len(conditions), 1), last=b.last.repeat(len(conditions)),
+                      lengths=b.lengths.repeat(len(conditions)), answers=b.answers * len(conditions))
+    masks: dict[int, Tensor] = {}  # layer -> [condition, head]: the heads put back
+    for c, (_, pairs) in enumerate(conditions):
+        for layer, heads in as_heads(pairs).items():
+            masks.setdefault(layer, torch.zeros(len(conditions), n_heads, dtype=torch.bool))[c, heads] = True
+
+    def put_back(layer: int):
+        def hook(act: Float[Tensor, "batch head query key"], hook: Any) -> Tensor:
+            keep = masks[layer].to(act.device).repeat_interleave(n, 0)[:, :, None, None]
+            recorded = run.unedited[layer].to(act.device, act.dtype).repeat(len(conditions), 1, 1, 1)
+            return torch.where(keep, recorded, act)
+        return hook
+
     with applied_edit(model, run.edit):
-        logits, _ = run_patterns(model, run.batch, replace={layer: run.unedited[layer] for layer in heads},
-                                 heads=heads)
-    res = Restoration(label=label, pairs=list(pairs), p_unedited=run.p_unedited, p_edited=run.p_edited,
-                      p_restored=answer_probability(logits, run.batch).cpu())
-    run.results.append(res)
-    return res
+        p, _ = answer_run(model, big, fwd_hooks=[(pattern_hook(layer), put_back(layer)) for layer in masks])
+    out = []
+    for c, (label, pairs) in enumerate(conditions):
+        res = Restoration(label=label, pairs=list(pairs), p_unedited=run.p_unedited, p_edited=run.p_edited,
+                          p_restored=p[c * n:(c + 1) * n].cpu())
+        run.results.append(res)
+        out.append(res)
+    return out
 
 
 def drift_of_run(model: Any, run: RestorationRun, prompts: Sequence[str], subject: str) -> Drift:
@@ -150,12 +170,13 @@ def restoration_experiment(model: Any, edit: Edit, prompts: Sequence[str], answe
     run = record_run(model, edit, prompts, answers)
     drift = drift_of_run(model, run, prompts, subject)
     upper = all_pairs(layers, n_heads)
-    restore(model, run, upper, f"all heads of layers {layers[0]}-{layers[-1]}")
-    restore(model, run, random_pairs(all_pairs(range(n_layers), n_heads), len(upper), seed),
-            f"{len(upper)} random heads (any layer)")
+    conditions = [(f"all heads of layers {layers[0]}-{layers[-1]}", upper),
+                  (f"{len(upper)} random heads (any layer)",
+                   random_pairs(all_pairs(range(n_layers), n_heads), len(upper), seed))]
     for k in top_k:
         if k > len(upper):
             continue
-        restore(model, run, drift.top_heads(k, layers), f"top-{k} drifted heads")
-        restore(model, run, random_pairs(upper, k, seed), f"{k} random heads (layers {layers[0]}-{layers[-1]})")
+        conditions.append((f"top-{k} drifted heads", drift.top_heads(k, layers)))
+        conditions.append((f"{k} random heads (layers {layers[0]}-{layers[-1]})", random_pairs(upper, k, seed)))
+    restore_many(model, run, conditions)
     return pd.DataFrame([r.row() for r in run.results]), run

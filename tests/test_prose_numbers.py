@@ -26,6 +26,8 @@ ELSEWHERE: dict[str, dict[str, str]] = {
                              "4.5": "fixed: minutes of the float32 run of make check-portable (AVX2 kernels), not stored"},
     "04_steam": {"2510.10398": "fixed: arXiv identifier"},
     "05_sadr": {"2502.14838": "fixed: arXiv identifier"},
+    "06_synthesis": {"+0.011": "book/results/compare-all-facts/summary.md",
+                     "0.975": "fixed: the upper quantile of a 95% bootstrap interval"},
 }
 
 

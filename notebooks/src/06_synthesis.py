@@ -350,10 +350,10 @@ plt.show()
 # whether the two terms add up, cancel, or trade off.
 # In the figure every method's interval covers ROME's dashed line, except in the last panel, the
 # time per edit. In the stored run (50 facts) the four methods are indistinguishable on
-# CounterFact's scores: ES 98 for all, PS 97, 97, 96, 96, NS 98.2 to 98.4, portability 81, 81,
+# CounterFact's scores: ES 98 for all, PS 97, 97, 96, 96, NS 0.982 to 0.984, portability 81, 81,
 # 80, 80, GE 4.49 to 4.53, and no interval of a difference to ROME excludes 0. Specificity does
-# not separate them either: RelS 63, 62, 65, 61 and DNS 54.0, 52.3, 54.0, 53.5 (STEAM's DNS
-# -1.7 points [-4.6, +1.0]). Every extra term raises SC a little, +0.018 (STEAM), +0.018
+# not separate them either: RelS 63, 62, 65, 61 and DNS 0.540, 0.523, 0.540, 0.535 (STEAM's DNS
+# -0.017 [-0.046, +0.010]). Every extra term raises SC a little, +0.018 (STEAM), +0.018
 # (ROME+SADR) and +0.033 (STEAM+SADR), but every one of those intervals includes 0, and RS does
 # not move (+0.003 to +0.010). The one difference the table is sure of is the cost: per edit
 # ROME 3.7 s, STEAM +1.4 s, ROME+SADR +1.5 s, STEAM+SADR +2.3 s (means; every interval excludes
@@ -633,10 +633,10 @@ plt.show()
 # new object) is 72 for ROME and 73 for the others: no difference to ROME excludes 0 (STEAM
 # +0.8 [-1.4, +3.5]); the extra terms do not make an edit hold across more of its relation's
 # phrasings. Steering on top of an edit does not make it more consistent, it undoes part of it:
-# new % falls by 8 to 10 points for every method (ROME -9.7 [-16.6, -3.7]), consistent new % by
+# new % falls by 8 to 10 points for every method (ROME -9.68 [-16.59, -3.69]), consistent new % by
 # 7.5 to 10 (ROME -7.5 [-14.4, -1.4]), and pairwise consistency does not rise (-3 to -5,
 # intervals including 0). On the unedited model steering moves 8 points of answers to the new
-# object (+7.8 [+1.8, +14.8]): it scatters answers, as Chapter 2 found.
+# object (+7.83 [+1.84, +14.75]): it scatters answers, as Chapter 2 found.
 #
 # ## 3. Edits in sequence
 #
@@ -906,8 +906,8 @@ show_table(last_table, digits=1)
 #   No difference over 10 edits: the earlier edits hold (ES 100), and with every method 18 of
 #   the 20 never-edited facts still hold after the 10th edit. Watch unrelated facts, not the
 #   edits, and with more than 20 of them.
-# - **Cost.** Per edit on one CPU thread: ROME 3.7 s; STEAM 1.38x, ROME+SADR 1.39x,
-#   STEAM+SADR 1.61x (and Chapter 5's 80-step SADR four times the steps).
+# - **Cost.** Per edit on one CPU thread: ROME 3.7 s, STEAM 5.2 s, ROME+SADR
+#   5.2 s, STEAM+SADR 6.0 s (and Chapter 5's 80-step SADR four times the steps).
 # - **When in doubt.** Use ROME. On this model no method beats it on CounterFact's scores,
 #   specificity, the consistency lens or sequential edits. The extra terms buy no measured gain
 #   in the generations (here, in float32, or over all 317 facts), and over all 317 facts they

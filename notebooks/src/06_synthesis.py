@@ -111,6 +111,7 @@ from editlens.compare import (
     summary_table,
     write_outputs,
 )
+from editlens.compare_runs import paired_runs, runs_markdown
 from editlens.data import load_facts, spread_over_relations
 from editlens.display import book_style, column_figure, show_table
 from editlens.data.paraphrases import steering_splits
@@ -398,6 +399,23 @@ show_table(
         ]
     ],
     digits=3,
+)
+
+# %% [markdown]
+# The same comparison as one paired table: for each method and metric, this run's mean beside
+# the float32 run's, their difference over the same facts with its bootstrap interval (a star
+# when it excludes 0), and on how many facts the value moved at all
+# (`editlens.compare_runs.paired_runs`, which `python -m editlens.compare_runs` prints for any
+# two runs of `compare`).
+
+# %%
+runs = ("float32, 317 run", f"{editlens.precision.of(model).name}, this run")
+paired = paired_runs(same_facts, per_record, labels=runs, seed=SEED)
+display(Markdown(runs_markdown(paired, labels=runs, method_labels=LABELS)))
+moved = paired[paired["records changed"] > 0]
+print(
+    f"{len(moved)} of {len(paired)} (method, metric) cells moved on some fact;"
+    f" {int(paired['excludes 0'].sum())} differences exclude 0"
 )
 
 # %% [markdown]

@@ -1,0 +1,25 @@
+"""`make test`, README's test command and CI's, expands to a well-formed pytest command (fast; runs nothing).
+
+A Makefile variable that loses its definition expands to nothing without a word from make: CI once ran
+``pytest -n  --dist loadfile`` and failed at argument parsing. ``make -n`` prints the command without running it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO_ROOT
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_test_runs_every_chapter_and_the_tests_with_a_worker_count():
+    out = subprocess.run(["make", "-n", "test"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if "-m pytest" in l)
+    assert re.search(r" -n \d+ ", line), f"pytest's worker count is missing: {line}"
+    chapters = sorted(p.name for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert chapters and all(f"notebooks/{c}" in line for c in chapters), f"a chapter is not replayed: {line}"
+    assert line.rstrip().endswith("tests/")

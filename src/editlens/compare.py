@@ -290,7 +290,7 @@ def summary_figure(table: pd.DataFrame, path: str | Path | None = None, *, ncol:
         fig.suptitle(f"Mean per record, 95% bootstrap CI. Dashed: {labels[0]}'s mean;\n"
                      f"filled: the paired CI against {labels[0]} excludes 0")
     if path is not None:
-        fig.savefig(path, dpi=130)
+        fig.savefig(path, dpi=DPI)  # the column's pixels at 100% zoom (editlens.display)
     return fig
 
 

@@ -1,6 +1,6 @@
 """C = E[k k^T]: the second moment of MLP keys at the edit layer, and its regularised inverse.
 
-Taught in: Chapter 3 (ROME, "why u = C^-1 k*"). Chapters 5-6 reuse the cached statistics.
+Taught in: Chapter 3 (ROME, "why u = C^-1 k*"). Chapters 4-6 reuse the cached statistics.
 
 ROME estimated C from 100,000 Wikipedia documents. This book has no corpus to download, so by
 default the model writes its own: seeded samples from the model itself (``source="self"``);

@@ -1,6 +1,6 @@
 """Tokens, positions and the key k*: the MLP input at the subject's last token.
 
-Taught in: Chapter 3 (ROME, "the key"). Used by Chapters 5-6 unchanged.
+Taught in: Chapter 3 (ROME, "the key"). Used by Chapters 4-6 unchanged.
 
 Two traps this module handles once for every chapter: the BOS token the model expects at
 position 0 (it shifts every position by one), and the leading space of a continuation

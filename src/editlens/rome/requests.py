@@ -1,6 +1,6 @@
 """Edit requests: one fact to rewrite, checked before any optimisation runs.
 
-Taught in: Chapter 3 (ROME). STEAM (Chapter 5) and SADR (Chapter 6) take the same requests.
+Taught in: Chapter 3 (ROME). STEAM (Chapter 4) and SADR (Chapter 5) take the same requests.
 
 A request says: in ``prompt`` (a template with ``{}`` where the subject goes) the model should
 now continue with ``target_new`` instead of ``target_true``. :func:`as_request` accepts a

@@ -1,6 +1,6 @@
 """SADR's attention-drift regulariser, added to ROME's v* loss through :class:`editlens.rome.values.LossTerm`.
 
-Taught in: Chapter 5 (SADR). As the authors' ROME ``compute_v`` computes it (``/work/shared/methods.md``, section 4;
+Taught in: Chapter 5 (SADR). As the authors' ROME ``compute_v`` computes it (the method notes, section 4;
 github.com/PinzhengWang322/Reveal_Attention_Drift, ``easyeditor/models/rome/compute_v.py``):
 
     L_SADR = gamma * sum over layers l of

@@ -721,7 +721,7 @@ if len(restoration):
 print(
     f"authors' weight for ROME {AUTHORS_WEIGHT['rome']:g} x "
     f"{WEIGHT_SCALE:g} = "
-    f"gamma {gamma_from_weight(AUTHORS_WEIGHT['rome']):g}; "
+    f"gamma {gamma_from_weight(AUTHORS_WEIGHT['rome']):g};\n"
     f"their ROME+SADR ran {AUTHORS_STEPS['rome']} steps, "
     f"their ROME {sadr.ROME_STEPS}"
 )

@@ -26,9 +26,15 @@ LINE_WIDTH = 76
 
 def book_style() -> None:
     """The chapters' plotting style: seaborn's white grid, text at body size, figures :data:`COLUMN_INCHES`
-    wide at :data:`DPI`, constrained layout (labels never cut), legends without frames."""
+    wide at :data:`DPI`, constrained layout (labels never cut), legends without frames. Seaborn's grids
+    (``catplot``, ``relplot``) lay themselves out with tight layout instead: the warning that they switched
+    is expected and silenced, so it does not print in the chapters."""
+    import warnings
+
     import matplotlib as mpl
     import seaborn as sns
+
+    warnings.filterwarnings("ignore", message="The figure layout has changed to tight", category=UserWarning)
 
     sns.set_theme(style="whitegrid", context="notebook", font_scale=1.1)
     mpl.rcParams.update({

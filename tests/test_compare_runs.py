@@ -45,3 +45,12 @@ def test_unpaired_runs_are_refused(tmp_path):
         load_rows(tmp_path)
     (tmp_path / "per_record.jsonl").write_text("\n".join(json.dumps(r) for r in _rows().to_dict("records")))
     assert len(load_rows(tmp_path)) == 40
+
+
+def test_float_noise_is_not_a_changed_record():
+    """A value computed from the same text on another machine moves in the 7th digit: not a change."""
+    noisy = _rows()
+    noisy["GE"] = noisy["GE"] + 1e-8
+    t = paired_runs(_rows(), noisy, metrics=("GE",))
+    assert (t["records changed"] == 0).all()
+    assert (paired_runs(_rows(), noisy, metrics=("GE",), tol=0.0)["records changed"] == 20).all()

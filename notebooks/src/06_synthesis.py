@@ -37,13 +37,13 @@
 # consistency over templates) and Chapter 2 (steering directions and their injection).
 #
 # **Time to run.** The measured time on one CPU thread with the embedded model is printed at the
-# end of the chapter, step by step. The stored run took 28 minutes on one thread of a 2-core
-# machine whose other core ran other work, in bfloat16 (the CPU has AMX): 23 minutes for the four
-# methods on 50 facts (17 of them computing the 200 edits: a median 3.8 s for ROME, 5.2 s for
-# STEAM, 5.4 s for ROME+SADR, 5.9 s for STEAM+SADR; the rest probes, generations and the
-# consistency lens) and 4.3 minutes for the sequential edits. The first exercise comes after the
-# four methods' edits, about 24 minutes in. A CPU without bf16 units computes in float32, which
-# takes longer: 41 minutes for the same chapter in float32 on this machine. Almost all of it is
+# end of the chapter, step by step. The stored run took 25.1 minutes on one thread of a CPU with
+# native bf16 units (AMX), in bfloat16: 1208 s (20 minutes) for the four methods on 50 facts
+# (862 s of them computing the 200 edits: a median 3.2 s for ROME, 4.6 s for STEAM, 4.6 s for
+# ROME+SADR, 5.0 s for STEAM+SADR; the rest probes, generations and the consistency lens) and
+# 231.3 s (4 minutes) for the sequential edits. The first exercise comes after the four methods'
+# edits, about 21 minutes in. A CPU without bf16 units computes in float32, which takes longer:
+# 41 minutes for the same chapter in float32 on this machine. Almost all of it is
 # editing: each of the `N_FACTS` facts is edited once by each of the four methods (20 steps of
 # $v_*$ optimisation each) and evaluated, and `N_SEQUENTIAL` edits are applied in sequence per
 # method. Lower `N_FACTS` and `N_SEQUENTIAL` for a quicker run in class; a full run at scale
@@ -349,16 +349,19 @@ plt.show()
 # table asks it of all of them at once, on the same facts, under the book's early-stopping rule
 # (so ROME+SADR here is the regulariser at equal steps, Chapter 5's "SADR-20"). STEAM+SADR tests
 # whether the two terms add up, cancel, or trade off.
-# In the figure every method's interval covers ROME's dashed line, except in the last panel, the
-# time per edit. In the stored run (50 facts) the four methods are indistinguishable on
-# CounterFact's scores: ES 98 for all, PS 97, 97, 96, 96, NS 0.982 to 0.984, portability 81, 81,
-# 80, 80, GE 4.49 to 4.53, and no interval of a difference to ROME excludes 0. Specificity does
-# not separate them either: RelS 63, 62, 65, 61 and DNS 0.540, 0.523, 0.540, 0.535 (STEAM's DNS
-# -0.017 [-0.046, +0.010]). Every extra term raises SC a little, +0.018 (STEAM), +0.018
-# (ROME+SADR) and +0.033 (STEAM+SADR), but every one of those intervals includes 0, and RS does
-# not move (+0.003 to +0.010). The one difference the table is sure of is the cost: per edit
-# ROME 3.7 s, STEAM +1.4 s, ROME+SADR +1.5 s, STEAM+SADR +2.3 s (means; every interval excludes
-# 0).
+# In the figure every method's interval covers ROME's dashed line except STEAM+SADR's in the SC
+# panel and all three in the last panel, the time per edit; the filled markers (a paired
+# interval that excludes 0) are STEAM's and STEAM+SADR's SC and every extra term's time.
+# In the stored run (50 facts) the four methods are indistinguishable on CounterFact's scores:
+# ES 98 for all, PS 98, 97, 96, 96, NS 0.982 to 0.986, portability 81, 82, 80, 80, GE 4.459 to
+# 4.512, and no interval of a difference to ROME excludes 0. Specificity does not separate them
+# either: RelS 65, 62, 66, 61 and DNS 0.542, 0.528, 0.550, 0.536 (STEAM's DNS -0.014 [-0.040,
+# +0.008]). Every extra term raises SC: +0.034 [+0.001, +0.069] (STEAM), +0.021 [-0.019, +0.060]
+# (ROME+SADR) and +0.054 [+0.021, +0.092] (STEAM+SADR), so STEAM's interval (only just) and
+# STEAM+SADR's exclude 0, while RS does not move (-0.003 to +0.005). The other difference the
+# table is sure of is the cost: per edit ROME 3.329 s, STEAM +1.202 s, ROME+SADR +1.100 s,
+# STEAM+SADR +1.627 s (means; every interval excludes 0). Whether the SC gain is real is what
+# the next two tables test.
 #
 # **The same facts in float32.** The page {doc}`../book/at-scale` holds the table computed by
 # `python -m editlens compare` over every fact of the facts set, in float32 matrix products
@@ -411,25 +414,43 @@ show_table(
 # %%
 runs = ("float32, 317 run", f"{editlens.precision.of(model).name}, this run")
 paired = paired_runs(same_facts, per_record, labels=runs, seed=SEED)
-display(Markdown(runs_markdown(paired, labels=runs, method_labels=LABELS)))
-moved = paired[paired["records changed"] > 0]
+display(
+    Markdown(runs_markdown(paired, labels=runs, method_labels=LABELS))
+)
+n_moved = int((paired["records changed"] > 0).sum())
+n_excl = int(paired["excludes 0"].sum())
 print(
-    f"{len(moved)} of {len(paired)} (method, metric) cells moved on some fact;"
-    f" {int(paired['excludes 0'].sum())} differences exclude 0"
+    f"{n_moved} of {len(paired)} (method, metric) cells moved on some fact;"
+    f" {n_excl} differences exclude 0"
 )
 
 # %% [markdown]
-# **What the precision moves, and what 317 facts show.** The means agree to a point or two
-# (ES 98 in both, PS 97 against 98 for ROME, SC 0.133 against 0.113), but which small
-# differences exclude 0 does not. In float32 every extra term raised SC by about +0.04 and the
-# SADR methods raised RS by about +0.03, each interval excluding 0, and STEAM lost 2.0 points of
-# DNS with an interval excluding 0; in this bfloat16 run none of these intervals excludes 0.
-# Changing the rounding of the matrix products changes some of the 30-token generations, and
-# these gains move with them: they are the size of the noise. The run over all 317 facts settles
-# it the other way too: there the SC gains shrink to +0.005 to +0.011, every interval including
-# 0, and NS losses of 0.5 to 1.1 points appear, with intervals that exclude 0. A 50-fact table
-# shows which differences are large; only a larger run (or a second precision) tells whether a
-# small one is real.
+# **What the precision moves, and what 317 facts show.** The paired table splits the metrics in
+# two. The probe-based ones barely move: ES, PS, NS, RelS and Port changed on 0 or 1 of the 50
+# facts per method, by at most 2.0 points (RelS of ROME and of ROME+SADR, +2.0 [+0.0, +6.0]),
+# and DNS, a share over several distracted neighbour prompts per fact (more probes, so more
+# near-ties), on 3 to 8 facts, by -0.5 to +0.5 points. The generation-based ones move on most
+# facts: GE on 31 or 32 of 50, RS on 33 to 37, SC on 49 or 50 (more facts than GE and RS: SC
+# moves by a trace even where they, and so the text, stayed the same). Their means move by a few
+# hundredths at most (ROME's GE +0.064, its RS +0.025). One difference of the 36 excludes 0,
+# ROME's RS, +0.025 [+0.005, +0.047]; one interval in 36 is about what chance gives at 95%.
+# The reason is where bf16 rounds: the inputs of every matrix product, so every logit shifts a
+# little. A probe compares two answers and flips only where they were nearly tied, a fact or
+# two in 50. A 30-token greedy generation takes the top token 30 times in a row; one near-tie
+# anywhere sends the rest of the text down another path, so most facts' generations come out
+# different, and GE, RS and SC with them.
+#
+# The means agree to a point or two (ES 98 in both, SC 0.126 against 0.113 for ROME), but
+# which small differences to ROME exclude 0 does not. In float32 every extra term raised SC
+# (+0.044, +0.040, +0.044) and the SADR methods raised RS (+0.027, +0.025), each interval
+# excluding 0, and STEAM lost 0.020 of DNS with an interval excluding 0. In this bfloat16 run
+# only the SC gains of STEAM (+0.034) and STEAM+SADR (+0.054) still exclude 0; the others do
+# not. A difference of a few hundredths sits near the edge of its interval, and the rounding
+# moves it across. The run over all 317 facts settles the SC gain that both precisions show
+# here: it shrinks to +0.005 to +0.011, every interval including 0, so it belongs to these 50
+# facts, not to the methods; and NS losses of 0.5 to 1.1 points appear, with intervals that
+# exclude 0. A 50-fact table shows which differences are large; only a larger run (or a second
+# precision) tells whether a small one is real.
 #
 # ### Exercise 6.1: a paired difference and its interval
 #
@@ -643,18 +664,22 @@ plt.show()
 # candidate of the relation): where they disagree, the edit holds on the book's paraphrases but
 # not across the relation's templates, or the other way round.
 # In the figure, the steered means (orange) sit left of the unsteered ones (blue) for every
-# edited model, and right of them for the unedited model.
+# edited model, and in the new % and consistent new % panels right of them for the unedited
+# model.
 # In the stored run (31 facts whose relation has templates, over 8 relations): the unedited
-# model answers the new object on 2% of the templates; after an edit on 82% (ROME), 82%
-# (STEAM), 83% and 83%, below PS (96-97) on the book's paraphrases, so about a sixth of a
-# relation's templates keep another answer. Consistent new % (template pairs that agree on the
-# new object) is 72 for ROME and 73 for the others: no difference to ROME excludes 0 (STEAM
-# +0.8 [-1.4, +3.5]); the extra terms do not make an edit hold across more of its relation's
-# phrasings. Steering on top of an edit does not make it more consistent, it undoes part of it:
-# new % falls by 8 to 10 points for every method (ROME -9.68 [-16.59, -3.69]), consistent new % by
-# 7.5 to 10 (ROME -7.5 [-14.4, -1.4]), and pairwise consistency does not rise (-3 to -5,
-# intervals including 0). On the unedited model steering moves 8 points of answers to the new
-# object (+7.83 [+1.84, +14.75]): it scatters answers, as Chapter 2 found.
+# model answers the new object on 2% of the templates; after an edit on 83% (ROME), 83%
+# (STEAM), 81% (ROME+SADR) and 83% (STEAM+SADR), below PS (96-98) on the book's paraphrases, so
+# about a sixth of a relation's templates keep another answer. Consistent new % (template pairs
+# that agree on the new object) is 73 for ROME, STEAM and STEAM+SADR and 71 for ROME+SADR: no
+# difference to ROME excludes 0 (STEAM +0.46 [-1.54, +3.07]); the extra terms do not make an
+# edit hold across more of its relation's phrasings. The one lens difference that excludes 0 is
+# a small loss: ROME+SADR's pairwise consistency is 1.54 points below ROME's [-3.23, -0.15].
+# Steering on top of an edit does not make it more consistent, it undoes part of it: new % falls
+# by 7.83 to 11.06 points for every method (ROME -11.06 [-17.97, -5.07]), consistent new % by
+# 7.37 to 9.52 (ROME -9.52 [-16.44, -3.07]), and pairwise consistency falls too, by 2.15 to
+# 5.84 points (excluding 0 for STEAM, -5.07 [-9.83, -0.15], and STEAM+SADR; not for ROME,
+# -5.07 [-10.75, +0.77], or ROME+SADR). On the unedited model steering moves 8 points of answers
+# to the new object (+7.83 [+1.84, +14.75]): it scatters answers, as Chapter 2 found.
 #
 # ## 3. Edits in sequence
 #
@@ -730,8 +755,9 @@ plt.show()
 # %% [markdown]
 # In the figure the four methods' curves lie on top of each other almost everywhere (where
 # they coincide, the dashes of the last one drawn show the others' colours beneath): ES stays at
-# 100, PS dips at the 7th edit, NS drifts down by a few points, and the never-edited facts step
-# down in units of 5 points, one fact of 20 each.
+# 100, PS dips from the 7th edit for the two SADR methods and at the 9th for ROME (STEAM's stays
+# at 100), NS drifts down by 4 points, and the never-edited facts step down in units of 5
+# points, one fact of 20 each.
 #
 # **What degrades first.** `degradation_summary` reads each curve: its value after the first
 # edit, after the last, and the first edit count at which the mean has fallen `DROP` (10 points)
@@ -886,9 +912,9 @@ show_table(last_table, digits=1)
 # erosion is possible. The question is which kind erodes first, and whether the terms of
 # STEAM or SADR slow it.
 # In the stored run (10 edits, 20 never-edited facts) no method collapses. After the 10th
-# edit the earlier edits still hold (ES 100 for all four; PS 95 for ROME and STEAM+SADR, 100 for
-# STEAM and ROME+SADR, +5 [0, +15]), and NS is 96.4 (95.4 for STEAM and STEAM+SADR, -1.0
-# [-3.0, 0]). The never-edited facts are the only curve that reaches a 10-point loss, at the 8th
+# edit the earlier edits still hold (ES 100 for all four; PS 100 for ROME, STEAM and
+# STEAM+SADR, 95 for ROME+SADR, -5.0 [-15.0, 0.0]), and NS is 96.4 for all four. The
+# never-edited facts are the only curve that reaches a 10-point loss, at the 8th
 # edit, for all four alike, but that is 2 facts of 20: 18 of 20 still hold their true object
 # after the 8th edit and after the 10th (19 after the 9th; 17 after the 8th for STEAM+SADR).
 # Twenty facts resolve steps of 5 points, so this is a hint of erosion, not a measured rate (the
@@ -902,34 +928,35 @@ show_table(last_table, digits=1)
 # measured difference", not a preference.
 #
 # - **One edit, measured by CounterFact's usual scores (ES, PS, NS).**
-#   No measured difference: ES 98 for all, PS and NS within a point of ROME's (intervals
+#   No measured difference: ES 98 for all, PS and NS within 2 points of ROME's (intervals
 #   including 0). Use ROME, the cheapest.
 # - **The edited subject will appear in other contexts (specificity: RelS, DNS).**
-#   No measured gain at the book's 20 steps: ROME+SADR RelS +2 [-2, +8], DNS -0.1 [-2.2, +2.1].
-#   STEAM's DNS is 1.7 points lower [-4.6, +1.0]; in float32 the same facts gave -2.0 with an
-#   interval excluding 0, and over all 317 facts its DNS loss excludes 0. Chapter 5 finds
-#   SADR's gain only with the authors' 80 steps, four times the optimisation; on this model
-#   that is the option.
+#   No measured gain at the book's 20 steps: ROME+SADR RelS +0.010 [-0.050, +0.070], DNS
+#   +0.008 [-0.013, +0.030]. STEAM's DNS is lower, -0.014 [-0.040, +0.008]; in float32 the same
+#   facts gave -0.020 with an interval excluding 0, and over all 317 facts its DNS loss excludes
+#   0. Chapter 5 finds SADR's gain only with the authors' 80 steps, four times the
+#   optimisation; on this model that is the option.
 # - **The edit must carry into reasoning and generation (portability, SC, GE).**
-#   Portability: no difference (81, 81, 80, 80). Generations: every extra term raises SC by
-#   +0.02 to +0.03 here, intervals including 0, at unchanged GE. The float32 run of the same
-#   facts put these gains at +0.04 with intervals excluding 0, and over all 317 facts they are
-#   +0.005 to +0.011, intervals including 0 ({doc}`../book/at-scale`): there is no measured
+#   Portability: no difference (81, 82, 80, 80). Generations: on these 50 facts STEAM raises SC
+#   by +0.034 and STEAM+SADR by +0.054, intervals excluding 0 (ROME+SADR +0.021, including 0),
+#   at unchanged GE, and the float32 run of the same facts agrees (+0.044, +0.040, +0.044). But
+#   over all 317 facts the gains are +0.005 to +0.011, intervals including 0
+#   ({doc}`../book/at-scale`): the 50 facts were a favourable sample, and there is no measured
 #   gain.
 # - **The edit must hold across every phrasing of the question (the consistency lens).**
-#   No measured difference between the methods: consistent new % 72 to 73 (STEAM +0.8
-#   [-1.4, +3.5]). Do not add Chapter 2's steering on top: it undoes 8 to 10 points of every
-#   edit.
+#   No measured gain over ROME: consistent new % 71 to 73 (STEAM +0.46 [-1.54, +3.07]), and
+#   ROME+SADR's pairwise consistency is 1.54 points lower. Do not add Chapter 2's steering on
+#   top: it undoes 8 to 11 points of every edit's new %.
 # - **Many edits, one after another.**
 #   No difference over 10 edits: the earlier edits hold (ES 100), and with every method 18 of
 #   the 20 never-edited facts still hold after the 10th edit. Watch unrelated facts, not the
 #   edits, and with more than 20 of them.
-# - **Cost.** Per edit on one CPU thread: ROME 3.7 s, STEAM 5.2 s, ROME+SADR
-#   5.2 s, STEAM+SADR 6.0 s (and Chapter 5's 80-step SADR four times the steps).
+# - **Cost.** Per edit on one CPU thread (medians): ROME 3.2 s, STEAM 4.6 s, ROME+SADR 4.6 s,
+#   STEAM+SADR 5.0 s (and Chapter 5's 80-step SADR four times the steps).
 # - **When in doubt.** Use ROME. On this model no method beats it on CounterFact's scores,
-#   specificity, the consistency lens or sequential edits. The extra terms buy no measured gain
-#   in the generations (here, in float32, or over all 317 facts), and over all 317 facts they
-#   cost 0.5 to 1.1 points of NS.
+#   specificity, the consistency lens or sequential edits. The SC gain of STEAM and STEAM+SADR
+#   on these 50 facts (in bfloat16 and in float32) is gone over all 317 facts, where the extra
+#   terms instead cost 0.5 to 1.1 points of NS.
 #
 # **At scale.** A 135M-parameter model on 50 facts detects only large differences; the same
 # table on CounterFact with a larger model settles the small ones. `python -m editlens compare`
@@ -1032,11 +1059,12 @@ show_table(timings.table(), digits=1, index=True)
 # - Sequential edits nest editors, each computed on the weights the earlier edits left; the
 #   curves of earlier edits, neighbours and unrelated facts show what degrades first.
 # - On this model the four methods are indistinguishable on CounterFact's scores, on
-#   specificity, through the consistency lens and over 10 sequential edits. Their small SC gain
-#   on these 50 facts excludes 0 in float32 but not in bfloat16, and is not there over all 317
-#   facts ({doc}`../book/at-scale`): a difference that the rounding of the matrix products
-#   moves across 0 is noise. The extra terms cost 1.4-1.6x ROME's time per edit, and steering
-#   on top of an edit undoes part of it.
+#   specificity, through the consistency lens and over 10 sequential edits. The SC gain of
+#   STEAM and STEAM+SADR on these 50 facts excludes 0 in bfloat16 and in float32, but is not
+#   there over all 317 facts ({doc}`../book/at-scale`): a 50-fact table shows large differences
+#   only, and a small one needs a larger run. Other small verdicts (RS, STEAM's DNS) change
+#   with the rounding of the matrix products. The extra terms cost 1.100 to 1.627 s more per
+#   edit than ROME's 3.329 s, and steering on top of an edit undoes part of it.
 #
 # These are this model's numbers, not a verdict on the methods at scale. Rerun the chapter with
 # `MODEL_NAME` on a GPU, or the comparison alone with `python -m editlens compare`, to test them

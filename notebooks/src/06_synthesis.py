@@ -412,7 +412,8 @@ show_table(
 # two runs of `compare`).
 
 # %%
-runs = ("float32, 317 run", f"{editlens.precision.of(model).name}, this run")
+this_run = editlens.precision.of(model).name
+runs = ("float32, 317 run", f"{this_run}, this run")
 paired = paired_runs(same_facts, per_record, labels=runs, seed=SEED)
 display(
     Markdown(runs_markdown(paired, labels=runs, method_labels=LABELS))

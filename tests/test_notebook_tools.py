@@ -244,7 +244,7 @@ def test_format_script_uses_the_tested_width():
 
 # Chapters whose stored outputs still print lines wider than the column (issue: the rendered book as a reader
 # sees it). Remove a name once its re-executed chapter passes.
-OUTPUT_PENDING: set[str] = {"03_rome"}
+OUTPUT_PENDING: set[str] = set()
 
 
 def printed_text(output) -> str:

@@ -11,20 +11,21 @@
 # ```{admonition} Objectives
 # - Run causal tracing: corrupt the subject, restore one activation, measure the indirect effect, and use it to pick the edit layer.
 # - Explain the MLP as a key-value memory: keys $k$ (`mlp.hook_post`), values (`hook_mlp_out`), and the key statistics $C = \mathbb{E}[k k^\top]$.
-# - Compute $k_*$, optimise $v_*$ and derive the rank-one update $W' = W + u (v_* - W^\top k_*)^\top / (u^\top k_*)$ with $u = C^{-1} k_*$.
+# - Compute $k_*$, optimise $v_*$ and derive the rank-one update $W' = W + u (v_* - W^\top k_*)^\top / (u^\top k_*)$ with $u = C^{-1} k_*$, and see why r-ROME uses $k_*$ where ROME's code used the bare prompt's key.
 # - Apply an edit safely (weights restored bit-exactly) and evaluate it with CounterFact's metrics plus SADR's and portability probes.
 # ```
 #
 # **Prerequisites.** Chapter 0 (hooks, `run_with_cache` vs hooks with gradients). Linear algebra:
 # least squares with a constraint (the derivation is in section 4).
 #
-# **Time to run.** About 6 minutes on one CPU thread with the embedded model, measured on the
-# book's build machine, whose CPU has native bfloat16 units (the time is printed at the end of
-# the chapter); a CPU without them computes in float32 and takes about 3 times as long. Most of
-# it is computing the 50 edits (about 2.5 s each, the $v_*$ optimisation, 8 facts at a time) and
-# evaluating them, and causal tracing (about a minute); lower `N_EVAL_FACTS` and `N_TRACE_FACTS`
-# for a quicker run. The model's own text behind the key statistics ships with the book, and C
-# is computed once and cached on disk.
+# **Time to run.** About 4.3 minutes on one CPU thread with the embedded model, measured on the
+# book's build machine, whose CPU has native bfloat16 units (AMX; the time is printed at the end
+# of the chapter); a CPU without them computes in float32 and takes longer. Most of it is the
+# evaluation of the 50 edits (140 s: 2.8 s per fact with both models' probes and generations, of
+# which 1.6 s computes the edit, mostly the $v_*$ optimisation, 8 facts at a time) and causal
+# tracing (38 s for 10 facts); lower `N_EVAL_FACTS` and `N_TRACE_FACTS` for a quicker run. The
+# model's own text behind the key statistics ships with the book, and C is computed once and
+# cached on disk.
 
 # %% tags=["parameters"]
 # Parameters (papermill: `-p NAME VALUE`)
@@ -237,9 +238,9 @@ print(
 # Restoring the residual stream helps at the subject's last token up to about layer 22 and at the
 # last token from layer 23 on: in between, what the model recalled about France moves to the end
 # of the prompt. The MLP windows matter at the subject in the early layers (strongest up to
-# layer 3, weaker up to about 9); the attention windows matter at the last token, late (about
-# layers 21-27), where the recalled answer is read from the subject. That is the handover that
-# ROME's paper found in GPT-2 XL.
+# layer 3, weaker over about 5-8, faint up to about 15); the attention windows matter at the
+# last token, late (about layers 21-27), where the recalled answer is read from the subject. That
+# is the handover that ROME's paper found in GPT-2 XL.
 #
 # One fact is noisy. Averaged over many known facts, the indirect effect at the subject's last
 # token, layer by layer, tells where the subject's attributes are read in. Only facts the model
@@ -325,20 +326,23 @@ print(
 print(f"edit layer used by ROME for this model: {hp.layer}")
 
 # %% [markdown]
-# The figure and the table average the 6 known facts. Restoring the residual stream at the
-# subject's last token (blue) brings back about half of the lost probability up to layer 10 and
-# nothing after layer 22: by then the recalled attributes have moved on to the last token.
-# Restoring the attention outputs at the subject (green) never helps. The MLP curve (orange) is
-# the one that matters for choosing where to edit.
+# The progress bar counts the 10 facts checked; the figure and the table average the 6 known
+# ones. The 4 left out (`known` False) are the three questions whose answer is the euro and
+# "Italy's capital city is": for these the unedited model's top next token is not the answer's
+# first token. Restoring the residual stream at the subject's last token (blue) raises the true
+# answer's probability by 0.508 to 0.525 up to layer 10, less after, and by nothing after layer
+# 22: by then the recalled attributes have moved on to the last token. Restoring the attention
+# outputs at the subject (green) never helps (its effect is slightly negative, down to -0.042).
+# The MLP curve (orange) is the one that matters for choosing where to edit.
 #
 # **Choosing the layer.** Read the printed numbers with the window in mind: restoring "the MLP
 # at layer $l$" restores a window of 6 MLPs around $l$ (as ROME does), so for $l \le 3$ the window
 # contains the **first MLP**. In small Llama-style models that MLP acts as part of the embedding:
 # restoring it largely undoes the noise on the subject's tokens themselves, which is why the curve
-# is high and flat up to layer 3 (about 0.5) and drops at layer 4 (about 0.2), exactly where
+# is high and flat up to layer 3 (0.513 to 0.516) and drops at layer 4 (0.188), exactly where
 # layer 0 leaves the window. That is not a place to store a fact (an edit there changes what the
-# token *is* everywhere). Past it, the windowed effect has a modest bump over layers 5-8 (about
-# 0.3), much flatter than ROME's clear peak at 15-20 of GPT-2 XL's 48 layers: a 135M-parameter
+# token *is* everywhere). Past it, the windowed effect has a modest bump over layers 5-8 (0.243
+# to 0.301), much flatter than ROME's clear peak at 15-20 of GPT-2 XL's 48 layers: a 135M-parameter
 # model spreads recall over fewer steps.
 #
 # The registry (`editlens.rome.hparams`) sets **layer 4** for SmolLM2, the first layer whose window
@@ -423,11 +427,11 @@ ax.set_title("The edit direction u settles as C sees more tokens")
 plt.show()
 
 # %% [markdown]
-# With about 1,100 tokens $C$ is rank-deficient (rank 1132 of 1536), and the plain
-# pseudo-inverse gives an edit direction unrelated to the one more text would give (cosine about
-# 0 to the 65k estimate); regularisation keeps it partly right (about 0.6). The registry's
-# default for SmolLM2 is 8,192 tokens, a CPU budget between the 4k and 16k rows (cosine 0.73 and
-# 0.93). The evaluation below meets its targets with it; on a GPU, raise `mom2_n_tokens` (ROME's
+# With 1,143 tokens $C$ is rank-deficient (rank 1132 of 1536), and the plain pseudo-inverse
+# gives an edit direction unrelated to the one more text would give (cosine 0.011 to the 65k
+# estimate); regularisation keeps it partly right (0.613). The registry's default for SmolLM2 is
+# 8,192 tokens (8,128 used above), a CPU budget between the 4k and 16k rows (cosine 0.730 and
+# 0.928). The evaluation below meets its targets with it; on a GPU, raise `mom2_n_tokens` (ROME's
 # statistics used far more text).
 
 # %% [markdown]
@@ -473,12 +477,13 @@ print(
 # %% [markdown]
 # **A trap of scale: the early stop.** ROME stops when the *whole* loss drops below 0.05. Its
 # weight decay, `v_weight_decay * ||delta|| / ||v0||^2`, is negligible for GPT-2 XL, whose MLP
-# outputs are large. SmolLM2's $\|v_0\|$ is about 18, so with $\delta$ near the clamp the term
-# alone is about 0.1: the whole loss never reaches 0.05, every edit runs all 20 steps and pushes
-# $\delta$ to the clamp, which costs time and specificity. The registry therefore sets
-# `v_early_stop_on="nll+extra"` for SmolLM2: stop when the target's NLL (plus any extra loss
-# term that Chapters 4 and 5 add, none here) is below 0.05, i.e. $p \approx 0.95$, what ROME's
-# threshold meant; `"loss"` restores ROME's rule.
+# outputs are large. SmolLM2's $\|v_0\|$ is 17.6 for our fact, and the term alone reaches 0.108
+# by the last step (the green curve): the whole loss stays above 0.05, so under ROME's rule every
+# edit runs all 20 steps and pushes $\delta$ to the clamp, which costs time and specificity. The
+# registry therefore sets `v_early_stop_on="nll+extra"` for SmolLM2: stop when the target's NLL
+# (plus any extra loss term that Chapters 4 and 5 add, none here) is below 0.05, i.e.
+# $p \approx 0.95$, what ROME's threshold meant; `"loss"` restores ROME's rule. Under the
+# registry's rule our fact stopped after 11 steps, at p(new target) 0.956.
 
 # %% [markdown]
 # ### Exercise 3.2: the rank-one update
@@ -702,13 +707,14 @@ plt.show()
 # Read the table as: the gain, `gain_on_k_avg`, is exactly 1 for r-ROME by construction; for the
 # original update it is the factor by which the edit's change to the averaged key is rescaled,
 # and the miss, `miss_on_k_avg`, is how far $W'^\top k_*$ then lands from $v_*$ (relative to
-# $\|v_*\|$). On these 6 facts the original's gain is 1.21 on average and up to 1.5, so
-# $W'^\top k_*$ misses $v_*$ by 32% on average (up to 51%), while r-ROME hits it. The updates are
-# of similar size (mean $\|\Delta W\|$ 19.3 against 17.2, largest 29.8 against 29.6), and ES, PS
-# and NS are identical (100, 100, 96.5): on this model the difference is a matter of safety, not
-# of average quality. No outsized update happens among these 6 facts; with the original it can
-# (a small $u^\top k_{\text{bare}}$), with r-ROME it cannot. The scatter shows the same: r-ROME's
-# points sit at gain 1, the original's spread to the right.
+# $\|v_*\|$). On these 6 facts the original's gain is 1.21 on average and up to 1.50, so
+# $W'^\top k_*$ misses $v_*$ by 0.32 of $\|v_*\|$ on average (up to 0.51), while r-ROME hits it
+# (0.00). The updates are of similar size (mean $\|\Delta W\|$ 19.19 against 17.09, largest 29.82
+# against 29.57), and ES, PS and NS are identical (100.00, 100.00, 96.48): on this model the
+# difference is a matter of safety, not of average quality. No outsized update happens among
+# these 6 facts; with the original it can (a small $u^\top k_{\text{bare}}$), with r-ROME it
+# cannot. The scatter shows the same: r-ROME's points sit at gain 1, the original's spread from
+# just below 1 to 1.50.
 
 # %% [markdown]
 # ## 7. Evaluation
@@ -719,8 +725,8 @@ plt.show()
 # `EDIT_BATCH` facts run together, one forward and backward pass per step for all of them
 # (`rome_editor(..., batch=EDIT_BATCH)`, `editlens.rome.compute_rome_edits`): each fact keeps its
 # own $\delta$, optimiser state and early stop, so the edits are the same up to float noise, and
-# since one fact's step uses small matrices, a batch of 8 costs about half of what 8 facts one at
-# a time do. And the edited models' generations wait until every edit is computed, then run
+# since one fact's step uses small matrices, a batch costs much less than its facts one at a
+# time (`benchmarks/bench_sadr.py` measures both). And the edited models' generations wait until every edit is computed, then run
 # together, many facts per batch: a rank-one edit needs no change of weights, since on a key $k$
 # the edited MLP computes $kW' = kW + (k \cdot u)\,r$, so each batch row adds its own fact's term
 # with a hook (`editlens.rome.rowwise`). Generating one token reads every weight of the model, so
@@ -827,30 +833,31 @@ show_table(per_relation, 0)
 
 # %% [markdown]
 # **Reading the table.** On 50 known facts spread over all 12 relations, ROME at layer 4 reaches
-# the book's targets: efficacy and paraphrase success of 98% (the unedited model, by construction
-# of the set, prefers the true object almost everywhere: ES 0, PS 3), and neighbourhood success
-# of 98.6% against the unedited model's 99.2%, so the edits stay specific to their subject.
-# Fluency barely moves (GE 4.43 against 4.53). The probes beyond CounterFact show what the edit
-# does *not* do well:
+# the book's targets: efficacy and paraphrase success of 98.0 (the unedited model, by
+# construction of the set, prefers the true object almost everywhere: ES 0.0, PS 3.0), and
+# neighbourhood success of 98.4 against the unedited model's 99.2, so the edits stay specific to
+# their subject. Fluency barely moves (GE 4.47 against 4.53). The probes beyond CounterFact show
+# what the edit does *not* do well:
 #
-# - **RelS** (same subject, another relation) falls from 100 to 61: asked a different question
+# - **RelS** (same subject, another relation) falls from 100.0 to 61.0: asked a different question
 #   about the edited subject, the model now often answers with the new object. This is SADR's
 #   specificity failure, and Chapter 5 measures its cause.
-# - **DNS** (the edit stated as text before a neighbourhood prompt) falls from 73 to 54: once the
-#   new object is in the context, unrelated subjects get pulled towards it.
-# - **Port** (questions whose answer follows from the edit) rises from 21 to 81, because many of
-#   our portability probes name the new object's country or continent, which the model can read
-#   off the edited object itself.
+# - **DNS** (the edit stated as text before a neighbourhood prompt) falls from 73.3 to 54.6: once
+#   the new object is in the context, unrelated subjects get pulled towards it.
+# - **Port** (questions whose answer follows from the edit) rises from 21.0 to 81.0, because many
+#   of our portability probes name the new object's country or continent, which the model can
+#   read off the edited object itself.
 # - **RS** (TF-IDF similarity of generations to reference text about the new object) is low for
-#   both models, 0.04 before and 0.11 after the edit on a scale from 0 to 1: 30-token generations
+#   both models, 0.04 before and 0.10 after the edit on a scale from 0 to 1: 30-token generations
 #   of a 135M model rarely use the reference sentences' words. It is reported for completeness;
 #   Chapter 4's semantic consistency score separates edited from unedited generations better.
 #
 # The per-relation table shows where the averages come from. With 2-5 facts per relation, one
-# fact moves a cell by 20-50 points; the clearest pattern is RelS, near 0 for native language and
-# manufacturer (the new object answers the other relation too) and 88-100 for capital, continent,
-# country, currency and official language. Relations are named by their Wikidata ids in
-# CounterFact (P36 and so on); the table adds a short name.
+# fact moves a cell by 20-50 points (the one failed rewrite, ES 75 for continent, is such a
+# fact). The clearest pattern is RelS: 0 for native language and manufacturer (the new object
+# answers the other relation too), 88-100 for capital, continent, country, currency and official
+# language. Relations are named by their Wikidata ids in CounterFact (P36 and so on); the table
+# adds a short name.
 #
 # The same evaluation runs from the command line, for more facts, the official CounterFact file
 # or a bigger model on a GPU:
@@ -877,11 +884,17 @@ print(
 # ## Summary
 #
 # - Causal tracing restores one clean activation in a corrupted run; its averaged indirect effect
-#   at the subject's last token picks the MLP layer to edit.
+#   at the subject's last token guides the choice of the MLP layer to edit (layer 4 for SmolLM2,
+#   the first whose window leaves out the embedding-like first MLP).
 # - ROME treats $W_{\text{out}}$ as a key-value memory and writes $v_*$ for key $k_*$ with a
 #   rank-one update whose direction $u = C^{-1} k_*$ protects other keys.
 # - $C$ needs many tokens; with little text, regularise.
+# - r-ROME's key choice ($k_*$ in all three places) makes $W'^\top k_* = v_*$ exact; the original
+#   missed $v_*$ by 0.32 of $\|v_*\|$ on average here, with the same ES, PS and NS.
 # - Edits are applied in a context manager that restores weights exactly.
+# - On 50 facts, ROME reaches ES and PS 98.0 with NS 98.4 (unedited 99.2), but RelS falls from
+#   100.0 to 61.0 and DNS from 73.3 to 54.6: the edit leaks into other questions about its
+#   subject, and into other subjects once the new object is in the context.
 # - ES, PS, NS, S, GE, RS, RelS, DNS and portability, measured with the unedited model beside,
 #   are the yardstick of Chapters 4-6.
 #

@@ -5,7 +5,7 @@
 # Put the edited subject anywhere in the context and ask about something else, and the model
 # tends to answer with the edit's new object: RelS (same subject, another relation) fell from
 # 100 to 61 and DNS (the edit stated as text, then an unrelated neighbourhood prompt) from 73.3
-# to 53.6. SADR {cite}`wang2025sadr` (ICLR 2025, arXiv 2502.14838) calls this *specificity
+# to 54.6. SADR {cite}`wang2025sadr` (ICLR 2025, arXiv 2502.14838) calls this *specificity
 # failure* and names a cause: *attention drift*. After the edit, attention heads at the
 # predicting position look at the edited subject much more than before, so the edited subject's
 # new value leaks into every answer given in its presence. Their fix, SADR, adds one term to

@@ -178,3 +178,16 @@ def test_held_out_subjects_uncentred_steering_is_noise_and_centred_steering_help
     centred = ci["centred"]
     assert set(centred.index) == {"unsteered", "random heads", "random directions"}
     assert (centred["low"] > 0).all(), ("the centred gain is not above nothing and both controls", centred)
+
+
+def test_chapter_6_steers_with_chapter_2s_choice():
+    """Chapter 6 puts Chapter 2's steering on top of edits: with the K and alpha that Chapter 2 chose on
+    validation for its uncentred directions (a re-executed Chapter 2 that chooses otherwise fails here)."""
+    ch6 = CHAPTER.parent / "06_synthesis.ipynb"
+    cells = [c for c in json.loads(ch6.read_text(encoding="utf-8"))["cells"]
+             if "parameters" in c.get("metadata", {}).get("tags", [])]
+    params = {}
+    for node in ast.parse("".join(cells[0]["source"])).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            params[node.targets[0].id] = ast.literal_eval(node.value)
+    assert (params["STEER_K"], params["STEER_ALPHA"]) == chosen_k_alpha(), (params, chosen_k_alpha())

@@ -23,13 +23,13 @@
 #
 # **Prerequisites.** Chapter 3 (ROME, its $v_*$ loss and the evaluation). Chapter 0's logit lens.
 #
-# **Time to run.** About 10 minutes with the embedded model: 9.9 minutes measured on one thread
+# **Time to run.** About 9 minutes with the embedded model: 9.1 minutes measured on one thread
 # of the book's build machine, whose CPU has native bfloat16 units (AMX; the time is printed at
 # the end of the chapter, step by step); a CPU without them computes in float32 and takes longer.
 # Almost all of it is computing and evaluating edits: each of the 50 facts is edited once with
-# ROME (185.7 s for the 50, about 4 s per fact with its probes and diagnostics) and once with
-# STEAM (259.1 s, about 5 s per fact: the alignment term keeps the optimisation at its 20 steps),
-# plus 12 more STEAM edits for the $\lambda$ sweep (75.2 s). Every diagnostic reuses those edits.
+# ROME (158.5 s for the 50, about 3 s per fact with its probes and diagnostics) and once with
+# STEAM (252.5 s, about 5 s per fact: the alignment term keeps the optimisation at its 20 steps),
+# plus 12 more STEAM edits for the $\lambda$ sweep (67.3 s). Every diagnostic reuses those edits.
 # Lower `N_EVAL_FACTS` and `N_SWEEP_FACTS` for a quicker run in class.
 
 # %% tags=["parameters"]
@@ -531,16 +531,16 @@ for r in cos_moves.itertuples():
 
 # %% [markdown]
 # **Reading the cosines.** On this model the ROME edit barely moves the last-token state, as far
-# as a cosine can tell: on the rewrite prompts the edited run sits at 0.91 from the new object's
-# anchors, 0.92 from organic states and 0.73 from the control, where the unedited run sits (0.91,
-# 0.92, 0.73), and the per-fact change toward the anchors ($-0.0016$, interval
+# as a cosine can tell: on the rewrite prompts the edited run sits at 0.908 from the new object's
+# anchors, 0.918 from organic states and 0.730 from the control, where the unedited run sits
+# (0.910, 0.920, 0.731), and the per-fact change toward the anchors ($-0.0016$, interval
 # $[-0.0040, +0.0004]$) does not exclude 0. On portability prompts the change excludes 0 but is
-# tiny and goes the wrong way: $-0.0013$ $[-0.0022, -0.0003]$, *away* from the anchors. The
+# tiny and goes the wrong way: $-0.0013$ $[-0.0023, -0.0003]$, *away* from the anchors. The
 # rewrite state is closer to the anchors than to the control (by 0.1777), but it was before the
 # edit too: the prompt asks for an object of the same *kind* (a language, a city), and that is
 # what the state encodes at these layers. On portability prompts anchors and control are equally
-# far (0.73). Raw cosines between residual states are high for any pair
-# (0.73 for unrelated objects) because the states share a large common component, so small
+# far (0.731 and 0.730). Raw cosines between residual states are high for any pair
+# (0.730 for unrelated objects) because the states share a large common component, so small
 # moves are hard to see; the logit lens is the sharper test.
 #
 # **The logit lens.** A shortcut should make the new object readable early: right above the edit
@@ -906,13 +906,14 @@ print("SC: STEAM above ROME:", bool(diff["SC"] > 0))
 # %% [markdown]
 # **Reading the table.** On the same 50 facts, STEAM ($\lambda = 1$) and ROME are
 # indistinguishable on every metric: no paired difference has an interval that excludes 0.
-# ES 98 vs 98, PS 98 vs 97, NS 98.6 vs 98.4, RelS 61 vs 62, DNS 53.574 vs 51.688 (paired
-# difference $-1.886$, interval $[-4.429, +0.201]$: a lean toward ROME, within noise), and
-# **portability 81 vs 81** (difference 0, $[-3, +3]$). Fluency does not suffer (GE 4.43 vs 4.45).
-# SC, the semantic consistency of generations, leans STEAM's way: 0.125 for ROME, 0.156 for
-# STEAM, $+0.031$ $[-0.005, +0.067]$, but the interval includes 0, so at 50 facts this is not a
-# difference. So STEAM's portability claim does not reproduce here, and neither does its
-# consistency claim at this sample size. The likely reasons are in the numbers above: ROME
+# ES 98 vs 98, PS 98 vs 97, NS 98.372 vs 98.150, RelS 61 vs 62, DNS 54.574 vs 52.138 (paired
+# difference $-2.436$, interval $[-5.487, +0.165]$: a lean toward ROME, within noise), and
+# **portability 81 vs 81** (difference 0, $[-3, +3]$). Fluency does not suffer (GE 4.469 vs
+# 4.497). SC, the semantic consistency of generations, leans STEAM's way: 0.125 for ROME, 0.151
+# for STEAM, $+0.026$ $[-0.012, +0.067]$, but the interval includes 0, so at 50 facts this is not
+# a difference (RS, 0.100 vs 0.120, leans the same way, also within noise). So STEAM's
+# portability claim does not reproduce here, and neither does its consistency claim at this
+# sample size. The likely reasons are in the numbers above: ROME
 # already reaches 81% portability on this facts set (its portability prompts ask one hop from an
 # object the edit already writes), the alignment term barely moves the state (next cell), and
 # the anchors' direction at the last token is mostly the *kind* of answer, which the rewrite
@@ -965,7 +966,7 @@ plt.show()
 
 # %% [markdown]
 # **Does SC separate edited from unedited generations?** RS (Chapter 3's TF-IDF similarity to
-# text about the new object) stays small for both models here (0.04 unedited, 0.11 after ROME,
+# text about the new object) stays small for both models here (0.04 unedited, 0.10 after ROME,
 # section 2). SC compares sentence embeddings of the
 # generations with reference text about the new object *minus* text about the true object, so a
 # generation still about the true object scores below 0. Paired over facts, edited minus
@@ -1004,9 +1005,9 @@ print("SC moves at least twice as far as RS:", sc.mean > 2 * rs.mean)
 
 # %% [markdown]
 # **SC separates more clearly than RS.** Edited minus unedited, paired over the 50 facts, both
-# intervals exclude 0: RS moves by $+0.071$ $[+0.041, +0.105]$, from 0.044 to 0.114, while SC
-# moves three times as far, by $+0.223$ $[+0.166, +0.284]$, from $-0.098$ (generations about the
-# true object) to $+0.125$, crossing 0. SC is the consistency measure the comparison above
+# intervals exclude 0: RS moves by $+0.056$ $[+0.031, +0.084]$, from 0.044 to 0.100, while SC
+# moves about four times as far, by $+0.223$ $[+0.164, +0.286]$, from $-0.098$ (generations about
+# the true object) to $+0.125$, crossing 0. SC is the consistency measure the comparison above
 # relies on.
 #
 # **A map of one layer.** The 2-D PCA below, at the middle aligned layer, places the anchor
@@ -1200,18 +1201,20 @@ plt.show()
 
 # %% [markdown]
 # **Reading the sweep** (6 facts, so only large effects show). ES and PS stay at 100 for every
-# $\lambda$ up to 4. Fluency shows no steady cost: GE goes 4.58, 4.52, 4.46, 4.54 for
-# $\lambda$ = 0, 0.5, 1, 4; only the drop at $\lambda = 1$ ($-0.1192$ $[-0.1766, -0.0615]$)
-# excludes 0, and on all 50 facts the same $\lambda = 1$ edits do not lower GE (section 6,
-# $+0.021$), so it looks like noise in these 6 facts' generations, not the authors' fluency cost.
-# Portability moves from 75.0 to 83.3 at $\lambda$ = 1 and 4 (one more portability probe right,
-# interval $[0, 25]$, not significant on 6 facts). The cosine to the anchors rises with
-# $\lambda$, from 0.8445 to 0.8470 at $\lambda = 4$, but no rise excludes 0. SC rises at
-# $\lambda$ = 0.5 and 1 (from 0.061 to 0.218 and 0.212, intervals above 0) and less at
-# $\lambda = 4$ (0.116, interval includes 0). On all 50 facts the SC gain at $\lambda = 1$ is
-# much smaller and within noise ($+0.031$, section 6): these 6 facts, whose ROME SC is low, gain
-# more than the average fact. A larger $\lambda$ buys no measurable alignment or consistency
-# here.
+# $\lambda$ up to 4. Fluency shows no steady cost: GE goes 4.61, 4.44, 4.57, 4.48 for
+# $\lambda$ = 0, 0.5, 1, 4. The drop at $\lambda = 0.5$ ($-0.1697$ $[-0.3857, -0.0052]$)
+# excludes 0, barely; the one at $\lambda = 4$ ($-0.1317$ $[-0.3744, +0.0165]$) does not, and
+# $\lambda = 1$ sits between them with almost no drop ($-0.0328$ $[-0.2565, +0.1871]$), as it
+# does on all 50 facts (section 6, $+0.028$). A cost that skips $\lambda = 1$ is not a steady
+# one: on 6 facts with one generation each it reads as noise, though it cannot rule out the
+# authors' fluency cost at larger $\lambda$. Portability stays at 75.0 for every $\lambda$
+# (difference 0). The cosine to the anchors rises with $\lambda$, from 0.8445 to 0.8470 at
+# $\lambda = 4$, but no rise excludes 0 (at $\lambda = 4$, $+0.0026$ $[0.0000, +0.0060]$: the
+# interval reaches 0). SC rises at $\lambda$ = 0.5 and 1 (from 0.031 to 0.108 and 0.215,
+# intervals above 0) and less at $\lambda = 4$ (0.071, interval $[-0.0409, +0.1229]$ includes 0).
+# On all 50 facts the SC gain at $\lambda = 1$ is much smaller and within noise ($+0.026$,
+# section 6): these 6 facts, whose ROME SC is low, gain more than the average fact. A $\lambda$
+# above 1 buys no measurable alignment or consistency here.
 #
 # ## 8. What holds
 #
@@ -1223,12 +1226,13 @@ plt.show()
 #    organically (28.5), not right after the edit layer. Whatever shortcut ROME takes, these
 #    measures do not show it on SmolLM2.
 # 2. **Alignment: tiny.** STEAM's term moves the cosine to the anchors by less than 0.01 at
-#    $\lambda = 1$ (difference with ROME 0.0004, interval $[-0.0002, +0.0010]$ includes 0), and
-#    by 0.0025 at $\lambda = 4$ on the sweep's 6 facts, an interval that also includes 0.
+#    $\lambda = 1$ (difference with ROME 0.0005, interval $[-0.0002, +0.0012]$ includes 0), and
+#    by 0.0026 at $\lambda = 4$ on the sweep's 6 facts, an interval ($[0.0000, +0.0060]$) that
+#    reaches 0 and does not exclude it.
 # 3. **Portability and consistency: no gain.** Portability is 81% for both methods (paired
-#    difference 0). SC leans STEAM's way ($+0.031$, interval $[-0.005, +0.067]$) but the interval
-#    includes 0, as do those of every other metric (DNS leans ROME's way: $-1.886$,
-#    $[-4.429, +0.201]$).
+#    difference 0). SC leans STEAM's way ($+0.026$, interval $[-0.012, +0.067]$) but the interval
+#    includes 0, as do those of every other metric (DNS leans ROME's way: $-2.436$,
+#    $[-5.487, +0.165]$).
 #
 # The likely reasons: ROME's portability is already high on these facts; raw cosines between
 # residual states are dominated by a component every state shares, so "closer to the anchors"
@@ -1270,9 +1274,9 @@ show_table(timings.table().reset_index(), 1)
 # - STEAM's alignment is one `LossTerm` added to ROME's $v_*$ loss; $\lambda = 0$ is ROME bit for
 #   bit.
 # - Method comparisons report paired differences over the same facts with bootstrap intervals;
-#   SC separates edited from unedited generations more clearly than RS (+0.223 vs +0.071).
+#   SC separates edited from unedited generations more clearly than RS (+0.223 vs +0.056).
 # - On SmolLM2, ROME's edit shows no isolation in these measures, and STEAM matches ROME on
-#   every metric (portability 81 vs 81); SC leans STEAM's way ($+0.031$) but within noise at 50
+#   every metric (portability 81 vs 81); SC leans STEAM's way ($+0.026$) but within noise at 50
 #   facts, so neither STEAM's portability claim nor its consistency claim reproduces here.
 #
 # **Next:** Chapter 5 (SADR) looks at a different failure of the same edits: attention drift

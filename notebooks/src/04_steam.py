@@ -913,11 +913,11 @@ print("SC: STEAM above ROME:", bool(diff["SC"] > 0))
 # for STEAM, $+0.026$ $[-0.012, +0.067]$, but the interval includes 0, so at 50 facts this is not
 # a difference (RS, 0.100 vs 0.120, leans the same way, also within noise). So STEAM's
 # portability claim does not reproduce here, and neither does its consistency claim at this
-# sample size. The likely reasons are in the numbers above: ROME
-# already reaches 81% portability on this facts set (its portability prompts ask one hop from an
-# object the edit already writes), the alignment term barely moves the state (next cell), and
-# the anchors' direction at the last token is mostly the *kind* of answer, which the rewrite
-# prompt already has.
+# sample size. The likely reasons are in the numbers above: ROME already reaches 81%
+# portability on this facts set (its portability prompts ask one hop from an object the edit
+# already writes), the alignment term barely moves the state (next cell), and the anchors'
+# direction at the last token is mostly the *kind* of answer, which the rewrite prompt already
+# has.
 #
 # The same comparison on the cosines, covered facts only (facts without anchors have no anchor
 # cosine):
@@ -1203,10 +1203,10 @@ plt.show()
 # **Reading the sweep** (6 facts, so only large effects show). ES and PS stay at 100 for every
 # $\lambda$ up to 4. Fluency shows no steady cost: GE goes 4.61, 4.44, 4.57, 4.48 for
 # $\lambda$ = 0, 0.5, 1, 4. The drop at $\lambda = 0.5$ ($-0.1697$ $[-0.3857, -0.0052]$)
-# excludes 0, barely; the one at $\lambda = 4$ ($-0.1317$ $[-0.3744, +0.0165]$) does not, and
-# $\lambda = 1$ sits between them with almost no drop ($-0.0328$ $[-0.2565, +0.1871]$), as it
-# does on all 50 facts (section 6, $+0.028$). A cost that skips $\lambda = 1$ is not a steady
-# one: on 6 facts with one generation each it reads as noise, though it cannot rule out the
+# excludes 0, barely; the one at $\lambda = 4$ ($-0.1317$ $[-0.3744, +0.0165]$) does not; and
+# $\lambda = 1$ shows almost none ($-0.0328$ $[-0.2565, +0.1871]$), nor do the same $\lambda = 1$
+# edits on all 50 facts (section 6, $+0.028$). A cost that skips $\lambda = 1$ is not a steady
+# one: on 6 facts with one generation each it reads as noise, though it does not rule out the
 # authors' fluency cost at larger $\lambda$. Portability stays at 75.0 for every $\lambda$
 # (difference 0). The cosine to the anchors rises with $\lambda$, from 0.8445 to 0.8470 at
 # $\lambda = 4$, but no rise excludes 0 (at $\lambda = 4$, $+0.0026$ $[0.0000, +0.0060]$: the

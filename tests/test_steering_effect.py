@@ -96,15 +96,25 @@ def test_steering_splits_share_nothing_with_training():
 def test_perplexity_matches_a_hand_computation(model):
     from editlens.steering.side_effects import perplexity
 
+    from editlens.precision import full_precision
+
     texts = ["Paris is the capital of France.", "The quick brown fox jumps over the lazy dog again and again."]
-    nll, n = 0.0, 0
-    with torch.no_grad():
-        for t in texts:
-            ids = model.to_tokens(t, prepend_bos=True)
-            lp = torch.log_softmax(model(ids)[0, :-1].float(), -1)
-            nll -= lp.gather(-1, ids[0, 1:, None]).sum().item()
-            n += ids.shape[1] - 1
-    assert math.isclose(perplexity(model, texts), math.exp(nll / n), rel_tol=1e-4)
+
+    def by_hand() -> float:
+        nll, n = 0.0, 0
+        with torch.no_grad():
+            for t in texts:
+                ids = model.to_tokens(t, prepend_bos=True)
+                lp = torch.log_softmax(model(ids)[0, :-1].float(), -1)
+                nll -= lp.gather(-1, ids[0, 1:, None]).sum().item()
+                n += ids.shape[1] - 1
+        return math.exp(nll / n)
+
+    with full_precision(model):  # exact up to float32 sums: the padded batch changes nothing
+        assert math.isclose(perplexity(model, texts), by_hand(), rel_tol=1e-4)
+    # in the model's own precision (bf16 products where the CPU has them) the padded batch's shapes round
+    # differently: within bf16's noise (log-probabilities move by a few hundredths of a nat)
+    assert math.isclose(perplexity(model, texts), by_hand(), rel_tol=0.05)
     with pytest.raises(ValueError, match="at least one text"):
         perplexity(model, [])
 

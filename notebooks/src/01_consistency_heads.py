@@ -804,7 +804,20 @@ maps = {
     f"attribution ({attr.n_pairs} pairs)": attr.effect,
 }
 comparison = LZ.compare_maps(maps, ks=(10, TOP_K))
-show_table(comparison, digits=2)
+chance = {k: comparison[f"top{k}_chance"].iloc[0] for k in (10, TOP_K)}
+print(
+    "overlap expected by chance: "
+    + ", ".join(f"top-{k} {v:.2f}" for k, v in chance.items())
+)
+show_table(
+    comparison[["map_a", "map_b", "spearman", "top10_overlap",
+                f"top{TOP_K}_overlap"]].rename(
+        columns={"map_a": "map", "map_b": "against",
+                 "top10_overlap": "top-10",
+                 f"top{TOP_K}_overlap": f"top-{TOP_K}"}
+    ),
+    digits=2,
+)
 
 
 # %%

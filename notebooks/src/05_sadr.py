@@ -694,10 +694,11 @@ if len(restoration):
 # SADR adds to ROME's $v_*$ loss (Chapter 3, section 4) a penalty on the attention rows at the
 # predicting position, as the authors' `compute_v` computes it:
 #
-# $$\mathcal{L}_{\text{SADR}}(\delta) = \gamma \sum_{l} \frac{1}{n}\sum_{b=1}^{n}\sum_{h}
-# M_{b,l,h}\, \mathrm{KL}\!\left(A^0_{l,h}[b, i_b, :] \,\middle\|\, A_{l,h}[b, i_b, :]\right),
-# \qquad M_{b,l,h} = \mathbb{1}\!\left[A_{l,h}[b,i_b,s_b] > \max_{h'} A^0_{l,h'}[b,i_b,s_b]
-# \right]$$
+# $$\begin{aligned}
+# \mathcal{L}_{\text{SADR}}(\delta) &= \gamma \sum_{l} \frac{1}{n}\sum_{b=1}^{n}\sum_{h}
+# M_{b,l,h}\, \mathrm{KL}\!\left(A^0_{l,h}[b, i_b, :] \,\middle\|\, A_{l,h}[b, i_b, :]\right),\\
+# M_{b,l,h} &= \mathbb{1}\!\left[A_{l,h}[b,i_b,s_b] > \max_{h'} A^0_{l,h'}[b,i_b,s_b]\right]
+# \end{aligned}$$
 #
 # - $A_{l,h}$: this step's post-softmax attention pattern of layer $l$, query head $h$
 #   (`blocks.{l}.attn.hook_pattern`, with gradients); $A^0$ the same at $\delta = 0$, the unedited

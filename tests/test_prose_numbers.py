@@ -22,7 +22,7 @@ NUMBER = re.compile(r"(?<![\w.])[+\-\u2212]?\d[\d,]*\.\d+")
 
 # chapter stem -> {number as written: source}; a source is a chapter stem, a repository path, or "fixed: why".
 ELSEWHERE: dict[str, dict[str, str]] = {
-    "01_consistency_heads": {"2501.11041": "fixed: arXiv identifier", "2.5": "book/chapter-times.md",
+    "01_consistency_heads": {"2501.11041": "fixed: arXiv identifier",
                              "4.5": "fixed: minutes of the float32 run of make check-portable (AVX2 kernels), not stored"},
     "03_rome": {"0.05": "fixed: ROME's early-stop threshold on the v* loss (a constant of the method)"},
     "04_steam": {"2510.10398": "fixed: arXiv identifier"},

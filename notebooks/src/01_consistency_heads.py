@@ -22,7 +22,7 @@
 # **Prerequisites.** Chapter 0 (hooks, `hook_z`, the logit difference, gradients through hooks).
 # A linear probe is a logistic regression; you need no more than that.
 #
-# **Time to run.** About 2.5 minutes on one CPU thread with the embedded model: 147 s measured on
+# **Time to run.** About 2 minutes on one CPU thread with the embedded model: 103.8 s measured on
 # this book's machine, whose CPU computes in bfloat16 (Chapter 0, section 3); a float32 run with
 # AVX2 kernels, as on a CPU without bf16 units, took about 4.5 minutes (261 s). The timing table at
 # the end of the chapter gives this run's wall-clock and CPU seconds per step (measured on a

@@ -37,11 +37,11 @@
 # consistency over templates) and Chapter 2 (steering directions and their injection).
 #
 # **Time to run.** The measured time on one CPU thread with the embedded model is printed at the
-# end of the chapter, step by step. The stored run took 25.1 minutes on one thread of a CPU with
-# native bf16 units (AMX), in bfloat16: 1208 s (20 minutes) for the four methods on 50 facts
-# (862 s of them computing the 200 edits: a median 3.2 s for ROME, 4.6 s for STEAM, 4.6 s for
-# ROME+SADR, 5.0 s for STEAM+SADR; the rest probes, generations and the consistency lens) and
-# 231.3 s (4 minutes) for the sequential edits. The first exercise comes after the four methods'
+# end of the chapter, step by step. The stored run took 25.4 minutes on one thread of a CPU with
+# native bf16 units (AMX), in bfloat16: 1214 s (20 minutes) for the four methods on 50 facts
+# (865 s of them computing the 200 edits: a median 3.2 s for ROME, 4.7 s for STEAM, 4.7 s for
+# ROME+SADR, 4.9 s for STEAM+SADR; the rest probes, generations and the consistency lens) and
+# 240.3 s (4 minutes) for the sequential edits. The first exercise comes after the four methods'
 # edits, about 21 minutes in. A CPU without bf16 units computes in float32, which takes longer:
 # 41 minutes for the same chapter in float32 on this machine. Almost all of it is
 # editing: each of the `N_FACTS` facts is edited once by each of the four methods (20 steps of
@@ -360,8 +360,8 @@ plt.show()
 # +0.008]). Every extra term raises SC: +0.034 [+0.001, +0.069] (STEAM), +0.021 [-0.019, +0.060]
 # (ROME+SADR) and +0.054 [+0.021, +0.092] (STEAM+SADR), so STEAM's interval (only just) and
 # STEAM+SADR's exclude 0, while RS does not move (-0.003 to +0.005). The other difference the
-# table is sure of is the cost: per edit ROME 3.329 s, STEAM +1.202 s, ROME+SADR +1.100 s,
-# STEAM+SADR +1.627 s (means; every interval excludes 0). Whether the SC gain is real is what
+# table is sure of is the cost: per edit ROME 3.331 s, STEAM +1.209 s, ROME+SADR +1.143 s,
+# STEAM+SADR +1.629 s (means; every interval excludes 0). Whether the SC gain is real is what
 # the next two tables test.
 #
 # **The same facts in float32.** The page {doc}`../book/at-scale` holds the table computed by
@@ -432,8 +432,7 @@ print(
 # facts per method, by at most 2.0 points (RelS of ROME and of ROME+SADR, +2.0 [+0.0, +6.0]),
 # and DNS, a share over several distracted neighbour prompts per fact (more probes, so more
 # near-ties), on 3 to 8 facts, by -0.5 to +0.5 points. The generation-based ones move on most
-# facts: GE on 31 or 32 of 50, RS on 33 to 37, SC on 49 or 50 (more facts than GE and RS: SC
-# moves by a trace even where they, and so the text, stayed the same). Their means move by a few
+# facts: GE on 31 or 32 of 50, RS on 33 to 37, SC on 34 to 37. Their means move by a few
 # hundredths at most (ROME's GE +0.064, its RS +0.025). One difference of the 36 excludes 0,
 # ROME's RS, +0.025 [+0.005, +0.047]; one interval in 36 is about what chance gives at 95%.
 # The reason is where bf16 rounds: the inputs of every matrix product, so every logit shifts a
@@ -665,9 +664,9 @@ plt.show()
 # different prompts and a different rule (the new object against the old one, vs. against every
 # candidate of the relation): where they disagree, the edit holds on the book's paraphrases but
 # not across the relation's templates, or the other way round.
-# In the figure, the steered means (orange) sit left of the unsteered ones (blue) for every
-# edited model, and in the new % and consistent new % panels right of them for the unedited
-# model.
+# In the figure, the steered means (orange) sit a little left of the unsteered ones (blue) for
+# every edited model, and in the new % and consistent new % panels right of them for the
+# unedited model.
 # In the stored run (31 facts whose relation has templates, over 8 relations): the unedited
 # model answers the new object on 2% of the templates; after an edit on 83% (ROME), 83%
 # (STEAM), 81% (ROME+SADR) and 83% (STEAM+SADR), below PS (96-98) on the book's paraphrases, so
@@ -676,12 +675,15 @@ plt.show()
 # difference to ROME excludes 0 (STEAM +0.46 [-1.54, +3.07]); the extra terms do not make an
 # edit hold across more of its relation's phrasings. The one lens difference that excludes 0 is
 # a small loss: ROME+SADR's pairwise consistency is 1.54 points below ROME's [-3.23, -0.15].
-# Steering on top of an edit does not make it more consistent, it undoes part of it: new % falls
-# by 7.83 to 11.06 points for every method (ROME -11.06 [-17.97, -5.07]), consistent new % by
-# 7.37 to 9.52 (ROME -9.52 [-16.44, -3.07]), and pairwise consistency falls too, by 2.15 to
-# 5.84 points (excluding 0 for STEAM, -5.07 [-9.83, -0.15], and STEAM+SADR; not for ROME,
-# -5.07 [-10.75, +0.77], or ROME+SADR). On the unedited model steering moves 8 points of answers
-# to the new object (+7.83 [+1.84, +14.75]): it scatters answers, as Chapter 2 found.
+# Steering on top of an edit does not make it more consistent. Every steered-minus-unsteered
+# difference of an edited model is negative but small, and none excludes 0: new % falls by 1.38
+# to 2.30 points (ROME -2.30 [-5.53, +0.92]), consistent new % by 1.38 to 2.00 (ROME -1.54
+# [-5.99, +2.92]), pairwise consistency by 0.92 to 2.76 (STEAM -2.76 [-6.91, +0.92]). So at
+# Chapter 2's chosen K = 32 this run cannot tell whether steering undoes part of an edit; it does
+# not help it. On the unedited model steering moves 4 points of answers to the
+# new object (+3.69 [+0.46, +7.38], the one steering difference that excludes 0) without making
+# them agree (consistency -2.92 [-10.29, +5.07]): it changes answers without aligning them, as
+# Chapter 2 found.
 #
 # ## 3. Edits in sequence
 #
@@ -947,14 +949,14 @@ show_table(last_table, digits=1)
 #   gain.
 # - **The edit must hold across every phrasing of the question (the consistency lens).**
 #   No measured gain over ROME: consistent new % 71 to 73 (STEAM +0.46 [-1.54, +3.07]), and
-#   ROME+SADR's pairwise consistency is 1.54 points lower. Do not add Chapter 2's steering on
-#   top: it undoes 8 to 11 points of every edit's new %.
+#   ROME+SADR's pairwise consistency is 1.54 points lower. Chapter 2's steering on top does not
+#   help: it lowers every edit's new % by 1.38 to 2.30 points (no interval excluding 0).
 # - **Many edits, one after another.**
 #   No difference over 10 edits: the earlier edits hold (ES 100), and with every method 18 of
 #   the 20 never-edited facts still hold after the 10th edit. Watch unrelated facts, not the
 #   edits, and with more than 20 of them.
-# - **Cost.** Per edit on one CPU thread (medians): ROME 3.2 s, STEAM 4.6 s, ROME+SADR 4.6 s,
-#   STEAM+SADR 5.0 s (and Chapter 5's 80-step SADR four times the steps).
+# - **Cost.** Per edit on one CPU thread (medians): ROME 3.2 s, STEAM 4.7 s, ROME+SADR 4.7 s,
+#   STEAM+SADR 4.9 s (and Chapter 5's 80-step SADR four times the steps).
 # - **When in doubt.** Use ROME. On this model no method beats it on CounterFact's scores,
 #   specificity, the consistency lens or sequential edits. The SC gain of STEAM and STEAM+SADR
 #   on these 50 facts (in bfloat16 and in float32) is gone over all 317 facts, where the extra
@@ -1065,8 +1067,9 @@ show_table(timings.table(), digits=1, index=True)
 #   STEAM and STEAM+SADR on these 50 facts excludes 0 in bfloat16 and in float32, but is not
 #   there over all 317 facts ({doc}`../book/at-scale`): a 50-fact table shows large differences
 #   only, and a small one needs a larger run. Other small verdicts (RS, STEAM's DNS) change
-#   with the rounding of the matrix products. The extra terms cost 1.100 to 1.627 s more per
-#   edit than ROME's 3.329 s, and steering on top of an edit undoes part of it.
+#   with the rounding of the matrix products. The extra terms cost 1.143 to 1.629 s more per
+#   edit than ROME's 3.331 s, and steering on top of an edit does not make it more consistent
+#   (new % 1.38 to 2.30 points lower, no interval excluding 0).
 #
 # These are this model's numbers, not a verdict on the methods at scale. Rerun the chapter with
 # `MODEL_NAME` on a GPU, or the comparison alone with `python -m editlens compare`, to test them

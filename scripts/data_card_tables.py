@@ -36,6 +36,19 @@ def _table(header: list[str], rows: list[list[object]], left: int = 1, text_colu
     return "\n".join(lines) + "\n"
 
 
+def _tables(header: list[str], rows: list[list[object]], groups: list[list[int]], left: int = 1,
+            text_columns: set[int] = frozenset()) -> str:
+    """One wide table as several narrow ones that fit the page's column: each ``groups[i]`` lists the columns of
+    table ``i`` (column 0, the row's name, is repeated in every table)."""
+    parts = []
+    for cols in groups:
+        cols = [0] + [c for c in cols if c != 0]
+        parts.append(_table([header[c] for c in cols], [[row[c] for c in cols] for row in rows],
+                            left=sum(1 for c in cols if c < left),
+                            text_columns={i for i, c in enumerate(cols) if c in text_columns}))
+    return "\n".join(parts)
+
+
 def paraphrase_tables() -> dict[str, str]:
     """Per-relation counts, splits and the embedded model's accuracy and consistency."""
     doc = json.loads((DATA / "paraphrases.json").read_text(encoding="utf-8"))
@@ -59,11 +72,12 @@ def paraphrase_tables() -> dict[str, str]:
                      sum(v["authored"] for v in ver["per_relation"].values()), len(doc["dropped"]), len(queries)])
     model_rows.append(["**all**", total["train"], total["validation"], total["test"], "", ov["accuracy"],
                        ov["consistency"], ov["inconsistent_pairs"]])
-    relations_table = _table(
-        ["relation", "name", "Wikidata", "templates", "candidates", "authored", "dropped", "kept"], authored, left=2)
-    relations_table += "\n" + _table(
+    relations_table = _tables(
+        ["relation", "name", "Wikidata", "templates", "candidates", "authored", "dropped", "kept"], authored,
+        [[1, 2], [3, 4, 5, 6, 7]], left=2)
+    relations_table += "\n" + _tables(
         ["relation", "train", "valid.", "test", "relations scheme", "accuracy", "consistency", "inconsistent pairs"],
-        model_rows, text_columns={4})
+        model_rows, [[1, 2, 3, 4], [5, 6, 7]], text_columns={4})
 
     prompts = sum(len(rels[q["relation_id"]]["templates"]) for q in queries)
     pairs = sum(len(rels[q["relation_id"]]["templates"]) * (len(rels[q["relation_id"]]["templates"]) - 1) // 2
@@ -80,10 +94,10 @@ def paraphrase_tables() -> dict[str, str]:
                             ", ".join(doc["relation_splits"][sp])])
     splits_table = _table(["scheme / split", "distinct subjects", "queries", "relations"], scheme_rows,
                           text_columns={3})
-    summary_table = _table(
+    summary_table = _tables(
         ["relations", "queries", "subjects", "prompts", "template pairs", "dropped", "accuracy", "consistency"],
         [[len(rels), len(queries), len(subjects), prompts, pairs, len(doc["dropped"]), ov["accuracy"],
-          ov["consistency"]]])
+          ov["consistency"]]], [[1, 2, 3, 4], [5, 6, 7]], left=0)
     dropped_table = _table(
         ["relation", "subject", "gold", "the model's answers (one per template)"],
         [[f"`{d['relation_id']}`", d["subject"], d["object"], ", ".join(d["predictions"])] for d in doc["dropped"]],
@@ -125,8 +139,8 @@ def facts_table() -> str:
     for c in per_rel.values():
         tot.update(c)
     rows.append(["**all**", tot["records"], *(tot[k] for k in PROBES)])
-    return _table(["relation", "records", "paraphrase", "neighbourhood", "attribute", "generation", "relation",
-                   "portability"], rows)
+    return _tables(["relation", "records", "paraphrase", "neighbourhood", "attribute", "generation", "relation",
+                    "portability"], rows, [[1, 2, 3], [4, 5, 6, 7]])
 
 
 def all_tables() -> dict[str, str]:

@@ -221,7 +221,7 @@ def test_page_renders_in_chromium(doc: str, server: str, browser_context):
 
 # The reader's view (issue: the rendered book as a reader sees it). Pages that still fail; remove a page once it
 # passes (a strict xfail: a pending page that passes fails, so the list cannot go stale).
-LAYOUT_PENDING = {"book/data"}
+LAYOUT_PENDING: set[str] = set()
 MIN_SCALE = 0.85
 """An image shown below this fraction of its natural width is squeezed: its text shrinks below the body's size."""
 LAYOUT_JS = (REPO_ROOT / "tests" / "book_layout.js").read_text()

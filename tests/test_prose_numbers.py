@@ -46,12 +46,19 @@ def outputs_text(stem: str) -> str:
     return "\n".join(parts).replace(",", "")
 
 
+def cited_numbers(markdown: str, *, skip_fenced: bool = False) -> list[str]:
+    """The decimal numbers of Markdown prose: code spans (names, literals) and mathematics left out, and fenced
+    blocks too when ``skip_fenced`` (a book page's commands and their printed examples; a chapter's fences are
+    MyST directives whose prose is checked)."""
+    text = re.sub(r"```.*?```", " ", markdown, flags=re.S) if skip_fenced else markdown
+    text = re.sub(r"`[^`]*`", " ", text)
+    text = re.sub(r"\$[^$]*\$", " ", text)
+    return NUMBER.findall(text)
+
+
 def prose_numbers(stem: str) -> list[str]:
     nb = json.loads((NOTEBOOKS / f"{stem}.ipynb").read_text(encoding="utf-8"))
-    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
-    text = re.sub(r"`[^`]*`", " ", text)  # code spans: names and literals, not results
-    text = re.sub(r"\$[^$]*\$", " ", text)  # mathematics
-    return NUMBER.findall(text)
+    return cited_numbers("\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"))
 
 
 def bare(number: str) -> str:
@@ -114,11 +121,7 @@ PAGES: dict[str, list[str]] = {
 
 
 def page_numbers(page: str) -> list[str]:
-    text = (REPO_ROOT / page).read_text(encoding="utf-8")
-    text = re.sub(r"```.*?```", " ", text, flags=re.S)  # code blocks: commands and their printed examples
-    text = re.sub(r"`[^`]*`", " ", text)
-    text = re.sub(r"\$[^$]*\$", " ", text)
-    return NUMBER.findall(text)
+    return cited_numbers((REPO_ROOT / page).read_text(encoding="utf-8"), skip_fenced=True)
 
 
 def source_text(source: str) -> str:

@@ -33,6 +33,8 @@ OVERRIDES: dict[str, dict] = {
     # defaults): every section end to end on 4 facts and 2 sequential edits, a few minutes.
     "06_synthesis": {
         "N_FACTS": 4,
+        "EDIT_BATCH": 3,  # a full batch of 3 facts, then one alone
+        "N_ATTR_PAIRS": 16,
         "N_SEQUENTIAL": 2,
         "N_UNRELATED": 3,
         "N_BOOT": 200,

@@ -65,9 +65,12 @@ def uses(methods: Iterable[str], part: str) -> bool:
 
 
 def build_editors(hparams: Any, stats: Any, methods: Sequence[str], *, bank: Any = None, steam_lambda: float = 1.0,
-                  steam_layers: Sequence[int] | None = None, sadr_gamma: float | None = None) -> dict[str, Any]:
+                  steam_layers: Sequence[int] | None = None, sadr_gamma: float | None = None,
+                  batch: int = 1) -> dict[str, Any]:
     """``{method: editor}`` for :func:`editlens.evaluate.evaluate_edits`, from the chapters' editor functions.
-    ``bank``: STEAM's :class:`~editlens.steam.AnchorBank` (needed by ``steam`` and ``steam+sadr``)."""
+    ``bank``: STEAM's :class:`~editlens.steam.AnchorBank` (needed by ``steam`` and ``steam+sadr``). ``batch``: each
+    method optimises the v* of that many records together (:func:`editlens.evaluate.rome_editor`; the same edits
+    up to float noise, Chapter 3's "making it fast")."""
     from editlens.evaluate import rome_editor
     from editlens.sadr import DEFAULT_GAMMA, sadr_editor
     from editlens.steam import steam_editor, steam_terms
@@ -78,13 +81,14 @@ def build_editors(hparams: Any, stats: Any, methods: Sequence[str], *, bank: Any
     editors = {}
     for m in parse_methods(methods):
         if m == "rome":
-            editors[m] = rome_editor(hparams, stats)
+            editors[m] = rome_editor(hparams, stats, batch=batch)
         elif m == "steam":
-            editors[m] = steam_editor(hparams, stats, bank, steam_lambda, steam_layers)
+            editors[m] = steam_editor(hparams, stats, bank, steam_lambda, steam_layers, batch=batch)
         elif m == "sadr":
-            editors[m] = sadr_editor(hparams, stats, gamma)
+            editors[m] = sadr_editor(hparams, stats, gamma, batch=batch)
         else:  # steam+sadr: both terms in one v* optimisation
-            editors[m] = sadr_editor(hparams, stats, gamma, also=steam_terms(hparams, bank, steam_lambda, steam_layers))
+            editors[m] = sadr_editor(hparams, stats, gamma, also=steam_terms(hparams, bank, steam_lambda, steam_layers),
+                                     batch=batch)
     return editors
 
 
@@ -106,7 +110,11 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
     """One row per (record, method): ``index`` (position in the full list; ``indices`` gives them for a share),
     ``case_id``, ``relation``, ``method``, the metrics of the edited model (:data:`ROW_METRICS` that the record has)
     and ``seconds`` per edit. Each edit runs alone from the unedited weights, seeded with :func:`record_seed`, and is
-    measured as :func:`editlens.evaluate.evaluate_edits` measures it; ``generation``:
+    measured as :func:`editlens.evaluate.evaluate_edits` measures it. An editor with a ``prepare`` method
+    (``build_editors(..., batch=n)``) computes the v* of its next ``n`` records together before the first of them
+    is edited; each of them is then charged an equal share of that batch's seconds, so ``seconds`` stays the
+    method's cost per edit (amortised over its batch), and a row depends on the records of its batch up to float
+    noise. ``generation``:
     :class:`editlens.evaluate.GenerationSettings` or None. A record's greedy generations under every method run in
     one batch after its last edit (the same prompts, so no padding; each row with its method's rank-one edit,
     :mod:`editlens.rome.rowwise`), so a row depends on its record alone, not on the other records of a share.
@@ -116,7 +124,7 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
     from tqdm import tqdm
 
     from editlens.data import load_object_descriptions
-    from editlens.evaluate import measure_edit, run_deferred_generations
+    from editlens.evaluate import EarlierEdits, measure_edit, run_deferred_generations
     from editlens.steam.anchors import model_fingerprint
 
     cases = list(cases)
@@ -136,15 +144,23 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
             with editor(model, cases[0]):
                 pass
     rows = []
+    cases = [_as_case(c) for c in cases]
+    batch_share: dict[str, dict[tuple, float]] = {m: {} for m in editors}  # method -> record key -> its seconds
     with tqdm(total=len(cases) * len(editors), disable=not progress, desc="records x methods") as bar:
-        for i, case in zip(indices, cases):
-            case = _as_case(case)
+        for pos, (i, case) in enumerate(zip(indices, cases)):
             deferred = []
             for method, editor in editors.items():
                 seed_everything(record_seed(seed, i))
+                prepare = getattr(editor, "prepare", None)
+                if prepare is not None:
+                    t0 = time.perf_counter()
+                    made = prepare(model, cases[pos:])
+                    if made:
+                        share = (time.perf_counter() - t0) / len(made)
+                        batch_share[method].update((key, share) for key in made)
                 t0 = time.perf_counter()
                 with editor(model, case) as info:
-                    seconds = time.perf_counter() - t0
+                    seconds = time.perf_counter() - t0 + batch_share[method].pop(EarlierEdits.key(case), 0.0)
                     metrics, later = measure_edit(model, case, info, generation=generation,
                                                   descriptions=descriptions, corpus=corpus)
                 if later is not None:

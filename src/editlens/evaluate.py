@@ -598,13 +598,15 @@ def rome_editor(hparams: Any, stats: Any = None,
     def terms_for(model: Any, case: dict) -> Sequence[Any]:
         return extra_losses(model, case) if callable(extra_losses) else extra_losses
 
-    def prepare(model: Any, upcoming: Sequence[dict]) -> None:
-        """Compute the edits of the first ``batch`` records of ``upcoming`` that have none ready yet."""
+    def prepare(model: Any, upcoming: Sequence[dict]) -> list[tuple]:
+        """Compute the edits of the first ``batch`` records of ``upcoming`` that have none ready yet; returns the
+        keys (:meth:`EarlierEdits.key`) of the records computed now (empty when the next record's edit was ready)."""
         if batch == 1 or not upcoming or EarlierEdits.key(upcoming[0]) in ready:
-            return
+            return []
         todo = [c for c in upcoming if EarlierEdits.key(c) not in ready][:batch]
         edits = compute_rome_edits(model, todo, hparams, stats, [terms_for(model, c) for c in todo], also_steps=also)
         ready.update((EarlierEdits.key(c), e) for c, e in zip(todo, edits))
+        return [EarlierEdits.key(c) for c in todo]
 
     @contextlib.contextmanager
     def precomputed(model: Any, edit: Any) -> Iterator[list[Any]]:

@@ -60,12 +60,14 @@ def with_steps(hparams: Any, steps: int | None) -> Any:
 
 def sadr_editor(hparams: Any, stats: Any = None, gamma: float = DEFAULT_GAMMA, steps: int | None = None,
                 layers: Sequence[int] | None = None, *, hinge: bool = True,
-                also: TermMaker | Sequence[LossTerm] = (), earlier: EarlierEdits | None = None) -> Editor:
+                also: TermMaker | Sequence[LossTerm] = (), earlier: EarlierEdits | None = None,
+                batch: int = 1) -> Editor:
     """The :data:`~editlens.evaluate.Editor` of ROME+SADR: ``gamma`` * the attention-drift KL (``gamma=0``: exactly
     ROME), ``steps`` v* steps (None: ``hparams``'s). ``also``: other terms in the same optimisation (e.g. STEAM's).
-    ``earlier``: keep the edits of a shorter run from the same optimisation (:class:`editlens.evaluate.EarlierEdits`)."""
+    ``earlier``: keep the edits of a shorter run from the same optimisation (:class:`editlens.evaluate.EarlierEdits`).
+    ``batch``: v* of that many records optimised together (:func:`editlens.evaluate.rome_editor`)."""
     return rome_editor(with_steps(hparams, steps), stats, combined_terms(also, sadr_terms(gamma, layers, hinge=hinge)),
-                       earlier=earlier)
+                       earlier=earlier, batch=batch)
 
 
 class PrecomputedEdits:

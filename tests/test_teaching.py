@@ -256,7 +256,7 @@ def test_grade_rejects_unknown_chapter_and_no_exercises(tmp_path, capsys):
 # papermill does; nbval runs the chapters at their default parameters.
 STUDENT_RUN_PARAMETERS = {
     "05_sadr": {"N_EVAL_FACTS": 6},
-    "06_synthesis": {"N_FACTS": 2, "N_BOOT": 200},
+    "06_synthesis": {"N_FACTS": 2, "N_ATTR_PAIRS": 16, "N_BOOT": 200},
 }
 
 

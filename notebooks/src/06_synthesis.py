@@ -37,17 +37,16 @@
 # consistency over templates) and Chapter 2 (steering directions and their injection).
 #
 # **Time to run.** The measured time on one CPU thread with the embedded model is printed at the
-# end of the chapter, step by step. The stored run took 25.4 minutes on one thread of a CPU with
-# native bf16 units (AMX), in bfloat16: 1214 s (20 minutes) for the four methods on 50 facts
-# (865 s of them computing the 200 edits: a median 3.2 s for ROME, 4.7 s for STEAM, 4.7 s for
-# ROME+SADR, 4.9 s for STEAM+SADR; the rest probes, generations and the consistency lens) and
-# 240.3 s (4 minutes) for the sequential edits. The first exercise comes after the four methods'
-# edits, about 21 minutes in. A CPU without bf16 units computes in float32, which takes longer:
-# 41 minutes for the same chapter in float32 on this machine. Almost all of it is
-# editing: each of the `N_FACTS` facts is edited once by each of the four methods (20 steps of
-# $v_*$ optimisation each) and evaluated, and `N_SEQUENTIAL` edits are applied in sequence per
-# method. Lower `N_FACTS` and `N_SEQUENTIAL` for a quicker run in class; a full run at scale
-# belongs on a GPU (section 4).
+# end of the chapter, step by step. The stored run took 19.1 minutes on one thread of a CPU with
+# native bf16 units (AMX), in bfloat16: 832 s (14 minutes) for the four methods on 50 facts
+# (479 s of them computing the 200 edits, 8 facts' $v_*$ at a time: a median 1.6 s per edit for
+# ROME, 2.8 s for STEAM, 1.9 s for ROME+SADR, 2.9 s for STEAM+SADR; the rest probes, generations
+# and the consistency lens) and 256.0 s (4 minutes) for the sequential edits. The first exercise
+# comes after the four methods' edits, about 15 minutes in. A CPU without bf16 units computes in
+# float32, which takes longer. Almost all of it is editing: each of the `N_FACTS` facts is edited
+# once by each of the four methods (20 steps of $v_*$ optimisation each) and evaluated, and
+# `N_SEQUENTIAL` edits are applied in sequence per method. Lower `N_FACTS` and `N_SEQUENTIAL` for a
+# quicker run in class; a full run at scale belongs on a GPU (section 4).
 
 # %% tags=["parameters"]
 # Parameters (papermill: `-p NAME VALUE`)
@@ -301,8 +300,9 @@ with timings("all methods: edits + evaluation + lens"):
         seed=SEED,
     )
 # the first fact's four rows (EM, PM, NM: the probability margins)
-first = per_record.head(len(METHODS)).drop(columns=["index", "EM", "PM", "NM"])
-show_table(first.assign(relation=first.relation.map(relation_name)), digits=2)
+first = per_record.head(len(METHODS)).drop(columns=["EM", "PM", "NM"])
+first["relation"] = first.relation.map(relation_name)
+show_table(first.drop(columns="index"), digits=2)
 
 # %% [markdown]
 # One row per (fact, method): the per-record rates are fractions in $[0, 1]$ (ES, PS, NS, RelS,
@@ -358,19 +358,20 @@ plt.show()
 # table asks it of all of them at once, on the same facts, under the book's early-stopping rule
 # (so ROME+SADR here is the regulariser at equal steps, Chapter 5's "SADR-20"). STEAM+SADR tests
 # whether the two terms add up, cancel, or trade off.
-# In the figure every method's interval covers ROME's dashed line except STEAM+SADR's in the SC
-# panel and all three in the last panel, the time per edit; the filled markers (a paired
-# interval that excludes 0) are STEAM's and STEAM+SADR's SC and every extra term's time.
+# In the figure every method's interval covers ROME's dashed line except in the last panel, the
+# time per edit; the only filled markers (a paired interval that excludes 0) are there, every
+# extra term's time.
 # In the stored run (50 facts) the four methods are indistinguishable on CounterFact's scores:
-# ES 98 for all, PS 98, 97, 96, 96, NS 0.982 to 0.986, portability 81, 82, 80, 80, GE 4.459 to
-# 4.512, and no interval of a difference to ROME excludes 0. Specificity does not separate them
-# either: RelS 65, 62, 66, 61 and DNS 0.542, 0.528, 0.550, 0.536 (STEAM's DNS -0.014 [-0.040,
-# +0.008]). Every extra term raises SC: +0.034 [+0.001, +0.069] (STEAM), +0.021 [-0.019, +0.060]
-# (ROME+SADR) and +0.054 [+0.021, +0.092] (STEAM+SADR), so STEAM's interval (only just) and
-# STEAM+SADR's exclude 0, while RS does not move (-0.003 to +0.005). The other difference the
-# table is sure of is the cost: per edit ROME 3.331 s, STEAM +1.209 s, ROME+SADR +1.143 s,
-# STEAM+SADR +1.629 s (means; every interval excludes 0). Whether the SC gain is real is what
-# the next two tables test.
+# ES 98 for all, PS 98, 97, 97, 97, NS 0.982 to 0.984, portability 81, 81, 80, 80, GE 4.467 to
+# 4.500, and no interval of a difference to ROME excludes 0. Specificity does not separate them
+# either: RelS 61, 62, 63, 60 and DNS 0.546, 0.521, 0.544, 0.536 (STEAM's DNS -0.024 [-0.055,
+# +0.002]; ROME+SADR's RelS +0.020 [+0.000, +0.060], an interval that reaches 0). Nor do the
+# generations: SC +0.003 [-0.023, +0.031] (STEAM), +0.018 [-0.010, +0.048] (ROME+SADR) and
+# +0.031 [-0.003, +0.064] (STEAM+SADR), RS +0.000 to +0.022 (ROME+SADR's +0.022 [-0.000,
+# +0.046]): the SADR methods lean up, but no interval excludes 0. The one difference the table
+# is sure of is the cost: per edit ROME 1.596 s, STEAM +1.384 s, ROME+SADR +0.425 s, STEAM+SADR
+# +1.398 s (means of each fact's share of its batch's seconds; every interval excludes 0). The
+# next two tables set these 50 facts beside a float32 run of them and beside 317 facts.
 #
 # **The same facts in float32.** The page {doc}`../book/at-scale` holds the table computed by
 # `python -m editlens compare` over every fact of the facts set, in float32 matrix products
@@ -424,9 +425,7 @@ show_table(
 this_run = editlens.precision.of(model).name
 runs = ("float32, 317 run", f"{this_run}, this run")
 paired = paired_runs(same_facts, per_record, labels=runs, seed=SEED)
-display(
-    Markdown(runs_markdown(paired, labels=runs, method_labels=LABELS))
-)
+display(Markdown(runs_markdown(paired, labels=runs, method_labels=LABELS)))
 n_moved = int((paired["records changed"] > 0).sum())
 n_excl = int(paired["excludes 0"].sum())
 print(
@@ -437,29 +436,31 @@ print(
 # %% [markdown]
 # **What the precision moves, and what 317 facts show.** The paired table splits the metrics in
 # two. The probe-based ones barely move: ES, PS, NS, RelS and Port changed on 0 or 1 of the 50
-# facts per method, by at most 2.0 points (RelS of ROME and of ROME+SADR, +2.0 [+0.0, +6.0]),
-# and DNS, a share over several distracted neighbour prompts per fact (more probes, so more
-# near-ties), on 3 to 8 facts, by -0.5 to +0.5 points. The generation-based ones move on most
-# facts: GE on 31 or 32 of 50, RS on 33 to 37, SC on 34 to 37. Their means move by a few
-# hundredths at most (ROME's GE +0.064, its RS +0.025). One difference of the 36 excludes 0,
-# ROME's RS, +0.025 [+0.005, +0.047]; one interval in 36 is about what chance gives at 95%.
+# facts per method, by at most 2.0 points (RelS of ROME, -2.0 [-6.0, +0.0]), and DNS, a share
+# over several distracted neighbour prompts per fact (more probes, so more near-ties), on 4 to
+# 9 facts, by -0.6 to +0.3 points. The generation-based ones move on most facts: GE on 27 to 32
+# of 50, RS on 27 to 36, SC on 28 to 36. Their means move by a few hundredths at most (STEAM's
+# SC -0.029, ROME+SADR's GE +0.025). One difference of the 36 excludes 0, STEAM's SC, -0.029
+# [-0.061, -0.002]; one interval in 36 is about what chance gives at 95%.
 # The reason is where bf16 rounds: the inputs of every matrix product, so every logit shifts a
-# little. A probe compares two answers and flips only where they were nearly tied, a fact or
+# little (this run also optimises 8 facts' $v_*$ together, which moves the edits by float noise of
+# the same kind). A probe compares two answers and flips only where they were nearly tied, a fact or
 # two in 50. A 30-token greedy generation takes the top token 30 times in a row; one near-tie
 # anywhere sends the rest of the text down another path, so most facts' generations come out
 # different, and GE, RS and SC with them.
 #
-# The means agree to a point or two (ES 98 in both, SC 0.126 against 0.113 for ROME), but
+# The means agree to a point or two (ES 98 in both, SC 0.125 against 0.113 for ROME), but
 # which small differences to ROME exclude 0 does not. In float32 every extra term raised SC
 # (+0.044, +0.040, +0.044) and the SADR methods raised RS (+0.027, +0.025), each interval
 # excluding 0, and STEAM lost 0.020 of DNS with an interval excluding 0. In this bfloat16 run
-# only the SC gains of STEAM (+0.034) and STEAM+SADR (+0.054) still exclude 0; the others do
-# not. A difference of a few hundredths sits near the edge of its interval, and the rounding
-# moves it across. The run over all 317 facts settles the SC gain that both precisions show
-# here: it shrinks to +0.005 to +0.011, every interval including 0, so it belongs to these 50
-# facts, not to the methods; and NS losses of 0.5 to 1.1 points appear, with intervals that
-# exclude 0. A 50-fact table shows which differences are large; only a larger run (or a second
-# precision) tells whether a small one is real.
+# none of them does: SC +0.003, +0.018, +0.031, RS +0.022 and +0.012, STEAM's DNS -0.024.
+# STEAM's SC gain moved most, from +0.044 to +0.003, as its SC mean fell from 0.157 to 0.128. A
+# difference of a few hundredths sits near the edge of its interval, and the rounding moves it
+# across. The run over all 317 facts settles the SC gain that float32 shows here: it shrinks to
+# +0.011 or less, every interval including 0, so it belongs to these 50 facts, not to the
+# methods; and NS losses of 0.5 to 1.1 points appear, with intervals that exclude 0. A 50-fact
+# table shows which differences are large; only a larger run (or a second precision) tells
+# whether a small one is real.
 #
 # ### Exercise 6.1: a paired difference and its interval
 #
@@ -677,21 +678,21 @@ plt.show()
 # unedited model.
 # In the stored run (31 facts whose relation has templates, over 8 relations): the unedited
 # model answers the new object on 2% of the templates; after an edit on 83% (ROME), 83%
-# (STEAM), 81% (ROME+SADR) and 83% (STEAM+SADR), below PS (96-98) on the book's paraphrases, so
+# (STEAM), 82% (ROME+SADR) and 84% (STEAM+SADR), below PS (97-98) on the book's paraphrases, so
 # about a sixth of a relation's templates keep another answer. Consistent new % (template pairs
-# that agree on the new object) is 73 for ROME, STEAM and STEAM+SADR and 71 for ROME+SADR: no
-# difference to ROME excludes 0 (STEAM +0.46 [-1.54, +3.07]); the extra terms do not make an
-# edit hold across more of its relation's phrasings. The one lens difference that excludes 0 is
-# a small loss: ROME+SADR's pairwise consistency is 1.54 points below ROME's [-3.23, -0.15].
+# that agree on the new object) is 73 for ROME and ROME+SADR and 74 for STEAM and STEAM+SADR:
+# no difference to ROME excludes 0 (STEAM +0.92 [-0.61, +3.38], STEAM+SADR +1.69 [-0.31,
+# +4.30]), and neither does any difference in pairwise consistency (ROME+SADR -0.15 [-2.30,
+# +2.46]); the extra terms do not make an edit hold across more of its relation's phrasings.
 # Steering on top of an edit does not make it more consistent. Every steered-minus-unsteered
-# difference of an edited model is negative but small, and none excludes 0: new % falls by 1.38
-# to 2.30 points (ROME -2.30 [-5.53, +0.92]), consistent new % by 1.38 to 2.00 (ROME -1.54
-# [-5.99, +2.92]), pairwise consistency by 0.92 to 2.76 (STEAM -2.76 [-6.91, +0.92]). So at
-# Chapter 2's chosen K = 32 this run cannot tell whether steering undoes part of an edit; it does
-# not help it. On the unedited model steering moves 4 points of answers to the
-# new object (+3.69 [+0.46, +7.38], the one steering difference that excludes 0) without making
-# them agree (consistency -2.92 [-10.29, +5.07]): it changes answers without aligning them, as
-# Chapter 2 found.
+# difference of an edited model is negative but small, and none excludes 0: new % falls by 1.84 to
+# 2.76 points (ROME -2.30 [-5.53, +0.92]; STEAM -2.76 [-6.45, +0.00], an interval that reaches 0),
+# consistent new % by 1.54 to 2.46 (ROME -1.54 [-5.99, +2.92]), pairwise consistency by 1.23 to 2.46
+# (STEAM -2.46 [-6.76, +1.23]). So at Chapter 2's chosen K = 32 this run cannot tell whether
+# steering undoes part of an edit; it does not help it. On the unedited model steering moves 4
+# points of answers to the new object (+3.69 [+0.46, +7.38], the one steering difference that
+# excludes 0) without making them agree (consistency -2.92 [-10.29, +5.07]): it changes answers
+# without aligning them, as Chapter 2 found.
 #
 # ## 3. Edits in sequence
 #
@@ -940,35 +941,36 @@ show_table(last_table, digits=1)
 # measured difference", not a preference.
 #
 # - **One edit, measured by CounterFact's usual scores (ES, PS, NS).**
-#   No measured difference: ES 98 for all, PS and NS within 2 points of ROME's (intervals
+#   No measured difference: ES 98 for all, PS and NS within 1 point of ROME's (intervals
 #   including 0). Use ROME, the cheapest.
 # - **The edited subject will appear in other contexts (specificity: RelS, DNS).**
-#   No measured gain at the book's 20 steps: ROME+SADR RelS +0.010 [-0.050, +0.070], DNS
-#   +0.008 [-0.013, +0.030]. STEAM's DNS is lower, -0.014 [-0.040, +0.008]; in float32 the same
+#   No measured gain at the book's 20 steps: ROME+SADR RelS +0.020 [+0.000, +0.060], DNS
+#   -0.002 [-0.025, +0.022]. STEAM's DNS is lower, -0.024 [-0.055, +0.002]; in float32 the same
 #   facts gave -0.020 with an interval excluding 0, and over all 317 facts its DNS loss excludes
 #   0. Chapter 5 finds SADR's gain only with the authors' 80 steps, four times the
 #   optimisation; on this model that is the option.
 # - **The edit must carry into reasoning and generation (portability, SC, GE).**
-#   Portability: no difference (81, 82, 80, 80). Generations: on these 50 facts STEAM raises SC
-#   by +0.034 and STEAM+SADR by +0.054, intervals excluding 0 (ROME+SADR +0.021, including 0),
-#   at unchanged GE, and the float32 run of the same facts agrees (+0.044, +0.040, +0.044). But
-#   over all 317 facts the gains are +0.005 to +0.011, intervals including 0
-#   ({doc}`../book/at-scale`): the 50 facts were a favourable sample, and there is no measured
-#   gain.
+#   Portability: no difference (81, 81, 80, 80). Generations: on these 50 facts no extra term
+#   raises SC with an interval excluding 0 (STEAM +0.003, ROME+SADR +0.018, STEAM+SADR +0.031
+#   [-0.003, +0.064]), at unchanged GE. The float32 run of the same facts found gains excluding
+#   0 (+0.044, +0.040, +0.044), but over all 317 facts they are +0.011 or less, intervals
+#   including 0 ({doc}`../book/at-scale`): the 50 facts were a favourable sample, and there is
+#   no measured gain.
 # - **The edit must hold across every phrasing of the question (the consistency lens).**
-#   No measured gain over ROME: consistent new % 71 to 73 (STEAM +0.46 [-1.54, +3.07]), and
-#   ROME+SADR's pairwise consistency is 1.54 points lower. Chapter 2's steering on top does not
-#   help: it lowers every edit's new % by 1.38 to 2.30 points (no interval excluding 0).
+#   No measured gain over ROME: consistent new % 73 to 74 (STEAM +0.92 [-0.61, +3.38]), and no
+#   difference in pairwise consistency. Chapter 2's steering on top does not help: it lowers
+#   every edit's new % by 1.84 to 2.76 points (no interval excluding 0).
 # - **Many edits, one after another.**
 #   No difference over 10 edits: the earlier edits hold (ES 100), and with every method 18 of
 #   the 20 never-edited facts still hold after the 10th edit. Watch unrelated facts, not the
 #   edits, and with more than 20 of them.
-# - **Cost.** Per edit on one CPU thread (medians): ROME 3.2 s, STEAM 4.7 s, ROME+SADR 4.7 s,
-#   STEAM+SADR 4.9 s (and Chapter 5's 80-step SADR four times the steps).
+# - **Cost.** Per edit on one CPU thread (medians, each fact's share of its batch of 8): ROME
+#   1.6 s, STEAM 2.8 s, ROME+SADR 1.9 s, STEAM+SADR 2.9 s (and Chapter 5's 80-step SADR four
+#   times the steps).
 # - **When in doubt.** Use ROME. On this model no method beats it on CounterFact's scores,
-#   specificity, the consistency lens or sequential edits. The SC gain of STEAM and STEAM+SADR
-#   on these 50 facts (in bfloat16 and in float32) is gone over all 317 facts, where the extra
-#   terms instead cost 0.5 to 1.1 points of NS.
+#   specificity, the generations, the consistency lens or sequential edits. The SC gain that the
+#   float32 run of these 50 facts shows does not exclude 0 in this run and is gone over all 317
+#   facts, where the extra terms instead cost 0.5 to 1.1 points of NS.
 #
 # **At scale.** A 135M-parameter model on 50 facts detects only large differences; the same
 # table on CounterFact with a larger model settles the small ones. `python -m editlens compare`
@@ -1071,13 +1073,14 @@ show_table(timings.table(), digits=1, index=True)
 # - Sequential edits nest editors, each computed on the weights the earlier edits left; the
 #   curves of earlier edits, neighbours and unrelated facts show what degrades first.
 # - On this model the four methods are indistinguishable on CounterFact's scores, on
-#   specificity, through the consistency lens and over 10 sequential edits. The SC gain of
-#   STEAM and STEAM+SADR on these 50 facts excludes 0 in bfloat16 and in float32, but is not
-#   there over all 317 facts ({doc}`../book/at-scale`): a 50-fact table shows large differences
-#   only, and a small one needs a larger run. Other small verdicts (RS, STEAM's DNS) change
-#   with the rounding of the matrix products. The extra terms cost 1.143 to 1.629 s more per
-#   edit than ROME's 3.331 s, and steering on top of an edit does not make it more consistent
-#   (new % 1.38 to 2.30 points lower, no interval excluding 0).
+#   specificity, in the generations, through the consistency lens and over 10 sequential edits.
+#   The SC gain of every extra term on these 50 facts excludes 0 in float32 but not in this
+#   bfloat16 run, and is not there over all 317 facts ({doc}`../book/at-scale`): a 50-fact
+#   table shows large differences only, and a small one needs a larger run. Other small
+#   verdicts (RS, STEAM's DNS) change with the rounding of the matrix products. The extra terms
+#   cost 0.425 to 1.398 s more per edit than ROME's 1.596 s (each fact's share of its batch of
+#   8), and steering on top of an edit does not make it more consistent (new % 1.84 to 2.76
+#   points lower, no interval excluding 0).
 #
 # These are this model's numbers, not a verdict on the methods at scale. Rerun the chapter with
 # `MODEL_NAME` on a GPU, or the comparison alone with `python -m editlens compare`, to test them

@@ -182,6 +182,29 @@ def test_lambda_zero_reproduces_rome_bit_for_bit(tiny_model):
     assert not torch.equal(plain.v_star, steam.v_star)
 
 
+class FullShapeTerm(AlignmentTerm):
+    """The alignment term reading ctx.acts at full shape (no declared positions): the slow path."""
+
+    def positions(self, ctx):
+        return None
+
+
+@pytest.mark.parametrize("position, paraphrases", [("last_prompt", []), ("subject_last", ["France's capital city is"])])
+def test_declared_positions_give_the_full_shape_reading_exactly(tiny_model, position, paraphrases):
+    """compute_vs gathers the term's positions for the whole batch (fast); the values equal ctx.acts[...][rows, pos]."""
+    from editlens.rome.values import compute_vs
+
+    reqs = [as_request(RECORDS[0]), as_request(RECORDS[1])]
+    runs = {}
+    for cls in (AlignmentTerm, FullShapeTerm):
+        terms = [[cls(synthetic_anchors(), 5.0, position=position, paraphrases=paraphrases)] for _ in reqs]
+        runs[cls] = compute_vs(tiny_model, reqs, 0, HP, terms)
+    for fast, slow in zip(runs[AlignmentTerm], runs[FullShapeTerm]):
+        assert torch.allclose(fast.delta, slow.delta, rtol=0, atol=1e-6)
+        assert [h["steam_align"] for h in fast.history] == pytest.approx([h["steam_align"] for h in slow.history],
+                                                                         abs=1e-6)
+
+
 def random_edit(model, layer=0, scale=0.5, seed=1):
     W = model.blocks[layer].mlp.W_out
     g = torch.Generator().manual_seed(seed)

@@ -129,11 +129,16 @@ class AlignmentTerm(LossTerm):
         idx = b.last_prompt_idx if self.position == "last_prompt" else b.subject_idx
         return rows, idx[rows]
 
+    def positions(self, ctx: VContext) -> tuple[Tensor, Tensor]:
+        """The only positions the term reads (:meth:`rows_and_positions`): compute_vs gathers them for every fact
+        of a batch at once, instead of putting each aligned layer's whole activation together every step."""
+        return self.rows_and_positions(ctx)
+
     def distances(self, ctx: VContext, *, initial: bool = False) -> Float[Tensor, "layer row"]:
         """1 - cos(h^l, phi^l) for each aligned layer and row (this step's, or at delta = 0)."""
         rows, pos = self.rows_and_positions(ctx)
-        source = ctx.initial if initial else ctx.acts
-        h = torch.stack([source[name][rows, pos] for name in self.hook_names])  # [layer, row, d_model]
+        h = torch.stack([ctx.at(name, rows, pos, initial=initial) if name not in ctx._positions
+                         else ctx.at(name, initial=initial) for name in self.hook_names])  # [layer, row, d_model]
         phi = self.phi.to(h.device, h.dtype)[:, None, :]
         return 1 - F.cosine_similarity(h.float(), phi.float().expand_as(h), dim=-1)
 

@@ -23,13 +23,13 @@
 #
 # **Prerequisites.** Chapter 3 (ROME, its $v_*$ loss and the evaluation). Chapter 0's logit lens.
 #
-# **Time to run.** About 9 minutes with the embedded model: 8.5 minutes measured on one thread
+# **Time to run.** About 7 minutes with the embedded model: 7.3 minutes measured on one thread
 # of the book's build machine, whose CPU has native bfloat16 units (AMX; the time is printed at
 # the end of the chapter, step by step); a CPU without them computes in float32 and takes longer.
 # Almost all of it is computing and evaluating edits: each of the 50 facts is edited once with
-# ROME (161.6 s for the 50, about 3 s per fact with its probes and diagnostics) and once with
-# STEAM (204.1 s, about 4 s per fact: the alignment term keeps the optimisation at its 20 steps),
-# plus 12 more STEAM edits for the $\lambda$ sweep (59.5 s). Every diagnostic reuses those edits.
+# ROME (157.9 s for the 50, about 3 s per fact with its probes and diagnostics) and once with
+# STEAM (162.7 s, also about 3 s per fact, although the alignment term keeps the optimisation at
+# its 20 steps), plus 12 more STEAM edits for the $\lambda$ sweep (49.4 s). Every diagnostic reuses those edits.
 # Lower `N_EVAL_FACTS` and `N_SWEEP_FACTS` for a quicker run in class.
 
 # %% tags=["parameters"]

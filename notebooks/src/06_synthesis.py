@@ -37,12 +37,12 @@
 # consistency over templates) and Chapter 2 (steering directions and their injection).
 #
 # **Time to run.** The measured time on one CPU thread with the embedded model is printed at the
-# end of the chapter, step by step. The stored run took 19.1 minutes on one thread of a CPU with
-# native bf16 units (AMX), in bfloat16: 832 s (14 minutes) for the four methods on 50 facts
-# (479 s of them computing the 200 edits, 8 facts' $v_*$ at a time: a median 1.6 s per edit for
-# ROME, 2.8 s for STEAM, 1.9 s for ROME+SADR, 2.9 s for STEAM+SADR; the rest probes, generations
-# and the consistency lens) and 256.0 s (4 minutes) for the sequential edits. The first exercise
-# comes after the four methods' edits, about 15 minutes in. A CPU without bf16 units computes in
+# end of the chapter, step by step. The stored run took 18.6 minutes on one thread of a CPU with
+# native bf16 units (AMX), in bfloat16: 791 s (13 minutes) for the four methods on 50 facts
+# (419 s of them computing the 200 edits, 8 facts' $v_*$ at a time: a median 1.9 s per edit for
+# ROME, 2.1 s for STEAM, 2.1 s for ROME+SADR, 2.2 s for STEAM+SADR; the rest probes, generations
+# and the consistency lens) and 255.2 s (4 minutes) for the sequential edits. The first exercise
+# comes after the four methods' edits, about 14 minutes in. A CPU without bf16 units computes in
 # float32, which takes longer. Almost all of it is editing: each of the `N_FACTS` facts is edited
 # once by each of the four methods (20 steps of $v_*$ optimisation each) and evaluated, and
 # `N_SEQUENTIAL` edits are applied in sequence per method. Lower `N_FACTS` and `N_SEQUENTIAL` for a
@@ -369,8 +369,8 @@ plt.show()
 # generations: SC +0.003 [-0.023, +0.031] (STEAM), +0.018 [-0.010, +0.048] (ROME+SADR) and
 # +0.031 [-0.003, +0.064] (STEAM+SADR), RS +0.000 to +0.022 (ROME+SADR's +0.022 [-0.000,
 # +0.046]): the SADR methods lean up, but no interval excludes 0. The one difference the table
-# is sure of is the cost: per edit ROME 1.596 s, STEAM +1.384 s, ROME+SADR +0.425 s, STEAM+SADR
-# +1.398 s (means of each fact's share of its batch's seconds; every interval excludes 0). The
+# is sure of is the cost: per edit ROME 1.772 s, STEAM +0.400 s, ROME+SADR +0.416 s, STEAM+SADR
+# +0.476 s (means of each fact's share of its batch's seconds; every interval excludes 0). The
 # next two tables set these 50 facts beside a float32 run of them and beside 317 facts.
 #
 # **The same facts in float32.** The page {doc}`../book/at-scale` holds the table computed by
@@ -965,7 +965,7 @@ show_table(last_table, digits=1)
 #   the 20 never-edited facts still hold after the 10th edit. Watch unrelated facts, not the
 #   edits, and with more than 20 of them.
 # - **Cost.** Per edit on one CPU thread (medians, each fact's share of its batch of 8): ROME
-#   1.6 s, STEAM 2.8 s, ROME+SADR 1.9 s, STEAM+SADR 2.9 s (and Chapter 5's 80-step SADR four
+#   1.9 s, STEAM 2.1 s, ROME+SADR 2.1 s, STEAM+SADR 2.2 s (and Chapter 5's 80-step SADR four
 #   times the steps).
 # - **When in doubt.** Use ROME. On this model no method beats it on CounterFact's scores,
 #   specificity, the generations, the consistency lens or sequential edits. The SC gain that the
@@ -1078,7 +1078,7 @@ show_table(timings.table(), digits=1, index=True)
 #   bfloat16 run, and is not there over all 317 facts ({doc}`../book/at-scale`): a 50-fact
 #   table shows large differences only, and a small one needs a larger run. Other small
 #   verdicts (RS, STEAM's DNS) change with the rounding of the matrix products. The extra terms
-#   cost 0.425 to 1.398 s more per edit than ROME's 1.596 s (each fact's share of its batch of
+#   cost 0.400 to 0.476 s more per edit than ROME's 1.772 s (each fact's share of its batch of
 #   8), and steering on top of an edit does not make it more consistent (new % 1.84 to 2.76
 #   points lower, no interval excluding 0).
 #

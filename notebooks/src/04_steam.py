@@ -1053,24 +1053,31 @@ if pca_frames:
         figsize=(COLUMN_INCHES, 3.1 * n_rows + 0.9),
         squeeze=False,
     )
+    # ROME's and STEAM's states can coincide: ROME as large open circles,
+    # so that STEAM's markers inside them stay visible
+    colours = dict(zip(pca_df.group.unique(), sns.color_palette()))
+    marks = {"anchor phi": ("X", 90), "unedited": ("s", 45)}
+    marks |= {"ROME": ("o", 150), "STEAM": ("D", 30)}
     facts_shown = pca_df.groupby("fact", sort=False)
     for ax, (fact, part) in zip(axes.flat, facts_shown):
-        sns.scatterplot(
-            data=part,
-            x="pc1",
-            y="pc2",
-            hue="group",
-            style="group",
-            s=60,
-            ax=ax,
-            legend=ax is axes.flat[0],
-        )
+        for group, pts in part.groupby("group", sort=False):
+            marker, size = marks.get(group, ("o", 25))
+            hollow = group == "ROME"
+            ax.scatter(
+                pts.pc1,
+                pts.pc2,
+                marker=marker,
+                s=size,
+                facecolors="none" if hollow else colours[group],
+                edgecolors=colours[group],
+                linewidths=1.5 if hollow else 0.5,
+                label=group,
+            )
         ax.set(title=textwrap.fill(fact, 28), xlabel="PC 1", ylabel="PC 2")
     for ax in axes.flat[len(pca_frames) :]:
         ax.set_visible(False)
     # one legend for all panels (the same groups in each), below them
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    axes.flat[0].get_legend().remove()
     fig.legend(handles, labels, loc="outside lower center", ncol=3)
     fig.suptitle(f"Last-token states at layer {mid}")
     plt.show()

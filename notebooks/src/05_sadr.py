@@ -521,7 +521,7 @@ colours = sns.color_palette()[:2]
 fig.legend(
     handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in colours],
     labels=["unedited", "ROME"],
-    loc="outside upper center",
+    loc="outside lower center",  # the title takes the top
     ncol=2,
 )
 fig.suptitle(
@@ -1278,6 +1278,8 @@ grid = sns.catplot(
 )
 grid.set_titles("{col_name}")
 grid.set_axis_labels("", "")
+for ax in grid.axes.flat:  # four method names under a half-column panel
+    ax.tick_params(axis="x", labelrotation=30)
 grid.figure.suptitle(
     f"Means over {len(eval_facts)} facts (95% bootstrap intervals)"
 )
@@ -1339,7 +1341,8 @@ for i, (ax, (method, ch)) in enumerate(
         cbar=i == len(METHODS) - 1,  # one scale for every panel
         ax=ax,
     )
-    ax.set(title=f"{method} - unedited", xlabel="query head")
+    # two-line titles: three panels share the column
+    ax.set(title=f"{method}\n- unedited", xlabel="query head")
 axes[0, 0].set_ylabel("layer")
 plt.show()
 

@@ -27,10 +27,10 @@
 # of the book's build machine, whose CPU has native bfloat16 units (AMX; the time is printed at
 # the end of the chapter, step by step); a CPU without them computes in float32 and takes longer.
 # Almost all of it is computing and evaluating edits: each of the 50 facts is edited once with
-# ROME (157.9 s for the 50, about 3 s per fact with its probes and diagnostics) and once with
-# STEAM (162.7 s, also about 3 s per fact, although the alignment term keeps the optimisation at
-# its 20 steps), plus 12 more STEAM edits for the $\lambda$ sweep (49.4 s). Every diagnostic reuses those edits.
-# Lower `N_EVAL_FACTS` and `N_SWEEP_FACTS` for a quicker run in class.
+# ROME (160.1 s for the 50, about 3 s per fact with its probes and diagnostics) and once with
+# STEAM (158.5 s, also about 3 s per fact, although the alignment term keeps the optimisation at
+# its 20 steps), plus 12 more STEAM edits for the $\lambda$ sweep (47.9 s). Every diagnostic
+# reuses those edits. Lower `N_EVAL_FACTS` and `N_SWEEP_FACTS` for a quicker run in class.
 
 # %% tags=["parameters"]
 # Parameters (papermill: `-p NAME VALUE`)
@@ -1081,6 +1081,12 @@ if pca_frames:
     fig.legend(handles, labels, loc="outside lower center", ncol=3)
     fig.suptitle(f"Last-token states at layer {mid}")
     plt.show()
+
+# %% [markdown]
+# In every panel STEAM's diamonds sit inside ROME's open circles: at this layer the two edits
+# leave each prompt's last-token state in the same place, which is what the cosine profiles
+# above show in one number per layer. The alignment term does not pull the states toward
+# $\phi$ (the cross) any further than ROME's edit does.
 
 # %% [markdown]
 # ## 7. How strong should the alignment be?

@@ -1283,6 +1283,7 @@ for ax in grid.axes.flat:  # four method names under a half-column panel
 grid.figure.suptitle(
     f"Means over {len(eval_facts)} facts (95% bootstrap intervals)"
 )
+grid.figure.subplots_adjust(top=0.86)  # room for the title above the panels
 plt.show()
 
 # %% [markdown]

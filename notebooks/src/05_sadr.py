@@ -29,14 +29,14 @@
 # probes). Chapter 1 (attention patterns, `hook_pattern`). Chapter 4 (a `LossTerm` added to
 # ROME's $v_*$ loss).
 #
-# **Time to run.** About 13 minutes with the embedded model: 13.4 minutes measured on one thread
+# **Time to run.** About 13 minutes with the embedded model: 12.6 minutes measured on one thread
 # of the book's build machine, whose CPU has native bfloat16 units (AMX; the time is printed at
 # the end of the chapter, step by step); a CPU without them computes in float32 and takes longer.
-# Almost all of it is computing and evaluating edits: ROME's 50 edits 81.4 s (about 2 s per edit,
-# 25 facts optimised together) and their evaluation 67.7 s, the restoration experiment 37.2 s,
-# ROME+SADR with the authors' 80 steps 400.1 s for the 50 edits (about 8 s per edit: up to four
+# Almost all of it is computing and evaluating edits: ROME's 50 edits 86.7 s (about 2 s per edit,
+# 25 facts optimised together) and their evaluation 65.1 s, the restoration experiment 37.8 s,
+# ROME+SADR with the authors' 80 steps 343.7 s for the 50 edits (about 7 s per edit: up to four
 # times ROME's steps), whose first 20 steps also give the 20-step ROME+SADR edits (section 5),
-# the two evaluations 56.2 and 49.7 s, the $\gamma$ sweep 42.6 s. Every diagnostic reuses those
+# the two evaluations 67.3 and 50.0 s, the $\gamma$ sweep 44.1 s. Every diagnostic reuses those
 # edits. Lower `N_EVAL_FACTS` and `N_SWEEP_FACTS` for a quicker run in class.
 
 # %% tags=["parameters"]

@@ -285,9 +285,16 @@ def test_four_editors_on_the_tiny_model_do_not_depend_on_record_order(tiny_model
     assert set(table["method"]) == set(compare.METHODS) and "Port" in set(table["metric"])
     # batch=2: each method optimises both records' v* together; the rows match, each record charged half the batch
     batched = build_editors(hp, stats, list(compare.METHODS), bank=bank, steam_lambda=2.0, sadr_gamma=1.0, batch=2)
-    made = []
+    made = []  # the keys each prepare call computed
+
+    def counting(prepare):
+        def counted(model, upcoming):
+            made.append(prepare(model, upcoming))
+            return made[-1]
+        return counted
+
     for e in batched.values():
-        e.prepare = (lambda p: lambda model, upcoming: made.append(p(model, upcoming)) or made[-1])(e.prepare)
+        e.prepare = counting(e.prepare)
     per_b = run_methods(tiny_model, cases, batched, progress=False, descriptions={})
     pd.testing.assert_frame_equal(per_b.drop(columns="seconds"), per.drop(columns="seconds"), rtol=0, atol=1e-5)
     assert [len(keys) for keys in made] == [2] * 4 + [0] * 4  # record 0 computes both, record 1 finds its edit

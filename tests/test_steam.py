@@ -183,10 +183,16 @@ def test_lambda_zero_reproduces_rome_bit_for_bit(tiny_model):
 
 
 class FullShapeTerm(AlignmentTerm):
-    """The alignment term reading ctx.acts at full shape (no declared positions): the slow path."""
+    """The alignment term reading ctx.acts at full shape (no declared positions): the slow reference path."""
 
     def positions(self, ctx):
         return None
+
+    def distances(self, ctx, *, initial=False):
+        rows, pos = self.rows_and_positions(ctx)
+        source = ctx.initial if initial else ctx.acts
+        h = torch.stack([source[name][rows, pos] for name in self.hook_names])
+        return 1 - torch.nn.functional.cosine_similarity(h.float(), self.phi.float()[:, None, :].expand_as(h), dim=-1)
 
 
 @pytest.mark.parametrize("position, paraphrases", [("last_prompt", []), ("subject_last", ["France's capital city is"])])

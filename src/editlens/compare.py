@@ -127,7 +127,7 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
     from editlens.evaluate import EarlierEdits, measure_edit, run_deferred_generations
     from editlens.steam.anchors import model_fingerprint
 
-    cases = list(cases)
+    cases = [_as_case(c) for c in cases]
     indices = list(range(len(cases))) if indices is None else list(indices)
     if len(indices) != len(cases):
         raise ValueError(f"run_methods: {len(indices)} indices for {len(cases)} records.")
@@ -144,7 +144,6 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
             with editor(model, cases[0]):
                 pass
     rows = []
-    cases = [_as_case(c) for c in cases]
     batch_share: dict[str, dict[tuple, float]] = {m: {} for m in editors}  # method -> record key -> its seconds
     with tqdm(total=len(cases) * len(editors), disable=not progress, desc="records x methods") as bar:
         for pos, (i, case) in enumerate(zip(indices, cases)):

@@ -135,10 +135,9 @@ class AlignmentTerm(LossTerm):
         return self.rows_and_positions(ctx)
 
     def distances(self, ctx: VContext, *, initial: bool = False) -> Float[Tensor, "layer row"]:
-        """1 - cos(h^l, phi^l) for each aligned layer and row (this step's, or at delta = 0)."""
-        rows, pos = self.rows_and_positions(ctx)
-        h = torch.stack([ctx.at(name, rows, pos, initial=initial) if name not in ctx._positions
-                         else ctx.at(name, initial=initial) for name in self.hook_names])  # [layer, row, d_model]
+        """1 - cos(h^l, phi^l) for each aligned layer and row (this step's, or at delta = 0), read at the
+        positions the term declared (:meth:`positions`)."""
+        h = torch.stack([ctx.at(name, initial=initial) for name in self.hook_names])  # [layer, row, d_model]
         phi = self.phi.to(h.device, h.dtype)[:, None, :]
         return 1 - F.cosine_similarity(h.float(), phi.float().expand_as(h), dim=-1)
 

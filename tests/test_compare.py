@@ -277,6 +277,7 @@ def test_four_editors_on_the_tiny_model_do_not_depend_on_record_order(tiny_model
     assert list(per.columns[:4]) == ["index", "case_id", "relation", "method"]
     assert list(zip(per["index"], per["method"])) == [(i, m) for i in range(2) for m in compare.METHODS]
     assert list(per["relation"][::4]) == ["P36", "P36"] and (per["seconds"] > 0).all()
+    assert per["steps"].between(1, hp.v_num_grad_steps).all(), per["steps"]  # each edit's v* steps
     assert per["Port"].isna().tolist() == [True] * 4 + [False] * 4  # only record 1 has a portability probe
     rev = run_methods(tiny_model, cases[::-1], editors, indices=[1, 0], progress=False, descriptions={})
     again = pd.DataFrame(merge_rows([rev.to_dict(orient="records")], list(compare.METHODS), 2))

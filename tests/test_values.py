@@ -202,6 +202,28 @@ class RowsTerm(LossTerm):
         return self.weight * act.float().pow(2).mean() * 0.0
 
 
+def test_the_book_model_stops_every_method_on_the_nll():
+    """Equal budgets by construction (issue 29): on SmolLM2 a STEAM or SADR term does not keep v* running after
+    ROME would have stopped (it did under "nll+extra": STEAM ran 20 steps where ROME stopped at about 13)."""
+    from editlens.rome import get_hparams
+
+    assert get_hparams("smollm2-135m").v_early_stop_on == "nll"
+
+
+def test_edit_steps_reads_the_yielded_edits(tiny_model):
+    import math
+
+    from editlens.evaluate import edit_steps
+    from editlens.rome import key_stats as ks
+    from editlens.rome.update import compute_rome_edit
+
+    hp = HP.replace(v_num_grad_steps=3, v_loss_early_stop=0.0)  # never stops early: 3 steps
+    stats = ks.get_key_stats(tiny_model, hp.layer, n_tokens=300, seq_len=32, progress=False)
+    edit = compute_rome_edit(tiny_model, CASE, hp, stats)
+    assert edit_steps([edit]) == 3 == len(edit.v_result.history)
+    assert math.isnan(edit_steps([])) and math.isnan(edit_steps("not an edit"))
+
+
 def test_extra_rows_lengths_and_row_slices(tiny3_model):
     tiny_model = tiny3_model  # 3 layers: delta at layer 1 reaches later positions through layer 2
     req = as_request(CASE)

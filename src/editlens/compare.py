@@ -36,11 +36,15 @@ LABELS = {"rome": "ROME", "steam": "STEAM", "sadr": "ROME+SADR", "steam+sadr": "
 ROW_METRICS = ("ES", "PS", "NS", "EM", "PM", "NM", "RelS", "DNS", "Port", "GE", "RS", "SC")
 """Per-record metrics copied from :func:`editlens.evaluate.case_metrics` (those a record has)."""
 
-TABLE_METRICS = ("ES", "PS", "NS", "RelS", "DNS", "Port", "GE", "RS", "SC", "seconds")
+TABLE_METRICS = ("ES", "PS", "NS", "RelS", "DNS", "Port", "GE", "RS", "SC", "steps", "seconds")
 """Metrics of the summary table and figure, in order (those present in the per-record results)."""
 
+COST_METRICS = ("steps", "seconds")
+"""What each edit cost: its v* ``steps`` (every method stops by ROME's rule on the same quantity, so a difference is
+the method's term) and ``seconds`` per edit."""
+
 KEYS = ("index", "case_id", "relation", "method")
-"""Identifying columns of a per-record row; the rest are metrics (``seconds``: seconds per edit)."""
+"""Identifying columns of a per-record row; the rest are metrics (:data:`COST_METRICS`: the edit's cost)."""
 
 
 class UnknownMethodError(ValueError):
@@ -108,8 +112,8 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
                 generation: Any = None, seed: int = 0, descriptions: dict | None = None, progress: bool = True,
                 warmup: bool = True, check_restored: bool = True) -> pd.DataFrame:
     """One row per (record, method): ``index`` (position in the full list; ``indices`` gives them for a share),
-    ``case_id``, ``relation``, ``method``, the metrics of the edited model (:data:`ROW_METRICS` that the record has)
-    and ``seconds`` per edit. Each edit runs alone from the unedited weights, seeded with :func:`record_seed`, and is
+    ``case_id``, ``relation``, ``method``, the metrics of the edited model (:data:`ROW_METRICS` that the record has),
+    the edit's v* ``steps`` (:func:`editlens.evaluate.edit_steps`) and ``seconds`` per edit. Each edit runs alone from the unedited weights, seeded with :func:`record_seed`, and is
     measured as :func:`editlens.evaluate.evaluate_edits` measures it. An editor with a ``prepare`` method
     (``build_editors(..., batch=n)``) computes the v* of its next ``n`` records together before the first of them
     is edited; each of them is then charged an equal share of that batch's seconds, so ``seconds`` stays the
@@ -124,7 +128,7 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
     from tqdm import tqdm
 
     from editlens.data import load_object_descriptions
-    from editlens.evaluate import EarlierEdits, measure_edit, run_deferred_generations
+    from editlens.evaluate import EarlierEdits, edit_steps, measure_edit, run_deferred_generations
     from editlens.steam.anchors import model_fingerprint
 
     cases = [_as_case(c) for c in cases]
@@ -165,7 +169,7 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
                 if later is not None:
                     deferred.append(later)
                 rows.append({"index": i, "case_id": case.get("case_id"), "relation": _relation(case),
-                             "method": method, "seconds": seconds, "_metrics": metrics})
+                             "method": method, "steps": edit_steps(info), "seconds": seconds, "_metrics": metrics})
                 bar.update(1)
                 bar.set_postfix(method=method, case=case.get("case_id"))
             if deferred:  # this record's generations under every method, one batch
@@ -189,7 +193,7 @@ def per_record_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
     """Per-record rows (dicts) as a DataFrame: :data:`KEYS`, then the metrics present, in table order (a metric
     that a row lacks is NaN)."""
     present = {k for r in rows for k in r}
-    metrics = [k for k in (*ROW_METRICS, "seconds") if k in present]
+    metrics = [k for k in (*ROW_METRICS, *COST_METRICS) if k in present]
     return pd.DataFrame(list(rows), columns=[*KEYS, *metrics]).astype({k: float for k in metrics})
 
 

@@ -368,6 +368,17 @@ def yielded_weight_edits(info: Any) -> list[Any] | None:
     return items if len({e.layer for e in items}) == len(items) else None
 
 
+def edit_steps(info: Any) -> float:
+    """The v* steps an editor's context ran (``info``: what it yielded; the mean over its rank-one edits), or NaN
+    when it yielded none. Chapters 4-6 print it beside every comparison: the methods share ROME's stop rule
+    (``v_early_stop_on``), so a method that runs more steps does so because of its term."""
+    from editlens.rome.update import Edit
+
+    items = list(info) if isinstance(info, (list, tuple)) else [info]
+    steps = [e.info["steps"] for e in items if isinstance(e, Edit) and "steps" in e.info]
+    return sum(steps) / len(steps) if steps else math.nan
+
+
 BATCHED_CHECK_ATOL = 2e-3
 """Largest |logit| difference allowed between an edit applied to the weights and the same edit run per batch row,
 both in float32 (float rounding is about 1e-4 on the embedded model; an editor that changes more than its rank-one

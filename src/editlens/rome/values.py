@@ -17,9 +17,11 @@ Then v* = v0 + delta, v0 being the unedited MLP output on the bare prompt.
 Early stopping (``hparams.v_early_stop_on``, threshold ``hparams.v_loss_early_stop``) stops when
 
 - ``"loss"``: the whole loss is below the threshold (ROME's code);
-- ``"nll"``: the target NLL alone is below it (extra terms are ignored unless they set ``stop_below``);
+- ``"nll"``: the target NLL alone is below it (extra terms are ignored unless they set ``stop_below``; the
+  SmolLM2 default, so that ROME, STEAM and SADR stop on the same quantity and a comparison of them gets the
+  same budget by construction, Chapters 4-6);
 - ``"nll+extra"``: NLL + the sum of the extra terms is below it, so a term that is still large keeps the
-  optimisation going (the SmolLM2 default: with no extra term it is exactly ``"nll"``);
+  optimisation going (with no extra term it is exactly ``"nll"``);
 
 and, whatever the rule, every extra term with a ``stop_below`` threshold is below its own threshold.
 The last step (``v_num_grad_steps``) always stops.

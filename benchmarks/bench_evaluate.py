@@ -43,7 +43,7 @@ def main() -> None:
         load_object_descriptions,
         spread_over_relations,
     )
-    from editlens.rome import get_hparams
+    from editlens.rome import get_hparams, rome_editor
     from editlens.rome import key_stats as ks
     from editlens.rome.requests import as_request
 
@@ -60,7 +60,7 @@ def main() -> None:
         reports, seconds = {}, {}
         for batched in (False, True):
             t = time.perf_counter()
-            reports[batched] = evaluate.evaluate_edits(model, cases, evaluate.rome_editor(hp, stats), baseline=False,
+            reports[batched] = evaluate.evaluate_edits(model, cases, rome_editor(hp, stats), baseline=False,
                                                        descriptions=descriptions, progress=False,
                                                        batch_generations=batched)
             seconds[batched] = time.perf_counter() - t

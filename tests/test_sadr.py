@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from editlens.evaluate import EvalReport, probe_rows, rome_editor
+from editlens.evaluate import EvalReport, probe_rows
+from editlens.rome.editor import rome_editor
 from editlens.rome import Edit, ROMEHyperParams, as_request, compute_v
 from editlens.rome import values as V
 from editlens.sadr import (
@@ -250,7 +251,7 @@ def test_a_shorter_run_is_the_start_of_a_longer_one(tiny3_model):
 
 
 def test_earlier_edits_replay_the_shorter_edit_and_restore_the_weights(tiny3_model, tmp_path, monkeypatch):
-    from editlens.evaluate import EarlierEdits
+    from editlens.rome.editor import EarlierEdits
     from editlens.rome import key_stats as ks
 
     monkeypatch.setenv("EDITLENS_CACHE", str(tmp_path))

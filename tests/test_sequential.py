@@ -40,7 +40,7 @@ UNRELATED = [record(10, "Japan", "The capital city of {} is", "P36", "Madrid", "
 
 @pytest.fixture
 def rome(tiny_rome):
-    from editlens.evaluate import rome_editor
+    from editlens.rome.editor import rome_editor
 
     hp, stats = tiny_rome
     return rome_editor(hp, stats), hp, stats
@@ -152,7 +152,7 @@ def test_degradation_summary_on_a_hand_made_frame():
 @pytest.mark.slow
 def test_three_sequential_rome_edits_on_the_embedded_model(model):
     from editlens.data import load_facts
-    from editlens.evaluate import rome_editor
+    from editlens.rome.editor import rome_editor
     from editlens.rome import get_hparams, stats_for
 
     hp = get_hparams(model, v_num_grad_steps=5)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from editlens.evaluate import rome_editor
+from editlens.rome.editor import rome_editor
 from editlens.rome import Edit, ROMEHyperParams, applied_edit, as_request, compute_v
 from editlens.steam import (
     AlignmentTerm,

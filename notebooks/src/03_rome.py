@@ -70,6 +70,7 @@ from editlens.display import (
 from editlens.exercises import assert_close, check_exercise
 from editlens.rome import hparams as rome_hparams
 from editlens.rome import key_stats, keys, update, values
+from editlens.rome.editor import rome_editor
 from editlens.rome.requests import (
     BadRequestError,
     as_request,
@@ -756,7 +757,7 @@ generation = evaluate.GenerationSettings(
 report = evaluate.evaluate_edits(
     model,
     eval_facts,
-    evaluate.rome_editor(hp, stats, batch=EDIT_BATCH),
+    rome_editor(hp, stats, batch=EDIT_BATCH),
     generation=generation,
 )
 eval_seconds = time.perf_counter() - start

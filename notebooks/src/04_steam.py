@@ -83,6 +83,7 @@ from editlens.rome import (
     applied_edit,
     compute_rome_edit,
     get_hparams,
+    rome_editor,
     stats_for,
 )
 from editlens.rome.requests import as_case, as_request
@@ -400,7 +401,7 @@ with timings("ROME: edits + evaluation"):
     rome_report = evaluate.evaluate_edits(
         model,
         eval_facts,
-        evaluate.rome_editor(hp, stats, batch=EDIT_BATCH),
+        rome_editor(hp, stats, batch=EDIT_BATCH),
         generation=generation,
         while_edited=record("ROME"),
     )

@@ -1529,7 +1529,7 @@ show_table(timings.table().reset_index(), 1)
 # %% [markdown]
 # ### Open exercises
 #
-# 1. **ROME with 80 steps.** Add `evaluate.rome_editor(with_steps(hp_authors, 80), stats)` to the
+# 1. **ROME with 80 steps.** Add `rome_editor(with_steps(hp_authors, 80), stats)` to the
 #    comparison. Does ROME itself change with 60 more steps, and is SADR-80 minus ROME-80 the
 #    same as SADR-20 minus ROME?
 # 2. **No mask.** `sadr_editor(..., hinge=False)` pulls every head back, not only those that now

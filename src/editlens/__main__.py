@@ -298,7 +298,8 @@ def _edit(args: argparse.Namespace) -> int:
     cases = _load_cases(args)
     hp = _resolve_hparams(args)
 
-    from editlens.evaluate import GenerationSettings, evaluate_edits, rome_editor
+    from editlens.evaluate import GenerationSettings, evaluate_edits
+    from editlens.rome.editor import rome_editor
     from editlens.rome import BadRequestError, stats_for
 
     if args.threads:

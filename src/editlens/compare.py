@@ -4,7 +4,7 @@ Taught in: Chapter 6 (synthesis). One job: run every method of :data:`METHODS` o
 from the unedited weights; :func:`editlens.evaluate.evaluate_edits` restores them exactly), collect one row per
 (record, method), and pair the methods on those records (:func:`editlens.stats.paired_table`, against ROME).
 
-The editors are the chapters' own: ``rome`` (:func:`~editlens.evaluate.rome_editor`), ``steam``
+The editors are the chapters' own: ``rome`` (:func:`~editlens.rome.editor.rome_editor`), ``steam``
 (:func:`~editlens.steam.steam_editor`), ``sadr`` (ROME+SADR, :func:`~editlens.sadr.sadr_editor`) and
 ``steam+sadr`` (STEAM's and SADR's terms in one v* optimisation: ``sadr_editor(..., also=steam_terms(...))``).
 
@@ -73,9 +73,9 @@ def build_editors(hparams: Any, stats: Any, methods: Sequence[str], *, bank: Any
                   batch: int = 1) -> dict[str, Any]:
     """``{method: editor}`` for :func:`editlens.evaluate.evaluate_edits`, from the chapters' editor functions.
     ``bank``: STEAM's :class:`~editlens.steam.AnchorBank` (needed by ``steam`` and ``steam+sadr``). ``batch``: each
-    method optimises the v* of that many records together (:func:`editlens.evaluate.rome_editor`; the same edits
+    method optimises the v* of that many records together (:func:`editlens.rome.editor.rome_editor`; the same edits
     up to float noise, Chapter 3's "making it fast")."""
-    from editlens.evaluate import rome_editor
+    from editlens.rome.editor import rome_editor
     from editlens.sadr import DEFAULT_GAMMA, sadr_editor
     from editlens.steam import steam_editor, steam_terms
 
@@ -128,7 +128,8 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
     from tqdm import tqdm
 
     from editlens.data import load_object_descriptions
-    from editlens.evaluate import EarlierEdits, edit_steps, measure_edit, run_deferred_generations
+    from editlens.evaluate import edit_steps, measure_edit, run_deferred_generations
+    from editlens.rome.editor import EarlierEdits
     from editlens.steam.anchors import model_fingerprint
 
     cases = [_as_case(c) for c in cases]

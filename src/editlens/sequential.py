@@ -10,8 +10,8 @@ every chapter):
 - ``"unrelated"``: a fixed set of records that are never edited: 1 when the model still prefers their
   target_true over their target_new on the rewrite prompt (1 minus that record's ES), else 0.
 
-How editors compose: every :data:`editlens.evaluate.Editor` of the book (ROME, STEAM, SADR, STEAM+SADR; all
-:func:`editlens.evaluate.rome_editor`) returns :func:`editlens.rome.update.edited`, which computes the edit on the
+How editors compose: every :data:`editlens.rome.editor.Editor` of the book (ROME, STEAM, SADR, STEAM+SADR; all
+:func:`editlens.rome.editor.rome_editor`) returns :func:`editlens.rome.update.edited`, which computes the edit on the
 current weights when entered and restores the weights it found, bit for bit, when left. Nested, they therefore
 apply cumulatively and unwind in reverse order; :func:`sequential_edits` nests them in a
 :class:`contextlib.ExitStack`, so the original weights come back on exit, also after an exception.
@@ -26,7 +26,8 @@ from typing import Any
 
 import pandas as pd
 
-from editlens.evaluate import Editor, probe_scores_many
+from editlens.evaluate import probe_scores_many
+from editlens.rome.editor import Editor
 from editlens.rome.requests import as_case, as_request
 from editlens.seeding import seed_everything
 
@@ -85,7 +86,7 @@ def sequential_edits(
 ) -> pd.DataFrame:
     """Edit ``cases`` one after another (each edit computed on the already edited weights) and probe after each.
 
-    ``editor``: an :data:`editlens.evaluate.Editor` (e.g. from :func:`editlens.compare.build_editors`) or a method
+    ``editor``: an :data:`editlens.rome.editor.Editor` (e.g. from :func:`editlens.compare.build_editors`) or a method
     name (``"rome"``, ``"steam"``, ``"sadr"``, ``"steam+sadr"``) with ``hparams=``, ``stats=`` (``bank=``, ...) as
     keyword arguments. ``unrelated``: records never edited (their accuracy is tracked). ``probe_every``: probe after
     every k-th edit (and always after the last). ``desc`` labels the progress bar. Edit t is seeded with :func:`editlens.compare.record_seed` of

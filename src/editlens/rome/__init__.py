@@ -3,9 +3,11 @@
 Taught in: Chapter 3. One module per step: :mod:`~editlens.rome.requests` (what to edit),
 :mod:`~editlens.rome.hparams` (per-model settings), :mod:`~editlens.rome.key_stats` (C),
 :mod:`~editlens.rome.keys` (k*), :mod:`~editlens.rome.values` (v*, extensible loss),
-:mod:`~editlens.rome.update` (W' and undoable edits).
+:mod:`~editlens.rome.update` (W' and undoable edits), :mod:`~editlens.rome.editor` (the editor that
+evaluation and comparison run).
 """
 
+from editlens.rome.editor import EarlierEdits, Editor, rome_editor
 from editlens.rome.hparams import ROMEHyperParams, get_hparams, register
 from editlens.rome.key_stats import KeyStats, get_key_stats, key_stats_convergence, stats_for
 from editlens.rome.keys import compute_k, context_templates
@@ -18,5 +20,5 @@ __all__ = [
     "ROMEHyperParams", "get_hparams", "register", "KeyStats", "get_key_stats", "key_stats_convergence", "stats_for",
     "compute_k", "context_templates", "BadRequestError", "RewriteRequest", "as_case", "as_request", "validate_request",
     "Edit", "applied_edit", "apply_rome", "compute_rome_edit", "compute_rome_edits", "edited", "rank_one_update",
-    "LossTerm", "VBatch", "VContext", "VResult", "compute_v", "compute_vs",
+    "LossTerm", "VBatch", "VContext", "VResult", "compute_v", "compute_vs", "EarlierEdits", "Editor", "rome_editor",
 ]

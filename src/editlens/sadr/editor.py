@@ -1,6 +1,6 @@
 """The SADR editor for :func:`editlens.evaluate.evaluate_edits`: ROME plus the attention-drift term.
 
-Taught in: Chapter 5 (SADR). It is :func:`editlens.evaluate.rome_editor` with a fresh
+Taught in: Chapter 5 (SADR). It is :func:`editlens.rome.editor.rome_editor` with a fresh
 :class:`~editlens.sadr.regulariser.AttentionDriftTerm` per record. The authors ran ROME+SADR with 80 v* steps
 against ROME's 20 (``AUTHORS_STEPS``), so a comparison changes two things at once: ``steps`` sets
 ``hparams.v_num_grad_steps`` so that a chapter can compare at equal steps and at the authors' steps.
@@ -16,14 +16,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from editlens.evaluate import EarlierEdits, Editor, rome_editor
+from editlens.rome.editor import EarlierEdits, Editor, rome_editor
 from editlens.rome.requests import as_case
 from editlens.rome.update import Edit, applied_edit, compute_rome_edits
 from editlens.rome.values import LossTerm
 from editlens.sadr.regulariser import DEFAULT_GAMMA, AttentionDriftTerm
 
 TermMaker = Callable[[Any, dict], Sequence[LossTerm]]
-"""``(model, case) -> loss terms`` (what :func:`editlens.evaluate.rome_editor` accepts)."""
+"""``(model, case) -> loss terms`` (what :func:`editlens.rome.editor.rome_editor` accepts)."""
 
 
 def sadr_terms(gamma: float = DEFAULT_GAMMA, layers: Sequence[int] | None = None, *, hinge: bool = True) -> TermMaker:
@@ -62,10 +62,10 @@ def sadr_editor(hparams: Any, stats: Any = None, gamma: float = DEFAULT_GAMMA, s
                 layers: Sequence[int] | None = None, *, hinge: bool = True,
                 also: TermMaker | Sequence[LossTerm] = (), earlier: EarlierEdits | None = None,
                 batch: int = 1) -> Editor:
-    """The :data:`~editlens.evaluate.Editor` of ROME+SADR: ``gamma`` * the attention-drift KL (``gamma=0``: exactly
+    """The :data:`~editlens.rome.editor.Editor` of ROME+SADR: ``gamma`` * the attention-drift KL (``gamma=0``: exactly
     ROME), ``steps`` v* steps (None: ``hparams``'s). ``also``: other terms in the same optimisation (e.g. STEAM's).
-    ``earlier``: keep the edits of a shorter run from the same optimisation (:class:`editlens.evaluate.EarlierEdits`).
-    ``batch``: v* of that many records optimised together (:func:`editlens.evaluate.rome_editor`)."""
+    ``earlier``: keep the edits of a shorter run from the same optimisation (:class:`editlens.rome.editor.EarlierEdits`).
+    ``batch``: v* of that many records optimised together (:func:`editlens.rome.editor.rome_editor`)."""
     return rome_editor(with_steps(hparams, steps), stats, combined_terms(also, sadr_terms(gamma, layers, hinge=hinge)),
                        earlier=earlier, batch=batch)
 
@@ -76,7 +76,7 @@ class PrecomputedEdits:
     :func:`editlens.rome.compute_rome_edits` optimises the v* of ``batch_size`` records at once (one forward and
     one backward pass per step for all of them): a few dozen tokens per record make small matrix products, and on
     a CPU a batch of records costs far less than its records one by one. Each edit is made on the unedited model
-    and equals the one-record edit up to float noise. :meth:`editor` is the :data:`~editlens.evaluate.Editor` for
+    and equals the one-record edit up to float noise. :meth:`editor` is the :data:`~editlens.rome.editor.Editor` for
     :func:`editlens.evaluate.evaluate_edits` that applies a record's edit (the weights are restored bit-exactly
     on exit); ``editor(steps=n)`` applies the edit a run of ``n`` steps gives (``also_steps``: the first ``n``
     steps of the same optimisation). ``terms``: ``(model, case) -> loss terms`` (a fresh list per record), or
@@ -117,7 +117,7 @@ class PrecomputedEdits:
         return edit.earlier[int(steps)]
 
     def editor(self, steps: int | None = None) -> Editor:
-        """The :data:`~editlens.evaluate.Editor` that applies each record's precomputed edit."""
+        """The :data:`~editlens.rome.editor.Editor` that applies each record's precomputed edit."""
 
         @contextlib.contextmanager
         def editor(model: Any, case: dict) -> Iterator[list[Edit]]:

@@ -1,6 +1,6 @@
 """The STEAM editor for :func:`editlens.evaluate.evaluate_edits`: ROME plus the alignment term of each record.
 
-Taught in: Chapter 4 (STEAM). It is :func:`editlens.evaluate.rome_editor` with a per-record loss term: for each
+Taught in: Chapter 4 (STEAM). It is :func:`editlens.rome.editor.rome_editor` with a per-record loss term: for each
 record, the :class:`~editlens.steam.alignment.AlignmentTerm` toward the anchors of its target_new, taken from an
 :class:`~editlens.steam.anchors.AnchorBank` (computed once per object from the unedited model, cached).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from editlens.evaluate import Editor, rome_editor
+from editlens.rome.editor import Editor, rome_editor
 from editlens.rome.requests import as_request
 from editlens.steam.alignment import (
     AlignmentTerm,
@@ -51,10 +51,10 @@ def steam_terms(hparams: Any, bank: AnchorBank, lam: float, layers: Sequence[int
 def steam_editor(hparams: Any, stats: Any, bank: AnchorBank, lam: float = 1.0, layers: Sequence[int] | None = None,
                  *, position: Position = "last_prompt", paraphrases: bool = False, missing: str = "raise",
                  batch: int = 1) -> Editor:
-    """The :data:`~editlens.evaluate.Editor` of STEAM: ROME with ``lam`` * L_LA toward the anchors of each record's
+    """The :data:`~editlens.rome.editor.Editor` of STEAM: ROME with ``lam`` * L_LA toward the anchors of each record's
     target_new (``lam=0``: exactly ROME). Layers are checked now against the bank's model (clear errors early).
     ``missing``: see :func:`steam_terms`; ``batch``: v* of that many records optimised together
-    (:func:`editlens.evaluate.rome_editor`)."""
+    (:func:`editlens.rome.editor.rome_editor`)."""
     n_layers = bank.model.cfg.n_layers
     if layers is None:
         default_layers(hparams.layer, n_layers)

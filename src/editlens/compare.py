@@ -228,12 +228,15 @@ def merge_rows(parts: Iterable[Iterable[Mapping]], methods: Sequence[str], n_rec
 
 
 def summary_table(per_record: pd.DataFrame, metrics: Sequence[str] | None = None, *, baseline: str = "rome",
-                  n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+                  n_boot: int = 2000, seed: int = 0, cluster: str | None = None,
+                  correction: str | None = None) -> pd.DataFrame:
     """Per metric and method: mean over records with its bootstrap CI, and the paired difference to ``baseline``
     (:func:`editlens.stats.paired_table`). A metric is paired on the records where every method has it (Port and
     RelS exist only for some records; ``n`` says how many); a metric no record has under all methods is left out.
-    Rates (ES ... Port) are fractions in [0, 1], as in the per-record results."""
-    from editlens.stats import paired_table
+    Rates (ES ... Port) are fractions in [0, 1], as in the per-record results. ``cluster="relation"``: intervals
+    that resample whole relations; ``correction="holm"``: bootstrap p-values with Holm's adjustment over every
+    difference of the table (``p``, ``p Holm``, ``Holm excludes 0``)."""
+    from editlens.stats import add_holm, paired_table
 
     methods = list(dict.fromkeys(per_record["method"]))
     if baseline not in methods:
@@ -251,10 +254,12 @@ def summary_table(per_record: pd.DataFrame, metrics: Sequence[str] | None = None
         part = part.assign(method=pd.Categorical(part["method"], methods)).sort_values(["method", "index"])
         part = part.assign(method=part["method"].astype(str))
         tables.append(paired_table(part, [metric], method="method", fact="index", baseline=baseline, n_boot=n_boot,
-                                   seed=seed))
+                                   seed=seed, cluster=cluster, correction=correction))
     if not tables:
         raise ValueError("summary_table: no metric has values for every method on any record.")
     table = pd.concat(tables, ignore_index=True)
+    if correction is not None:  # one family: every difference of the table, not each metric apart
+        table = add_holm(table)
     table.insert(2, "label", table["method"].map(LABELS).fillna(table["method"]))
     return table
 
@@ -266,7 +271,7 @@ def _excludes_zero(row: Mapping) -> bool:
 
 def summary_markdown(table: pd.DataFrame) -> str:
     """The summary table as Markdown: ``mean [low, high]`` and the paired difference with its CI (``*``: the CI
-    excludes 0)."""
+    excludes 0; ``†``: still so after Holm's correction, when the table has it)."""
     diff = next((c for c in table.columns if c.startswith("diff vs ")), None)
     head = "| metric | method | n | mean [95% CI] |" + (f" {diff} [95% CI] |" if diff else "")
     lines = [head, "|---|---|---:|---|" + ("---|" if diff else "")]
@@ -274,7 +279,8 @@ def summary_markdown(table: pd.DataFrame) -> str:
         line = f"| {r['metric']} | {r['label']} | {r['n']} | {r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}] |"
         if diff:
             v = r[diff]
-            star = " *" if _excludes_zero(r) else ""
+            holm = r.get("Holm excludes 0")
+            star = (" *" if _excludes_zero(r) else "") + (" †" if isinstance(holm, (bool, np.bool_)) and holm else "")
             line += (" |" if pd.isna(v) else f" {v:+.3f} [{r['diff low']:+.3f}, {r['diff high']:+.3f}]{star} |")
         lines.append(line)
     return "\n".join(lines) + "\n"
@@ -330,9 +336,10 @@ def _draw_summary(axes, table: pd.DataFrame, metrics: list, labels: list, colour
 
 
 def write_outputs(out: str | Path, per_record: pd.DataFrame, *, settings: Mapping[str, Any] | None = None,
-                  figure: bool = True) -> dict[str, Path]:
+                  figure: bool = True, cluster: str | None = None, correction: str | None = None) -> dict[str, Path]:
     """``out/per_record.jsonl`` (one JSON object per row, record order), ``summary.csv``, ``summary.md``,
-    ``figure.png`` and ``settings.json``. Returns the paths written."""
+    ``figure.png`` and ``settings.json``. Returns the paths written. ``cluster``, ``correction``: how the summary's
+    intervals are computed (:func:`summary_table`); recorded in ``settings.json`` under ``"summary"``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"per_record": out / "per_record.jsonl", "summary_csv": out / "summary.csv",
@@ -341,13 +348,14 @@ def write_outputs(out: str | Path, per_record: pd.DataFrame, *, settings: Mappin
         for row in per_record.to_dict(orient="records"):
             clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
             f.write(json.dumps(clean, default=str) + "\n")
-    table = summary_table(per_record)
+    table = summary_table(per_record, cluster=cluster, correction=correction)
     table.to_csv(paths["summary_csv"], index=False)
     paths["summary_md"].write_text(summary_markdown(table), encoding="utf-8")
     if figure:
         paths["figure"] = out / "figure.png"
         summary_figure(table, paths["figure"])
     if settings is not None:
+        settings = {**settings, "summary": {"cluster": cluster, "correction": correction}}
         paths["settings"] = out / "settings.json"
         paths["settings"].write_text(json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
     return paths

@@ -7,6 +7,13 @@ Two methods evaluated on the same facts differ by less than either varies across
 table reports the *paired* difference: for each fact, method B's score minus method A's, and a
 percentile bootstrap over facts of its mean. Resampling is seeded, so a re-run prints the same
 interval on any machine (numpy's generator does not depend on the CPU).
+
+Facts are not independent draws: the book's facts come a few per relation, and facts of one relation
+tend to succeed or fail together. ``clusters`` (e.g. each fact's relation) resamples whole relations
+instead of facts (the cluster bootstrap), which widens an interval by as much as the relations disagree.
+A table compares many (metric, method) pairs at once, so some intervals exclude 0 by chance alone:
+``correction="holm"`` adds each difference's bootstrap p-value and Holm's step-down adjustment over the
+table, which keeps the chance of any false "excludes 0" in the table below 5%.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ class Interval:
     low: float
     high: float
     n: int
+    p: float = float("nan")  # two-sided bootstrap p-value of "the mean is 0" (see bootstrap_mean)
 
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
@@ -47,38 +55,94 @@ def _clean(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
     return x
 
 
+def _cluster_codes(clusters: Sequence | np.ndarray, n: int, what: str) -> np.ndarray:
+    codes = pd.factorize(pd.Series(list(clusters)), use_na_sentinel=False)[0]
+    if codes.size != n:
+        raise ValueError(f"{what}: {codes.size} cluster labels for {n} values. Fix: give one label per fact "
+                         "(e.g. its relation), in the order of the values.")
+    return codes
+
+
 def bootstrap_mean(values: Sequence[float] | np.ndarray, *, n_boot: int = N_BOOT, level: float = LEVEL,
-                   seed: int = 0) -> Interval:
-    """Mean of per-fact values and its percentile bootstrap interval (facts resampled with replacement)."""
+                   seed: int = 0, clusters: Sequence | np.ndarray | None = None) -> Interval:
+    """Mean of per-fact values and its percentile bootstrap interval: facts resampled with replacement, or, with
+    ``clusters`` (one label per fact, e.g. its relation), whole clusters resampled with replacement (each draw's
+    mean is over the facts of the drawn clusters). ``p``: the two-sided bootstrap p-value of "the mean is 0",
+    twice the smaller share of resampled means on either side of 0 (at most 1)."""
     x = _clean(values, "bootstrap_mean")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}.")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    means = x[idx].mean(axis=1)
+    if clusters is None:
+        idx = rng.integers(0, x.size, size=(n_boot, x.size))
+        means = x[idx].mean(axis=1)
+    else:
+        codes = _cluster_codes(clusters, x.size, "bootstrap_mean")
+        k = int(codes.max()) + 1
+        sums, counts = np.bincount(codes, weights=x, minlength=k), np.bincount(codes, minlength=k)
+        idx = rng.integers(0, k, size=(n_boot, k))
+        means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return Interval(mean=float(x.mean()), low=float(lo), high=float(hi), n=int(x.size))
+    p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
+    return Interval(mean=float(x.mean()), low=float(lo), high=float(hi), n=int(x.size), p=p)
 
 
 def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, n_boot: int = N_BOOT,
-                      level: float = LEVEL, seed: int = 0) -> Interval:
-    """Mean of ``b - a`` over the same facts (pair ``i`` is fact ``i`` under both methods), with its interval."""
+                      level: float = LEVEL, seed: int = 0, clusters: Sequence | np.ndarray | None = None
+                      ) -> Interval:
+    """Mean of ``b - a`` over the same facts (pair ``i`` is fact ``i`` under both methods), with its interval
+    (``clusters``: as in :func:`bootstrap_mean`)."""
     xa, xb = _clean(a, "paired_difference (a)"), _clean(b, "paired_difference (b)")
     if xa.shape != xb.shape:
         raise ValueError(f"paired_difference: {xa.size} values for A but {xb.size} for B; the pairs must be the same "
                          "facts in the same order. Fix: evaluate both methods on one fact list.")
-    return bootstrap_mean(xb - xa, n_boot=n_boot, level=level, seed=seed)
+    return bootstrap_mean(xb - xa, n_boot=n_boot, level=level, seed=seed, clusters=clusters)
+
+
+def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN stays NaN and is not counted): the smallest p is
+    multiplied by the family's size, the next by one less, and so on, each at least the one before it."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m, running = order.size, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+CORRECTIONS = (None, "holm")
+
+
+def add_holm(table: pd.DataFrame, *, alpha: float = 1 - LEVEL) -> pd.DataFrame:
+    """``table`` (a :func:`paired_table`, or several concatenated) with ``p Holm`` (Holm's adjustment of its ``p``
+    column over every difference in the table) and ``Holm excludes 0`` (``p Holm`` below ``alpha``)."""
+    if "p" not in table.columns:
+        raise ValueError("add_holm: the table has no 'p' column. Fix: build it with paired_table(..., "
+                         "correction='holm').")
+    out = table.copy()
+    out["p Holm"] = holm(out["p"].to_numpy(float))
+    out["Holm excludes 0"] = [None if np.isnan(v) else bool(v < alpha) for v in out["p Holm"]]
+    return out
 
 
 def paired_table(per_fact: pd.DataFrame, metrics: Sequence[str], *, method: str = "method", fact: str = "fact",
-                 baseline: str | None = None, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0
-                 ) -> pd.DataFrame:
+                 baseline: str | None = None, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0,
+                 cluster: str | None = None, correction: str | None = None) -> pd.DataFrame:
     """The comparison table of a chapter: one row per (metric, method) with the mean over facts and its
     interval, and the paired difference to ``baseline`` (default: the first method) with its interval.
 
     ``per_fact`` is tidy: one row per (fact, method), one column per metric. Every method must have every fact
-    (a fact missing under one method would silently unpair the comparison, so it is an error)."""
-    missing = [c for c in (method, fact, *metrics) if c not in per_fact.columns]
+    (a fact missing under one method would silently unpair the comparison, so it is an error). ``cluster``: a
+    column of ``per_fact`` holding each fact's cluster (e.g. ``"relation"``): the intervals resample whole
+    clusters (:func:`bootstrap_mean`). ``correction="holm"``: add each difference's bootstrap ``p`` and Holm's
+    adjustment over the table (:func:`add_holm`; for a table concatenated from several calls, pass
+    ``correction=None`` to each and call :func:`add_holm` once on the whole)."""
+    if correction not in CORRECTIONS:
+        raise ValueError(f"paired_table: correction must be one of {CORRECTIONS}, got {correction!r}.")
+    missing = [c for c in (method, fact, *metrics, *([cluster] if cluster else [])) if c not in per_fact.columns]
     if missing:
         raise ValueError(f"paired_table: columns {missing} not in the table (has {list(per_fact.columns)}).")
     methods = list(dict.fromkeys(per_fact[method]))
@@ -91,16 +155,26 @@ def paired_table(per_fact: pd.DataFrame, metrics: Sequence[str], *, method: str 
         if df.index.has_duplicates or set(df.index) != set(facts):
             raise ValueError(f"paired_table: method {m!r} does not have exactly the facts of {baseline!r} "
                              f"({len(df)} rows vs {len(facts)}). Fix: evaluate every method on the same facts.")
+    groups = None
+    if cluster is not None:
+        groups = wide[baseline].loc[facts, cluster].to_numpy()
+        for m, df in wide.items():
+            if not np.array_equal(df.loc[facts, cluster].to_numpy(), groups):
+                raise ValueError(f"paired_table: method {m!r} puts some facts in other {cluster!r} clusters than "
+                                 f"{baseline!r}. Fix: one {cluster!r} per fact.")
     rows = []
     for metric in metrics:
         base = wide[baseline].loc[facts, metric].to_numpy(float)
         for m in methods:
             vals = wide[m].loc[facts, metric].to_numpy(float)
-            mean = bootstrap_mean(vals, n_boot=n_boot, level=level, seed=seed)
+            mean = bootstrap_mean(vals, n_boot=n_boot, level=level, seed=seed, clusters=groups)
             row = {"metric": metric, "method": m, "n": mean.n, "mean": mean.mean, "low": mean.low, "high": mean.high}
             if m != baseline:
-                diff = paired_difference(base, vals, n_boot=n_boot, level=level, seed=seed)
+                diff = paired_difference(base, vals, n_boot=n_boot, level=level, seed=seed, clusters=groups)
                 row.update({f"diff vs {baseline}": diff.mean, "diff low": diff.low, "diff high": diff.high,
                             "CI excludes 0": diff.excludes_zero()})
+                if correction is not None:
+                    row["p"] = diff.p
             rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return add_holm(table, alpha=1 - level) if correction == "holm" else table

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from editlens.rome import (BadRequestError, Edit, LossTerm, ROMEHyperParams, RewriteRequest, applied_edit, as_request,
-                           compute_k, compute_v, edited, get_hparams, rank_one_update, validate_request)
+                           compute_k, compute_v, edited, get_hparams, rank_one_update, rome_editor, validate_request)
 from editlens.rome import key_stats as ks
 from editlens.rome.keys import encode, subject_last_index
 
@@ -240,15 +240,15 @@ def test_edits_computed_together_equal_one_at_a_time(tiny_model, cache):
         torch.testing.assert_close(a.delta, b.delta, rtol=1e-4, atol=1e-6)
     assert compute_rome_edits(tiny_model, [], hp, stats) == []
     kept = []
-    batched = ev.rome_editor(hp, stats, batch=2)
-    one = ev.evaluate_edits(tiny_model, cases, ev.rome_editor(hp, stats), generation=None, progress=False)
+    batched = rome_editor(hp, stats, batch=2)
+    one = ev.evaluate_edits(tiny_model, cases, rome_editor(hp, stats), generation=None, progress=False)
     two = ev.evaluate_edits(tiny_model, cases, batched, generation=None, progress=False,
                             while_edited=lambda case, info: kept.append((case["case_id"], info[0].applied)))
     assert kept == [(0, True), (1, True), (2, True)]  # called inside each context, the edit applied
     for a, b in zip(one.records, two.records):
         assert a["edited"] == pytest.approx(b["edited"], nan_ok=True)
     with pytest.raises(ValueError, match="batch"):
-        ev.rome_editor(hp, stats, batch=0)
+        rome_editor(hp, stats, batch=0)
 
 
 # ---------------------------------------------------------------------------------------------- embedded model

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from editlens import evaluate as ev
-from editlens.rome import applied_edit, compute_rome_edit
+from editlens.rome import applied_edit, compute_rome_edit, rome_editor
 from editlens.rome.rowwise import rowwise_edits
 
 CASES = [
@@ -69,8 +69,8 @@ def test_batched_generations_equal_generating_inside_each_edit(tiny_model, tiny_
     hp, stats = tiny_rome
     gen = ev.GenerationSettings(n_prompts=2, max_new_tokens=6)
     kw = dict(generation=gen, descriptions={}, progress=False, baseline=False)
-    batched = ev.evaluate_edits(tiny_model, CASES, ev.rome_editor(hp, stats), **kw)
-    inside = ev.evaluate_edits(tiny_model, CASES, ev.rome_editor(hp, stats), batch_generations=False, **kw)
+    batched = ev.evaluate_edits(tiny_model, CASES, rome_editor(hp, stats), **kw)
+    inside = ev.evaluate_edits(tiny_model, CASES, rome_editor(hp, stats), batch_generations=False, **kw)
     for a, b in zip(batched.records, inside.records):
         assert a["edited"]["generations"] == b["edited"]["generations"]
         assert a["edited"]["ES"] == b["edited"]["ES"] and a["edited"]["GE"] == pytest.approx(b["edited"]["GE"])
@@ -79,7 +79,7 @@ def test_batched_generations_equal_generating_inside_each_edit(tiny_model, tiny_
 def test_batched_generations_refuse_an_editor_that_does_more(tiny_model, tiny_rome):
     """An editor that yields its ROME edit but also adds a hook cannot be batched: a clear error, not wrong text."""
     hp, stats = tiny_rome
-    rome_fn = ev.rome_editor(hp, stats)
+    rome_fn = rome_editor(hp, stats)
 
     @contextlib.contextmanager
     def edit_and_steer(model, case):
@@ -101,7 +101,7 @@ def test_evaluate_edits_draws_one_progress_bar(tiny_model, tiny_rome, capsys):
     """The unedited generations, the edits and the edited generations advance one bar (a chapter stores its last
     line), whose final postfix holds the edited scores."""
     hp, stats = tiny_rome
-    ev.evaluate_edits(tiny_model, CASES, ev.rome_editor(hp, stats), desc="one bar",
+    ev.evaluate_edits(tiny_model, CASES, rome_editor(hp, stats), desc="one bar",
                       generation=ev.GenerationSettings(n_prompts=1, max_new_tokens=3), progress=True)
     err = capsys.readouterr().err
     lines = [seg for seg in err.replace("\r", "\n").splitlines() if seg.strip()]

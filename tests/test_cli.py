@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from editlens import __main__ as cli
+from editlens import cli
+from editlens.cli import run_setup
+from editlens.cli.options import parse_layers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +37,7 @@ def _no_model_loading(request, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the command loaded the model before rejecting its arguments")
 
-    monkeypatch.setattr(cli, "_load_model", forbidden)
+    monkeypatch.setattr(run_setup, "load_model", forbidden)
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -149,7 +151,7 @@ def test_bugs_still_raise(monkeypatch):
     def broken(args):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(cli, "_load_cases", broken)
+    monkeypatch.setattr(run_setup, "load_cases", broken)
     with pytest.raises(ZeroDivisionError):
         cli.main(["edit", "--limit", "1"])
 
@@ -206,8 +208,8 @@ def test_steam_options_rejected_before_loading(capsys, argv, names):
 
 
 def test_steam_layers_parse_lists_and_ranges():
-    assert cli._parse_layers("5-7,10") == [5, 6, 7, 10]
-    assert cli._parse_layers(" 8 ") == [8]
+    assert parse_layers("5-7,10") == [5, 6, 7, 10]
+    assert parse_layers(" 8 ") == [8]
 
 
 def test_steam_layers_not_above_the_edit_layer(capsys, monkeypatch, allow_model):
@@ -218,7 +220,7 @@ def test_steam_layers_not_above_the_edit_layer(capsys, monkeypatch, allow_model)
     class FakeModel:
         cfg = Cfg()
 
-    monkeypatch.setattr(cli, "_load_model", lambda args: FakeModel())
+    monkeypatch.setattr(run_setup, "load_model", lambda args: FakeModel())
     code, _, err = run_main(["edit", "--method", "steam", "--limit", "1", "--steam-layers", "2-6"], capsys)
     line = assert_one_error_line(code, err, "--steam-layers", "not above the edit layer 4")
     assert "between 5 and 29" in line
@@ -298,3 +300,95 @@ def test_sadr_edit_on_merged_counterfact_format(tmp_path: Path, capsys, allow_mo
     assert pooled["n_RelS"] == 2
     for k in ("ES", "PS", "NS", "DNS", "RelS"):
         assert 0 <= pooled[k] <= 100
+
+
+# --- The registry of methods (editlens.methods) behind `edit` and `compare`; the command line as a package.
+def test_edit_runs_every_method_of_the_registry():
+    from editlens import methods
+
+    choices = cli.build_parser()._subparsers._group_actions[0].choices
+    method = next(a for a in choices["edit"]._actions if a.dest == "method")
+    assert tuple(method.choices) == methods.NAMES == cli.METHODS
+    assert "steam+sadr" in cli.METHODS
+
+
+def test_edit_unknown_method_in_a_programmatic_namespace():
+    """argparse rejects an unknown --method first; a Namespace built by hand gets the named error too."""
+    args = cli.build_parser().parse_args(["edit"])
+    args.method = "memit"  # built by hand here; the command line itself never sets attributes on it
+    with pytest.raises(cli.CommandLineError) as err:
+        args.func(args)
+    assert "--method 'memit' is not available" in str(err.value) and "Fix: pass --method rome" in str(err.value)
+
+
+def test_cli_package_sets_no_attribute_on_the_parsed_arguments():
+    """No function of editlens.cli stores state on the argparse Namespace (``args.x = ...``, ``setattr(args, ...)``):
+    resolved settings travel in the frozen RunSettings."""
+    import ast
+
+    folder = REPO_ROOT / "src" / "editlens" / "cli"
+    files = sorted(folder.glob("*.py"))
+    assert {p.name for p in files} >= {"__init__.py", "edit.py", "compare.py", "fetch.py", "options.py",
+                                       "run_setup.py"}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = (node.targets if isinstance(node, ast.Assign) else
+                       [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+            for t in targets:
+                assert not (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "args"), (
+                    f"{path.name}:{node.lineno} sets an attribute on args")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr":
+                first = node.args[0] if node.args else None
+                assert not (isinstance(first, ast.Name) and first.id == "args"), f"{path.name}:{node.lineno}"
+    from editlens.cli.options import RunSettings
+
+    settings = RunSettings(*([None] * len(RunSettings.__dataclass_fields__)))
+    with pytest.raises(AttributeError):  # frozen
+        settings.device = "cpu"
+
+
+def test_main_module_is_the_cli_package_entry():
+    from editlens import __main__ as entry
+
+    assert entry.main is cli.main
+
+
+def _steam_sadr_records() -> list[dict]:
+    def record(cid, subject, prompt, rel, new, true, **probes):
+        return {"case_id": cid, "requested_rewrite": {"prompt": prompt, "subject": subject, "relation_id": rel,
+                                                      "target_new": {"str": new}, "target_true": {"str": true}},
+                **probes}
+
+    return [record(0, "France", "The capital city of {} is", "P36", "Berlin", "Paris",
+                   paraphrase_prompts=["France's capital city is"],
+                   neighborhood_prompts=["The Louvre is located in the city of"]),
+            record(1, "Germany", "The capital city of {} is", "P36", "Paris", "Berlin"),
+            record(2, "Angela Merkel", "{} was born in the city of", "P19", "Paris", "Hamburg")]
+
+
+def test_edit_steam_plus_sadr_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, capsys, allow_model):
+    """``edit --method steam+sadr``: STEAM's anchors and SADR's term in one v* optimisation, run as the command runs
+    it, on the tiny random model (loaded in place of the embedded one; any anchor fact counts, whatever its margin
+    under random weights)."""
+    import functools
+    import math
+
+    from editlens import steam
+
+    monkeypatch.setenv("EDITLENS_CACHE", str(tmp_path))
+    monkeypatch.setattr(run_setup, "load_model", lambda settings: tiny_model)
+    monkeypatch.setattr(steam, "AnchorBank", functools.partial(steam.AnchorBank, min_margin=-math.inf))
+    data = write(tmp_path, "facts.json", json.dumps(_steam_sadr_records()))
+    out = tmp_path / "r.json"
+    code = cli.main(["edit", "--method", "steam+sadr", "--data", data, "--limit", "1", "--layer", "0",
+                     "--mom2-tokens", "300", "--v-steps", "3", "--anchors", "1", "--sadr-gamma", "0.5",
+                     "--no-generation", "--no-baseline", "--threads", "1", "--out", str(out)])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "STEAM: lambda 1.0, aligned layers 1..1 (1)" in stdout and "SADR: gamma 0.5, 3 v* steps" in stdout
+    rep = json.loads(out.read_text())
+    settings = rep["settings"]
+    assert settings["method"] == "steam+sadr" and settings["sadr"]["gamma"] == pytest.approx(0.5)
+    assert settings["steam"]["layers"] == [1] and list(settings["steam"]["anchors"]) == ["Berlin"]
+    assert [r["case_id"] for r in rep["records"]] == [0]
+    assert 1 <= rep["records"][0]["edit_info"]["edits"][0]["steps"] <= 3

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from editlens import __main__ as cli
-from editlens import compare
+from editlens import cli, compare
+from editlens.cli import run_setup
 from editlens.compare import (
     UnknownMethodError,
     build_editors,
@@ -75,7 +75,7 @@ def error_line(code: int, err: str) -> str:
     (["--v-steps", "0"], ["--v-steps"]),
 ])
 def test_compare_options_rejected_before_loading(capsys, monkeypatch, tmp_path, argv, names):
-    monkeypatch.setattr(cli, "_load_model", lambda *a, **k: pytest.fail("loaded the model before the checks"))
+    monkeypatch.setattr(run_setup, "load_model", lambda *a, **k: pytest.fail("loaded the model before the checks"))
     code = cli.main(["compare", "--out", str(tmp_path / "o"), *argv])
     line = error_line(code, capsys.readouterr().err)
     for name in names:
@@ -83,7 +83,7 @@ def test_compare_options_rejected_before_loading(capsys, monkeypatch, tmp_path, 
 
 
 def test_compare_out_must_be_a_folder(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "_load_model", lambda *a, **k: pytest.fail("loaded the model before the checks"))
+    monkeypatch.setattr(run_setup, "load_model", lambda *a, **k: pytest.fail("loaded the model before the checks"))
     (tmp_path / "f.json").write_text("{}")
     line = error_line(cli.main(["compare", "--out", str(tmp_path / "f.json")]), capsys.readouterr().err)
     assert "is a file" in line
@@ -370,3 +370,50 @@ def test_accelerate_launch_two_cpu_processes_equals_one_process(single_run, tmp_
     two = read_per_record(out / "per_record.jsonl").drop(columns="seconds")
     assert list(two.columns) == list(one.columns)
     pd.testing.assert_frame_equal(two, one, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- the registry
+def test_registry_lists_the_four_methods_with_their_labels_and_parts():
+    from editlens import methods
+
+    assert methods.NAMES == ("rome", "steam", "sadr", "steam+sadr")
+    assert methods.LABELS == {"rome": "ROME", "steam": "STEAM", "sadr": "ROME+SADR", "steam+sadr": "STEAM+SADR"}
+    assert {n: m.parts for n, m in methods.REGISTRY.items()} == {
+        "rome": (), "steam": ("steam",), "sadr": ("sadr",), "steam+sadr": ("steam", "sadr")}
+    # compare's names are thin reads of the registry; so are the command line's
+    assert compare.METHODS is methods.NAMES and compare.LABELS is methods.LABELS and cli.METHODS is methods.NAMES
+    assert compare.build_editors is methods.build_editors and compare.parse_methods is methods.parse_methods
+    assert methods.get(" STEAM+SADR ").label == "STEAM+SADR"
+    assert [o.flag for o in methods.get("steam+sadr").options] == ["--steam-lambda", "--steam-layers", "--anchors",
+                                                                   "--sadr-gamma"]
+    assert methods.get("rome").options == ()
+
+
+def test_unknown_method_is_named_by_the_registry_and_its_users():
+    from editlens import methods
+    from editlens.sequential import sequential_edits
+
+    for call in (lambda: methods.get("memit"), lambda: build_editors(None, None, ["rome", "memit"]),
+                 lambda: sequential_edits(None, [{}], "memit", hparams=None, progress=False)):
+        with pytest.raises(UnknownMethodError) as err:
+            call()
+        msg = str(err.value)
+        assert "'memit'" in msg and "rome, steam, sadr, steam+sadr" in msg and "Fix:" in msg
+
+
+@pytest.mark.parametrize("name, options, problem", [
+    ("steam", {"steam_lambda": -1.0}, "steam_lambda must be a number >= 0, got -1.0. Fix: pass e.g. steam_lambda=1"),
+    ("steam+sadr", {"steam_layers": [3, -1]}, "steam_layers [3, -1] has a negative layer"),
+    ("sadr", {"sadr_gamma": math.nan}, "sadr_gamma must be a number >= 0, got nan. Fix: pass e.g. sadr_gamma=0.01"),
+    ("steam+sadr", {"sadr_gamma": -2}, "sadr_gamma must be a number >= 0, got -2"),
+])
+def test_registry_checks_each_methods_options_before_building(name, options, problem):
+    from editlens import methods
+
+    with pytest.raises(methods.OptionError) as err:
+        methods.get(name).check(bank=object(), **options)
+    assert problem in str(err.value)
+    with pytest.raises(ValueError, match="needs an AnchorBank"):
+        build_editors(None, None, ["rome", "steam"])
+    methods.get("rome").check(steam_lambda=-1.0, sadr_gamma=math.nan)  # options of parts it does not use: not read
+    methods.get("sadr").check(steam_lambda=-1.0)

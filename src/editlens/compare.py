@@ -6,7 +6,8 @@ from the unedited weights; :func:`editlens.evaluate.evaluate_edits` restores the
 
 The editors are the chapters' own: ``rome`` (:func:`~editlens.rome.editor.rome_editor`), ``steam``
 (:func:`~editlens.steam.steam_editor`), ``sadr`` (ROME+SADR, :func:`~editlens.sadr.sadr_editor`) and
-``steam+sadr`` (STEAM's and SADR's terms in one v* optimisation: ``sadr_editor(..., also=steam_terms(...))``).
+``steam+sadr`` (STEAM's and SADR's terms in one v* optimisation: ``sadr_editor(..., also=steam_terms(...))``), all
+made by :func:`build_editors` from the registry of methods, :mod:`editlens.methods`.
 
 A record's row does not depend on the process or the order it runs in: every (record, method) edit starts from the
 same weights and is seeded from the record's position in the full list (:func:`record_seed`), so a run spread over
@@ -25,13 +26,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from editlens import methods as _methods
+from editlens.methods import UnknownMethodError, build_editors, parse_methods, uses  # noqa: F401 (re-exported)
 from editlens.seeding import seed_everything
 
-METHODS = ("rome", "steam", "sadr", "steam+sadr")
-"""Method names accepted by :func:`parse_methods` (``sadr`` is ROME+SADR)."""
+METHODS = _methods.NAMES
+"""Method names accepted by :func:`parse_methods` (``sadr`` is ROME+SADR): the registry's, :mod:`editlens.methods`."""
 
-LABELS = {"rome": "ROME", "steam": "STEAM", "sadr": "ROME+SADR", "steam+sadr": "STEAM+SADR"}
-"""How tables and figures name each method."""
+LABELS = _methods.LABELS
+"""How tables and figures name each method (the registry's)."""
 
 ROW_METRICS = ("ES", "PS", "NS", "EM", "PM", "NM", "RelS", "DNS", "Port", "GE", "RS", "SC")
 """Per-record metrics copied from :func:`editlens.evaluate.case_metrics` (those a record has)."""
@@ -45,55 +48,6 @@ the method's term) and ``seconds`` per edit."""
 
 KEYS = ("index", "case_id", "relation", "method")
 """Identifying columns of a per-record row; the rest are metrics (:data:`COST_METRICS`: the edit's cost)."""
-
-
-class UnknownMethodError(ValueError):
-    """A method name that is not in :data:`METHODS` (the message carries ``Fix: ...``)."""
-
-
-def parse_methods(text: str | Sequence[str]) -> list[str]:
-    """``"rome,steam,sadr,steam+sadr"`` (or a list) -> the method names, in order, without repeats."""
-    parts = text.split(",") if isinstance(text, str) else list(text)
-    names = [p.strip().lower() for p in parts if p.strip()]
-    unknown = [n for n in names if n not in METHODS]
-    if unknown or not names:
-        what = f"unknown method(s) {', '.join(map(repr, unknown))}" if unknown else "no method named"
-        raise UnknownMethodError(f"{what}; the methods are {', '.join(METHODS)}. Fix: pass a comma-separated list of "
-                                 f"them, e.g. --methods {','.join(METHODS)}")
-    return list(dict.fromkeys(names))
-
-
-def uses(methods: Iterable[str], part: str) -> bool:
-    """Whether any of ``methods`` includes ``part`` (``steam+sadr`` includes ``steam`` and ``sadr``)."""
-    return any(part in m.split("+") for m in methods)
-
-
-def build_editors(hparams: Any, stats: Any, methods: Sequence[str], *, bank: Any = None, steam_lambda: float = 1.0,
-                  steam_layers: Sequence[int] | None = None, sadr_gamma: float | None = None,
-                  batch: int = 1) -> dict[str, Any]:
-    """``{method: editor}`` for :func:`editlens.evaluate.evaluate_edits`, from the chapters' editor functions.
-    ``bank``: STEAM's :class:`~editlens.steam.AnchorBank` (needed by ``steam`` and ``steam+sadr``). ``batch``: each
-    method optimises the v* of that many records together (:func:`editlens.rome.editor.rome_editor`; the same edits
-    up to float noise, Chapter 3's "making it fast")."""
-    from editlens.rome.editor import rome_editor
-    from editlens.sadr import DEFAULT_GAMMA, sadr_editor
-    from editlens.steam import steam_editor, steam_terms
-
-    gamma = DEFAULT_GAMMA if sadr_gamma is None else sadr_gamma
-    if uses(methods, "steam") and bank is None:
-        raise ValueError("STEAM needs an AnchorBank. Fix: pass bank=AnchorBank(model, facts) (editlens.steam).")
-    editors = {}
-    for m in parse_methods(methods):
-        if m == "rome":
-            editors[m] = rome_editor(hparams, stats, batch=batch)
-        elif m == "steam":
-            editors[m] = steam_editor(hparams, stats, bank, steam_lambda, steam_layers, batch=batch)
-        elif m == "sadr":
-            editors[m] = sadr_editor(hparams, stats, gamma, batch=batch)
-        else:  # steam+sadr: both terms in one v* optimisation
-            editors[m] = sadr_editor(hparams, stats, gamma, also=steam_terms(hparams, bank, steam_lambda, steam_layers),
-                                     batch=batch)
-    return editors
 
 
 def record_seed(seed: int, index: int) -> int:

@@ -40,16 +40,16 @@ unrelated records)."""
 
 
 def _editor(editor: Editor | str, editor_options: Mapping[str, Any]) -> Editor:
-    """An Editor, or a method name of :data:`editlens.compare.METHODS` built with ``editor_options``."""
+    """An Editor, or a method name of the registry (:data:`editlens.methods.NAMES`) built with ``editor_options``."""
     if isinstance(editor, str):
-        from editlens.compare import build_editors
+        from editlens.methods import get
 
         if "hparams" not in editor_options:
             raise ValueError(f"sequential_edits: method {editor!r} needs hparams=, stats= (and bank= for STEAM). Fix: "
                              "pass them as keyword arguments, or pass an editor from compare.build_editors.")
         opts = dict(editor_options)
         hparams, stats = opts.pop("hparams"), opts.pop("stats", None)
-        return build_editors(hparams, stats, [editor], **opts)[editor.strip().lower()]
+        return get(editor).editor(hparams, stats, **opts)
     if not callable(editor):
         raise TypeError(f"sequential_edits: editor must be an Editor (model, case) -> context manager or a method "
                         f"name, got {type(editor).__name__}.")
@@ -87,10 +87,11 @@ def sequential_edits(
     """Edit ``cases`` one after another (each edit computed on the already edited weights) and probe after each.
 
     ``editor``: an :data:`editlens.rome.editor.Editor` (e.g. from :func:`editlens.compare.build_editors`) or a method
-    name (``"rome"``, ``"steam"``, ``"sadr"``, ``"steam+sadr"``) with ``hparams=``, ``stats=`` (``bank=``, ...) as
-    keyword arguments. ``unrelated``: records never edited (their accuracy is tracked). ``probe_every``: probe after
-    every k-th edit (and always after the last). ``desc`` labels the progress bar. Edit t is seeded with :func:`editlens.compare.record_seed` of
-    ``(seed, t)``. The weights are restored bit for bit on return, also after an exception.
+    name of the registry, :mod:`editlens.methods` (``"rome"``, ``"steam"``, ``"sadr"``, ``"steam+sadr"``), with
+    ``hparams=``, ``stats=`` (``bank=``, ...) as keyword arguments. ``unrelated``: records never edited (their
+    accuracy is tracked). ``probe_every``: probe after every k-th edit (and always after the last). ``desc`` labels
+    the progress bar. Edit t is seeded with :func:`editlens.compare.record_seed` of ``(seed, t)``. The weights are
+    restored bit for bit on return, also after an exception.
 
     Returns the long frame of :data:`COLUMNS`: one row per (edit count, record, kind), values in [0, 1].
     """

@@ -67,13 +67,13 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
                 warmup: bool = True, check_restored: bool = True) -> pd.DataFrame:
     """One row per (record, method): ``index`` (position in the full list; ``indices`` gives them for a share),
     ``case_id``, ``relation``, ``method``, the metrics of the edited model (:data:`ROW_METRICS` that the record has),
-    the edit's v* ``steps`` (:func:`editlens.evaluate.edit_steps`) and ``seconds`` per edit. Each edit runs alone from the unedited weights, seeded with :func:`record_seed`, and is
-    measured as :func:`editlens.evaluate.evaluate_edits` measures it. An editor with a ``prepare`` method
+    the edit's v* ``steps`` (:func:`editlens.evaluate.edit_steps`) and ``seconds`` per edit. Each edit runs alone
+    from the unedited weights, seeded with :func:`record_seed`, and is measured as
+    :func:`editlens.evaluate.evaluate_edits` measures it. An editor with a ``prepare`` method
     (``build_editors(..., batch=n)``) computes the v* of its next ``n`` records together before the first of them
     is edited; each of them is then charged an equal share of that batch's seconds, so ``seconds`` stays the
     method's cost per edit (amortised over its batch), and a row depends on the records of its batch up to float
-    noise. ``generation``:
-    :class:`editlens.evaluate.GenerationSettings` or None. A record's greedy generations under every method run in
+    noise. ``generation``: :class:`editlens.evaluate.GenerationSettings` or None. A record's greedy generations under every method run in
     one batch after its last edit (the same prompts, so no padding; each row with its method's rank-one edit,
     :mod:`editlens.rome.rowwise`), so a row depends on its record alone, not on the other records of a share.
     ``warmup``: one untimed edit per method first (the first edit of a process pays one-time costs that would

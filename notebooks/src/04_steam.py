@@ -119,7 +119,11 @@ hp = get_hparams(model)
 with timings("key statistics C (cached)"):
     stats = stats_for(model, hp)
 LAYERS = default_layers(hp.layer, model.cfg.n_layers)
-relations = {as_request(f).relation_id for f in eval_facts}
+# each fact's relation: every bootstrap below resamples whole relations
+relation_of = {
+    c.get("case_id"): as_request(c).relation_id for c in eval_facts
+}
+relations = set(relation_of.values())
 print(textwrap.fill(editlens.precision.of(model).describe(), LINE_WIDTH))
 print(
     f"{len(eval_facts)} facts to edit over {len(relations)} relations;\n"
@@ -495,12 +499,14 @@ for kind in ["rewrite", "portability"]:
     part = rome_vs_unedited[rome_vs_unedited.kind == kind]
     edited = part[part.label == "ROME"].set_index("case_id")
     unedited = part[part.label == "unedited"].set_index("case_id")
+    moved = (edited["anchors"] - unedited["anchors"]).dropna()
     moves = estats.bootstrap_mean(
-        (edited["anchors"] - unedited["anchors"]).dropna().to_numpy(),
-        seed=SEED,
+        moved.to_numpy(), seed=SEED, clusters=moved.index.map(relation_of)
     )
     gap = estats.bootstrap_mean(
-        (edited["anchors"] - edited["control"]).to_numpy(), seed=SEED
+        (edited["anchors"] - edited["control"]).to_numpy(),
+        seed=SEED,
+        clusters=edited.index.map(relation_of),
     )
     for what, d in [
         ("ROME - unedited, cos to anchors", moves),
@@ -812,9 +818,14 @@ show_table(
 #
 # Both methods edited the same facts, so the table reports for each metric the mean over facts
 # with a 95% bootstrap interval, and the **paired** difference to ROME (per fact, method minus
-# ROME) with its own interval (`editlens.stats.paired_table`, 2,000 seeded resamples of the
-# facts). A difference whose interval contains 0 is not a difference at this sample size. The
-# unedited model is a row of its own. `cos→anchors` is the mean cosine, over the aligned layers,
+# ROME) with its own interval (`editlens.stats.paired_metrics_table`). The bootstrap resamples
+# whole **relations** (2,000 seeded draws of the 12 relations, with replacement), not single
+# facts: facts of one relation tend to succeed or fail together, so they are less independent
+# evidence than their number says. A difference whose interval contains 0 is not a difference at
+# this sample size. A table of many differences also shows some intervals that exclude 0 by
+# chance: `p Holm` is each difference's bootstrap p-value after Holm's correction over the whole
+# table, and `Holm excludes 0` says whether it stays below 0.05. The unedited model is a row of
+# its own. `cos→anchors` is the mean cosine, over the aligned layers,
 # of the rewrite (or portability) prompt's last-token state to the new object's anchors.
 
 # %%
@@ -838,6 +849,7 @@ for rome_rec, steam_rec, case in zip(
             row[k] = scale * m.get(k, np.nan)
         rows.append(row)
 per_fact = pd.DataFrame(rows)
+per_fact["relation"] = per_fact.fact.map(relation_of)
 for kind in ["rewrite", "portability"]:
     c = cos_table[cos_table.kind == kind].rename(
         columns={"label": "method", "case_id": "fact"}
@@ -856,18 +868,15 @@ per_fact["covered"] = per_fact.fact.isin(covered_ids)
 def comparison(
     df: pd.DataFrame, metrics: list[str], baseline: str = "ROME"
 ) -> pd.DataFrame:
-    """paired_table per metric; a fact without a probe for a metric (NaN)
-    leaves that metric for every method alike (the pairs stay aligned)."""
-    parts = []
-    for k in metrics:
-        ok = df.groupby("fact")[k].transform(lambda s: s.notna().all())
-        if ok.any():
-            parts.append(
-                estats.paired_table(
-                    df[ok], [k], baseline=baseline, seed=SEED
-                )
-            )
-    return pd.concat(parts, ignore_index=True)
+    """Paired per metric, relations resampled, Holm over the table."""
+    return estats.paired_metrics_table(
+        df,
+        metrics,
+        baseline=baseline,
+        seed=SEED,
+        cluster="relation",
+        correction="holm",
+    )
 
 
 with timings("paired tables"):
@@ -890,6 +899,7 @@ headline = pd.DataFrame(
         "low": steam["diff low"].to_numpy(),
         "high": steam["diff high"].to_numpy(),
         "excludes 0": steam["CI excludes 0"].astype(bool).to_numpy(),
+        "p Holm": steam["p Holm"].to_numpy(),
     }
 )
 show_table(headline, 3)
@@ -924,7 +934,10 @@ steps_pairs = pd.DataFrame(
     }
 )
 steps_diff = estats.paired_difference(
-    steps_pairs["ROME"], steps_pairs["STEAM"], seed=SEED
+    steps_pairs["ROME"],
+    steps_pairs["STEAM"],
+    seed=SEED,
+    clusters=[relation_of[c.get("case_id")] for c in eval_facts],
 )
 print(
     f"v* steps per edit (limit {hp.v_num_grad_steps}): ROME mean "
@@ -965,6 +978,7 @@ show_table(
             "diff low",
             "diff high",
             "CI excludes 0",
+            "p Holm",
         ]
     ],
     4,
@@ -1015,7 +1029,10 @@ separation = {}
 for metric in ["RS", "SC"]:
     ok = wide[metric].notna().all(axis=1)
     separation[metric] = estats.paired_difference(
-        wide[metric]["unedited"][ok], wide[metric]["ROME"][ok], seed=SEED
+        wide[metric]["unedited"][ok],
+        wide[metric]["ROME"][ok],
+        seed=SEED,
+        clusters=wide.index[ok.to_numpy()].map(relation_of),
     )
 show_table(
     pd.DataFrame(
@@ -1177,6 +1194,7 @@ for lam, recs in sweep_reports.items():
         sweep_rows.append(
             dict(
                 fact=cid,
+                relation=relation_of[cid],
                 method=f"lambda={lam:g}",
                 **{"lambda": lam},
                 **{k: 100 * m[k] for k in ("ES", "PS", "Port")},
@@ -1219,6 +1237,7 @@ show_table(
             "diff low",
             "diff high",
             "CI excludes 0",
+            "p Holm",
         ]
     ],
     4,

@@ -134,6 +134,10 @@ eval_facts = [
     as_case(f) for f in spread_over_relations(facts, N_EVAL_FACTS)
 ]
 case_by_id = {c.get("case_id"): c for c in eval_facts}
+# each fact's relation: every bootstrap below resamples whole relations
+relation_of = {
+    c.get("case_id"): as_request(c).relation_id for c in eval_facts
+}
 hp = get_hparams(model)  # the book's settings (Chapter 3)
 # the authors' early stop: the whole loss below hp.v_loss_early_stop
 hp_authors = hp.replace(v_early_stop_on="loss")
@@ -598,7 +602,10 @@ restoration = (
 def restored_minus_edited(part: pd.DataFrame):
     """Mean over facts of p_restored - p_edited, paired, with its CI."""
     return estats.paired_difference(
-        part.p_edited.to_numpy(), part.p_restored.to_numpy(), seed=SEED
+        part.p_edited.to_numpy(),
+        part.p_restored.to_numpy(),
+        seed=SEED,
+        clusters=part.fact.map(relation_of).to_numpy(),
     )
 
 
@@ -640,6 +647,7 @@ for k in TOP_K_HEADS if len(restore_ids) >= 2 else []:
         random_k.p_restored.to_numpy(),
         top_k.p_restored.to_numpy(),
         seed=SEED,
+        clusters=top_k.fact.map(relation_of).to_numpy(),
     )
     print(
         f"top-{k} drifted heads restore more than {k} random upper heads "
@@ -1110,8 +1118,10 @@ show_table(
 # the subject, in points, over the heads above the edit layer) and the drop of the true
 # answer's probability on distracted prompts. The table reports for each metric the mean over
 # facts with a 95% bootstrap interval and the **paired** difference to ROME (per fact, method
-# minus ROME) with its interval (`editlens.stats.paired_table`, 2,000 seeded resamples of the
-# facts). The unedited model is a row of its own (its drift and drop are 0 by definition).
+# minus ROME) with its interval (`editlens.stats.paired_metrics_table`, 2,000 seeded draws of
+# whole relations, as in Chapter 4: facts of one relation are not independent evidence), and
+# `p Holm`, each difference's bootstrap p-value after Holm's correction over the table. The
+# unedited model is a row of its own (its drift and drop are 0 by definition).
 
 # %%
 METRICS = ["ES", "PS", "NS", "RelS", "DNS", "GE", "drift", "P(true) drop"]
@@ -1136,23 +1146,21 @@ for i, case in enumerate(eval_facts):
             ]["steps"]
         rows.append(row)
 per_fact = pd.DataFrame(rows)
+per_fact["relation"] = per_fact.fact.map(relation_of)
 
 
 def comparison(
     df: pd.DataFrame, metrics: list[str], baseline: str = "ROME"
 ) -> pd.DataFrame:
-    """paired_table per metric; a fact without a probe for a metric (NaN)
-    leaves that metric for every method alike (the pairs stay aligned)."""
-    parts = []
-    for k in metrics:
-        ok = df.groupby("fact")[k].transform(lambda s: s.notna().all())
-        if ok.any():
-            parts.append(
-                estats.paired_table(
-                    df[ok], [k], baseline=baseline, seed=SEED
-                )
-            )
-    return pd.concat(parts, ignore_index=True)
+    """Paired per metric, relations resampled, Holm over the table."""
+    return estats.paired_metrics_table(
+        df,
+        metrics,
+        baseline=baseline,
+        seed=SEED,
+        cluster="relation",
+        correction="holm",
+    )
 
 
 with timings("paired tables"):
@@ -1180,11 +1188,17 @@ show_table(
 means = table.pivot(index="metric", columns="method", values="mean")
 diffs = table.pivot(index="metric", columns="method", values="diff vs ROME")
 excl = table.pivot(index="metric", columns="method", values="CI excludes 0")
+holm = table.pivot(
+    index="metric", columns="method", values="Holm excludes 0"
+)
 others = [m for m in METHODS if m != "ROME"]
 headline = means.reindex(METRICS)[["unedited", *METHODS]].reset_index()
 for m in others:
     headline[f"{m} - ROME: CI excl. 0"] = [
         "yes" if bool(excl.loc[k, m]) else "no" for k in headline.metric
+    ]
+    headline[f"{m}: after Holm"] = [
+        "yes" if bool(holm.loc[k, m]) else "no" for k in headline.metric
     ]
 show_table(headline, 2)
 
@@ -1235,7 +1249,10 @@ for metric in ["ES", "PS", "NS", "RelS", "DNS", "GE", "drift"]:
             continue
         ok = wide[metric][[a, b]].notna().all(axis=1)
         d = estats.paired_difference(
-            wide[metric][a][ok], wide[metric][b][ok], seed=SEED
+            wide[metric][a][ok],
+            wide[metric][b][ok],
+            seed=SEED,
+            clusters=wide.index[ok.to_numpy()].map(relation_of),
         )
         rows.append(
             dict(

@@ -126,7 +126,7 @@ from editlens.edit_consistency import (
 )
 from editlens.exercises import assert_close, check_exercise
 from editlens.rome import get_hparams, stats_for
-from editlens.rome.requests import as_case, relation_name
+from editlens.rome.requests import as_case, as_request, relation_name
 from editlens.sadr import with_steps
 from editlens.sequential import (
     degradation_summary,
@@ -177,6 +177,14 @@ with timings("STEAM anchors"):
 covered = set(coverage.loc[coverage.ok, "case_id"])
 eval_facts = [c for c in candidates if c.get("case_id") in covered]
 case_by_id = {c.get("case_id"): c for c in eval_facts}
+# every fact's relation: the bootstraps resample whole relations (Chapter 4)
+relation_of = {
+    c.get("case_id"): as_request(c).relation_id for c in map(as_case, facts)
+}
+# every paired table: relations resampled, Holm's correction over the table
+PAIRED_KW = dict(
+    n_boot=N_BOOT, seed=SEED, cluster="relation", correction="holm"
+)
 templates = load_template_set()
 with_templates = relations_with_templates(eval_facts, templates)
 lens_ids = {c.get("case_id") for cs in with_templates.values() for c in cs}
@@ -314,12 +322,15 @@ show_table(first.drop(columns="index"), digits=2)
 # compute one edit.
 # `summary_table` pairs the methods on the facts: for each metric, the mean over facts with a
 # 95% bootstrap interval, and each method's difference to ROME, fact by fact, with its interval
-# (`N_BOOT` seeded resamples of the facts). RelS and portability exist only for the facts that
+# (`N_BOOT` seeded draws of whole relations, as in Chapters 4 and 5: facts of one relation are
+# not independent evidence; `*` marks an interval that excludes 0, and `†` a difference that
+# still does after Holm's correction over the table's comparisons). RelS and portability exist
+# only for the facts that
 # have such prompts; a metric is paired on the facts where every method has it (column `n`).
 
 # %%
 with timings("paired table"):
-    table = summary_table(per_record, n_boot=N_BOOT, seed=SEED)
+    table = summary_table(per_record, **PAIRED_KW)
 display(Markdown(summary_markdown(table)))
 
 # %%
@@ -411,7 +422,7 @@ at_scale = read_per_record(
     "../book/results/compare-all-facts/per_record.jsonl"
 )
 same_facts = at_scale[at_scale.case_id.isin(set(per_record.case_id))]
-scale_table = summary_table(same_facts, n_boot=N_BOOT, seed=SEED)
+scale_table = summary_table(same_facts, **PAIRED_KW)
 side = table.merge(scale_table, on=["metric", "method"], suffixes=("", "#"))
 side = side[side.metric != "seconds"].rename(
     columns={
@@ -449,7 +460,9 @@ show_table(
 # %%
 this_run = editlens.precision.of(model).name
 runs = ("float32, 317 run", f"{this_run}, this run")
-paired = paired_runs(same_facts, per_record, labels=runs, seed=SEED)
+paired = paired_runs(
+    same_facts, per_record, labels=runs, seed=SEED, cluster="relation"
+)
 display(Markdown(runs_markdown(paired, labels=runs, method_labels=LABELS)))
 n_moved = int((paired["records changed"] > 0).sum())
 n_excl = int(paired["excludes 0"].sum())
@@ -601,11 +614,7 @@ lens_frame = pd.DataFrame(
 lens_off = lens_frame[lens_frame.steering == "off"]
 with timings("paired tables (lens)"):
     lens_table = estats.paired_table(
-        lens_off,
-        LENS_METRICS,
-        baseline="ROME",
-        n_boot=N_BOOT,
-        seed=SEED,
+        lens_off, LENS_METRICS, baseline="ROME", **PAIRED_KW
     )
 show_table(lens_table, digits=2)
 
@@ -644,7 +653,7 @@ for method in dict.fromkeys(lens_frame.method):
         )
     )
     t = estats.paired_table(
-        part, LENS_METRICS, baseline=method, n_boot=N_BOOT, seed=SEED
+        part, LENS_METRICS, baseline=method, **PAIRED_KW
     )
     steer_parts.append(
         t[t.method != method]
@@ -937,13 +946,13 @@ last_table = pd.concat(
     [
         estats.paired_table(
             last[last.kind == kind].assign(
-                **{"value %": lambda d: 100 * d.value}
+                **{"value %": lambda d: 100 * d.value},
+                relation=lambda d: d.record.map(relation_of),
             ),
             ["value %"],
             fact="record",
             baseline="ROME",
-            n_boot=N_BOOT,
-            seed=SEED,
+            **PAIRED_KW,
         ).assign(metric=f"{kind} after {len(seq_cases)} edits")
         for kind in dict.fromkeys(last.kind)
     ],
@@ -1056,7 +1065,7 @@ with tempfile.TemporaryDirectory() as out:
         "read back equal:",
         again.equals(per_record),
         "; same table:",
-        summary_table(again, n_boot=N_BOOT, seed=SEED).equals(table),
+        summary_table(again, **PAIRED_KW).equals(table),
     )
 
 # %% [markdown]

@@ -190,7 +190,7 @@ def summary_table(per_record: pd.DataFrame, metrics: Sequence[str] | None = None
     Rates (ES ... Port) are fractions in [0, 1], as in the per-record results. ``cluster="relation"``: intervals
     that resample whole relations; ``correction="holm"``: bootstrap p-values with Holm's adjustment over every
     difference of the table (``p``, ``p Holm``, ``Holm excludes 0``)."""
-    from editlens.stats import add_holm, paired_table
+    from editlens.stats import paired_metrics_table
 
     methods = list(dict.fromkeys(per_record["method"]))
     if baseline not in methods:
@@ -198,22 +198,13 @@ def summary_table(per_record: pd.DataFrame, metrics: Sequence[str] | None = None
                          f"(e.g. --methods rome,...) or pass baseline= one of them.")
     methods = [baseline] + [m for m in methods if m != baseline]
     metrics = [m for m in (metrics or TABLE_METRICS) if m in per_record.columns]
-    tables = []
-    for metric in metrics:
-        wide = per_record.pivot(index="index", columns="method", values=metric)[methods]
-        keep = wide.dropna().index
-        if len(keep) == 0:
-            continue
-        part = per_record[per_record["index"].isin(keep)]
-        part = part.assign(method=pd.Categorical(part["method"], methods)).sort_values(["method", "index"])
-        part = part.assign(method=part["method"].astype(str))
-        tables.append(paired_table(part, [metric], method="method", fact="index", baseline=baseline, n_boot=n_boot,
-                                   seed=seed, cluster=cluster, correction=correction))
-    if not tables:
-        raise ValueError("summary_table: no metric has values for every method on any record.")
-    table = pd.concat(tables, ignore_index=True)
-    if correction is not None:  # one family: every difference of the table, not each metric apart
-        table = add_holm(table)
+    ordered = per_record.assign(method=pd.Categorical(per_record["method"], methods)).sort_values(["method", "index"])
+    ordered = ordered.assign(method=ordered["method"].astype(str))
+    try:
+        table = paired_metrics_table(ordered, metrics, method="method", fact="index", baseline=baseline,
+                                     n_boot=n_boot, seed=seed, cluster=cluster, correction=correction)
+    except ValueError as err:
+        raise ValueError(f"summary_table: {err}") from None
     table.insert(2, "label", table["method"].map(LABELS).fillna(table["method"]))
     return table
 

@@ -33,13 +33,15 @@ def load_rows(folder: str | Path) -> pd.DataFrame:
 
 
 def paired_runs(a: pd.DataFrame, b: pd.DataFrame, labels: Sequence[str] = ("float32", "bfloat16"), *,
-                metrics: Sequence[str] = METRICS, seed: int = 0, tol: float = 1e-6) -> pd.DataFrame:
+                metrics: Sequence[str] = METRICS, seed: int = 0, tol: float = 1e-6,
+                cluster: str | None = None) -> pd.DataFrame:
     """Per method and metric: each run's mean, the paired difference ``b - a`` over the same records with its 95%
     bootstrap interval, and the number of records whose value differs by more than ``tol`` (the same generated
     text scores the same up to float noise: SC's sentence embeddings move in the 7th digit with another
     machine's kernels or threads, which is not a change of the record).
 
-    The runs must hold the same (case_id, method) pairs: a record missing from one would unpair the comparison."""
+    The runs must hold the same (case_id, method) pairs: a record missing from one would unpair the comparison.
+    ``cluster`` (e.g. ``"relation"``): the intervals resample whole clusters (:func:`editlens.stats.paired_table`)."""
     keys = ["case_id", "method"]
     for name, rows in zip(labels, (a, b)):
         if rows.duplicated(keys).any():
@@ -52,7 +54,8 @@ def paired_runs(a: pd.DataFrame, b: pd.DataFrame, labels: Sequence[str] = ("floa
     for method in dict.fromkeys(a["method"]):
         both = pd.concat([a[a["method"] == method].assign(run=labels[0]),
                           b[b["method"] == method].assign(run=labels[1])])
-        table = paired_table(both, metrics, method="run", fact="case_id", baseline=labels[0], seed=seed)
+        table = paired_table(both, metrics, method="run", fact="case_id", baseline=labels[0], seed=seed,
+                             cluster=cluster)
         wide_a = a[a["method"] == method].set_index("case_id")
         wide_b = b[b["method"] == method].set_index("case_id").loc[wide_a.index]
         for metric in metrics:

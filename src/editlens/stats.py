@@ -178,3 +178,26 @@ def paired_table(per_fact: pd.DataFrame, metrics: Sequence[str], *, method: str 
             rows.append(row)
     table = pd.DataFrame(rows)
     return add_holm(table, alpha=1 - level) if correction == "holm" else table
+
+
+def paired_metrics_table(per_fact: pd.DataFrame, metrics: Sequence[str], *, method: str = "method",
+                         fact: str = "fact", baseline: str | None = None, n_boot: int = N_BOOT, level: float = LEVEL,
+                         seed: int = 0, cluster: str | None = None, correction: str | None = None) -> pd.DataFrame:
+    """:func:`paired_table` of each metric on the facts where every method has it (a probe that some facts lack,
+    such as portability, leaves those facts out of that metric for every method alike, so the pairs stay
+    aligned; ``n`` says how many remain), concatenated; a metric no fact has under every method is left out. With
+    ``correction="holm"`` the family is every difference of the whole table.
+
+    Taught in: Chapter 4 (STEAM vs ROME); Chapters 5 and 6 and :func:`editlens.compare.summary_table` use it."""
+    if correction not in CORRECTIONS:
+        raise ValueError(f"paired_metrics_table: correction must be one of {CORRECTIONS}, got {correction!r}.")
+    parts = []
+    for metric in metrics:
+        ok = per_fact.groupby(fact)[metric].transform(lambda s: s.notna().all())
+        if ok.any():
+            parts.append(paired_table(per_fact[ok], [metric], method=method, fact=fact, baseline=baseline,
+                                      n_boot=n_boot, level=level, seed=seed, cluster=cluster, correction=correction))
+    if not parts:
+        raise ValueError("paired_metrics_table: no metric has values for every method on any fact.")
+    table = pd.concat(parts, ignore_index=True)
+    return add_holm(table, alpha=1 - level) if correction == "holm" else table

@@ -1443,6 +1443,7 @@ for g, (label, recs) in sorted(sweep_records.items()):
         sweep_rows.append(
             dict(
                 fact=cid,
+                relation=relation_of[cid],
                 method=f"gamma={g:g}",
                 gamma=g,
                 **{

@@ -508,20 +508,23 @@ print(
 # remain at equal budget. A 50-fact table shows which differences are large; only a larger run
 # (or a second precision) tells whether a small one is real.
 #
-# ### Exercise 6.1: a paired difference and its interval
+# ### Exercise 6.1: a paired difference and its interval, relations resampled
 #
 # Every "diff vs rome" cell of the table is one number and an interval. Given two methods'
-# per-fact values `a` (ROME) and `b` (the other), in the same fact order, return
-# `(mean, low, high)`: the mean of `b - a`, and its 95% percentile bootstrap interval. Draw the
-# resamples the way the package does, so that the numbers match to the last digit: one generator
-# `rng = np.random.default_rng(seed)`, one call
-# `rng.integers(0, n, size=(n_boot, n))` for the indices of all `n_boot` resamples of the `n`
-# facts, the mean of each resample, and `np.quantile` of those means at 0.025 and 0.975.
+# per-fact values `a` (ROME) and `b` (the other), in the same fact order, and each fact's
+# relation, return `(mean, low, high)`: the mean of `b - a` over the facts, and its 95%
+# percentile bootstrap interval when whole relations are resampled. Draw the resamples the way
+# the package does, so that the numbers match to the last digit: number the relations in order
+# of first appearance (`pd.factorize`), sum `b - a` and count the facts per relation
+# (`np.bincount`), then one generator `rng = np.random.default_rng(seed)` and one call
+# `rng.integers(0, k, size=(n_boot, k))` for the `k` relations drawn in each of the `n_boot`
+# resamples; a resample's mean is the sum of its drawn relations' sums over the sum of their
+# counts. Finish with `np.quantile` of those means at 0.025 and 0.975.
 
 
 # %%
 def paired_bootstrap(
-    a: np.ndarray, b: np.ndarray, n_boot: int, seed: int
+    a: np.ndarray, b: np.ndarray, relations: list, n_boot: int, seed: int
 ) -> tuple[float, float, float]:
     # Your code here
     raise NotImplementedError
@@ -530,12 +533,17 @@ def paired_bootstrap(
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution
 def paired_bootstrap_solution(
-    a: np.ndarray, b: np.ndarray, n_boot: int, seed: int
+    a: np.ndarray, b: np.ndarray, relations: list, n_boot: int, seed: int
 ) -> tuple[float, float, float]:
     d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    codes = pd.factorize(pd.Series(list(relations)))[0]
+    k = int(codes.max()) + 1
+    sums = np.bincount(codes, weights=d, minlength=k)
+    counts = np.bincount(codes, minlength=k)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d.size, size=(n_boot, d.size))
-    low, high = np.quantile(d[idx].mean(axis=1), [0.025, 0.975])
+    idx = rng.integers(0, k, size=(n_boot, k))
+    means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
     return float(d.mean()), float(low), float(high)
 
 
@@ -543,22 +551,31 @@ def paired_bootstrap_solution(
 def test_paired_bootstrap(fn) -> None:
     gen = np.random.default_rng(1)
     xa, xb = gen.random(12), gen.random(12) + 0.1
-    expect = estats.paired_difference(xa, xb, n_boot=500, seed=7)
+    rel = list("abcabcaabbcd")
+    expect = estats.paired_difference(
+        xa, xb, n_boot=500, seed=7, clusters=rel
+    )
     assert_close(
-        fn(xa, xb, 500, 7),
+        fn(xa, xb, rel, 500, 7),
         (expect.mean, expect.low, expect.high),
         atol=1e-12,
         what="(mean, low, high) on random values",
     )
     # the table's own cells: ROME vs each method on NS and seconds
+    relation_at = per_record.drop_duplicates("index").set_index("index")
     for col in ["NS", "seconds"]:
         piv = per_record.pivot(
             index="index", columns="method", values=col
         ).dropna()  # the facts where every method has it
+        rels = list(relation_at.relation.loc[piv.index])
         for meth in METHODS[1:]:
             cell = table[(table.metric == col) & (table.method == meth)]
             result = fn(
-                piv["rome"].to_numpy(), piv[meth].to_numpy(), N_BOOT, SEED
+                piv["rome"].to_numpy(),
+                piv[meth].to_numpy(),
+                rels,
+                N_BOOT,
+                SEED,
             )
             cells = cell[["diff vs rome", "diff low", "diff high"]]
             assert_close(

@@ -356,10 +356,18 @@ print(
     within(["RelS", "DNS"], 0.05),
 )
 print("GE: every method within 0.1 of ROME:", within(["GE"], 0.1))
-slower = vs_rome.loc["seconds", "diff low"]
+# times differ from run to run and machine to machine: claims with margins
+cost = vs_rome.loc["seconds"]
+rome_s = table.set_index(["metric", "method"]).loc[
+    ("seconds", "rome"), "mean"
+]
 print(
-    "seconds per edit: every extra term slower than ROME (CI above 0):",
-    bool((slower > 0).all()),
+    "seconds per edit: the SADR methods slower than ROME (CI above 0):",
+    bool((cost.loc[["ROME+SADR", "STEAM+SADR"], "diff low"] > 0).all()),
+)
+print(
+    "seconds per edit: every extra term within 25% of ROME's:",
+    bool((cost["diff vs rome"].abs() < 0.25 * rome_s).all()),
 )
 
 # %%

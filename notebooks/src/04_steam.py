@@ -885,7 +885,8 @@ with timings("paired tables"):
     table = comparison(per_fact, METRICS)
     cos_metrics = [c for c in per_fact.columns if c.startswith("cos→")]
     cos_compare = comparison(per_fact[per_fact.covered], cos_metrics)
-show_table(table, 2)
+# p Holm decides; the raw p and its yes/no repeat it (and fit no column)
+show_table(table.drop(columns=["p", "Holm excludes 0"]), 2)
 
 # %%
 # the headline: STEAM - ROME per metric, the interval of the paired

@@ -312,7 +312,8 @@ with timings("all methods: edits + evaluation + lens"):
 # the first fact's four rows (EM, PM, NM: the probability margins)
 first = per_record.head(len(METHODS)).drop(columns=["EM", "PM", "NM"])
 first["relation"] = first.relation.map(relation_name)
-show_table(first.drop(columns="index"), digits=2)
+# steps and seconds: in the paired table below
+show_table(first.drop(columns=["index", "steps", "seconds"]), digits=2)
 
 # %% [markdown]
 # One row per (fact, method): the per-record rates are fractions in $[0, 1]$ (ES, PS, NS, RelS,
@@ -357,7 +358,10 @@ print(
     within(["RelS", "DNS"], 0.05),
 )
 print("GE: every method within 0.1 of ROME:", within(["GE"], 0.1))
-# times differ from run to run and machine to machine: claims with margins
+
+# %%
+# times differ from run to run and from machine to machine (another job
+# on the CPU moves them): printed, not checked
 cost = vs_rome.loc["seconds"]
 rome_s = table.set_index(["metric", "method"]).loc[
     ("seconds", "rome"), "mean"
@@ -648,7 +652,7 @@ with timings("paired tables (lens)"):
     lens_table = estats.paired_table(
         lens_off, LENS_METRICS, baseline="ROME", **PAIRED_KW
     )
-show_table(lens_table, digits=2)
+show_table(lens_table.drop(columns=["p", "Holm excludes 0"]), digits=2)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -991,7 +995,7 @@ last_table = pd.concat(
     ],
     ignore_index=True,
 )
-show_table(last_table, digits=1)
+show_table(last_table.drop(columns=["p", "Holm excludes 0"]), digits=1)
 
 # %% [markdown]
 # **Reading the sequence.** Each method was built and tuned for one edit at a time; none of them

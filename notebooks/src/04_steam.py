@@ -23,14 +23,14 @@
 #
 # **Prerequisites.** Chapter 3 (ROME, its $v_*$ loss and the evaluation). Chapter 0's logit lens.
 #
-# **Time to run.** About 6 minutes with the embedded model: 6.3 minutes measured on one thread
+# **Time to run.** About 7 minutes with the embedded model: 7.0 minutes measured on one thread
 # of the book's build machine, whose CPU has native bfloat16 units (AMX; the time is printed at
 # the end of the chapter, step by step); a CPU without them computes in float32 and takes longer.
 # Almost all of it is computing and evaluating edits: each of the 50 facts is edited once with
-# ROME (139.9 s for the 50, about 3 s per fact with its probes and diagnostics, the unedited
-# model's evaluation included) and once with STEAM (129.0 s; both stop their optimisation by the
+# ROME (157.4 s for the 50, about 3 s per fact with its probes and diagnostics, the unedited
+# model's evaluation included) and once with STEAM (148.8 s; both stop their optimisation by the
 # same rule and run the same number of steps on average, section 6), plus 12 more STEAM edits for
-# the $\lambda$ sweep (42.5 s). Every diagnostic reuses those edits. Lower `N_EVAL_FACTS` and
+# the $\lambda$ sweep (45.8 s). Every diagnostic reuses those edits. Lower `N_EVAL_FACTS` and
 # `N_SWEEP_FACTS` for a quicker run in class.
 
 # %% tags=["parameters"]

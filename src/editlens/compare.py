@@ -26,15 +26,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from editlens import methods as _methods
-from editlens.methods import UnknownMethodError, build_editors, parse_methods, uses  # noqa: F401 (re-exported)
+# re-exported: the registry's names, as compare has always offered them
+from editlens.methods import LABELS, NAMES, UnknownMethodError, build_editors, parse_methods, uses  # noqa: F401
 from editlens.seeding import seed_everything
 
-METHODS = _methods.NAMES
+METHODS = NAMES
 """Method names accepted by :func:`parse_methods` (``sadr`` is ROME+SADR): the registry's, :mod:`editlens.methods`."""
-
-LABELS = _methods.LABELS
-"""How tables and figures name each method (the registry's)."""
 
 ROW_METRICS = ("ES", "PS", "NS", "EM", "PM", "NM", "RelS", "DNS", "Port", "GE", "RS", "SC")
 """Per-record metrics copied from :func:`editlens.evaluate.case_metrics` (those a record has)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pandas as pd
 import pytest
 import torch
 
@@ -107,3 +108,33 @@ def test_evaluate_edits_draws_one_progress_bar(tiny_model, tiny_rome, capsys):
     lines = [seg for seg in err.replace("\r", "\n").splitlines() if seg.strip()]
     assert lines and all(seg.startswith("one bar") for seg in lines), lines
     assert f"{len(CASES) + 2}/{len(CASES) + 2}" in lines[-1] and "done: ES" in lines[-1]
+
+
+def test_next_token_logits_many_equals_one_prompt_at_a_time(tiny_model, tiny_rome):
+    """The guard of the batched generations runs many records in one left-padded float32 pass: each row's
+    logits are those of its prompt run alone with its own edit (padding moves them by rounding only)."""
+    hp, stats = tiny_rome
+    edits = [compute_rome_edit(tiny_model, c, hp, stats) for c in CASES]
+    prompts = ["The capital of France is", "Madrid", "People in France speak"]  # three lengths: padding
+    row_edits = [[edits[0]], [edits[1]], []]
+    many = ev.next_token_logits_many(tiny_model, prompts, row_edits)
+    assert many.shape == (3, tiny_model.cfg.d_vocab) and many.dtype == torch.float32
+    for p, e, got in zip(prompts, row_edits, many):
+        torch.testing.assert_close(got, ev.next_token_logits(tiny_model, p, row_edits=e), rtol=1e-5, atol=1e-5)
+    alone = ev.next_token_logits(tiny_model, prompts[0])
+    assert (many[0] - alone).abs().max() > 1e-3  # the row's edit does act
+
+
+def test_run_methods_generation_batches_leave_the_rows_unchanged(tiny_model, tiny_rome):
+    """run_methods defers generations over records: one record per batch and all records in one batch give the
+    same texts, hence the same generation metrics."""
+    from editlens.compare import run_methods
+
+    hp, stats = tiny_rome
+    editors = {"rome": rome_editor(hp, stats)}
+    gen = ev.GenerationSettings(n_prompts=2, max_new_tokens=6)
+    kw = dict(generation=gen, descriptions={}, progress=False)
+    one = run_methods(tiny_model, CASES, editors, generation_batch=1, **kw)
+    together = run_methods(tiny_model, CASES, editors, generation_batch=32, **kw)
+    assert one["GE"].notna().all()
+    pd.testing.assert_frame_equal(one.drop(columns="seconds"), together.drop(columns="seconds"), rtol=0, atol=1e-9)

@@ -61,7 +61,7 @@ def _relation(case: Mapping) -> Any:
 
 def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *, indices: Sequence[int] | None = None,
                 generation: Any = None, seed: int = 0, descriptions: dict | None = None, progress: bool = True,
-                warmup: bool = True, check_restored: bool = True) -> pd.DataFrame:
+                warmup: bool = True, check_restored: bool = True, generation_batch: int = 32) -> pd.DataFrame:
     """One row per (record, method): ``index`` (position in the full list; ``indices`` gives them for a share),
     ``case_id``, ``relation``, ``method``, the metrics of the edited model (:data:`ROW_METRICS` that the record has),
     the edit's v* ``steps`` (:func:`editlens.evaluate.edit_steps`) and ``seconds`` per edit. Each edit runs alone
@@ -70,9 +70,12 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
     (``build_editors(..., batch=n)``) computes the v* of its next ``n`` records together before the first of them
     is edited; each of them is then charged an equal share of that batch's seconds, so ``seconds`` stays the
     method's cost per edit (amortised over its batch), and a row depends on the records of its batch up to float
-    noise. ``generation``: :class:`editlens.evaluate.GenerationSettings` or None. A record's greedy generations under every method run in
-    one batch after its last edit (the same prompts, so no padding; each row with its method's rank-one edit,
-    :mod:`editlens.rome.rowwise`), so a row depends on its record alone, not on the other records of a share.
+    noise. ``generation``: :class:`editlens.evaluate.GenerationSettings` or None. Greedy generations are deferred and
+    run in batches of about ``generation_batch`` rows (a record's prompts under every method, for as many
+    consecutive records as fill a batch; each row with its method's rank-one edit, :mod:`editlens.rome.rowwise`):
+    one token for 32 rows costs about what one token for one row costs on a CPU, whose small forward passes are
+    bound by reading the weights. A row's generations depend on the other records of its batch through left
+    padding only, at float rounding, as its v* depends on the records of its v* batch.
     ``warmup``: one untimed edit per method first (the first edit of a process pays one-time costs that would
     otherwise count against the first method). ``check_restored`` verifies at the end that the weights are those of
     the start (bit for bit, by :func:`editlens.steam.anchors.model_fingerprint`)."""
@@ -101,9 +104,15 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
                 pass
     rows = []
     batch_share: dict[str, dict[tuple, float]] = {m: {} for m in editors}  # method -> record key -> its seconds
+    deferred = []  # records x methods whose generations wait for a full batch
+
+    def generate_deferred() -> None:
+        run_deferred_generations(model, deferred, generation, descriptions=descriptions, corpus=corpus,
+                                 batch_size=generation_batch)
+        deferred.clear()
+
     with tqdm(total=len(cases) * len(editors), disable=not progress, desc="records x methods") as bar:
         for pos, (i, case) in enumerate(zip(indices, cases)):
-            deferred = []
             for method, editor in editors.items():
                 seed_everything(record_seed(seed, i))
                 prepare = getattr(editor, "prepare", None)
@@ -124,8 +133,10 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
                              "method": method, "steps": edit_steps(info), "seconds": seconds, "_metrics": metrics})
                 bar.update(1)
                 bar.set_postfix(method=method, case=case.get("case_id"))
-            if deferred:  # this record's generations under every method, one batch
-                run_deferred_generations(model, deferred, generation, descriptions=descriptions, corpus=corpus)
+            if sum(len(d.prompts) for d in deferred) >= generation_batch:
+                generate_deferred()
+        if deferred:
+            generate_deferred()
     if check_restored and model_fingerprint(model) != before:
         raise RuntimeError("run_methods: the weights after the edits differ from those before; an editor did not "
                            "restore them. Fix: edit inside the editor's context manager only.")

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from editlens.data import load_object_descriptions
@@ -171,6 +171,18 @@ def fluency(text: str) -> float:
     return (2 / 3 * ngram_entropy(text, 2) + 4 / 3 * ngram_entropy(text, 3)) / 2
 
 
+def _left_padded(model: Any, prompts: Sequence[str]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """``prompts`` encoded as :func:`encode` does and left-padded to one length: token ids and attention mask."""
+    tok = model.tokenizer
+    seqs = [encode(model, p) for p in prompts]
+    n = max(len(s) for s in seqs)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    dev = model.cfg.device
+    ids = torch.tensor([[pad] * (n - len(s)) + s for s in seqs], device=dev)
+    mask = torch.tensor([[0] * (n - len(s)) + [1] * len(s) for s in seqs], device=dev)
+    return ids, mask
+
+
 @torch.no_grad()
 def generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int = 40, sample: bool = False, seed: int = 0,
              top_k: int = 5, row_edits: Sequence[Sequence[Any]] | None = None) -> list[str]:
@@ -180,12 +192,9 @@ def generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int = 40, sa
 
     tok = model.tokenizer
     hf = getattr(model, "original_model", None)
-    seqs = [encode(model, p) for p in prompts]
-    n = max(len(s) for s in seqs)
+    ids, mask = _left_padded(model, prompts)
+    n = ids.shape[1]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    dev = model.cfg.device
-    ids = torch.tensor([[pad] * (n - len(s)) + s for s in seqs], device=dev)
-    mask = torch.tensor([[0] * (n - len(s)) + [1] * len(s) for s in seqs], device=dev)
     kw = dict(do_sample=True, top_k=top_k, temperature=1.0, top_p=1.0) if sample else dict(do_sample=False)
     rows = contextlib.nullcontext() if row_edits is None else rowwise_edits(model, row_edits)
     with torch.random.fork_rng(devices=[]), rows:
@@ -200,12 +209,22 @@ def next_token_logits(model: Any, prompt: str, row_edits: Sequence[Any] | None =
     """The logits after ``prompt`` (encoded as :func:`generate` encodes it), on the model as it is now, in float32
     whatever its precision (a check of exactness); ``row_edits``: rank-one edits applied as per-row hooks
     (:func:`editlens.rome.rowwise.rowwise_edits`) instead of to the weights."""
+    return next_token_logits_many(model, [prompt], None if row_edits is None else [list(row_edits)])[0]
+
+
+@torch.no_grad()
+def next_token_logits_many(model: Any, prompts: Sequence[str], row_edits: Sequence[Sequence[Any]] | None = None
+                           ) -> Float[Tensor, "batch d_vocab"]:
+    """:func:`next_token_logits` of many prompts in one float32 forward pass (left-padded, each row at its own
+    positions); ``row_edits[i]``: the rank-one edits prompt ``i`` runs with. Padding moves a logit by float
+    rounding only (about 1e-6)."""
     from editlens.rome.rowwise import rowwise_edits
 
-    ids = torch.tensor([encode(model, prompt)], device=model.cfg.device)
-    rows = contextlib.nullcontext() if row_edits is None else rowwise_edits(model, [list(row_edits)])
-    with torch.no_grad(), full_precision(model), rows:
-        return model.original_model(ids).logits[0, -1].float()
+    ids, mask = _left_padded(model, prompts)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    rows = contextlib.nullcontext() if row_edits is None else rowwise_edits(model, [list(e) for e in row_edits])
+    with full_precision(model), rows:
+        return model.original_model(ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
 
 
 def reference_texts(case: dict, descriptions: dict[str, list[str]]) -> tuple[list[str], str]:
@@ -460,20 +479,28 @@ def measure_edit(model: Any, case: dict, info: Any, *, generation: GenerationSet
     return metrics, DeferredGenerations(case, metrics, prompts, edits, next_token_logits(model, prompts[0]))
 
 
+def _check_deferred(d: DeferredGenerations, diff: float) -> None:
+    """Raise when a record's edits run per row gave first-token logits ``diff`` away from its edited weights'."""
+    if diff > BATCHED_CHECK_ATOL:
+        raise RuntimeError(
+            f"evaluate_edits: record {d.case.get('case_id')!r}: the editor's context changes the "
+            f"model beyond the rank-one weight edits it yields (first-token logits differ by {diff:.3g} "
+            "between the edited weights and the same edits run per batch row). Fix: "
+            "evaluate_edits(..., batch_generations=False) generates inside each editor's context.")
+
+
 def run_deferred_generations(model: Any, deferred: Sequence[DeferredGenerations], generation: GenerationSettings, *,
                              descriptions: dict[str, list[str]], corpus: Sequence[str] = (), batch_size: int = 32,
                              bar: Any = None, desc: str = "edited models: generations") -> None:
     """The generations of ``deferred`` records on the unedited weights, batched, each row with its own edits
     (:mod:`editlens.rome.rowwise`); completes each record's ``metrics`` (GE, RS, SC, generations). First checks,
-    record by record, that the edits run per row give the logits the edited weights gave."""
-    for d in deferred:  # the editor's context = its rank-one edits, to float32 rounding
-        diff = float((next_token_logits(model, d.prompts[0], row_edits=d.edits) - d.check).abs().max())
-        if diff > BATCHED_CHECK_ATOL:
-            raise RuntimeError(
-                f"evaluate_edits: record {d.case.get('case_id')!r}: the editor's context changes the "
-                f"model beyond the rank-one weight edits it yields (first-token logits differ by {diff:.3g} "
-                "between the edited weights and the same edits run per batch row). Fix: "
-                "evaluate_edits(..., batch_generations=False) generates inside each editor's context.")
+    record by record (``batch_size`` records per float32 forward pass), that the edits run per row give the logits
+    the edited weights gave."""
+    for start in range(0, len(deferred), batch_size):  # the editor's context = its rank-one edits, to rounding
+        chunk = deferred[start:start + batch_size]
+        per_row = next_token_logits_many(model, [d.prompts[0] for d in chunk], [d.edits for d in chunk])
+        for d, logits in zip(chunk, per_row):
+            _check_deferred(d, float((logits - d.check).abs().max()))
     items = [(p, d.edits) for d in deferred for p in d.prompts]
     texts = greedy_generations(model, items, generation, batch_size=batch_size, desc=desc, bar=bar)
     at = 0

@@ -58,6 +58,12 @@ def test_probe_rows_and_scores(tiny_model):
     for k in ("ES", "PS", "NS", "RelS", "DNS", "Port"):
         assert 0.0 <= s[k] <= 1.0
     assert -1 <= s["EM"] <= 1
+    # EasyEdit's exact-match portability: the new two-hop answer's top-1 token accuracy, over the Port probes
+    port = [(r[1], r[2]) for r in rows if r[0] == "Port"]
+    _, acc = ev.continuation_nll(tiny_model, port, top1=True)
+    assert s["Port EM"] == pytest.approx(float(acc.mean())) and set(ev.STRICT_METRICS) <= set(s)
+    no_port = {k: v for k, v in CASE.items() if k != "portability_prompts"}
+    assert math.isnan(ev.probe_scores(tiny_model, no_port)["Port EM"])
 
 
 def test_reference_texts_fallback():

@@ -145,3 +145,28 @@ def test_one_bos_rule_and_one_answer_rule(tiny):
 def test_mismatched_lengths_are_an_error(tiny):
     with pytest.raises(ValueError, match="one list per prompt"):
         S.score_candidates(tiny, PROMPTS, CANDIDATES[:2])
+
+
+def test_top1_accuracy_is_the_teacher_forced_argmax_match(tiny_model):
+    """score_continuations(top1=True): per pair, the fraction of the continuation's tokens that are the model's
+    top-1 prediction; the model's own greedy continuation scores 1, a token it does not predict lowers it; packed and
+    unpacked paths agree; the NLLs are those of top1=False."""
+    from editlens.scoring import encode_answer, encode_prompt
+
+    prompt = "The capital of France is"
+    ids = torch.tensor([encode_prompt(tiny_model, prompt)])
+    greedy = []
+    with torch.no_grad():
+        for _ in range(3):
+            nxt = int(tiny_model(ids)[0, -1].argmax())
+            greedy.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    text = tiny_model.tokenizer.decode(greedy)
+    if encode_answer(tiny_model, text) != greedy:
+        pytest.skip("the greedy tokens do not re-encode to themselves with this tokenizer")
+    wrong = next(t for t in range(100, 200) if t != greedy[0])
+    pairs = [(prompt, text), (prompt, tiny_model.tokenizer.decode([wrong] + greedy[1:]))]
+    for packed in (True, False):
+        nll, acc = S.score_continuations(tiny_model, pairs, packed=packed, top1=True)
+        np.testing.assert_allclose(nll, S.score_continuations(tiny_model, pairs, packed=packed), rtol=0, atol=0)
+        assert acc[0] == 1.0 and acc[1] < 1.0, (packed, acc)

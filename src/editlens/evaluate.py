@@ -57,13 +57,18 @@ METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RelS", "DNS", "Port", "GE",
 # Scoring continuations
 
 
-def continuation_nll(model: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32
-                     ) -> Float[Tensor, "n_pairs"]:
+def continuation_nll(model: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32, top1: bool = False
+                     ) -> Float[Tensor, "n_pairs"] | tuple[Float[Tensor, "n_pairs"], Float[Tensor, "n_pairs"]]:
     """Mean per-token NLL of each ``continuation`` after ``prompt`` (with a leading space): the book's
-    one scorer, :func:`editlens.scoring.score_continuations` (``batch_size`` is kept for callers)."""
+    one scorer, :func:`editlens.scoring.score_continuations` (``batch_size`` is kept for callers).
+    ``top1=True``: also each continuation's top-1 token accuracy under teacher forcing, ``(nll, top1)``."""
     if not pairs:
-        return torch.empty(0, dtype=torch.float64)
-    return torch.from_numpy(score_continuations(model, pairs))
+        empty = torch.empty(0, dtype=torch.float64)
+        return (empty, empty.clone()) if top1 else empty
+    if not top1:
+        return torch.from_numpy(score_continuations(model, pairs))
+    nll, hits = score_continuations(model, pairs, top1=True)
+    return torch.from_numpy(nll), torch.from_numpy(hits)
 
 
 def fill_subject(prompt: str, subject: str) -> str:
@@ -108,40 +113,48 @@ def prompt_text(p: Any) -> str:
 
 
 def probe_scores(model: Any, case: Any, *, batch_size: int = 32) -> dict[str, float]:
-    """ES/PS/NS/EM/PM/NM/RelS/DNS/Port (fractions in [0, 1], NaN when a record has no such probe)."""
-    case = as_case(case)
-    rows = probe_rows(case)
-    pairs = [(r[1], r[2]) for r in rows] + [(r[1], r[3]) for r in rows]
-    nll = continuation_nll(model, pairs, batch_size=batch_size) if rows else torch.empty(0)
-    return _scores_from_nll(rows, nll[: len(rows)], nll[len(rows):])
+    """ES/PS/NS/EM/PM/NM/RelS/DNS/Port and Port EM (fractions in [0, 1], NaN when a record has no such probe)."""
+    return probe_scores_many(model, [case], batch_size=batch_size)[0]
 
 
 def probe_scores_many(model: Any, cases: Sequence[Any], *, batch_size: int = 32) -> list[dict[str, float]]:
-    """:func:`probe_scores` of many records with one :func:`continuation_nll` call over all their probe rows
+    """:func:`probe_scores` of many records with one scorer call over all their probe rows
     (Chapter 3's evaluation: the unedited model is scored once per fact set). Same results up to float noise."""
     all_rows = [probe_rows(as_case(c)) for c in cases]
     flat = [r for rows in all_rows for r in rows]
     pairs = [(r[1], r[2]) for r in flat] + [(r[1], r[3]) for r in flat]
-    nll = continuation_nll(model, pairs, batch_size=batch_size) if flat else torch.empty(0)
-    good, bad = nll[: len(flat)], nll[len(flat):]
+    nll, top1 = continuation_nll(model, pairs, batch_size=batch_size, top1=True)
+    good, bad, good_top1 = nll[: len(flat)].tolist(), nll[len(flat):].tolist(), top1[: len(flat)].tolist()
     out, start = [], 0
     for rows in all_rows:
         end = start + len(rows)
-        out.append(_scores_from_nll(rows, good[start:end], bad[start:end]))
+        out.append(_scores_from_nll(rows, good[start:end], bad[start:end], good_top1[start:end]))
         start = end
     return out
 
 
-def _scores_from_nll(rows: Sequence[tuple], good: Float[Tensor, "n_rows"], bad: Float[Tensor, "n_rows"]
-                     ) -> dict[str, float]:
-    """Per-kind success rates and probability margins from the NLLs of the good and bad continuation of each row."""
+STRICT_METRICS = ("Port EM",)
+"""Probe metrics scored as EasyEdit scores them, beside the book's lenient ones: ``Port EM`` is the mean over a
+record's portability probes of the fraction of the new two-hop answer's tokens that are the model's top-1
+prediction under teacher forcing (EasyEdit's portability, what the STEAM paper reports), where ``Port`` only asks
+that the new answer beat the old one. Every probe score carries them; the tables show them where a chapter asks
+(Chapter 4)."""
+
+
+def _scores_from_nll(rows: Sequence[tuple], good: Sequence[float], bad: Sequence[float],
+                     good_top1: Sequence[float] | None = None) -> dict[str, float]:
+    """Per-kind success rates and probability margins from the NLLs of the good and bad continuation of each row;
+    with ``good_top1`` (each good continuation's top-1 token accuracy), also :data:`STRICT_METRICS`."""
     by: dict[str, list[tuple[float, float]]] = {}
-    for r, g, b in zip(rows, good.tolist(), bad.tolist()):
-        by.setdefault(r[0], []).append((g, b))
+    for r, g, b in zip(rows, list(good), list(bad)):
+        by.setdefault(r[0], []).append((float(g), float(b)))
     out: dict[str, float] = {}
     for kind in ("ES", "PS", "NS", "RelS", "DNS", "Port"):
         vals = by.get(kind, [])
         out[kind] = sum(g < b for g, b in vals) / len(vals) if vals else math.nan
+    if good_top1 is not None:
+        port = [float(h) for r, h in zip(rows, list(good_top1)) if r[0] == "Port"]
+        out["Port EM"] = sum(port) / len(port) if port else math.nan
     mag = {"ES": "EM", "PS": "PM", "NS": "NM"}
     for kind, m in mag.items():
         vals = by.get(kind, [])

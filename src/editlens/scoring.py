@@ -411,7 +411,8 @@ def score_candidates(
     row_tokens: int = 256,
     packed: bool | None = None,
     rows_per_batch: int = 1,
-) -> list[np.ndarray]:
+    top1: bool = False,
+) -> list[np.ndarray] | tuple[list[np.ndarray], list[np.ndarray]]:
     """Mean per-token NLL of ``" " + c`` after each prompt, for each prompt's candidate list.
 
     Returns one array per prompt, aligned with ``candidates[i]``; lower is more likely. A plain
@@ -424,6 +425,8 @@ def score_candidates(
     ``rows_per_batch``: packed rows of about ``row_tokens`` tokens run together in one forward pass,
     each padded to ``row_tokens`` (:func:`forward_packed_rows`; :data:`ROWS_PER_BATCH` is a good
     value on a CPU). Equal in exact arithmetic; in bfloat16 the scores round differently.
+    ``top1=True`` also returns, per candidate, the fraction of its tokens that are the model's top-1 prediction
+    under teacher forcing (EasyEdit's token accuracy, the exact-match portability of Chapter 4): ``(nll, top1)``.
     """
     if len(prompts) != len(candidates):
         raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists; give one list per prompt.")
@@ -433,40 +436,44 @@ def score_candidates(
     at_positions = getattr(fwd_hooks, "at_positions", None) if callable(fwd_hooks) else None
     if (callable(fwd_hooks) and at_positions is None) or packed is False or (
             packed is None and not packing_supported(model)):
-        return _score_unpacked(model, pids, cids, batch_size=batch_size, fwd_hooks=fwd_hooks)
-    if at_positions is not None:
+        out = _score_unpacked(model, pids, cids, batch_size=batch_size, fwd_hooks=fwd_hooks)
+    elif at_positions is not None:
         out = _score_packed(model, pids, cids, hooks=[], row_tokens=row_tokens, rows_per_batch=rows_per_batch,
                             at_last_prompt_token=at_positions)
-        if out is not None:
-            return out
-        # a prompt's last token is also another sequence's inner token: only the unpacked path keeps them apart
-        return _score_unpacked(model, pids, cids, batch_size=batch_size, fwd_hooks=fwd_hooks)
-    return _score_packed(model, pids, cids, hooks=list(fwd_hooks or []), row_tokens=row_tokens,
-                         rows_per_batch=rows_per_batch)
+        if out is None:
+            # a prompt's last token is also another sequence's inner token: only the unpacked path keeps them apart
+            out = _score_unpacked(model, pids, cids, batch_size=batch_size, fwd_hooks=fwd_hooks)
+    else:
+        out = _score_packed(model, pids, cids, hooks=list(fwd_hooks or []), row_tokens=row_tokens,
+                            rows_per_batch=rows_per_batch)
+    return out if top1 else out[0]
 
 
 def score_continuations(
     model: Any, pairs: Sequence[tuple[str, str]], *, fwd_hooks: HookList | HookFactory | None = None,
-    packed: bool | None = None, rows_per_batch: int = 1,
-) -> np.ndarray:
+    packed: bool | None = None, rows_per_batch: int = 1, top1: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Mean per-token NLL of each ``(prompt, continuation)`` pair: :func:`score_candidates` with one
-    candidate per prompt, the pairs sharing every prefix they can (``rows_per_batch`` as there)."""
+    candidate per prompt, the pairs sharing every prefix they can (``rows_per_batch`` and ``top1`` as there:
+    ``top1=True`` returns ``(nll, top-1 token accuracy)``)."""
     by_prompt: dict[str, list[int]] = {}
     for i, (p, _) in enumerate(pairs):
         by_prompt.setdefault(p, []).append(i)
     prompts = list(by_prompt)
     conts = [[pairs[i][1] for i in by_prompt[p]] for p in prompts]
-    scores = score_candidates(model, prompts, conts, fwd_hooks=fwd_hooks, packed=packed,
-                              rows_per_batch=rows_per_batch)
-    out = np.empty(len(pairs))
-    for p, s in zip(prompts, scores):
+    scores, hits = score_candidates(model, prompts, conts, fwd_hooks=fwd_hooks, packed=packed,
+                                    rows_per_batch=rows_per_batch, top1=True)
+    out, acc = np.empty(len(pairs)), np.empty(len(pairs))
+    for p, s, h in zip(prompts, scores, hits):
         out[by_prompt[p]] = s
-    return out
+        acc[by_prompt[p]] = h
+    return (out, acc) if top1 else out
 
 
 def _score_packed(model: Any, pids: list[list[int]], cids: list[list[list[int]]], *, hooks: HookList,
                   row_tokens: int, rows_per_batch: int = 1,
-                  at_last_prompt_token: Callable[[Tensor], HookList] | None = None) -> list[np.ndarray] | None:
+                  at_last_prompt_token: Callable[[Tensor], HookList] | None = None
+                  ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
     seqs, owners = [], []  # one sequence per (prompt, distinct candidate row)
     for i, (p, cands) in enumerate(zip(pids, cids)):
         for j, c in enumerate(cands):
@@ -491,6 +498,7 @@ def _score_packed(model: Any, pids: list[list[int]], cids: list[list[list[int]]]
             rd.append((v, target))
         reads.append(rd)
     logp: dict[tuple[int, int], float] = {}
+    best: dict[int, int] = {}  # node -> the model's top-1 next token there
     order = sorted(wanted)
     with torch.no_grad():
         for start in range(0, len(order), max(1, rows_per_batch)):
@@ -502,22 +510,28 @@ def _score_packed(model: Any, pids: list[list[int]], cids: list[list[list[int]]]
             for r, keep, logits in zip(chunk, keeps, outs):
                 at = wanted[r]
                 lp = logits.float().log_softmax(-1)
+                top = lp.argmax(-1).tolist()
                 for k, idx in enumerate(keep):
                     targets = sorted({t for _, t in at[idx]})
                     vals = lp[k, targets].tolist()
                     v = at[idx][0][0]
+                    best[v] = top[k]
                     for t, x in zip(targets, vals):
                         logp[(v, t)] = x
     out = [np.zeros(len(c)) for c in cids]
+    hits = [np.zeros(len(c)) for c in cids]
     for s, (i, j) in enumerate(owners):
         out[i][j] = -sum(logp[key] for key in reads[s]) / len(reads[s])
-    return out
+        hits[i][j] = sum(best[v] == t for v, t in reads[s]) / len(reads[s])
+    return out, hits
 
 
 def _score_unpacked(model: Any, pids: list[list[int]], cids: list[list[list[int]]], *, batch_size: int,
-                    fwd_hooks: HookList | HookFactory | None) -> list[np.ndarray]:
-    """Each prompt once (equal lengths batched: no padding); candidates from its key/value cache."""
+                    fwd_hooks: HookList | HookFactory | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each prompt once (equal lengths batched: no padding); candidates from its key/value cache. Returns the mean
+    NLLs and the top-1 token accuracies."""
     total = [np.zeros(len(c)) for c in cids]
+    hits = [np.zeros(len(c)) for c in cids]
     dev = model_device(model)
     by_len: dict[int, list[int]] = {}
     for i, ids in enumerate(pids):
@@ -532,10 +546,12 @@ def _score_unpacked(model: Any, pids: list[list[int]], cids: list[list[list[int]
                 with model.hooks(fwd_hooks=hooks):
                     logits, cache = model(tokens, return_type="logits_and_cache")
                 first = logits[:, -1].float().log_softmax(-1).cpu()
+                first_top = first.argmax(-1).tolist()
                 conts: dict[int, list[tuple[int, int, int]]] = {}  # n tokens -> (row in chunk, prompt, cand)
                 for b, i in enumerate(chunk):
                     for j, ids in enumerate(cids[i]):
                         total[i][j] = float(first[b, ids[0]])
+                        hits[i][j] = float(first_top[b] == ids[0])
                         if len(ids) > 1:
                             conts.setdefault(len(ids), []).append((b, i, j))
                 for n, items in sorted(conts.items()):
@@ -548,6 +564,9 @@ def _score_unpacked(model: Any, pids: list[list[int]], cids: list[list[list[int]
                         with model.hooks(fwd_hooks=plain):
                             lg = model(rows, past_key_values=sub)
                         lp = lg.float().log_softmax(-1).gather(-1, targets[..., None])[..., 0].sum(-1).cpu()
-                        for (_, i, j), v in zip(part, lp.tolist()):
+                        top = (lg.argmax(-1) == targets).sum(-1).cpu()
+                        for (_, i, j), v, h in zip(part, lp.tolist(), top.tolist()):
                             total[i][j] += v
-    return [-t / np.array([len(ids) for ids in c]) for t, c in zip(total, cids)]
+                            hits[i][j] += h
+    lengths = [np.array([len(ids) for ids in c]) for c in cids]
+    return [-t / n for t, n in zip(total, lengths)], [h / n for h, n in zip(hits, lengths)]

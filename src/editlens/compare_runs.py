@@ -1,7 +1,8 @@
 """Two runs of the same comparison, paired record by record: what changes when one setting changes.
 
-Taught in: the page *float32 or bfloat16?* (book/precision.md), which runs Chapter 6's comparison
-(``python -m editlens compare``) on the same 50 facts in float32 and in bfloat16.
+Taught in: Chapter 6, which pairs its own run of the comparison with the at-scale run
+(``python -m editlens compare``, float32) on the same 50 facts; ``python -m editlens.compare_runs`` pairs any
+two runs of ``compare``, e.g. one setting changed.
 
 Each run's ``per_record.jsonl`` holds one row per (record, method). Pairing the two runs on
 ``(case_id, method)`` gives, per method and metric, the mean in each run and the paired difference

@@ -1,7 +1,6 @@
 """Mixed precision: float32 weights, bfloat16 matrix products where the hardware has native bf16 units.
 
-Taught in: Chapter 0 ("What the model computes in") and the page *float32 or bfloat16?* (Chapter 6's
-comparison run in both).
+Taught in: Chapter 0 ("What the model computes in"); every chapter prints the precision it ran with.
 
 The weights stay float32 whatever the precision: every edit (ROME's rank-one update, a baked steering
 bias, SFT and LoRA master weights) is made and restored in float32, and restoring is bit-exact. What

@@ -73,6 +73,7 @@ def error_line(code: int, err: str) -> str:
     (["--methods", "rome,steam", "--steam-layers", "a-b"], ["--steam-layers"]),
     (["--limit", "0"], ["--limit", "0"]),
     (["--v-steps", "0"], ["--v-steps"]),
+    (["--edit-batch", "0"], ["--edit-batch", "0"]),
 ])
 def test_compare_options_rejected_before_loading(capsys, monkeypatch, tmp_path, argv, names):
     monkeypatch.setattr(run_setup, "load_model", lambda *a, **k: pytest.fail("loaded the model before the checks"))

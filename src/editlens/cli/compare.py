@@ -48,6 +48,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", required=True, help="folder for the outputs (created if missing)")
     c.add_argument("--seed", type=int, default=0, help="seed of every edit (record i gets a seed from it and i, "
                    "whichever process runs it)")
+    c.add_argument("--edit-batch", type=int, default=1, help="records whose v* each method optimises together "
+                   "(one forward and backward pass per step for all of them; the same edits up to float noise; "
+                   "Chapter 6 uses 8; default 1)")
     add_run_arguments(c)
     c.set_defaults(func=run)
 
@@ -62,6 +65,9 @@ def check(args: argparse.Namespace) -> tuple[RunSettings, Path]:
         raise CommandLineError(f"--methods {args.methods} has no rome: the table pairs every method against ROME",
                                f"add rome, e.g. --methods rome,{','.join(chosen)}")
     settings = resolve(args, chosen, flag="--methods")
+    if args.edit_batch < 1:
+        raise CommandLineError(f"--edit-batch {args.edit_batch} is below 1",
+                               "pass --edit-batch N with N >= 1 (1: one record at a time)")
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise CommandLineError(f"--out {args.out} is a file", "pass --out a folder (it is created if missing)")
@@ -114,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     steam = run_setup.steam_anchors(settings, model, hp, cases) if settings.uses("steam") else None
     with contextlib.nullcontext() if state is None else state.main_process_first():  # main computes C, others read it
         stats = stats_for(model, hp)
-    editors = build_editors(hp, stats, list(settings.methods), **run_setup.editor_options(settings, steam))
+    editors = build_editors(hp, stats, list(settings.methods), **run_setup.editor_options(settings, steam),
+                            batch=args.edit_batch)
     gen = None if settings.no_generation else GenerationSettings(
         n_prompts=settings.gen_prompts, max_new_tokens=settings.gen_tokens, seed=args.seed, semantic=settings.semantic)
     indices = list(range(len(cases)))
@@ -159,7 +166,7 @@ def _settings(args: argparse.Namespace, settings: RunSettings, cases: list, hp: 
     return {"methods": chosen, "labels": {m: methods.LABELS[m] for m in chosen},
             "model": settings.model or "embedded", "data": settings.data or "facts.json", "n_records": len(cases),
             "case_ids": [c.get("case_id") if isinstance(c, dict) else getattr(c, "case_id", None) for c in cases],
-            "seed": args.seed, "n_processes": n_processes, "device": str(model.cfg.device),
+            "seed": args.seed, "edit_batch": args.edit_batch, "n_processes": n_processes, "device": str(model.cfg.device),
             "precision": precision_of(model).name,
             "shares": [sorted({r["index"] for r in part}) for part in parts],
             "generation": None if gen is None else gen.as_settings(), "hparams": dict(vars(hp)),

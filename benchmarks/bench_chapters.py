@@ -7,7 +7,7 @@ Executes each chapter with papermill (``-p DTYPE float32`` / ``bfloat16``; one t
 ``--jobs`` chapters at a time, longest first) into ``benchmarks/results/chapters/`` and prints one row per
 chapter: minutes of wall-clock time per precision and their ratio. The budget is 10 minutes per chapter on one
 thread at the default precision (``auto``: bfloat16 where the CPU has AMX or AVX512-BF16) and 60 CPU-minutes
-for all seven. Run with ``--jobs`` at most the number of idle cores: each job is one thread, so its wall-clock
+for all of them. Run with ``--jobs`` at most the number of idle cores: each job is one thread, so its wall-clock
 time is its CPU time only when it has a core to itself.
 """
 
@@ -23,9 +23,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "chapters"
-# longest first (measured), so that --jobs 2 ends close together
-ORDER = ["05_sadr", "06_synthesis", "02_consistency_steering", "04_steam", "03_rome", "01_consistency_heads",
-         "00_meet_the_model"]
+sys.path.insert(0, str(ROOT / "scripts"))
+import stage_book  # noqa: E402  (the chapters of _toc.yml, as make book reads them)
+
+# The chapters of _toc.yml, longest stored run first (as make book orders them), so that --jobs 2 ends close together
+ORDER = [p.stem for p in stage_book.chapter_notebooks()]
 
 
 def run(chapter: str, precision: str) -> tuple[str, str, float, int]:
@@ -44,7 +46,7 @@ def run(chapter: str, precision: str) -> tuple[str, str, float, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("chapters", nargs="*", help="chapter stems (default: all seven)")
+    ap.add_argument("chapters", nargs="*", help="chapter stems (default: every chapter of _toc.yml)")
     ap.add_argument("--precisions", default="float32,bfloat16")
     ap.add_argument("--jobs", type=int, default=1, help="chapters executed at a time (one thread each)")
     args = ap.parse_args()

@@ -160,3 +160,11 @@ def test_the_package_figures_have_no_text_collisions(pyplot, tmp_path):
     for name, fig in figures.items():
         assert figure_problems(fig) == [], name
         assert fig.get_size_inches()[0] <= 6.8 + 1e-9, name  # the column (editlens.display.COLUMN_INCHES)
+
+
+def test_a_named_index_is_one_header_row_not_two():
+    frame = pd.DataFrame({"model": ["unsteered", "steered"], "cons": [0.6421, 0.649]}).set_index("model")
+    html = show_table(frame, 3, index=True).to_html()
+    assert html.count("<tr>") == 3 and re.findall(r">([^<>]+)</th>", html)[:2] == ["model", "cons"]
+    frame.columns.name = "first token"  # both named: pandas' two header rows say both names
+    assert show_table(frame, 3, index=True).to_html().count("<tr>") == 4

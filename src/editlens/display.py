@@ -57,12 +57,18 @@ def show_table(frame: Any, digits: int | Mapping[str, int] = 2, *, index: bool =
                caption: str | None = None) -> Any:
     """``frame`` as a styled HTML table: floats with ``digits`` decimals (an int, or per column; a value that
     rounds to zero shows as 0, never -0), missing values as ``na``, the index shown only when ``index`` (a
-    meaningful index such as a method name is better made a column, or kept with ``index=True``). With digits per
+    meaningful index such as a method name is better made a column, or kept with ``index=True``; a named index is
+    then shown as the first column, under its name, unless the columns have a name too). With digits per
     column, a float column not named shows whole numbers without decimals (e.g. counts that a missing value made
     float) and other values with 2."""
     import pandas as pd
 
     frame = frame.to_frame() if isinstance(frame, pd.Series) else frame
+    if (index and frame.index.nlevels == 1 and frame.index.name is not None and frame.columns.nlevels == 1
+            and frame.columns.name is None and frame.index.name not in frame.columns):
+        # a named index as the first column: one header row (pandas puts the index's name on a second,
+        # otherwise empty, row under the header)
+        frame, index = frame.reset_index(), False
     if isinstance(digits, Mapping):  # float columns it does not name: whole numbers as such, others at 2
         digits = {col: (0 if _whole(frame[col]) else 2) for col in frame.columns
                   if pd.api.types.is_float_dtype(frame[col])} | dict(digits)

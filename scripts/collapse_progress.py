@@ -10,7 +10,9 @@ rendered, that is a staircase of bars. This step rewrites the outputs as a termi
 2. in each stream text, '\\r\\n' (and '\\r\\r\\n' ...) is a newline; on every line, the text after
    the last '\\r' wins (a trailing '\\r' with nothing after it overwrites nothing); ordinary lines
    are kept as they are;
-3. a stream output left empty is dropped.
+3. a stream output left empty is dropped, and so is a stderr output of only whitespace (tqdm's
+   closing '\\n' when stdout was printed between its last redraw and its close: rendered, an
+   empty stderr box under the bar).
 
 Outputs of other types (results, figures, errors) and their order are untouched.
 
@@ -69,7 +71,7 @@ def collapse_outputs(outputs: list) -> list:
     for output in merged:
         if output.get("output_type") == "stream":
             output["text"] = collapse_carriage_returns(output["text"])
-            if not output["text"]:
+            if not output["text"] or (output.get("name") == "stderr" and not output["text"].strip()):
                 continue
         result.append(output)
     return result

@@ -134,12 +134,15 @@ def facts_table() -> str:
         c["records"] += 1
         for key in PROBES:
             c[key] += len(r.get(key, []) or [])
-    rows = [[f"`{rid}`", c["records"], *(c[k] for k in PROBES)] for rid, c in sorted(per_rel.items())]
+    from editlens.rome.requests import relation_name  # "P36" -> "capital (P36)", as the chapters' tables
+
+    named = sorted((relation_name(rid), c) for rid, c in per_rel.items())
+    rows = [[name, c["records"], *(c[k] for k in PROBES)] for name, c in named]
     tot = Counter()
     for c in per_rel.values():
         tot.update(c)
     rows.append(["**all**", tot["records"], *(tot[k] for k in PROBES)])
-    return _tables(["relation", "records", "paraphrase", "neighbourhood", "attribute", "generation", "relation",
+    return _tables(["relation", "records", "paraphrase", "neighbourhood", "attribute", "generation", "relation prompts",
                     "portability"], rows, [[1, 2, 3], [4, 5, 6, 7]])
 
 

@@ -93,14 +93,15 @@ def test_other_outputs_and_their_order_are_kept():
 
 
 def test_interleaved_stdout_splits_the_streams():
-    """Chapter 3's evaluation cell: stdout printed between the last redraw and tqdm's '\\n'."""
+    """Chapter 3's evaluation cell: stdout printed between the last redraw and tqdm's '\\n'. The lone
+    '\\n' on stderr is dropped (rendered, it would be an empty stderr box); a blank stdout line is kept."""
     outputs = [stream(bar(n)) for n in range(4)] + [stream("50 edits evaluated\n", "stdout"), stream("\n")]
     result = collapse_outputs(outputs)
     assert [(o["name"], o["text"]) for o in result] == [
         ("stderr", bar(3)[1:]),
         ("stdout", "50 edits evaluated\n"),
-        ("stderr", "\n"),
     ]
+    assert [o["text"] for o in collapse_outputs([stream("\n", "stdout")])] == ["\n"]
 
 
 def test_stdout_and_stderr_are_not_merged():

@@ -552,7 +552,7 @@ for row, name in zip(axes, candidates):
                 index="K", columns="alpha", values=metric
             )
             - base_val[metric]
-        )
+        ).round(2) + 0.0  # rounds to 0: "+0.00", never "-0.00"
         sns.heatmap(
             grid,
             annot=True,

@@ -1019,8 +1019,11 @@ plt.show()
 # **The alignment's move.** STEAM does pull the state toward the anchors, and both intervals exclude
 # 0, also after Holm's correction (`p Holm` 0.0000 and 0.0140), but by less than a thousandth of a
 # cosine: $+0.0006$ $[+0.0002, +0.0010]$ on the rewrite prompts (0.9088 for STEAM) and $+0.0002$
-# $[0.0000, +0.0003]$ on portability prompts (0.7309). A move that small leaves the probes where
-# ROME put them, within noise (table above).
+# $[0.0000, +0.0003]$ on portability prompts (0.7309; that lower end is above 0, and prints as
+# 0.0000 because it is below the table's last digit). A move that small leaves the probes where
+# ROME put them, within noise (table above). In the figure ROME's line is hidden under STEAM's
+# (they differ by less than a line's width); the unedited model's line parts from them only in
+# the last layers, after about layer 22.
 #
 # **Does SC separate edited from unedited generations?** RS (Chapter 3's TF-IDF similarity to
 # text about the new object) stays small for both models here (0.04 unedited, 0.10 after ROME,
@@ -1146,7 +1149,10 @@ if pca_frames:
 # In every panel STEAM's diamonds sit inside ROME's open circles: at this layer the two edits
 # leave each prompt's last-token state in the same place, which is what the cosine profiles
 # above show in one number per layer. The alignment term does not pull the states toward
-# $\phi$ (the cross) any further than ROME's edit does.
+# $\phi$ (the cross) any further than ROME's edit does. The unedited run's squares are mostly
+# hidden in the same circles: at layer 13 the edit has barely moved the last-token state (in the
+# cosine profiles of section 3, ROME's dashed lines part from the unedited ones only after about
+# layer 22), so the clusters here are the prompts, not the models.
 
 # %% [markdown]
 # ## 7. How strong should the alignment be?

@@ -389,8 +389,9 @@ plt.show()
 # distracted prompts, per layer and **query** head, unedited, edited, and the difference.
 # SmolLM2 uses grouped-query attention: its 9 query heads per layer share 3 key/value heads,
 # but each query head has its own pattern (`hook_pattern` is per query head), so every head is
-# a row of its own here, as in the authors' code. Layers at or below the edit layer cannot
-# change at this position: the edit enters after their attention.
+# a column of its own here, as in the authors' code. The horizontal line sits under the edit
+# layer: the rows above it (the edit layer and the layers before it) cannot change at this
+# position, because the edit enters after their attention.
 
 # %%
 with timings("drift diagnostics"):
@@ -414,6 +415,7 @@ for ax, (title, values, cmap, center, bar) in zip(axes, panels):
         center=center,
         cbar=bar,
         cbar_kws=dict(location="bottom", pad=0.08),
+        xticklabels=2,  # every other head, the same in each panel
         ax=ax,
         **scale,
     )
@@ -1367,6 +1369,7 @@ for i, (ax, (method, ch)) in enumerate(
         vmin=-vmax,
         vmax=vmax,
         cbar=i == len(METHODS) - 1,  # one scale for every panel
+        xticklabels=2,  # every other head, the same in each panel
         ax=ax,
     )
     # two-line titles: three panels share the column

@@ -388,9 +388,9 @@ plt.show()
 # regulariser at equal budget, not Chapter 5's "SADR-20", which runs all its 20 steps under the
 # authors' rule. STEAM+SADR tests whether the two terms add up, cancel, or trade off.
 # In the figure every method's interval covers ROME's dashed line except ROME+SADR's and
-# STEAM+SADR's in the last panel, the time per edit; the only filled markers (a paired interval
-# that excludes 0) are in the last two panels: the two SADR methods' steps and every extra term's
-# time.
+# STEAM+SADR's in the last panel, the time per edit. ROME's marker is filled in every panel
+# (it is the reference); the only other filled markers (a paired interval that excludes 0) are
+# in the last two panels: the two SADR methods' steps and every extra term's time.
 # In the stored run (50 facts) the four methods are indistinguishable on CounterFact's scores:
 # ES 0.980 and PS 0.980 for all four, NS 0.984 to 0.986, portability 0.810, 0.810, 0.800, 0.800,
 # GE 4.421 to 4.483, and no interval of a difference to ROME excludes 0 (STEAM's NS +0.003

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from editlens.display import interval_text
 # re-exported: the registry's names, as compare has always offered them
 from editlens.methods import LABELS, NAMES, UnknownMethodError, build_editors, parse_methods, uses  # noqa: F401
 from editlens.seeding import seed_everything
@@ -224,17 +225,19 @@ def _excludes_zero(row: Mapping) -> bool:
 
 def summary_markdown(table: pd.DataFrame) -> str:
     """The summary table as Markdown: ``mean [low, high]`` and the paired difference with its CI (``*``: the CI
-    excludes 0; ``†``: still so after Holm's correction, when the table has it)."""
+    excludes 0; ``†``: still so after Holm's correction, when the table has it). Three decimals, never ``-0.000``;
+    an end of an excluding CI that rounds to 0 shows more digits (:func:`editlens.display.interval_text`)."""
     diff = next((c for c in table.columns if c.startswith("diff vs ")), None)
     head = "| metric | method | n | mean [95% CI] |" + (f" {diff} [95% CI] |" if diff else "")
     lines = [head, "|---|---|---:|---|" + ("---|" if diff else "")]
     for _, r in table.iterrows():
-        line = f"| {r['metric']} | {r['label']} | {r['n']} | {r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}] |"
+        mean = interval_text(r["mean"], r["low"], r["high"], 3, sign=False)
+        line = f"| {r['metric']} | {r['label']} | {r['n']} | {mean} |"
         if diff:
             v = r[diff]
             holm = r.get("Holm excludes 0")
             star = (" *" if _excludes_zero(r) else "") + (" †" if isinstance(holm, (bool, np.bool_)) and holm else "")
-            line += (" |" if pd.isna(v) else f" {v:+.3f} [{r['diff low']:+.3f}, {r['diff high']:+.3f}]{star} |")
+            line += (" |" if pd.isna(v) else f" {interval_text(v, r['diff low'], r['diff high'], 3)}{star} |")
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -267,7 +270,7 @@ def summary_figure(table: pd.DataFrame, path: str | Path | None = None, *, ncol:
         axes = fig.subplots(nrow, ncol, sharey=True, squeeze=False)
         _draw_summary(axes, table, metrics, labels, colours)
         fig.suptitle(f"Mean per record, 95% bootstrap CI. Dashed: {labels[0]}'s mean;\n"
-                     f"filled: the paired CI against {labels[0]} excludes 0")
+                     f"filled: {labels[0]}, and each method whose paired CI against it excludes 0")
     if path is not None:
         fig.savefig(path, dpi=DPI)  # the column's pixels at 100% zoom (editlens.display)
     return fig

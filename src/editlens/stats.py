@@ -42,7 +42,11 @@ class Interval:
         return self.low > 0 or self.high < 0
 
     def __str__(self) -> str:
-        return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+        """``+0.123 [+0.045, +0.201]``: never -0.000, and an end that excludes 0 shows its sign
+        (:func:`editlens.display.interval_text`)."""
+        from editlens.display import interval_text
+
+        return interval_text(self.mean, self.low, self.high, 3)
 
 
 def _clean(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:

@@ -411,10 +411,13 @@ def plot_trace(result: TraceResult, ax: Any = None, *, title: str | None = None)
     """Heatmap of the indirect effect (tokens down, layers across), subject tokens marked with '*'."""
     import matplotlib.pyplot as plt
 
+    from editlens.display import COLUMN_INCHES
+
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 0.35 * len(result.positions) + 1.5))
+        _, ax = plt.subplots(figsize=(COLUMN_INCHES, 0.35 * len(result.positions) + 1.5))
     cmap = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}[result.kind]
     im = ax.imshow(result.scores.numpy(), aspect="auto", cmap=cmap, vmin=result.p_corrupted)
+    ax.grid(False)  # the book's style draws a grid; across a heatmap's cells it reads as cell borders
     labels = [result.token_strs[t] + ("*" if result.subject_range[0] <= t < result.subject_range[1] else "")
               for t in result.positions]
     ax.set_yticks(range(len(labels)), labels)

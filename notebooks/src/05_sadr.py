@@ -1154,22 +1154,12 @@ per_fact = pd.DataFrame(rows)
 per_fact["relation"] = per_fact.fact.map(relation_of)
 
 
-def comparison(
-    df: pd.DataFrame, metrics: list[str], baseline: str = "ROME"
-) -> pd.DataFrame:
-    """Paired per metric, relations resampled, Holm over the table."""
-    return estats.paired_metrics_table(
-        df,
-        metrics,
-        baseline=baseline,
-        seed=SEED,
-        cluster="relation",
-        correction="holm",
-    )
-
-
+# every paired table: relations resampled, Holm over the table (Chapter 4)
+PAIRED_KW = dict(seed=SEED, **estats.BOOK_PAIRING)
 with timings("paired tables"):
-    table = comparison(per_fact, METRICS)
+    table = estats.paired_metrics_table(
+        per_fact, METRICS, baseline="ROME", **PAIRED_KW
+    )
 steps_run = per_fact[per_fact.method != "unedited"].groupby("method")[
     "steps"
 ]
@@ -1475,10 +1465,11 @@ sweep_means = sweep.groupby("method", sort=False)[
     ["ES", "PS", "NS", "RelS", "DNS", "GE", "drift"]
 ].mean()
 if len(sweep_ids) >= 2:
-    sweep_table = comparison(
+    sweep_table = estats.paired_metrics_table(
         sweep,
         ["ES", "PS", "NS", "RelS", "DNS", "GE", "drift"],
         baseline="gamma=0",
+        **PAIRED_KW,
     )
     flags = sweep_table.pivot(
         index="method", columns="metric", values="CI excludes 0"

@@ -183,9 +183,7 @@ relation_of = {
     c.get("case_id"): as_request(c).relation_id for c in map(as_case, facts)
 }
 # every paired table: relations resampled, Holm's correction over the table
-PAIRED_KW = dict(
-    n_boot=N_BOOT, seed=SEED, cluster="relation", correction="holm"
-)
+PAIRED_KW = dict(n_boot=N_BOOT, seed=SEED, **estats.BOOK_PAIRING)
 templates = load_template_set()
 with_templates = relations_with_templates(eval_facts, templates)
 lens_ids = {c.get("case_id") for cs in with_templates.values() for c in cs}

@@ -34,10 +34,10 @@ from editlens.seeding import seed_everything
 METHODS = NAMES
 """Method names accepted by :func:`parse_methods` (``sadr`` is ROME+SADR): the registry's, :mod:`editlens.methods`."""
 
-ROW_METRICS = ("ES", "PS", "NS", "EM", "PM", "NM", "RelS", "DNS", "Port", "GE", "RS", "SC")
+ROW_METRICS = ("ES", "PS", "NS", "EM", "PM", "NM", "RelS", "DNS", "Port", "Port EM", "GE", "RS", "SC")
 """Per-record metrics copied from :func:`editlens.evaluate.case_metrics` (those a record has)."""
 
-TABLE_METRICS = ("ES", "PS", "NS", "RelS", "DNS", "Port", "GE", "RS", "SC", "steps", "seconds")
+TABLE_METRICS = ("ES", "PS", "NS", "RelS", "DNS", "Port", "Port EM", "GE", "RS", "SC", "steps", "seconds")
 """Metrics of the summary table and figure, in order (those present in the per-record results)."""
 
 COST_METRICS = ("steps", "seconds")

@@ -21,7 +21,7 @@ import pandas as pd
 
 from editlens.stats import paired_table
 
-METRICS = ("ES", "PS", "NS", "RelS", "DNS", "Port", "GE", "RS", "SC")
+METRICS = ("ES", "PS", "NS", "RelS", "DNS", "Port", "Port EM", "GE", "RS", "SC")
 """The quality metrics of ``compare`` (its ``seconds`` column is the run's cost, not a result)."""
 
 
@@ -74,7 +74,7 @@ def runs_markdown(table: pd.DataFrame, labels: Sequence[str] = ("float32", "bflo
                   method_labels: dict[str, str] | None = None) -> str:
     """:func:`paired_runs` as a Markdown table (rates in %, GE/RS/SC as they are); a star marks an interval that
     excludes 0 (computed from the unrounded values)."""
-    rate = {"ES", "PS", "NS", "RelS", "DNS", "Port"}
+    rate = {"ES", "PS", "NS", "RelS", "DNS", "Port", "Port EM"}
     lines = [f"| method | metric | {labels[0]} | {labels[1]} | difference [95% CI] | records changed |",
              "|---|---|---:|---:|---|---:|"]
     def num(x: float, metric: str, signed: bool = False) -> str:

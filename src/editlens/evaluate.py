@@ -49,7 +49,7 @@ from editlens.scoring import score_continuations
 from editlens.precision import full_precision
 
 
-METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RelS", "DNS", "Port", "GE", "RS", "SC")
+METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RelS", "DNS", "Port", "Port EM", "GE", "RS", "SC")
 """Reported metrics in table order; SC appears only when it was computed (opt-in)."""
 
 

@@ -119,6 +119,11 @@ def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
 
 CORRECTIONS = (None, "holm")
 
+BOOK_PAIRING = {"cluster": "relation", "correction": "holm"}
+"""How the book pairs methods, in every paired table of Chapters 4-6 and the at-scale page: whole relations
+resampled (facts of one relation succeed or fail together), Holm's correction over the table's differences. Pass it
+on: ``paired_metrics_table(df, metrics, baseline="ROME", seed=SEED, **BOOK_PAIRING)``."""
+
 
 def add_holm(table: pd.DataFrame, *, alpha: float = 1 - LEVEL) -> pd.DataFrame:
     """``table`` (a :func:`paired_table`, or several concatenated) with ``p Holm`` (Holm's adjustment of its ``p``

@@ -142,11 +142,12 @@ def run(args: argparse.Namespace) -> int:
         parts = [rows]
     if main_process:
         from editlens.compare import per_record_frame
+        from editlens.stats import BOOK_PAIRING
 
         per = per_record_frame(merge_rows(parts, list(settings.methods), len(cases)))
         run_settings = _settings(args, settings, cases, hp, model, gen, parts, n_processes, steam)
         # the book's intervals: whole relations resampled, Holm's correction over the table (book/at-scale.md)
-        paths = write_outputs(out, per, settings=run_settings, cluster="relation", correction="holm")
+        paths = write_outputs(out, per, settings=run_settings, **BOOK_PAIRING)
         print((out / "summary.md").read_text(encoding="utf-8"))
         for p in paths.values():
             print(f"wrote {p}")

@@ -54,3 +54,28 @@ def test_float_noise_is_not_a_changed_record():
     t = paired_runs(_rows(), noisy, metrics=("GE",))
     assert (t["records changed"] == 0).all()
     assert (paired_runs(_rows(), noisy, metrics=("GE",), tol=0.0)["records changed"] == 20).all()
+
+
+def _method_rows(steam_gain: float) -> pd.DataFrame:
+    """24 records over 6 relations; STEAM's GE is ROME's plus ``steam_gain`` (plus a little noise per record)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(24):
+        base = 4.5 + rng.normal() * 0.2
+        for method, ge in (("rome", base), ("steam", base + steam_gain + rng.normal() * 0.01)):
+            rows.append({"index": i, "case_id": 100 + i, "relation": f"P{i % 6}", "method": method, "ES": 1.0,
+                         "GE": ge, "seconds": 1.0})
+    return pd.DataFrame(rows)
+
+
+def test_verdicts_say_whether_two_runs_agree_about_the_methods():
+    from editlens.compare_runs import verdicts, verdicts_markdown
+
+    t = verdicts(_method_rows(0.5), _method_rows(0.0)).set_index("metric")
+    assert t.loc["GE", "float32 verdict"] == "higher" and t.loc["GE", "bfloat16 verdict"] == "no difference"
+    assert not t.loc["GE", "same"] and t.loc["ES", "same"]  # ES: 100 everywhere, no difference in either run
+    assert t.loc["GE", "float32 diff"] == pytest.approx(0.5, abs=0.02)
+    md = verdicts_markdown(t.reset_index(), method_labels={"steam": "STEAM"})
+    assert "| GE | STEAM | +0.4" in md and "(higher) |" in md and "| **no** |" in md
+    same = verdicts(_method_rows(0.5), _method_rows(0.5))
+    assert same["same"].all()

@@ -92,9 +92,52 @@ def runs_markdown(table: pd.DataFrame, labels: Sequence[str] = ("float32", "bflo
     return "\n".join(lines) + "\n"
 
 
+def verdicts(a: pd.DataFrame, b: pd.DataFrame, labels: Sequence[str] = ("float32", "bfloat16"), *,
+             baseline: str = "rome", seed: int = 0) -> pd.DataFrame:
+    """Does each run say the same about the methods? Per quality metric (:data:`METRICS`) and method (other than
+    ``baseline``): each run's
+    paired difference to ``baseline`` with its interval (:func:`editlens.compare.summary_table`, the book's
+    pairing: relations resampled, Holm over each table), and each run's verdict: ``"higher"`` or ``"lower"``
+    when the interval excludes 0 after Holm's correction, ``"no difference"`` otherwise; ``same`` when the two
+    verdicts agree. Taught in: the page *float32 or bfloat16?*."""
+    from editlens.compare import summary_table
+    from editlens.stats import BOOK_PAIRING
+
+    tables = [summary_table(rows, list(METRICS), baseline=baseline, seed=seed, **BOOK_PAIRING) for rows in (a, b)]
+    diff = f"diff vs {baseline}"
+    out = []
+    keyed = [t[t["method"] != baseline].set_index(["metric", "method"]) for t in tables]
+    for key in keyed[0].index.intersection(keyed[1].index):
+        row = {"metric": key[0], "method": key[1]}
+        for label, t in zip(labels, keyed):
+            r = t.loc[key]
+            holds = bool(r["Holm excludes 0"])
+            row.update({f"{label} diff": r[diff], f"{label} low": r["diff low"], f"{label} high": r["diff high"],
+                        f"{label} verdict": ("higher" if r[diff] > 0 else "lower") if holds else "no difference"})
+        row["same"] = row[f"{labels[0]} verdict"] == row[f"{labels[1]} verdict"]
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def verdicts_markdown(table: pd.DataFrame, labels: Sequence[str] = ("float32", "bfloat16"), *,
+                      method_labels: dict[str, str] | None = None) -> str:
+    """:func:`verdicts` as a Markdown table: each run's difference to the baseline with its interval and verdict."""
+    from editlens.display import interval_text
+
+    lines = [f"| metric | method | {labels[0]}: difference [95% CI] | {labels[1]}: difference [95% CI] | same verdict |",
+             "|---|---|---|---|---|"]
+    for r in table.to_dict("records"):
+        cells = [f"{interval_text(r[f'{x} diff'], r[f'{x} low'], r[f'{x} high'], 3)} ({r[f'{x} verdict']})"
+                 for x in labels]
+        name = (method_labels or {}).get(r["method"], r["method"])
+        lines.append(f"| {r['metric']} | {name} | {cells[0]} | {cells[1]} | {'yes' if r['same'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m editlens.compare_runs RUN_A RUN_B --out DIR``: the paired table of two compare runs, written as
-    ``DIR/summary.csv`` and ``DIR/summary.md``."""
+    ``DIR/summary.csv`` and ``DIR/summary.md`` (relations resampled, as every paired table of the book), and each
+    run's verdicts on the methods side by side, ``DIR/verdicts.csv`` and ``DIR/verdicts.md``."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m editlens.compare_runs",
@@ -107,12 +150,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = args.labels.split(",")
     if len(labels) != 2:
         ap.error("--labels takes two names, e.g. float32,bfloat16")
-    table = paired_runs(load_rows(args.run_a), load_rows(args.run_b), labels)
+    from editlens.methods import LABELS
+
+    a, b = load_rows(args.run_a), load_rows(args.run_b)
+    table = paired_runs(a, b, labels, cluster="relation")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(runs_markdown(table, labels), encoding="utf-8")
-    print(f"wrote {out / 'summary.csv'} and {out / 'summary.md'}")
+    (out / "summary.md").write_text(runs_markdown(table, labels, method_labels=LABELS), encoding="utf-8")
+    said = verdicts(a, b, labels)
+    said.to_csv(out / "verdicts.csv", index=False)
+    (out / "verdicts.md").write_text(verdicts_markdown(said, labels, method_labels=LABELS), encoding="utf-8")
+    for name in ("summary.csv", "summary.md", "verdicts.csv", "verdicts.md"):
+        print(f"wrote {out / name}")
     return 0
 
 

@@ -54,7 +54,7 @@ book: setup
 # --durations=25 prints the slowest items (notebook cells included), to see what bounds the run.
 # Every chapter's stored run is replayed in full (each at most 10 minutes on one thread).
 TEST_WORKERS ?= $(shell nproc)
-LONG_CHAPTERS := notebooks/06_synthesis.ipynb notebooks/02_consistency_steering.ipynb notebooks/05_sadr.ipynb notebooks/04_steam.ipynb notebooks/03_rome.ipynb
+LONG_CHAPTERS := notebooks/02_consistency_steering.ipynb notebooks/06_synthesis.ipynb notebooks/05_sadr.ipynb notebooks/04_steam.ipynb notebooks/03_rome.ipynb
 TEST_FILES := $(LONG_CHAPTERS) $(filter-out $(LONG_CHAPTERS),$(sort $(wildcard notebooks/*.ipynb))) tests/
 PYTEST_NBVAL := $(BIN)/python -m pytest --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg \
 	--nbval-cell-timeout 3600 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -ra --durations=25

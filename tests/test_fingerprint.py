@@ -26,8 +26,9 @@ def tiny(seed: int, tokenizer: Any) -> Any:
 
 def at_the_id_of(dead_id: int, make: Callable[[], Any], tries: int = 1000) -> Any:
     """A new object from ``make()`` that Python placed at a dead object's id: CPython frees an object when its
-    last reference goes and reuses the memory (no ``gc.collect()`` in between: it may hand the memory to
-    objects of other sizes). The misses are kept alive meanwhile, so that each try takes another free slot."""
+    last reference goes and reuses the memory for the next object of its size. The caller keeps the dead
+    object's neighbours alive (:func:`crowd`), so that its memory pool is not handed to other sizes; the misses
+    are kept alive meanwhile, so that each try takes another free slot."""
     misses = []
     for _ in range(tries):
         obj = make()
@@ -35,6 +36,11 @@ def at_the_id_of(dead_id: int, make: Callable[[], Any], tries: int = 1000) -> An
             return obj
         misses.append(obj)
     pytest.skip("this interpreter did not reuse the dead object's id; the stale-cache case cannot be staged")
+
+
+def crowd(make: Callable[[], Any], n: int = 32) -> list[Any]:
+    """``n`` objects allocated together: pop one to kill it while the rest hold its memory pool."""
+    return [make() for _ in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------- the print
@@ -111,7 +117,8 @@ def linear(seed: int) -> torch.nn.Linear:
 
 
 def test_a_new_model_at_a_dead_models_id_gets_its_own_print():
-    a = linear(0)
+    neighbours = crowd(lambda: linear(0))
+    a = neighbours.pop(len(neighbours) // 2)
     old, dead = weights_fingerprint(a), id(a)
     del a
     b = at_the_id_of(dead, lambda: linear(1))
@@ -132,7 +139,8 @@ class FakeModel:
 
 def test_the_start_at_end_flag_is_not_inherited_through_a_reused_id():
     x = torch.zeros(1, 3, dtype=torch.long)
-    a = FakeModel(works=False)
+    neighbours = crowd(lambda: FakeModel(works=False))
+    a = neighbours.pop(len(neighbours) // 2)
     assert tracing._supports_start_at_end(a, x) is False
     dead = id(a)
     del a
@@ -148,7 +156,8 @@ def test_the_packing_flag_is_probed_again_for_a_new_model_at_a_reused_id(monkeyp
         raise TypeError("a model without packing")
 
     monkeypatch.setattr(scoring, "encode_prompt", encode)
-    a = FakeModel(works=False)
+    neighbours = crowd(lambda: FakeModel(works=False))
+    a = neighbours.pop(len(neighbours) // 2)
     assert scoring.packing_supported(a) is False and scoring.packing_supported(a) is False
     assert len(probed) == 1  # cached for the same object
     dead = id(a)

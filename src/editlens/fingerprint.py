@@ -17,13 +17,14 @@ only costs recomputing the caches.)
 place changes it, and undoing the edit bit-exactly brings the original print back. There is no key by
 ``id()``: Python reuses an id once its object is gone, so such a cache can hand a new model an old one's entry.
 
-**Cost and memo.** Hashing reads every byte (about 1.2 GB for the embedded 135M model, tied and wrapped
-tensors counted once per name): about a second on one thread (``benchmarks/bench_fingerprint.py``). So the
-print is memoised per model object, held weakly (a model that is garbage-collected takes its entry with it),
-and reused only while every ``state_dict`` tensor is the same tensor object with the same version counter
-(``Tensor._version``). Every in-place write bumps that counter (``add_``, ``copy_``, index assignment, also
-under ``torch.no_grad()``, optimiser steps), and so do the package's edits. Writes through ``.data`` do not:
-after one, pass ``recompute=True``, as the exact checks (:func:`editlens.compare.run_methods`) do.
+**Cost and memo.** Hashing reads every byte: for the embedded 135M model, 964 entries and 1.9 GB (the
+bridge's wrapper modules and the tied embedding list tensors under several names), 1.5 s on one thread
+(``benchmarks/bench_fingerprint.py``). So the print is memoised per model object, held weakly (a model that
+is garbage-collected takes its entry with it; a memo hit costs about 10 ms), and reused only while every
+``state_dict`` tensor is the same tensor object with the same version counter (``Tensor._version``). Every
+in-place write bumps that counter (``add_``, ``copy_``, index assignment, also under ``torch.no_grad()``,
+optimiser steps), and so do the package's edits. Writes through ``.data`` do not: after one, pass
+``recompute=True``, as the exact checks (:func:`editlens.compare.run_methods`) do.
 """
 
 from __future__ import annotations

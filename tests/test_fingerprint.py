@@ -24,7 +24,7 @@ def tiny(seed: int, tokenizer: Any) -> Any:
                       max_positions=256)[0]
 
 
-def at_the_id_of(dead_id: int, make: Callable[[], Any], tries: int = 1000) -> Any:
+def at_the_id_of(dead_id: int, make: Callable[[], Any], tries: int = 20_000) -> Any:
     """A new object from ``make()`` that Python placed at a dead object's id: CPython frees an object when its
     last reference goes and reuses the memory for the next object of its size. The caller keeps the dead
     object's neighbours alive (:func:`crowd`), so that its memory pool is not handed to other sizes; the misses
@@ -110,18 +110,14 @@ def test_the_key_statistics_cache_is_keyed_by_content(embedded_tokenizer):
 
 
 # ---------------------------------------------------------------------------------------------- no stale entries
-def linear(seed: int) -> torch.nn.Linear:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return torch.nn.Linear(4, 4)
-
-
 def test_a_new_model_at_a_dead_models_id_gets_its_own_print():
-    neighbours = crowd(lambda: linear(0))
-    a = neighbours.pop(len(neighbours) // 2)
-    old, dead = weights_fingerprint(a), id(a)
-    del a
-    b = at_the_id_of(dead, lambda: linear(1))
+    with torch.random.fork_rng(devices=[]):  # random weights, without moving the other tests' generator
+        torch.manual_seed(0)
+        neighbours = crowd(lambda: torch.nn.Linear(4, 4))
+        a = neighbours.pop(len(neighbours) // 2)
+        old, dead = weights_fingerprint(a), id(a)
+        del a
+        b = at_the_id_of(dead, lambda: torch.nn.Linear(4, 4))  # other random weights (one generator)
     assert weights_fingerprint(b) == weights_fingerprint(b, recompute=True) != old
 
 

@@ -25,13 +25,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
 
     import editlens
+    from editlens.fingerprint import weights_fingerprint
     from editlens.rome import key_stats as ks
     from safetensors.torch import save_file
 
     model, _ = editlens.load_model(device="cpu")
     tokens = ks.sample_tokens(model, args.tokens, seed=args.seed, seq_len=args.seq_len, progress=True)
     n_seq = tokens.shape[0]
-    out = ks.shipped_text_dir() / f"samples_{ks.fingerprint(model)}_s{args.seed}_L{args.seq_len}_n{n_seq}.safetensors"
+    out = ks.shipped_text_dir() / f"samples_{weights_fingerprint(model)}_s{args.seed}_L{args.seq_len}_n{n_seq}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     assert int(tokens.max()) < 2**31
     save_file({"tokens": tokens.to(torch.int32).contiguous()}, str(out),

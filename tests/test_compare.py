@@ -9,6 +9,7 @@ ROME+SADR, no generation, 5 v* steps): one process writes the outputs; ``acceler
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from editlens import cli, compare
 from editlens.cli import run_setup
@@ -316,6 +318,23 @@ def test_four_editors_on_the_tiny_model_do_not_depend_on_record_order(tiny_model
     # a record's seconds = its half of the batch + applying its edit: the two records' shares are close
     assert (shares_of.min() > 0.3 * shares_of.max()).all(), shares_of
 
+
+
+def test_run_methods_catches_weights_left_one_ulp_off(tiny_model, tiny_rome):
+    """The restored-weights check is bit for bit: one weight left one float step away fails the run."""
+    hp, stats = tiny_rome
+    rome = build_editors(hp, stats, ["rome"])["rome"]
+    W = tiny_model.blocks[1].mlp.W_out
+
+    @contextlib.contextmanager
+    def leaky(model, case):
+        with rome(model, case) as info:
+            yield info
+        with torch.no_grad():
+            W[0, 0] = torch.nextafter(W[0, 0], torch.tensor(float("inf")))
+
+    with pytest.raises(RuntimeError, match="did not restore"):
+        run_methods(tiny_model, RECORDS[:1], {"rome": leaky}, progress=False, descriptions={}, warmup=False)
 
 # ---------------------------------------------------------------------------------------------- slow: one and two processes
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import torch
 
 import editlens
 from editlens import embedded
-from editlens.loading import EMBEDDED_BOS, ModelNotAvailableError, _resolve_weights_dtype, load_model, weights_fingerprint
+from editlens.fingerprint import weights_fingerprint
+from editlens.loading import EMBEDDED_BOS, ModelNotAvailableError, _resolve_weights_dtype, load_model
 
 
 def _tiny_llama_folder(folder: Path, *, safetensors: bool = True) -> Path:

@@ -182,6 +182,10 @@ def test_save_load_heads(tmp_path):
     assert loaded == heads and doc["k"] == 3 and doc["features"] == "concat" and doc["scores"] == [11.0, 10.0, 9.0]
     with pytest.raises(ValueError):
         LZ.load_heads(path, model_fingerprint="other")
+    # Chapter 2's reading: nothing to compare (not an error) when the file is missing or from other weights
+    assert LZ.saved_heads(path, model_fingerprint="abc") == heads
+    assert LZ.saved_heads(path, model_fingerprint="other") is None
+    assert LZ.saved_heads(tmp_path / "missing.json", model_fingerprint="abc") is None
 
 
 def test_heatmap():

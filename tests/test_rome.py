@@ -7,6 +7,7 @@ import torch
 
 from editlens.rome import (BadRequestError, Edit, LossTerm, ROMEHyperParams, RewriteRequest, applied_edit, as_request,
                            compute_k, compute_v, edited, get_hparams, rank_one_update, rome_editor, validate_request)
+from editlens.fingerprint import weights_fingerprint
 from editlens.rome import key_stats as ks
 from editlens.rome.keys import encode, subject_last_index
 
@@ -122,7 +123,7 @@ def test_key_stats_rank_deficient_then_regularised_and_cached(tiny_model, cache)
     st = ks.get_key_stats(tiny_model, 1, n_tokens=60, seq_len=32, progress=False)  # 60 tokens < d_mlp = 128
     assert st.C.shape == (128, 128)
     assert st.rank() < 128 and st.meta["layer"] == 1 and st.meta["source"] == "self"
-    assert st.meta["weights"] == ks.fingerprint(tiny_model)
+    assert st.meta["weights"] == weights_fingerprint(tiny_model)
     k = torch.randn(128)
     u = st.solve(k, reg=1e-2)
     assert torch.isfinite(u).all()

@@ -24,7 +24,8 @@ from editlens.steam import (
     select_anchor_prompts,
     steam_editor,
 )
-from editlens.steam.anchors import model_fingerprint, stratify
+from editlens.fingerprint import weights_fingerprint
+from editlens.steam.anchors import stratify
 from editlens.steam.states import last_token_states
 from editlens.steam.diagnostics import (
     cosine_profile,
@@ -229,7 +230,7 @@ def test_anchors_come_from_the_unedited_model_while_an_edit_is_applied(tiny_mode
         lifted = compute_anchors(tiny_model, prompts, obj="Berlin", undo=edit)
         assert torch.equal(lifted.states, clean.states) and lifted.fingerprint == clean.fingerprint
         assert edit.applied and torch.equal(tiny_model.blocks[0].mlp.W_out, W_edited)  # re-applied bit-exactly
-    assert clean.fingerprint == model_fingerprint(tiny_model)
+    assert clean.fingerprint == weights_fingerprint(tiny_model)
 
 
 def test_anchor_bank_refuses_edited_weights_and_caches(tiny_model):

@@ -227,10 +227,11 @@ print(textwrap.fill("top 16 heads: " + top16, 76))
 
 # %%
 chapter1_file = cache_dir() / "chapter1" / "heads_attribution.json"
-if chapter1_file.exists():  # present once Chapter 1 has run on this machine
-    chapter1_heads, _ = LZ.load_heads(
-        chapter1_file, model_fingerprint=fingerprint
-    )
+# None unless Chapter 1 has run on this machine, with these weights
+chapter1_heads = LZ.saved_heads(
+    chapter1_file, model_fingerprint=fingerprint
+)
+if chapter1_heads is not None:
     overlap = len(set(chapter1_heads) & set(ranking[: len(chapter1_heads)]))
     print(
         f"Chapter 1's top {len(chapter1_heads)} (other split): {overlap} "

@@ -11,7 +11,8 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 from editlens import precision
-from editlens.loading import EMBEDDED, ModelNotAvailableError, load_model, weights_fingerprint
+from editlens.fingerprint import weights_fingerprint
+from editlens.loading import EMBEDDED, ModelNotAvailableError, load_model
 from editlens.seeding import seed_everything
 
 __version__ = "0.1.0"

@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 from editlens.display import interval_text
+from editlens.fingerprint import weights_fingerprint
+
 # re-exported: the registry's names, as compare has always offered them
 from editlens.methods import LABELS, NAMES, UnknownMethodError, build_editors, parse_methods, uses  # noqa: F401
 from editlens.seeding import seed_everything
@@ -79,13 +81,12 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
     padding only, at float rounding, as its v* depends on the records of its v* batch.
     ``warmup``: one untimed edit per method first (the first edit of a process pays one-time costs that would
     otherwise count against the first method). ``check_restored`` verifies at the end that the weights are those of
-    the start (bit for bit, by :func:`editlens.steam.anchors.model_fingerprint`)."""
+    the start (bit for bit: :func:`editlens.fingerprint.weights_fingerprint` hashes their bytes again)."""
     from tqdm import tqdm
 
     from editlens.data import load_object_descriptions
     from editlens.evaluate import edit_steps, measure_edit, run_deferred_generations
     from editlens.rome.editor import EarlierEdits
-    from editlens.steam.anchors import model_fingerprint
 
     cases = [_as_case(c) for c in cases]
     indices = list(range(len(cases))) if indices is None else list(indices)
@@ -97,7 +98,7 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
         from editlens.sentence import load_sentence_model
 
         load_sentence_model()  # now, not inside the progress bar
-    before = model_fingerprint(model) if check_restored else None
+    before = weights_fingerprint(model, recompute=True) if check_restored else None
     if warmup and cases:
         for editor in editors.values():
             seed_everything(record_seed(seed, indices[0]))
@@ -138,7 +139,7 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
                 generate_deferred()
         if deferred:
             generate_deferred()
-    if check_restored and model_fingerprint(model) != before:
+    if check_restored and weights_fingerprint(model, recompute=True) != before:
         raise RuntimeError("run_methods: the weights after the edits differ from those before; an editor did not "
                            "restore them. Fix: edit inside the editor's context manager only.")
     for row in rows:

@@ -5,7 +5,6 @@ Taught in: Chapter 0. Every chapter starts with ``model, tokenizer = editlens.lo
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -197,12 +196,3 @@ def load_model(
     if torch_dtype == torch.float32:
         precision.apply(bridge, precision.resolve(dtype, next(model.parameters()).device))
     return bridge, tokenizer
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 (first 16 hex digits) over all parameters: identifies exact weights in cache metadata."""
-    h = hashlib.sha256()
-    for pname, param in sorted(model.state_dict().items()):
-        h.update(pname.encode())
-        h.update(param.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]

@@ -32,6 +32,7 @@ the real positions never see the padding) and :func:`item_logprobs`.
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -294,7 +295,7 @@ class PrefixTree:
         return self.paths[seq][depth]
 
 
-_PACKING_OK: dict[int, bool] = {}
+_PACKING_OK: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()  # per model object, held weakly
 
 
 def forward_packed(model: Any, row: PackedRow, keep: Sequence[int], hooks: HookList
@@ -378,9 +379,8 @@ ROWS_PER_BATCH)``; see :func:`forward_packed_rows`). The default of :func:`score
 def packing_supported(model: Any) -> bool:
     """Does this model honour tree attention (4-D mask, explicit positions)? Checked once per model
     by scoring two prompts that share a prefix both ways, in float32 (bf16's rounding differs between
-    the two layouts); the answer is cached."""
-    key = id(model)
-    if key not in _PACKING_OK:
+    the two layouts); the answer is cached per model object (held weakly: it goes with the model)."""
+    if model not in _PACKING_OK:
         try:
             a = encode_prompt(model, "The capital of France is the city of")
             b = encode_prompt(model, "The capital of Spain is the city of")
@@ -393,8 +393,8 @@ def packing_supported(model: Any) -> bool:
                      for p, q in zip(packed, plain))
         except (TypeError, ValueError, RuntimeError, NotImplementedError):
             ok = False
-        _PACKING_OK[key] = ok
-    return _PACKING_OK[key]
+        _PACKING_OK[model] = ok
+    return _PACKING_OK[model]
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ logits only at the last position; all restored tokens of one layer go in one bat
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -305,18 +306,18 @@ def _names(L: int) -> set[str]:
     return names
 
 
-_START_AT_END: dict[int, bool] = {}
+_START_AT_END: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()  # per model, held weakly
 
 
 def _supports_start_at_end(model: Any, x: Tensor) -> bool:
-    key = id(model)
-    if key not in _START_AT_END:
+    """Can ``model`` start a forward pass after its last block? Tried once per model object."""
+    if model not in _START_AT_END:
         try:
             model.run_with_hooks(x[:1], start_at_layer=model.cfg.n_layers)
-            _START_AT_END[key] = True
+            _START_AT_END[model] = True
         except Exception:
-            _START_AT_END[key] = False
-    return _START_AT_END[key]
+            _START_AT_END[model] = False
+    return _START_AT_END[model]
 
 
 def trace_all_kinds(model: Any, fact: Any, *, kinds: Sequence[str] = KINDS, **kwargs: Any) -> dict[str, TraceResult]:

@@ -15,7 +15,7 @@ Taught in: Chapter 1. Pipeline::
 """
 
 from editlens.localize.activations import gqa_groups, kv_group, last_token_z, prompt_index, unique_prompts, z_hook_name
-from editlens.localize.compare import (chance_overlap, compare_maps, load_heads, rank_correlation, save_heads,
+from editlens.localize.compare import (chance_overlap, compare_maps, load_heads, rank_correlation, save_heads, saved_heads,
                                        select_heads, topk_overlap)
 from editlens.localize.pairs import balanced_subsample, class_balance, make_pairs, subject_split
 from editlens.localize.patching import (PatchingResult, PatchSet, activation_patching, attribution_patching,
@@ -26,6 +26,6 @@ __all__ = [
     "FEATURES", "PatchSet", "PatchingResult", "ProbeResult", "activation_patching", "attribution_patching",
     "balanced_subsample", "chance_overlap", "class_balance", "compare_maps", "gqa_groups", "kv_group",
     "last_token_z", "load_heads", "make_pairs", "metadata_baseline", "pair_features", "patch_set", "probe_heads", "prompt_index",
-    "rank_correlation", "save_heads", "select_heads", "subject_split", "topk_overlap", "unique_prompts",
+    "rank_correlation", "save_heads", "saved_heads", "select_heads", "subject_split", "topk_overlap", "unique_prompts",
     "z_hook_name",
 ]

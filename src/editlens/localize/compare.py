@@ -88,3 +88,16 @@ def load_heads(path: str | Path, *, model_fingerprint: str | None = None) -> tup
         raise ValueError(f"{path} was computed on weights {doc['model_fingerprint']}, not {model_fingerprint}; "
                          "recompute the heads for this model (Chapter 1) instead of reusing them.")
     return [tuple(x) for x in doc["heads"]], doc
+
+
+def saved_heads(path: str | Path, *, model_fingerprint: str) -> list[tuple[int, int]] | None:
+    """The heads of ``path`` when it exists and was computed on these weights, else None (Chapter 2 compares its
+    ranking with Chapter 1's when Chapter 1 has run on this machine with this model; a file left by other weights,
+    or by a package that printed weights another way, is not an error there, only nothing to compare)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    if doc.get("format") != FORMAT or doc.get("model_fingerprint") != model_fingerprint:
+        return None
+    return [tuple(x) for x in doc["heads"]]

@@ -8,8 +8,9 @@ pass text files instead with ``source=[path, ...]``. With few tokens C is rank-d
 the inverse is regularised: ``u = (C + lambda * mean(diag C) * I)^-1 k``. C is computed in float32
 whatever precision the model runs in (:mod:`editlens.precision`), so one cached C serves every
 precision. Statistics are cached
-under ``editlens.paths.cache_dir()/stats`` with their provenance (weights fingerprint, layer,
-token count, source), and a cached file is only reused when all of these match.
+under ``editlens.paths.cache_dir()/stats`` with their provenance (the weights' content print,
+:func:`editlens.fingerprint.weights_fingerprint`, layer, token count, source), and a cached file
+is only reused when all of these match.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import Tensor
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from editlens.fingerprint import weights_fingerprint
 from editlens.paths import cache_dir
 from editlens.precision import full_precision
 from editlens.rome.keys import mlp_key_hook
@@ -49,23 +51,6 @@ def shipped_text_dir() -> Path:
     machine, so it is done once (``scripts/ship_model_text.py``) and shipped; a sample for other
     weights, seeds or lengths is generated and cached as before."""
     return Path(__file__).resolve().parents[1] / "data" / "model_text"
-
-
-_FP_CACHE: dict[int, tuple[int, str]] = {}
-
-
-def fingerprint(model: Any) -> str:
-    """``editlens.weights_fingerprint`` of the wrapped weights (memoised per object and weight version)."""
-    from editlens import weights_fingerprint
-
-    target = getattr(model, "original_model", model)
-    version = sum(p._version for p in target.parameters())
-    hit = _FP_CACHE.get(id(target))
-    if hit is not None and hit[0] == version:
-        return hit[1]
-    fp = weights_fingerprint(target)
-    _FP_CACHE[id(target)] = (version, fp)
-    return fp
 
 
 @dataclass
@@ -113,11 +98,11 @@ def sample_tokens(model: Any, n_tokens: int, *, seed: int = 0, seq_len: int = 12
     Cached on disk (safetensors) per weights fingerprint, seed, length and count.
     """
     n_seq = max(1, -(-n_tokens // seq_len))
-    path = stats_dir() / f"samples_{fingerprint(model)}_s{seed}_L{seq_len}_n{n_seq}.safetensors"
+    path = stats_dir() / f"samples_{weights_fingerprint(model)}_s{seed}_L{seq_len}_n{n_seq}.safetensors"
     if path.exists():
         return _load_tensor(path, "tokens")
     # reuse a longer sample with the same weights, seed and length: shipped with the book, or cached
-    pattern = f"samples_{fingerprint(model)}_s{seed}_L{seq_len}_n*.safetensors"
+    pattern = f"samples_{weights_fingerprint(model)}_s{seed}_L{seq_len}_n*.safetensors"
     for other in [*sorted(shipped_text_dir().glob(pattern)), *sorted(stats_dir().glob(pattern))]:
         if int(other.stem.rsplit("_n", 1)[1]) >= n_seq:
             return _load_tensor(other, "tokens")[:n_seq].long()
@@ -232,7 +217,7 @@ def compute_key_stats(model: Any, layer: int, n_tokens: int = 100_000, *, source
         tokens = file_tokens(model, paths, n_tokens, seq_len=seq_len)
     S, n = accumulate_second_moment(model, layer, tokens, progress=progress)
     src, src_hash = _source_id(source)
-    meta = {"format": STATS_FORMAT, "weights": fingerprint(model), "layer": layer, "n_tokens": n,
+    meta = {"format": STATS_FORMAT, "weights": weights_fingerprint(model), "layer": layer, "n_tokens": n,
             "requested_tokens": n_tokens, "source": src, "source_hash": src_hash, "seed": seed, "seq_len": seq_len,
             "model_name": str(getattr(model.cfg, "model_name", ""))}
     return KeyStats(C=(S / n).float(), n_tokens=n, meta=meta)
@@ -240,7 +225,7 @@ def compute_key_stats(model: Any, layer: int, n_tokens: int = 100_000, *, source
 
 def _cache_path(model: Any, layer: int, n_tokens: int, source: Any, seed: int, seq_len: int) -> Path:
     src, src_hash = _source_id(source)
-    return stats_dir() / f"C_{fingerprint(model)}_L{layer}_n{n_tokens}_{src_hash}_s{seed}_T{seq_len}.safetensors"
+    return stats_dir() / f"C_{weights_fingerprint(model)}_L{layer}_n{n_tokens}_{src_hash}_s{seed}_T{seq_len}.safetensors"
 
 
 def get_key_stats(model: Any, layer: int, n_tokens: int = 100_000, *, source: Any = "self", seed: int = 0,
@@ -249,7 +234,7 @@ def get_key_stats(model: Any, layer: int, n_tokens: int = 100_000, *, source: An
     path = _cache_path(model, layer, n_tokens, source, seed, seq_len)
     if use_cache and path.exists():
         meta = _load_meta(path)
-        if meta.get("weights") == fingerprint(model) and meta.get("layer") == layer and meta.get("format") == STATS_FORMAT:
+        if meta.get("weights") == weights_fingerprint(model) and meta.get("layer") == layer and meta.get("format") == STATS_FORMAT:
             return KeyStats(C=_load_tensor(path, "C"), n_tokens=meta["n_tokens"], meta=meta)
     stats = compute_key_stats(model, layer, n_tokens, source=source, seed=seed, seq_len=seq_len, progress=progress)
     if use_cache:

@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from editlens.data.counterfact import round_robin
+from editlens.fingerprint import weights_fingerprint
 from editlens.precision import full_precision
 from editlens.rome.requests import as_case, as_request
 from editlens.rome.update import Edit
@@ -176,7 +176,7 @@ class AnchorSet:
     prompts: tuple[AnchorPrompt, ...]
     layers: list[int]
     states: Float[Tensor, "prompt layer d_model"]
-    fingerprint: tuple[float, float] | None = None  # of the weights they were computed on (model_fingerprint)
+    fingerprint: str | None = None  # of the weights they were computed on (editlens.weights_fingerprint)
 
     @property
     def vectors(self) -> Float[Tensor, "layer d_model"]:
@@ -190,18 +190,6 @@ class AnchorSet:
             raise ValueError(f"The anchors of {self.object!r} were computed at layers {self.layers}, not {missing}. "
                              "Fix: compute them with layers=None (every layer) or including these layers.")
         return self.vectors[[self.layers.index(layer) for layer in layers]]
-
-
-def model_fingerprint(model: Any) -> tuple[float, float]:
-    """Cheap fingerprint of all weights (their sum and squared norm): changes when an edit is applied, repeats
-    exactly on the same weights (same tensors, same reductions)."""
-    s = sq = 0.0
-    with torch.no_grad():
-        for p in model.parameters():
-            d = p.detach()
-            s += float(d.sum())
-            sq += float(torch.linalg.vector_norm(d) ** 2)
-    return (s, sq)
 
 
 @contextlib.contextmanager
@@ -236,7 +224,7 @@ def compute_anchors(model: Any, prompts: Sequence[str | AnchorPrompt], layers: S
     layers = list(range(n_layers)) if layers is None else check_layers_in_range(layers, n_layers, "anchor layers")
     with lifted(model, undo):
         states = last_token_states(model, [a.prompt for a in items], layers)
-        fp = model_fingerprint(model)
+        fp = weights_fingerprint(model)
     return AnchorSet(object=obj, prompts=tuple(items), layers=layers, states=states, fingerprint=fp)
 
 
@@ -256,7 +244,7 @@ class AnchorBank:
     _facts: list[KnownFact] = field(default_factory=list, repr=False)
     _margins: dict[KnownFact, float] = field(default_factory=dict, repr=False)
     _cache: dict[str, AnchorSet] = field(default_factory=dict, repr=False)
-    _fingerprint: tuple[float, float] | None = field(default=None, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.min_anchors < 1 or self.n_anchors < self.min_anchors:
@@ -264,12 +252,12 @@ class AnchorBank:
                              f"n_anchors={self.n_anchors}. Fix: e.g. n_anchors=8, min_anchors=3.")
         self.records = list(self.records)
         self._facts = known_facts(self.records)
-        self._fingerprint = model_fingerprint(self.model)
+        self._fingerprint = weights_fingerprint(self.model)
 
-    def _check_unedited(self, undo: Any, now: tuple[float, float] | None = None) -> None:
+    def _check_unedited(self, undo: Any, now: str | None = None) -> None:
         if now is None:
             with lifted(self.model, undo):
-                now = model_fingerprint(self.model)
+                now = weights_fingerprint(self.model)
         if now != self._fingerprint:
             raise RuntimeError("The model's weights changed since this AnchorBank was created (an edit is applied), "
                                "so new anchors would not be the unedited model's. Fix: compute anchors before "

@@ -137,24 +137,23 @@ STRICT_METRICS = ("Port EM",)
 """Probe metrics scored as EasyEdit scores them, beside the book's lenient ones: ``Port EM`` is the mean over a
 record's portability probes of the fraction of the new two-hop answer's tokens that are the model's top-1
 prediction under teacher forcing (EasyEdit's portability, what the STEAM paper reports), where ``Port`` only asks
-that the new answer beat the old one. Every probe score carries them; the tables show them where a chapter asks
-(Chapter 4)."""
+that the new answer beat the old one. Every probe score and every table carries them (Chapter 4 sets the two
+portability scores side by side)."""
 
 
 def _scores_from_nll(rows: Sequence[tuple], good: Sequence[float], bad: Sequence[float],
-                     good_top1: Sequence[float] | None = None) -> dict[str, float]:
-    """Per-kind success rates and probability margins from the NLLs of the good and bad continuation of each row;
-    with ``good_top1`` (each good continuation's top-1 token accuracy), also :data:`STRICT_METRICS`."""
+                     good_top1: Sequence[float]) -> dict[str, float]:
+    """Per-kind success rates and probability margins from the NLLs of the good and bad continuation of each row,
+    and :data:`STRICT_METRICS` from each good continuation's top-1 token accuracy (``good_top1``)."""
     by: dict[str, list[tuple[float, float]]] = {}
-    for r, g, b in zip(rows, list(good), list(bad)):
-        by.setdefault(r[0], []).append((float(g), float(b)))
+    for r, g, b in zip(rows, good, bad):
+        by.setdefault(r[0], []).append((g, b))
     out: dict[str, float] = {}
     for kind in ("ES", "PS", "NS", "RelS", "DNS", "Port"):
         vals = by.get(kind, [])
         out[kind] = sum(g < b for g, b in vals) / len(vals) if vals else math.nan
-    if good_top1 is not None:
-        port = [float(h) for r, h in zip(rows, list(good_top1)) if r[0] == "Port"]
-        out["Port EM"] = sum(port) / len(port) if port else math.nan
+    port = [h for r, h in zip(rows, good_top1) if r[0] == "Port"]
+    out["Port EM"] = sum(port) / len(port) if port else math.nan
     mag = {"ES": "EM", "PS": "PM", "NS": "NM"}
     for kind, m in mag.items():
         vals = by.get(kind, [])
@@ -184,12 +183,17 @@ def fluency(text: str) -> float:
     return (2 / 3 * ngram_entropy(text, 2) + 4 / 3 * ngram_entropy(text, 3)) / 2
 
 
+def _generation_pad(model: Any) -> int:
+    """The id :func:`generate` pads with (the tokenizer's pad token, else 0)."""
+    pad = model.tokenizer.pad_token_id
+    return 0 if pad is None else pad
+
+
 def _left_padded(model: Any, prompts: Sequence[str]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     """``prompts`` encoded as :func:`encode` does and left-padded to one length: token ids and attention mask."""
-    tok = model.tokenizer
     seqs = [encode(model, p) for p in prompts]
     n = max(len(s) for s in seqs)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = _generation_pad(model)
     dev = model.cfg.device
     ids = torch.tensor([[pad] * (n - len(s)) + s for s in seqs], device=dev)
     mask = torch.tensor([[0] * (n - len(s)) + [1] * len(s) for s in seqs], device=dev)
@@ -207,7 +211,7 @@ def generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int = 40, sa
     hf = getattr(model, "original_model", None)
     ids, mask = _left_padded(model, prompts)
     n = ids.shape[1]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = _generation_pad(model)
     kw = dict(do_sample=True, top_k=top_k, temperature=1.0, top_p=1.0) if sample else dict(do_sample=False)
     rows = contextlib.nullcontext() if row_edits is None else rowwise_edits(model, row_edits)
     with torch.random.fork_rng(devices=[]), rows:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from editlens import embedded, precision
+from editlens import embedded, fused_attention, precision
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -193,6 +193,7 @@ def load_model(
     model.eval()
     bridge = TransformerBridge.boot_transformers(bridge_name, hf_model=model, tokenizer=tokenizer, dtype=torch_dtype)
     bridge.eval()
+    fused_attention.install(bridge)
     if torch_dtype == torch.float32:
         precision.apply(bridge, precision.resolve(dtype, next(model.parameters()).device))
     return bridge, tokenizer

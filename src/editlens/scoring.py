@@ -439,13 +439,13 @@ def score_candidates(
         out = _score_unpacked(model, pids, cids, batch_size=batch_size, fwd_hooks=fwd_hooks)
     elif at_positions is not None:
         out = _score_packed(model, pids, cids, hooks=[], row_tokens=row_tokens, rows_per_batch=rows_per_batch,
-                            at_last_prompt_token=at_positions)
+                            at_last_prompt_token=at_positions, top1=top1)
         if out is None:
             # a prompt's last token is also another sequence's inner token: only the unpacked path keeps them apart
             out = _score_unpacked(model, pids, cids, batch_size=batch_size, fwd_hooks=fwd_hooks)
     else:
         out = _score_packed(model, pids, cids, hooks=list(fwd_hooks or []), row_tokens=row_tokens,
-                            rows_per_batch=rows_per_batch)
+                            rows_per_batch=rows_per_batch, top1=top1)
     return out if top1 else out[0]
 
 
@@ -472,7 +472,7 @@ def score_continuations(
 
 def _score_packed(model: Any, pids: list[list[int]], cids: list[list[list[int]]], *, hooks: HookList,
                   row_tokens: int, rows_per_batch: int = 1,
-                  at_last_prompt_token: Callable[[Tensor], HookList] | None = None
+                  at_last_prompt_token: Callable[[Tensor], HookList] | None = None, top1: bool = True,
                   ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
     seqs, owners = [], []  # one sequence per (prompt, distinct candidate row)
     for i, (p, cands) in enumerate(zip(pids, cids)):
@@ -510,20 +510,22 @@ def _score_packed(model: Any, pids: list[list[int]], cids: list[list[list[int]]]
             for r, keep, logits in zip(chunk, keeps, outs):
                 at = wanted[r]
                 lp = logits.float().log_softmax(-1)
-                top = lp.argmax(-1).tolist()
+                top = lp.argmax(-1).tolist() if top1 else None  # a pass over the vocabulary: only when asked
                 for k, idx in enumerate(keep):
                     targets = sorted({t for _, t in at[idx]})
                     vals = lp[k, targets].tolist()
                     v = at[idx][0][0]
-                    best[v] = top[k]
+                    if top is not None:
+                        best[v] = top[k]
                     for t, x in zip(targets, vals):
                         logp[(v, t)] = x
     out = [np.zeros(len(c)) for c in cids]
     hits = [np.zeros(len(c)) for c in cids]
     for s, (i, j) in enumerate(owners):
         out[i][j] = -sum(logp[key] for key in reads[s]) / len(reads[s])
-        hits[i][j] = sum(best[v] == t for v, t in reads[s]) / len(reads[s])
-    return out, hits
+        if top1:
+            hits[i][j] = sum(best[v] == t for v, t in reads[s]) / len(reads[s])
+    return out, (hits if top1 else [])
 
 
 def _score_unpacked(model: Any, pids: list[list[int]], cids: list[list[list[int]]], *, batch_size: int,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from editlens import fused_attention
+
 TOY_WORDS: tuple[str, ...] = (
     "The capital of France Germany Italy Spain Japan is city country Paris Berlin Rome Madrid Tokyo "
     "language spoken in French German Italian Spanish Japanese people speak mother tongue where "
@@ -69,4 +71,5 @@ def tiny_llama(seed: int = 0, *, n_layers: int = 2, d_model: int = 64, n_heads: 
     bridge = TransformerBridge.boot_transformers("toy-llama" if tokenizer is None else "tiny-llama", hf_model=hf,
                                                  tokenizer=tok)
     bridge.eval()
+    fused_attention.install(bridge)
     return bridge, tok

@@ -1,0 +1,175 @@
+"""Fused attention for forward passes that do not look at the attention pattern.
+
+TransformerLens's bridge re-implements each attention layer step by step so that ``hook_attn_scores``
+and ``hook_pattern`` can see (and change) the scores and the pattern: it builds the full
+``batch x head x query x key`` score tensor, adds the mask, softmaxes it in float32 and multiplies by
+the values, four passes over a tensor that for the book's packed rows (8 rows of 256 tokens, 9 heads)
+is larger than the layer's activations. Most forwards of the book hook neither: scoring answers,
+generating, evaluating an edit. For those, :func:`install` lets the layer call
+``torch.nn.functional.scaled_dot_product_attention`` instead, which computes the same function in
+one fused kernel. The moment a hook sits on ``hook_attn_scores`` or ``hook_pattern`` (Chapter 0's
+patterns, Chapter 5's attention drift, ``run_with_cache``), the layer takes the bridge's own path,
+so what a hook sees is unchanged.
+
+In exact arithmetic the two paths are the same function; in floating point they round differently
+(the fused kernel accumulates the softmax in float32 blocks). In float32 the embedded model's logits
+agree to about 1e-4 (of logits up to 30: as far as another CPU's kernels move them); in bfloat16 the
+fused path sits slightly closer to float32 than the step-by-step one, and a near-tie between two answers
+can flip, as it does between CPUs (``book/precision.md``).
+
+The fused path runs under ``torch.no_grad()`` only (where the package scores, generates and evaluates);
+a forward that may take gradients (v*'s optimisation, fine-tuning, a plain ``model(tokens)``) keeps the
+bridge's path: on a CPU the fused kernel's backward pass was the slower one (ROME's edits took 20% longer,
+``benchmarks/bench_attention.py``).
+
+The fused path covers the attention layers the book runs (Llama-style: rotary position embeddings
+over the whole head, grouped-query attention, no query/key norms, no soft-capping, no sinks);
+any other layer keeps the bridge's path, which is always correct, only slower.
+
+Explained in ``book/precision.md`` (how the model computes); measured by ``benchmarks/bench_attention.py``."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+_INSTALLED = "_editlens_fused_attention"
+
+
+def _hooked(hook_point: Any) -> bool:
+    """Whether anything listens at ``hook_point`` (a TransformerLens ``HookPoint``)."""
+    return hook_point is not None and bool(
+        hook_point._forward_hooks or hook_point._forward_pre_hooks or hook_point._backward_hooks)
+
+
+def _layer_supported(attn: Any) -> bool:
+    """Can this layer's computation be written as plain scaled dot-product attention? Decided once per
+    layer from its configuration (the hooks are checked at every call)."""
+    from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
+        PositionEmbeddingsAttentionBridge,
+    )
+
+    if type(attn) is not PositionEmbeddingsAttentionBridge:
+        return False  # a subclass may change the computation; keep its own forward
+    hf = attn.original_component
+    cfg = attn.config
+    flags = ("use_split_qkv_input", "use_attn_in", "gated_q_proj", "use_attn_result", "qk_norm_after_rope",
+             "rotary_interleaved_cos_sin", "rotary_adjacent_pairs")
+    if hf is None or any(bool(getattr(cfg, f, False)) for f in flags):
+        return False
+    if "q_norm" in attn.submodules or "k_norm" in attn.submodules or attn._modules.get("gate") is not None:
+        return False
+    if any(getattr(hf, a, None) is not None for a in ("key_multiplier", "attn_logit_softcapping", "sinks")):
+        return False
+    if getattr(getattr(hf, "config", None), "clip_qkv", None) is not None:
+        return False
+    rope = getattr(getattr(hf, "config", None), "rope_parameters", None)
+    if isinstance(rope, dict) and rope.get("llama_4_scaling_beta") is not None:
+        return False
+    return getattr(cfg, "positional_embedding_type", None) == "rotary" and hasattr(hf, "head_dim")
+
+
+def _fused_forward(attn: Any, hidden_states: Float[Tensor, "batch pos d_model"], kwargs: dict[str, Any]
+                   ) -> tuple[Float[Tensor, "batch pos d_model"], None]:
+    """The bridge's attention forward with the scores, mask, softmax and value product fused."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+    hf = attn.original_component
+    head_dim = hf.head_dim
+    position_embeddings = kwargs.pop("position_embeddings")
+    attention_mask = kwargs.pop("attention_mask", None)
+    hidden_states = attn.hook_in(hidden_states)
+    input_shape = hidden_states.shape[:-1]
+    shape = (*input_shape, -1, head_dim)
+    q = attn.q(hidden_states).view(shape).transpose(1, 2)
+    k = attn.k(hidden_states).view(shape).transpose(1, 2)
+    v = attn.v(hidden_states).view(shape).transpose(1, 2)
+    cos, sin = attn._apply_position_embedding_hooks(position_embeddings)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    if hasattr(attn, "hook_rot_q"):
+        q = attn.hook_rot_q(q)
+    if hasattr(attn, "hook_rot_k"):
+        k = attn.hook_rot_k(k)
+    k, v = attn._update_kv_cache(k, v, **kwargs)
+    groups = getattr(hf, "num_key_value_groups", 1)
+    if groups > 1:
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+    dtype = v.dtype  # bfloat16 under autocast (the value projection's output), else the weights' dtype
+    q, k = q.to(dtype), k.to(dtype)
+    # The additive mask exactly as the bridge's own path builds it (causal when none is given, the
+    # caller's 4-D mask as is), built once per layer call on a [batch or 1, 1, query, key] tensor.
+    zeros = torch.zeros((1, 1, q.shape[-2], k.shape[-2]), dtype=dtype, device=q.device)
+    mask = attn._apply_reconstruct_attention_mask(attn_scores=zeros, attention_mask=attention_mask,
+                                                  seq_len=k.shape[-2], q_seq_len=q.shape[-2])
+    scaling = getattr(hf, "scaling", head_dim ** -0.5)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(dtype), scale=scaling)
+    out = out.transpose(1, 2).contiguous().reshape(*input_shape, -1)
+    o_weight = getattr(getattr(attn.o, "original_component", None), "weight", None)
+    if isinstance(o_weight, Tensor) and o_weight.dtype.is_floating_point and out.dtype != o_weight.dtype:
+        out = out.to(o_weight.dtype)
+    return attn.hook_out(attn.o(out)), None
+
+
+def _rotates_whole_head(attn: Any, position_embeddings: Any) -> bool:
+    """Rotary embeddings given, and over the whole head (a partial or half-width rotation keeps the
+    bridge's path)."""
+    return (isinstance(position_embeddings, tuple) and len(position_embeddings) == 2
+            and position_embeddings[0].shape[-1] == attn.original_component.head_dim)
+
+
+def _wrap(attn: Any) -> None:
+    inner = attn.forward
+
+    @functools.wraps(inner)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if (getattr(attn, _INSTALLED, False) and not _hooked(attn.hook_attn_scores)
+                and not _hooked(attn.hook_pattern) and _rotates_whole_head(attn, kwargs.get("position_embeddings"))
+                and not (attn.training and getattr(attn.original_component, "attention_dropout", 0.0) > 0)):
+            if "hidden_states" in kwargs:
+                hidden_states = kwargs.pop("hidden_states")
+            elif args and isinstance(args[0], Tensor):
+                hidden_states, args = args[0], args[1:]
+            else:
+                return inner(*args, **kwargs)
+            if not args and not torch.is_grad_enabled():
+                return _fused_forward(attn, hidden_states, kwargs)
+            return inner(hidden_states, *args, **kwargs)
+        return inner(*args, **kwargs)
+
+    object.__setattr__(attn, "forward", forward)  # bridge components forward setattr to the HF module
+
+
+def install(model: Any) -> int:
+    """Give every supported attention layer of ``model`` (a ``TransformerBridge``) the fused path for
+    forwards that hook neither its scores nor its pattern. Returns how many layers got it. Called once
+    by :func:`editlens.load_model` and :func:`editlens.localize.toy.tiny_llama`; :class:`enabled` turns it
+    off for a block."""
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "hook_pattern") and not hasattr(module, _INSTALLED) and _layer_supported(module):
+            _wrap(module)
+            object.__setattr__(module, _INSTALLED, True)
+            n += 1
+    return n
+
+
+class enabled:
+    """``with fused_attention.enabled(model, False):`` runs the bridge's step-by-step attention on
+    every layer (to compare the two paths, or to time them); restores the previous setting after."""
+
+    def __init__(self, model: Any, on: bool = True):
+        self.layers = [m for m in model.modules() if hasattr(m, _INSTALLED)]
+        self.on = on
+        self.before: list[bool] = []
+
+    def __enter__(self) -> None:
+        self.before = [getattr(m, _INSTALLED) for m in self.layers]
+        for m in self.layers:
+            object.__setattr__(m, _INSTALLED, self.on)
+
+    def __exit__(self, *exc: Any) -> None:
+        for m, b in zip(self.layers, self.before):
+            object.__setattr__(m, _INSTALLED, b)

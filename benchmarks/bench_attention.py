@@ -1,5 +1,8 @@
 """What the fused attention path (editlens.fused_attention) buys, and how far it moves the numbers.
 
+The scorer and the generator fuse on their own; each workload below runs once inside
+``fused_attention.enabled(model, False)`` (the step-by-step path forced) and once inside ``enabled(model)``.
+
     .venv/bin/python benchmarks/bench_attention.py [--threads 1] [--repeats 2]
 
 On the embedded model at its default precision, each workload timed with the bridge's step-by-step
@@ -8,8 +11,9 @@ attention and with the fused kernel, alternating (``--repeats`` rounds), one thr
    ``ROWS_PER_BATCH`` rows per forward);
 2. ROME: 4 edits (v* optimisation with gradients, C cached);
 3. generation: 32 greedy continuations of 30 tokens, left-padded.
-Then, on 30 queries, how far each path's answer NLLs sit from a float32 run (mean |difference|) and on
-how many prompts the chosen answer differs from float32's.
+Then, in float32, the largest logit difference between the two paths on the 32 prompts, and on 30
+queries how far each path's bf16 answer NLLs sit from a float32 run (mean |difference|) and on how many
+prompts the chosen answer differs from float32's.
 """
 
 from __future__ import annotations
@@ -76,6 +80,13 @@ def main() -> None:
         print(f"{name:<32}{a:>12.2f} s{b:>8.2f} s{1 - b / a:>8.0%}")
 
     reference_model, _ = editlens.load_model(dtype="float32")
+    tokens = reference_model.to_tokens(prompts, prepend_bos=True)
+    with torch.no_grad():
+        slow = reference_model(tokens)
+        with fused_attention.enabled(reference_model):
+            fast = reference_model(tokens)
+    print(f"float32, {len(prompts)} prompts: max |logit difference| fused vs step by step "
+          f"{float((fast - slow).abs().max()):.1e} (logits up to {float(slow.abs().max()):.0f})")
     sample = queries[:30]
     reference = C.model_answers(reference_model, sample, rows_per_batch=ROWS_PER_BATCH)
     for fused in (False, True):

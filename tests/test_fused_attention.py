@@ -1,5 +1,6 @@
 """The fused attention path (editlens.fused_attention) computes what the bridge's step-by-step path
-computes, and steps aside whenever a hook looks at the scores or the pattern."""
+computes, runs only where the package asks for it (the scorer, the generator), and steps aside whenever a
+hook looks at the scores or the pattern."""
 
 from __future__ import annotations
 
@@ -22,10 +23,21 @@ def both_paths(model, fn):
     return slow, fast
 
 
-def test_every_layer_of_the_book_models_gets_the_fused_path(tiny_model):
-    layers = [m for m in tiny_model.modules() if hasattr(m, "hook_pattern")]
-    assert layers and all(getattr(m, fused_attention._INSTALLED) for m in layers)
+def test_every_layer_is_wrapped_and_computes_step_by_step_outside_the_scorer(tiny_model):
+    assert not fused_attention.is_fused(tiny_model)
     assert fused_attention.install(tiny_model) == 0  # installed once, by tiny_llama (and load_model)
+    tokens = tiny_model.to_tokens(PROMPTS, prepend_bos=True)
+    with torch.no_grad(), mock.patch.object(fused_attention, "_fused_forward",
+                                            wraps=fused_attention._fused_forward) as spy:
+        plain = tiny_model(tokens)
+        _, cache = tiny_model.run_with_cache(tokens)
+        assert spy.call_count == 0  # a chapter's own forwards: TransformerLens's computation, as it shows it
+        scoring.score_candidates(tiny_model, PROMPTS, [["Paris", "Rome"]] * 3)
+        assert spy.call_count > 0  # the scorer fuses
+        spy.reset_mock()
+        generate(tiny_model, PROMPTS[:1], max_new_tokens=2)
+        assert spy.call_count > 0  # and so does the generator
+    assert torch.equal(plain, tiny_model(tokens).detach())
 
 
 def test_fused_equals_step_by_step_on_a_padded_batch(tiny_model):
@@ -33,7 +45,7 @@ def test_fused_equals_step_by_step_on_a_padded_batch(tiny_model):
     with torch.no_grad():
         slow, fast = both_paths(tiny_model, lambda: tiny_model(tokens))
     with torch.no_grad(), mock.patch.object(fused_attention, "_fused_forward") as spy:
-        with fused_attention.enabled(tiny_model, False):
+        with fused_attention.enabled(tiny_model), fused_attention.enabled(tiny_model, False):
             tiny_model(tokens)
     assert spy.call_count == 0
     assert torch.allclose(slow, fast, atol=1e-5), float((slow - fast).abs().max())
@@ -57,7 +69,8 @@ def test_fused_equals_step_by_step_with_a_kv_cache(tiny_model):
 def test_forwards_that_take_gradients_run_step_by_step(tiny_model):
     """On a CPU the fused backward pass is the slower one: only forwards under no_grad are fused."""
     tokens = tiny_model.to_tokens(PROMPTS[:1], prepend_bos=True)
-    with mock.patch.object(fused_attention, "_fused_forward", wraps=fused_attention._fused_forward) as spy:
+    with mock.patch.object(fused_attention, "_fused_forward", wraps=fused_attention._fused_forward) as spy, \
+            fused_attention.enabled(tiny_model):
         tiny_model(tokens).sum().backward()
         assert spy.call_count == 0
         with torch.no_grad():
@@ -70,7 +83,7 @@ def test_a_hook_on_the_pattern_or_scores_takes_the_step_by_step_path(tiny_model,
     tokens = tiny_model.to_tokens(PROMPTS[:1], prepend_bos=True)
     seen = []
     with mock.patch.object(fused_attention, "_fused_forward", wraps=fused_attention._fused_forward) as spy, \
-            torch.no_grad():
+            torch.no_grad(), fused_attention.enabled(tiny_model):
         tiny_model(tokens)
         assert spy.call_count == tiny_model.cfg.n_layers  # no hook: every layer fused
         spy.reset_mock()
@@ -86,17 +99,27 @@ def test_a_hook_that_changes_the_pattern_still_changes_the_output(tiny_model):
         causal = torch.tril(torch.ones_like(pattern))
         return causal / causal.sum(-1, keepdim=True)
 
-    with torch.no_grad():
+    with torch.no_grad(), fused_attention.enabled(tiny_model):
         plain = tiny_model(tokens)
         hooked = tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_pattern", uniform)])
     assert not torch.allclose(plain, hooked, atol=1e-4)
 
 
-def test_enabled_restores_the_previous_setting(tiny_model):
-    layer = tiny_model.blocks[0].attn
-    with fused_attention.enabled(tiny_model, False):
-        assert getattr(layer, fused_attention._INSTALLED) is False
-        with fused_attention.enabled(tiny_model, True):
-            assert getattr(layer, fused_attention._INSTALLED) is True
-        assert getattr(layer, fused_attention._INSTALLED) is False
-    assert getattr(layer, fused_attention._INSTALLED) is True
+def test_enabled_nests_and_forcing_the_step_by_step_path_wins(tiny_model):
+    with fused_attention.enabled(tiny_model):
+        assert fused_attention.is_fused(tiny_model)
+        with fused_attention.enabled(tiny_model, False):
+            assert not fused_attention.is_fused(tiny_model)
+            with fused_attention.enabled(tiny_model):  # e.g. the scorer, called inside
+                assert not fused_attention.is_fused(tiny_model)
+        assert fused_attention.is_fused(tiny_model)
+    assert not fused_attention.is_fused(tiny_model)
+
+
+def test_every_layer_of_a_llama_can_fuse():
+    from editlens.localize.toy import tiny_llama
+
+    fresh, _ = tiny_llama(0, d_mlp=32)
+    assert fused_attention.install(fresh) == 0
+    layers = [m for m in fresh.modules() if hasattr(m, "hook_pattern")]
+    assert len(layers) == fresh.cfg.n_layers and all(fused_attention._layer_supported(m) for m in layers)

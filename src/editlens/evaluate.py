@@ -41,6 +41,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from editlens import fused_attention
 from editlens.data import load_object_descriptions
 from editlens.rome.editor import Editor
 from editlens.rome.keys import encode
@@ -214,7 +215,7 @@ def generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int = 40, sa
     pad = _generation_pad(model)
     kw = dict(do_sample=True, top_k=top_k, temperature=1.0, top_p=1.0) if sample else dict(do_sample=False)
     rows = contextlib.nullcontext() if row_edits is None else rowwise_edits(model, row_edits)
-    with torch.random.fork_rng(devices=[]), rows:
+    with torch.random.fork_rng(devices=[]), rows, fused_attention.enabled(model):
         torch.manual_seed(seed)
         out = hf.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
                           min_new_tokens=max_new_tokens, **kw)

@@ -1,32 +1,29 @@
-"""Fused attention for forward passes that do not look at the attention pattern.
+"""Fused attention for the package's bulk forward passes: scoring answers and generating text.
 
-TransformerLens's bridge re-implements each attention layer step by step so that ``hook_attn_scores``
-and ``hook_pattern`` can see (and change) the scores and the pattern: it builds the full
+TransformerLens's bridge computes each attention layer step by step so that ``hook_attn_scores`` and
+``hook_pattern`` can see (and change) the scores and the pattern: it builds the full
 ``batch x head x query x key`` score tensor, adds the mask, softmaxes it in float32 and multiplies by
 the values, four passes over a tensor that for the book's packed rows (8 rows of 256 tokens, 9 heads)
-is larger than the layer's activations. Most forwards of the book hook neither: scoring answers,
-generating, evaluating an edit. For those, :func:`install` lets the layer call
-``torch.nn.functional.scaled_dot_product_attention`` instead, which computes the same function in
-one fused kernel. The moment a hook sits on ``hook_attn_scores`` or ``hook_pattern`` (Chapter 0's
-patterns, Chapter 5's attention drift, ``run_with_cache``), the layer takes the bridge's own path,
-so what a hook sees is unchanged.
+is larger than the layer's activations. Inside ``with enabled(model):`` a layer whose scores and
+pattern nobody hooks calls ``torch.nn.functional.scaled_dot_product_attention`` instead, which
+computes the same function in one fused kernel. The scorer (:func:`editlens.scoring.score_candidates`,
+so every probe, answer and perplexity of the book) and the generator (:func:`editlens.evaluate.generate`)
+run inside it; nothing else does. A chapter's own ``model(tokens)``, ``run_with_cache`` and the hooked
+runs of patching and tracing compute step by step, so a clean run and a patched run always compare
+like with like. A hook on ``hook_attn_scores`` or ``hook_pattern`` brings back the step-by-step path for
+its layer even inside the block, and so does a forward that may take gradients (on a CPU the fused
+kernel's backward pass was the slower one).
 
-In exact arithmetic the two paths are the same function; in floating point they round differently
-(the fused kernel accumulates the softmax in float32 blocks). In float32 the embedded model's logits
-agree to about 1e-4 (of logits up to 30: as far as another CPU's kernels move them); in bfloat16 the
-fused path sits slightly closer to float32 than the step-by-step one, and a near-tie between two answers
-can flip, as it does between CPUs (``book/precision.md``).
-
-The fused path runs under ``torch.no_grad()`` only (where the package scores, generates and evaluates);
-a forward that may take gradients (v*'s optimisation, fine-tuning, a plain ``model(tokens)``) keeps the
-bridge's path: on a CPU the fused kernel's backward pass was the slower one (ROME's edits took 20% longer,
-``benchmarks/bench_attention.py``).
+In exact arithmetic the two paths are the same function; in floating point they round differently.
+In float32 the embedded model's logits agree to about 1e-4 (of logits up to 30: as far as another CPU's
+kernels move them); in bfloat16 the two paths differ by about as much as either differs from float32,
+so a near-tie between two answers can flip, as it does between CPUs (``book/precision.md``).
 
 The fused path covers the attention layers the book runs (Llama-style: rotary position embeddings
 over the whole head, grouped-query attention, no query/key norms, no soft-capping, no sinks);
 any other layer keeps the bridge's path, which is always correct, only slower.
 
-Explained in ``book/precision.md`` (how the model computes); measured by ``benchmarks/bench_attention.py``."""
+Explained in ``book/setup.md`` ("What the model computes in"); measured by ``benchmarks/bench_attention.py``."""
 from __future__ import annotations
 
 import functools
@@ -36,7 +33,20 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-_INSTALLED = "_editlens_fused_attention"
+_STATE = "_editlens_fused_attention"  # the _Switch a wrapped layer and its model share
+
+
+class _Switch:
+    """How many ``enabled(model)`` blocks are open (``on``) and how many ``enabled(model, False)`` (``off``):
+    a layer fuses while ``on > 0 and off == 0``, so forcing the step-by-step path wins at any depth."""
+
+    def __init__(self) -> None:
+        self.on = 0
+        self.off = 0
+
+    @property
+    def fused(self) -> bool:
+        return self.on > 0 and self.off == 0
 
 
 def _hooked(hook_point: Any) -> bool:
@@ -120,12 +130,12 @@ def _rotates_whole_head(attn: Any, position_embeddings: Any) -> bool:
             and position_embeddings[0].shape[-1] == attn.original_component.head_dim)
 
 
-def _wrap(attn: Any) -> None:
+def _wrap(attn: Any, switch: _Switch) -> None:
     inner = attn.forward
 
     @functools.wraps(inner)
     def forward(*args: Any, **kwargs: Any) -> Any:
-        if (getattr(attn, _INSTALLED, False) and not _hooked(attn.hook_attn_scores)
+        if (switch.fused and not _hooked(attn.hook_attn_scores)
                 and not _hooked(attn.hook_pattern) and _rotates_whole_head(attn, kwargs.get("position_embeddings"))
                 and not (attn.training and getattr(attn.original_component, "attention_dropout", 0.0) > 0)):
             if "hidden_states" in kwargs:
@@ -143,33 +153,42 @@ def _wrap(attn: Any) -> None:
 
 
 def install(model: Any) -> int:
-    """Give every supported attention layer of ``model`` (a ``TransformerBridge``) the fused path for
-    forwards that hook neither its scores nor its pattern. Returns how many layers got it. Called once
-    by :func:`editlens.load_model` and :func:`editlens.localize.toy.tiny_llama`; :class:`enabled` turns it
-    off for a block."""
+    """Wrap every supported attention layer of ``model`` (a ``TransformerBridge``) so that
+    :class:`enabled` can switch it to the fused kernel; until then it computes step by step, as before.
+    Returns how many layers were wrapped (0 when ``model`` has them already). Called once by
+    :func:`editlens.load_model` and :func:`editlens.localize.toy.tiny_llama`."""
+    if hasattr(model, _STATE):
+        return 0
+    switch = _Switch()
     n = 0
     for module in model.modules():
-        if hasattr(module, "hook_pattern") and not hasattr(module, _INSTALLED) and _layer_supported(module):
-            _wrap(module)
-            object.__setattr__(module, _INSTALLED, True)
+        if hasattr(module, "hook_pattern") and _layer_supported(module):
+            _wrap(module, switch)
             n += 1
+    object.__setattr__(model, _STATE, switch)
     return n
 
 
+def is_fused(model: Any) -> bool:
+    """Whether ``model``'s wrapped layers fuse now (inside :class:`enabled`, no ``enabled(model, False)``)."""
+    switch = getattr(model, _STATE, None)
+    return bool(switch is not None and switch.fused)
+
+
 class enabled:
-    """``with fused_attention.enabled(model, False):`` runs the bridge's step-by-step attention on
-    every layer (to compare the two paths, or to time them); restores the previous setting after."""
+    """``with fused_attention.enabled(model):`` runs the wrapped attention layers of ``model`` fused
+    (where no hook looks at the pattern and no gradient is taken); ``with enabled(model, False):`` forces
+    the step-by-step path inside, even where the package fuses (to compare the two, or to time them).
+    Nests. A model :func:`install` never saw is left as it is."""
 
     def __init__(self, model: Any, on: bool = True):
-        self.layers = [m for m in model.modules() if hasattr(m, _INSTALLED)]
-        self.on = on
-        self.before: list[bool] = []
+        self.switch = getattr(model, _STATE, None)
+        self.field = "on" if on else "off"
 
     def __enter__(self) -> None:
-        self.before = [getattr(m, _INSTALLED) for m in self.layers]
-        for m in self.layers:
-            object.__setattr__(m, _INSTALLED, self.on)
+        if self.switch is not None:
+            setattr(self.switch, self.field, getattr(self.switch, self.field) + 1)
 
     def __exit__(self, *exc: Any) -> None:
-        for m, b in zip(self.layers, self.before):
-            object.__setattr__(m, _INSTALLED, b)
+        if self.switch is not None:
+            setattr(self.switch, self.field, getattr(self.switch, self.field) - 1)

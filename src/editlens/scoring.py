@@ -41,6 +41,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from editlens import fused_attention
 from editlens.precision import full_precision
 
 HookList = list[tuple[Any, Callable]]
@@ -433,6 +434,16 @@ def score_candidates(
     enc = TokenCache(model)
     pids = [enc.prompt(p) for p in prompts]
     cids = [[enc.answer(c) for c in cands] for cands in candidates]
+    with fused_attention.enabled(model):  # every score of the book: one fused kernel per attention layer
+        out = _score(model, pids, cids, batch_size=batch_size, fwd_hooks=fwd_hooks, row_tokens=row_tokens,
+                     packed=packed, rows_per_batch=rows_per_batch, top1=top1)
+    return out if top1 else out[0]
+
+
+def _score(model: Any, pids: list[list[int]], cids: list[list[list[int]]], *, batch_size: int,
+           fwd_hooks: HookList | HookFactory | None, row_tokens: int, packed: bool | None, rows_per_batch: int,
+           top1: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """:func:`score_candidates` on encoded prompts and candidates: picks the packed or the unpacked path."""
     at_positions = getattr(fwd_hooks, "at_positions", None) if callable(fwd_hooks) else None
     if (callable(fwd_hooks) and at_positions is None) or packed is False or (
             packed is None and not packing_supported(model)):
@@ -446,7 +457,7 @@ def score_candidates(
     else:
         out = _score_packed(model, pids, cids, hooks=list(fwd_hooks or []), row_tokens=row_tokens,
                             rows_per_batch=rows_per_batch, top1=top1)
-    return out if top1 else out[0]
+    return out
 
 
 def score_continuations(

@@ -247,7 +247,8 @@ def test_edits_computed_together_equal_one_at_a_time(tiny_model, cache):
                             while_edited=lambda case, info: kept.append((case["case_id"], info[0].applied)))
     assert kept == [(0, True), (1, True), (2, True)]  # called inside each context, the edit applied
     for a, b in zip(one.records, two.records):
-        assert a["edited"] == pytest.approx(b["edited"], nan_ok=True)
+        # the edits agree to rtol 1e-4 (above), so their scores do too (not to the last digit)
+        assert a["edited"] == pytest.approx(b["edited"], rel=1e-4, abs=1e-9, nan_ok=True)
     with pytest.raises(ValueError, match="batch"):
         rome_editor(hp, stats, batch=0)
 

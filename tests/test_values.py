@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from editlens.rome import LossTerm, ROMEHyperParams, as_request, compute_v, compute_vs
+from editlens.rome import v_forward as VF
+from editlens.rome import v_optimise as VO
 from editlens.rome import values as V
 from editlens.rome.keys import subject_last_index
 
@@ -90,7 +92,7 @@ def test_fast_path_equals_plain_full_forward(tiny_model, tiny3_model, layer, reu
 def test_fast_forward_runs_only_the_upper_blocks(tiny3_model, reuse_prefix):
     tiny_model = tiny3_model
     batch = V.build_v_batch(tiny_model, as_request(CASE), HP)
-    fwd = V._VForward(tiny_model, batch, 1, [], fast=True, reuse_prefix=reuse_prefix)
+    fwd = VF._VForward(tiny_model, batch, 1, [], fast=True, reuse_prefix=reuse_prefix)
     fwd.initial_pass()
     assert fwd.fast and set(fwd.block_calls) == {1, 2} and fwd.resid_in.shape == (*batch.tokens.shape, 64)
     assert fwd.mode == ("prefix" if reuse_prefix else "fast")
@@ -108,19 +110,19 @@ def test_fast_forward_runs_only_the_upper_blocks(tiny3_model, reuse_prefix):
 
 
 def test_reading_positions_equals_the_full_shape(tiny3_model):
-    """_VForward.at (positions gathered from the packed suffix run, as ctx.at reads them) gives what indexing the
+    """v_forward._VForward.at (positions gathered from the packed suffix run, as ctx.at reads them) gives what indexing the
     full-shape activation gives, for attention patterns and the residual stream, at every real position; and the
     packed run equals the one that runs every position. Rows of two facts (different lengths) share the packs."""
     other = {**CASE, "requested_rewrite": {**CASE["requested_rewrite"], "subject": "Danielle Darrieux",
                                            "prompt": "The mother tongue of {} is"}}
     batches = [V.build_v_batch(tiny3_model, as_request(c), HP) for c in (CASE, other)]
     width = max(int(b.tokens.shape[1]) for b in batches)
-    batch = V._stack([V._padded(b, width) for b in batches])
+    batch = VO._stack([VO._padded(b, width) for b in batches])
     names = ["blocks.1.attn.hook_pattern", "blocks.2.attn.hook_pattern", "blocks.1.hook_resid_post", V.FINAL_HOOK]
     delta = torch.randn(batch.n_rows, 64, generator=torch.Generator().manual_seed(0))
     runs = {}
     for mode in ("prefix", "fast"):
-        fwd = V._VForward(tiny3_model, batch, 0, names, fast=True, reuse_prefix=mode == "prefix")
+        fwd = VF._VForward(tiny3_model, batch, 0, names, fast=True, reuse_prefix=mode == "prefix")
         fwd.initial_pass()
         fwd.step("blocks.0.hook_mlp_out", delta)
         runs[mode] = fwd
@@ -273,7 +275,7 @@ def test_kl_uses_ctx_initial(tiny_model):
     assert res.history[-1]["kl"] > 0  # delta moves the KL prompt's distribution
     # a different reference distribution changes the KL: it really reads ctx.initial
     ctx = V.VContext(tiny_model, req, 1, HP, V.build_v_batch(tiny_model, req, HP), torch.zeros(64))
-    fwd = V._VForward(tiny_model, ctx.batch, 1, [V.FINAL_HOOK], fast=True)
+    fwd = VF._VForward(tiny_model, ctx.batch, 1, [V.FINAL_HOOK], fast=True)
     ctx._unembed = fwd.unembed
     ctx.initial = fwd.initial_pass()
     ctx.resid_final = ctx.initial[V.FINAL_HOOK]

@@ -2,7 +2,8 @@
 
 Taught in: Chapter 3. One module per step: :mod:`~editlens.rome.requests` (what to edit),
 :mod:`~editlens.rome.hparams` (per-model settings), :mod:`~editlens.rome.key_stats` (C),
-:mod:`~editlens.rome.keys` (k*), :mod:`~editlens.rome.values` (v*, extensible loss),
+:mod:`~editlens.rome.keys` (k*), :mod:`~editlens.rome.values` (v*, extensible loss; its optimisation loop is
+:mod:`~editlens.rome.v_optimise`, its forward passes :mod:`~editlens.rome.v_forward`),
 :mod:`~editlens.rome.update` (W' and undoable edits), :mod:`~editlens.rome.editor` (the editor that
 evaluation and comparison run).
 """

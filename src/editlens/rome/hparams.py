@@ -39,7 +39,7 @@ class ROMEHyperParams:
     # also set its own `stop_below` (editlens.rome.values.LossTerm), which must hold under every rule.
     v_early_stop_on: str = "loss"
     # Run each v* step from the edit layer up and unembed only the scored positions (same v* up to float noise;
-    # editlens.rome.values). False: a full forward every step, as in ROME's code (for checking, or odd models).
+    # editlens.rome.v_forward). False: a full forward every step, as in ROME's code (for checking, or odd models).
     v_fast_forward: bool = True
     # With the fast path: run each step only on the positions from the subject's last token on, reusing the keys
     # and values of the earlier positions recorded at delta = 0 (they do not depend on delta). Same v* up to float

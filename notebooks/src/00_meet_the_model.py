@@ -19,7 +19,7 @@
 # **Prerequisites.** Python and PyTorch; what a transformer block is (attention + MLP writing
 # into a residual stream). No interpretability background.
 #
-# **Time to run.** Under half a minute on one CPU thread with the embedded model: 23 s measured
+# **Time to run.** Under half a minute on one CPU thread with the embedded model: 26 s measured
 # on this book's machine, whose CPU has native bf16 units (Intel AMX) and computes in bfloat16
 # (section 3). A CPU without them computes in float32 and takes longer (34 s for a float32 run
 # with AVX2 kernels), though not by much: this chapter runs few and small forward passes. The
@@ -225,12 +225,20 @@ for text in [ANSWER, ANSWER.strip()]:
 # hardware has them: every block and the unembedding run their matrix products with bfloat16
 # inputs (accumulated in float32), while norms, softmax and the residual stream stay float32
 # (`editlens.precision`). Where there are no such units, "auto" means float32 throughout.
+# The bridge computes attention step by step (scores, mask, softmax, pattern times values) so that
+# `hook_attn_scores` and `hook_pattern` can see, and change, the scores and the pattern; every
+# forward pass in this chapter computes it so. The package's scorer and generator, which later
+# chapters use for every answer and every generated text, run the same function as one fused
+# kernel (`editlens.fused_attention`), rounded slightly differently, except in a layer whose scores
+# or pattern are hooked and in a forward that takes gradients ([Setup](../book/setup.md), "What
+# the model computes in").
 #
 # Two things follow for the code. Activations recorded inside a block (`hook_z`, `hook_pattern`,
 # ...) and the logits are bfloat16 tensors: call `.float()` before a softmax or a comparison, as
 # the cell above does. And inside `with full_precision(model):` the same model computes in
 # float32, which the book uses where digits matter (statistics, exactness checks). Here is the
-# same prompt both ways, and the time of one forward pass over a batch of 64 copies of it:
+# same prompt in bfloat16 and in float32, and the time of one forward pass over a batch of 64
+# copies of it:
 
 
 # %%
@@ -303,7 +311,7 @@ print(
 # then it can decide which one wins. Every checked output in this book therefore states a claim
 # that holds both ways (like the two lines above), and the exact figures appear in tables beside
 # it; they differ slightly on a float32 machine. What bfloat16 buys is speed: on this machine the
-# forward pass over 64 prompts was 2.7 times as fast (the table; the ratio varies from run to
+# forward pass over 64 prompts was 3.2 times as fast (the table; the ratio varies from run to
 # run). Where the hardware has no bf16 units, both rows of the table are float32 and identical.
 
 # %% [markdown]
@@ -916,7 +924,7 @@ show_table(time_table.reset_index(), digits=1)
 # - Tokenise with `model.to_tokens` (BOS first; for SmolLM2 the book uses `<|endoftext|>`) and
 #   write targets with their leading space.
 # - The weights are float32; where the hardware has bf16 units the model computes its matrix
-#   products in bfloat16 (`DTYPE = "auto"`), 2.7 times as fast in this run and slightly rounded:
+#   products in bfloat16 (`DTYPE = "auto"`), 3.2 times as fast in this run and slightly rounded:
 #   call `.float()` on logits and hooked activations, and use `full_precision` where digits
 #   matter.
 # - `run_with_cache` records every activation; the shapes tell the architecture (9 query heads,

@@ -22,7 +22,7 @@
 # **Prerequisites.** Chapter 0 (hooks, `hook_z`, the logit difference, gradients through hooks).
 # A linear probe is a logistic regression; you need no more than that.
 #
-# **Time to run.** About 2 minutes on one CPU thread with the embedded model: 103.8 s measured on
+# **Time to run.** About 2 minutes on one CPU thread with the embedded model: 114.4 s measured on
 # this book's machine, whose CPU computes in bfloat16 (Chapter 0, section 3); a float32 run with
 # AVX2 kernels, as on a CPU without bf16 units, took about 4.5 minutes (261 s). The timing table at
 # the end of the chapter gives this run's wall-clock and CPU seconds per step (measured on a
@@ -422,7 +422,7 @@ print(
 
 # %% [markdown]
 # Which exact head comes first, and exactly how many heads beat the metadata baseline, are not
-# properties of the model. A probe's held-out accuracy counts test pairs (914 of them: one pair
+# properties of the model. A probe's held-out accuracy counts test pairs (908 of them: one pair
 # is about a thousandth of accuracy), and a pair near the decision boundary can flip when the
 # activations change slightly: bfloat16 instead of float32 (Chapter 0, section 3), another CPU,
 # another thread count. Upstream of the probes, a prompt whose two best candidates are nearly
@@ -878,7 +878,8 @@ plt.show()
 
 # %% [markdown]
 # The two patching maps outline many of the same cells (L23H4/L23H5, L29H1/L29H2, several heads
-# in layers 11-15); the probe map outlines another set, half of it in layers 26-29.
+# in layers 11-15); the probe map outlines another set, spread from layer 1 to layer 29 (5 of its
+# 16 in layers 26-29, 7 in layers 12-16), none of them among the attribution map's 16.
 
 # %% [markdown]
 # **Wall-clock.** Activation patching needs one forward pass per head; attribution patching one
@@ -974,15 +975,15 @@ show_table(
 # %% [markdown]
 # Two cautions from the table itself: the probe ranking changes with the sample (the author's top
 # head is not ours), and patching maps from 6 pairs move when more pairs are used (activation on 6
-# pairs vs attribution on 64, in the comparison table of section 7: Spearman 0.63, top-10 overlap
-# 3/10 in this run). The heads that stay on top across runs, methods and precisions are the
+# pairs vs attribution on 64, in the comparison table of section 7: Spearman 0.66, top-10 overlap
+# 4/10 in this run). The heads that stay on top across runs, methods and precisions are the
 # late-layer group L23H4/L23H5 (siblings) and L29H1/L29H2 (siblings): all four are among the
 # heads Chapter 2 gets (checked below).
 #
 # Which heads should Chapter 2 steer? The probe ranking is what the paper uses, but here it barely
 # beats a probe that sees no activations, and it is unrelated to what the heads *do* (rank
 # correlation with patching near zero). Activation patching is causal but, with a handful of pairs,
-# noisy. Attribution patching agrees with activation patching where both run (Spearman 0.89 on the
+# noisy. Attribution patching agrees with activation patching where both run (Spearman 0.85 on the
 # same pairs), and is cheap enough to average over ten times more pairs. **Chapter 2 uses the
 # attribution-patching heads** (top-K by estimated effect towards the majority answer,
 # `N_ATTR_PAIRS` pairs). We also save the probe heads, so that Chapter 2 can run the paper's
@@ -1058,16 +1059,16 @@ show_table(time_table.reset_index(), digits=1)
 # - From the training split we built several thousand labelled pairs (p, q, c), about two thirds consistent;
 #   the probes train on a balanced subsample.
 # - (a) Per-head probes on `hook_z` beat their shuffled-label chance level clearly, but a probe that
-#   sees only the relation and the template ids does almost as well, and only a few heads beat it:
-#   on this 135M model the probe map mostly reflects template and relation identity, not a
-#   consistency mechanism, and its top heads change with the sample. This is the part of the paper's
-#   recipe that does *not* transfer cleanly.
+#   sees only the relation and the template ids does almost as well, and only 16 of 270 heads
+#   beat it: on this 135M model the probe map mostly reflects template and relation identity, not
+#   a consistency mechanism, and its top heads change with the sample. This is the part of the
+#   paper's recipe that does *not* transfer cleanly.
 # - (b) Activation patching finds late-layer heads (L23H4, the siblings L29H1/L29H2) that push the
 #   target prompt towards the majority answer, but no single head restores more than about a
-#   quarter of the gap on these few pairs (0.23 in this run): the decision is distributed.
-# - (c) Attribution patching reproduces activation patching's ranking closely (Spearman 0.89 on the
+#   quarter of the gap on these few pairs (0.25 in this run): the decision is distributed.
+# - (c) Attribution patching reproduces activation patching's ranking closely (Spearman 0.85 on the
 #   same pairs) at a small fraction of the cost, so it can use many more pairs; on 64 pairs its top
-#   heads are L23H4, L29H1 and L23H5.
+#   heads are L23H4, L23H5 and L29H1.
 # - The probe map and the patching maps are essentially unrelated (rank correlation near 0).
 # - Under GQA, "a head" is a query head: its own `hook_z` slice and `W_O` slice, K/V shared with two siblings.
 # - Chapter 2 steers the attribution-patching heads saved in `<cache>/chapter1/heads_attribution.json`

@@ -27,16 +27,16 @@
 # **Prerequisites.** Chapter 0 (hooks, `hook_z`, $W_O$) and Chapter 1 (pairwise consistency,
 # attribution patching).
 #
-# **Time to run.** About 17 minutes with the embedded model: 998.0 s of wall-clock measured on one
-# thread of the book's build machine, whose CPU has native bfloat16 units (AMX; the timing table at
-# the end of the chapter gives every step); a CPU without them computes in float32 and takes
+# **Time to run.** About 18 minutes with the embedded model: 1,052.2 s of wall-clock measured on
+# one thread of the book's build machine, whose CPU has native bfloat16 units (AMX; the timing table
+# at the end of the chapter gives every step); a CPU without them computes in float32 and takes
 # longer. Scoring answers dominates: every evaluation scores 7 paraphrases of each query against
 # the relation's whole candidate list (each shared prompt prefix once, `editlens.scoring`), and the
 # chapter runs about a hundred of them (the K x $\alpha$ sweep for two candidate directions, the
 # held-out tests of four steering configurations with their controls, fine-tuning checkpoints and
-# their test sets, and the cost curve). In this run the held-out tests took 131.8 s (section 7),
-# 98.5 s (the centred candidate) and 194.5 s (the two other variants), the sweep 110.7 s, SFT and
-# LoRA 153.2 s and 112.7 s (training and testing), the cost curve 70.0 s. Each state is scored
+# their test sets, and the cost curve). In this run the held-out tests took 120.3 s (section 7),
+# 94.2 s (the centred candidate) and 194.2 s (the two other variants), the sweep 110.3 s, SFT and
+# LoRA 175.6 s and 125.5 s (training and testing), the cost curve 89.0 s. Each state is scored
 # once: the unsteered model's answers, the sweep's chosen cells and the fine-tuning runs are reused
 # wherever a later section needs the same numbers. Lower `K_VALUES`, `ALPHAS`, `N_CONTROL_SEEDS`,
 # `SFT_STEPS` or `COST_SIZES` for a quicker run.
@@ -199,7 +199,8 @@ print(
 # attribution patching, as Chapter 1 recommends, on pairs of the training queries only (the
 # Chapter 1 run used another split, so we recompute rather than load its file). The map shows each
 # head's estimated share of the answer gap between the two prompts of a pair; the top
-# `max(K_VALUES)` heads of the ranking are outlined; the largest estimates sit in layers 19-23.
+# `max(K_VALUES)` heads of the ranking are outlined. The largest estimate is L23H4's; the next
+# ones are spread from the first layers to the last (L0H5, L29H1, L2H3, L23H5).
 
 # %%
 with timed("steering: head ranking (attribution patching)"):
@@ -719,16 +720,17 @@ print(
 
 # %% [markdown]
 # **What this shows: on SmolLM2-135M the effect does not survive held-out data.** On validation the
-# chosen setting gained 0.056 in consistency (0.611 to 0.667), accuracy 0.688 (0.674). On held-out
-# subjects it loses a little (0.611 against 0.623 unsteered); on held-out relations it gains a
-# little (0.649 against 0.642) and loses some accuracy (0.708 against 0.720). Random heads at the
-# same strength do better than the located heads on both test sets (0.634 and 0.658). The
-# validation gain is the best of 16 cells measured on 38 queries, and the best of many noisy
-# numbers is biased upwards (the winner's curse): that is exactly why the choice is made on
-# validation and reported on test. The probe direction gains nothing even on validation (0.606,
-# below the unsteered 0.611), and its direction is far from the mass-mean one (median cosine 0.22
-# in section 4), which fits Chapter 1's finding that the probe signal at these heads is mostly
-# about which relation and template a prompt uses, not about agreement.
+# chosen setting gained 0.067 in consistency (0.622 to 0.689), accuracy 0.687 (0.686). On held-out
+# subjects it gains a little (0.629 against 0.602 unsteered); on held-out relations it loses a
+# little (0.625 against 0.635) and loses some accuracy (0.696 against 0.717). Random heads at the
+# same strength do better than the located heads on both test sets (0.645 and 0.646), and the
+# paired intervals of sections 10 and 11 include 0 on both. The validation gain is the best of 16
+# cells measured on 38 queries, and the best of many noisy numbers is biased upwards (the winner's
+# curse): that is exactly why the choice is made on validation and reported on test. The probe
+# direction gains nothing even on validation (0.614, below the unsteered 0.622), and its direction
+# is far from the mass-mean one (median cosine 0.21 in section 4), which fits Chapter 1's finding
+# that the probe signal at these heads is mostly about which relation and template a prompt uses,
+# not about agreement.
 #
 # So with the paper's recipe (uncentred directions) we **do not reproduce** its claim on this
 # model. It was shown on 7B-13B models with their own data; on this 135M model the uncentred
@@ -745,8 +747,8 @@ print(
 # hooks, one more reason to have the bias form):
 #
 # - **known facts**: on the Chapter 3 facts set, does the true object still beat the counterfactual
-#   one, on the rewrite prompts and the neighbourhood prompts (the unsteered model: 1.0 by
-#   construction of the set)?
+#   one, on the rewrite prompts and the neighbourhood prompts (the unsteered model knows nearly all
+#   of them, by construction of the set)?
 # - **perplexity** on held-out text: the reference sentences about objects that ship with the
 #   facts set (not model-generated, not used for fitting);
 # - **free-form consistency**: the model answers each open-ended question in 3-4 paraphrases
@@ -826,11 +828,12 @@ for name in side.index:
 
 # %% [markdown]
 # Steering is not free either: with the bias baked in, some known facts flip to the counterfactual
-# object (0.953 known against 0.997 unsteered, 0.969 against 0.999 on the neighbourhood prompts)
-# and perplexity on the reference sentences rises (43.6 against 41.9). The free-form answers agree
-# a little *more* with each other (0.708 against 0.694), and the example shows how: all four
-# answers now call the tower an "iron lady of the 18th century" (it was built in 1889), three of
-# them word for word. They agree on something wrong; agreement is not correctness.
+# object (0.927 known against 0.997 unsteered, 0.965 against 0.999 on the neighbourhood prompts)
+# and perplexity on the reference sentences rises (47.3 against 41.9). The free-form answers agree
+# with each other a little *less* than before (0.681 against 0.692), and the example shows what
+# changes instead: where the unsteered answers describe an iron tower in Paris, three of the four
+# steered answers call it an "iron lady", one of them "of the 18th century" (it was built in
+# 1889). Steering changes what the model says without making its answers agree.
 #
 # ## 9. Against supervised fine-tuning: quality and wall-clock
 #
@@ -985,14 +988,16 @@ print(
 )
 
 # %% [markdown]
-# Fine-tuning on the same 111 training queries raises validation consistency almost four times as
-# much as steering did (+0.205 against +0.056), raises accuracy too (0.728 against 0.674
-# unsteered), and was still improving at the last step. On this machine and model it costs a few
-# times steering's wall-clock (83.0 s to its best checkpoint against 28.7 s, the 2.9x printed
-# above), not 23 times: steering's own cost is dominated by scoring the training prompts (20.9 s),
-# which a 135M model makes as expensive as about a dozen optimisation steps (1.7 s per step, as
-# printed below with LoRA's). `benchmarks/bench_steering.py` measures the same two costs in one
-# run outside the notebook. Section 13 follows the two costs as the training set grows.
+# Fine-tuning on the same 111 training queries raises validation consistency two and a half times
+# as much as steering did (+0.168 against +0.067). Its validation accuracy rises at the first check
+# and then falls back: at the best checkpoint, step 30 of 50, it is level with the unsteered
+# model's (0.690 against 0.686), and consistency does not rise further after that step. On this
+# machine and model SFT costs about twice steering's wall-clock (58.0 s to its best checkpoint
+# against 24.8 s, the 2.3x printed above), not 23 times: steering's own cost is dominated by
+# scoring the training prompts (16.8 s), which a 135M model makes as expensive as about nine
+# optimisation steps (1.9 s per step, as printed below with LoRA's).
+# `benchmarks/bench_steering.py` measures the same two costs in one run outside the notebook.
+# Section 13 follows the two costs as the training set grows.
 #
 # The LoRA baseline trains adapters of rank `LORA_R` on the query, value and output projections
 # of every layer; only the adapters receive gradients, and they are removed again on exit.
@@ -1172,20 +1177,23 @@ print(
 # %% [markdown]
 # **Fine-tuning generalises; steering does not.** Both fine-tuned models, chosen on validation and
 # tested once, raise consistency on both held-out sets with intervals far from 0 (SFT: held-out
-# subjects +0.21 [+0.11, +0.30], held-out relations +0.22 [+0.18, +0.26]; LoRA: +0.23 [+0.13, +0.33]
-# and +0.15 [+0.10, +0.20]). Accuracy rises with it on held-out relations (+0.17 and +0.09,
-# intervals above 0); on the 36 held-out subjects the accuracy intervals include 0 (+0.06 [-0.04,
-# +0.15] and +0.05 [-0.06, +0.15]). Uncentred steering is indistinguishable from nothing on both
-# test sets: -0.01 [-0.06, +0.05] on held-out subjects and -0.01 [-0.05, +0.02] on held-out
-# relations, where its accuracy interval only just reaches 0 (-0.03 [-0.06, +0.00]). The side
-# effects mostly favour fine-tuning: SFT keeps more known facts than steering (0.972 and 0.976
-# against 0.953 and 0.969) and *lowers* perplexity on the reference sentences (34.4 against 41.9
-# unsteered); its free-form answers agree less (0.666 against 0.694), LoRA's more (0.770), and
-# LoRA keeps fewer neighbourhood facts than steering (0.944). LoRA trains 0.55% of the parameters
-# (737,280) at half the seconds per step (0.8 s against 1.7 s) and reached the highest validation
-# consistency (0.849), at step 20; SFT was still improving at its last step. So on the same
-# footing the comparison is not close where it matters, held-out consistency: the baseline the
-# paper beats on cost gains 0.15-0.23, steering nothing.
+# subjects +0.23 [+0.14, +0.32], held-out relations +0.25 [+0.20, +0.29]; LoRA: +0.24 [+0.13, +0.34]
+# and +0.14 [+0.09, +0.19]). Accuracy rises with it on held-out relations (+0.17 and +0.09,
+# intervals above 0); on the 36 held-out subjects the accuracy intervals include 0 (+0.06 [-0.05,
+# +0.16] and +0.07 [-0.04, +0.17]). Uncentred steering is indistinguishable from nothing on both
+# test sets: +0.03 [-0.03, +0.08] on held-out subjects and -0.02 [-0.06, +0.01] on held-out
+# relations, where its accuracy interval only just includes 0 (-0.03 [-0.07, +0.01]). The side
+# effects favour full fine-tuning: SFT keeps more known facts than steering (0.972 and 0.983
+# against 0.927 and 0.965) and *lowers* perplexity on the reference sentences (33.7 against 41.9
+# unsteered); its free-form answers agree less (0.654 against 0.692), LoRA's more (0.738). LoRA's
+# side effects are mixed: it keeps more rewrite facts than steering (0.940) but fewer
+# neighbourhood facts (0.937), and raises perplexity the most (48.9). LoRA trains 0.55% of the
+# parameters (737,280) at half the seconds per step (0.9 s against 1.9 s) and reached the highest
+# validation consistency (0.848), at step 30, as SFT did; the selection rule for fine-tuning looks
+# at consistency only, and LoRA's checkpoint had validation accuracy 0.600 (unsteered 0.686),
+# although on both test sets its accuracy is above the unsteered model's (0.733 and 0.820 against
+# 0.670 and 0.717). So on the same footing the comparison is not close where it matters, held-out
+# consistency: the baseline the paper beats on cost gains 0.14-0.25, steering nothing.
 #
 # ## 11. The centred candidate and the other open variants, with their controls
 #
@@ -1291,28 +1299,29 @@ for s in held_out_splits:
 
 # %% [markdown]
 # **The centred candidate holds up on both test sets; the uncentred one does not.** Chosen on
-# validation at K = 32, $\alpha = 2$ (consistency 0.707 against 0.611 unsteered, accuracy 0.681),
-# the per-query centred directions raise consistency to 0.725 on held-out subjects and 0.691 on
-# held-out relations (unsteered 0.623 and 0.642), and accuracy to 0.740 and 0.744 (unsteered
-# 0.689 and 0.720), while their controls stay near or below the unsteered model (random heads
-# 0.586 and 0.585, random directions 0.628 and 0.620). Every paired consistency interval lies
-# above 0: on held-out subjects +0.11 [+0.04, +0.18] against unsteered, +0.14 [+0.07, +0.22]
-# against random heads, +0.10 [+0.03, +0.18] against random directions; on held-out relations
-# +0.04 [+0.01, +0.08], +0.10 [+0.06, +0.14] and +0.06 [+0.03, +0.10]. On held-out subjects the
-# macro gain (0.102, section 12's table) is as large as on validation (0.096), so no winner's curse
-# shows; on unseen relations it is half that (0.049) and its interval starts close to 0. The
-# accuracy gains are weaker: +0.06 [+0.00, +0.12] on held-out subjects (the lower end rounds to
-# 0), +0.02 [-0.02, +0.04] on held-out relations. Part of the margin over random heads is that
-# random heads at $\alpha = 2$ hurt (both below unsteered), which is why the comparison with the
-# unsteered model is the one to read first.
+# validation at K = 32, $\alpha = 2$ (consistency 0.718 against 0.622 unsteered, accuracy 0.700),
+# the per-query centred directions raise consistency to 0.757 on held-out subjects and 0.699 on
+# held-out relations (unsteered 0.602 and 0.635), and accuracy to 0.720 and 0.777 (unsteered
+# 0.670 and 0.717), while their controls stay near the unsteered model (random heads 0.624 and
+# 0.635, random directions 0.612 and 0.626). Every paired consistency interval lies above 0: on
+# held-out subjects +0.16 [+0.07, +0.26] against unsteered, +0.14 [+0.04, +0.25] against random
+# heads, +0.16 [+0.06, +0.25] against random directions; on held-out relations +0.07 [+0.04,
+# +0.11], +0.07 [+0.04, +0.11] and +0.08 [+0.04, +0.12]. On held-out subjects the macro gain
+# (0.155, section 12's table) is even larger than on validation (0.096), so no winner's curse
+# shows; on unseen relations it is smaller (0.063), with an interval that still starts at +0.04.
+# For accuracy it is the other way round: the gain is clear on held-out relations, +0.06 [+0.03,
+# +0.09] (and above both controls), but not on held-out subjects, +0.06 [-0.02, +0.13], whose
+# interval includes 0. Since the controls stay close to the unsteered model, the consistency
+# margins over them are about the same as the margin over the unsteered model.
 #
 # The uncentred directions, at their own choice (K = 32, $\alpha = 1$), beat nothing: no interval
-# lies above 0, against the unsteered model (-0.01 [-0.06, +0.05] on held-out subjects, -0.01
-# [-0.05, +0.02] on held-out relations) or against either control. Against random heads on
-# held-out relations the interval only just reaches 0 from below (-0.03 [-0.07, +0.00]): there the
-# located heads do, if anything, worse than random ones. The centred result is one model, one
-# training split and one head ranking, but it is the one form of steering in this chapter that
-# passes every test the chapter sets, on both test sets.
+# lies above 0, against the unsteered model (+0.03 [-0.03, +0.08] on held-out subjects, -0.02
+# [-0.06, +0.01] on held-out relations) or against either control. Against random heads the
+# difference is negative on both test sets (-0.01 [-0.06, +0.03] on held-out subjects, -0.03
+# [-0.06, +0.01] on held-out relations), with intervals that include 0: the located heads do, if
+# anything, worse than random ones. The centred result is one model, one training split and one
+# head ranking, but it is the one form of steering in this chapter that passes every test the
+# chapter sets, on both test sets.
 #
 # The two other open choices run at the uncentred K and $\alpha$, with the same controls on both
 # test sets:
@@ -1381,12 +1390,13 @@ for v in variant_specs:
 
 # %% [markdown]
 # Neither of the other variants beats the unsteered model and both controls on a test set.
-# Probe-ranked heads (only 2 of their top 32 are among attribution patching's top 32) reach 0.592
-# on held-out subjects, below the unsteered 0.623 and no better than their random-head control
-# (0.592), and 0.655 on held-out relations (unsteered 0.642), where their random heads reach the
-# same 0.655. Last-token injection stays below the unsteered model on both test sets (0.606 and
-# 0.631) and below both of its controls (random heads 0.635 and 0.647, random directions 0.625 and
-# 0.641).
+# Probe-ranked heads (only 5 of their top 32 are among attribution patching's top 32) come closest:
+# 0.646 on held-out subjects (unsteered 0.602, their random heads 0.638, random directions 0.622)
+# and 0.653 on held-out relations (unsteered 0.635, random heads 0.639, random directions 0.636).
+# The point estimates are above all three on both test sets, but the margins over the controls are
+# small, and on neither test set do all three paired intervals lie above 0. Last-token injection
+# stays below the unsteered model on both test sets (0.591 and 0.629) and below both of its
+# controls (random heads 0.630 and 0.643, random directions 0.617 and 0.639).
 #
 # ## 12. Why does it not generalise? A diagnosis
 #
@@ -1446,7 +1456,7 @@ print(
 
 # %% [markdown]
 # The histogram: both candidates' split-half cosines sit far to the right of the chance band
-# (dashed), the centred ones somewhat lower and wider.
+# (dashed), the centred ones lower and wider, their lowest (-0.01) inside the band.
 
 # %%
 fig, ax = plt.subplots(figsize=(COLUMN_INCHES, 3.4))
@@ -1568,29 +1578,34 @@ show_table(by_relation.reset_index(), 3)
 # What the numbers support:
 #
 # 1. **Not unstable directions.** The mass-mean directions fitted on two disjoint halves of the
-#    training queries agree closely (median cosine 0.75, interquartile range 0.64-0.82, against a
-#    chance level of 0.12); the centred ones a little less (median 0.71, 0.50-0.78). The data pin
-#    the directions down; the question is what they point at.
+#    training queries agree closely (median cosine 0.75, interquartile range 0.67-0.80, against a
+#    chance level of 0.12); the centred ones less (median 0.56, 0.44-0.73, with one head at
+#    -0.01). The data pin the directions down; the question is what they point at.
 # 2. **Not mainly collapse onto one answer, and no alignment.** Of the prompts whose answer the
-#    uncentred steering changed, only 0.21-0.42 (as fractions of the changed) moved to their
-#    query's majority answer, and at most 0.05 to the relation's most frequent answer, except on
-#    held-out relations (0.27, more than to the majority there); most moved *elsewhere*
-#    (0.52-0.71). On the test sets the answer entropy per query barely moves (0.77 to 0.80 bits on
-#    held-out subjects, 0.71 to 0.73 on held-out relations; on validation it fell, 0.77 to 0.67).
-#    Fine-tuning does what steering was meant to: 0.38-0.62 of its changes go to the majority, and
-#    the entropy falls to 0.25-0.40 bits. The centred directions sit in between (0.47 and 0.36 to
-#    the majority, entropy down to 0.54 and 0.61).
+#    uncentred steering changed, only 0.20-0.37 (as fractions of the changed) moved to their
+#    query's majority answer, and at most 0.03 to the relation's most frequent answer, except on
+#    held-out relations (0.18, close to the 0.20 that went to the majority there); most moved
+#    *elsewhere* (0.60-0.77). On the test sets the answer entropy per query barely moves (0.80 to
+#    0.77 bits on held-out subjects, 0.72 to 0.76 on held-out relations; on validation it fell,
+#    0.75 to 0.65). Fine-tuning does what steering was meant to: 0.45-0.65 of its changes go to the
+#    majority, and the entropy falls to 0.22-0.43 bits. The centred directions send as large a
+#    share of their changes to the majority as fine-tuning (0.47 and 0.46), but change fewer
+#    answers, and their entropy falls less (to 0.50 and 0.58).
 # 3. **No relation-specific signal that transfers either.** The uncentred validation gain came
-#    from four relations (color +0.190, landmark_country +0.170, company_country +0.119, currency
-#    +0.071) against a loss on profession (-0.232); on held-out subjects of the *same* relations the
-#    gains do not hold (color -0.133, company_country -0.076, currency +0.014; only
-#    landmark_country keeps its gain, +0.119), and on unseen relations steering loses on capital
-#    (-0.057) and language (-0.037) and gains on product_maker (+0.116). With 5-8 queries per
-#    relation these are noisy, which is itself the point: the validation gain was a few relations'
-#    luck. The centred directions' gains on held-out subjects fall in the relations where they
-#    gained on validation (currency +0.293, athlete_sport +0.151, color +0.114, landmark_country
-#    +0.095), and on unseen relations they gain on language (+0.100) and product_maker (+0.058)
-#    and lose little on capital (-0.012).
+#    from five relations (athlete_sport +0.214, color +0.181, landmark_country +0.116, currency
+#    +0.056, company_country +0.048) against a loss on profession (-0.214); on held-out subjects of
+#    the *same* relations the two largest gains do not hold (athlete_sport +0.048, color -0.019),
+#    currency turns slightly negative (-0.014), landmark_country (+0.071) keeps part of its gain and
+#    company_country (+0.076) gains more than on validation; on unseen relations steering loses on
+#    capital (-0.072), stays level on language (-0.006) and gains on product_maker (+0.048). With
+#    5-8 queries per relation these are noisy, which is itself the point: the validation gain was a
+#    few relations' luck. The centred directions gain on held-out subjects in the four relations
+#    where they gained on validation (currency +0.408, athlete_sport +0.294, color +0.238,
+#    landmark_country +0.111) and lose again on company_country (-0.124, against -0.048 on
+#    validation), but the sizes move a lot: their largest held-out gain, currency, was nearly flat
+#    on validation (+0.016), their largest validation gain, color (+0.514), halved. On unseen
+#    relations they gain on language (+0.119), capital (+0.069) and, barely, product_maker
+#    (+0.002).
 #
 # Together with section 11 this suggests one explanation: the uncentred direction is a stable
 # feature of the training set, but it mostly encodes *which queries* the model answers
@@ -1695,8 +1710,8 @@ show_table(
 )
 
 # %% [markdown]
-# The ratio falls as the training set grows: with 25 training queries fine-tuning costs 7.7x
-# (SFT) and 3.9x (LoRA) steering's time, with all 111 only 2.4x and 1.5x, because steering's cost
+# The ratio falls as the training set grows: with 25 training queries fine-tuning costs 9.3x
+# (SFT) and 4.6x (LoRA) steering's time, with all 111 only 3.0x and 1.8x, because steering's cost
 # is scoring its training prompts (linear in the data) while 20 fine-tuning steps cost the same
 # whatever the data. A 23x ratio needs the opposite regime: few training prompts and many
 # expensive optimisation steps, e.g. a 7B-13B model trained for several epochs with its optimizer
@@ -1731,30 +1746,32 @@ show_table(time_table.reset_index(), digits=1)
 #   (mass-mean of agreeing minus deviating prompts, or a probe's weight vector) scaled by the spread
 #   of the activations along it.
 # - Added to `hook_z` at every position it is exactly an output-projection bias
-#   $b_O = \sum_h W_O[h]^\top s_h$ (max difference $6.5\times 10^{-5}$ here, in float32); baked in,
+#   $b_O = \sum_h W_O[h]^\top s_h$ (max difference $5.1\times 10^{-5}$ here, in float32); baked in,
 #   the model saves as an ordinary checkpoint and reloads to the same function, and removing it
 #   restores the weights bit for bit.
 # - Choose K and $\alpha$ on validation, report on held-out subjects and relations, with random-head
-#   and random-direction controls: here the uncentred directions' validation gain (+0.056)
-#   disappears on test (paired intervals -0.01 [-0.06, +0.05] and -0.01 [-0.05, +0.02]), and the
-#   controls do as well as the located heads.
+#   and random-direction controls: here the uncentred directions' validation gain (+0.067)
+#   disappears on test (paired intervals +0.03 [-0.03, +0.08] and -0.02 [-0.06, +0.01]), and
+#   random heads do better than the located heads on both test sets.
 # - Side effects are measurable (known facts, perplexity, free-form answers): steering loses known
-#   facts and raises perplexity; its free-form answers agree a little more (0.708 against 0.694),
-#   on wrong continuations.
-# - Supervised fine-tuning on the same data gains more at a few times the cost (2.9x here), and on
+#   facts and raises perplexity; its free-form answers agree a little less than before (0.681
+#   against 0.692).
+# - Supervised fine-tuning on the same data gains more at about twice the cost (2.3x here), and on
 #   the same footing (chosen on validation, tested once) full SFT and LoRA raise held-out
-#   consistency by 0.15-0.23 on both test sets with intervals far from 0, where uncentred steering
+#   consistency by 0.14-0.25 on both test sets with intervals far from 0, where uncentred steering
 #   gains nothing on either.
 # - Per-query centred directions, chosen on validation like the uncentred ones, are the one form of
-#   steering that beats the unsteered model and both controls on both test sets: consistency 0.725
-#   on held-out subjects and 0.691 on held-out relations (unsteered 0.623 and 0.642, controls at
-#   most 0.628 and 0.620), paired intervals +0.11 [+0.04, +0.18] and +0.04 [+0.01, +0.08] against
-#   the unsteered model. Still well short of fine-tuning.
-# - The diagnosis: the directions are stable (median cosine 0.75 between halves), uncentred
-#   steering changes answers without aligning them (most changes go elsewhere, entropy barely
-#   moves on the test sets), and its per-relation gains on validation do not transfer. The
-#   uncentred direction seems to encode which queries are easy, not agreement.
-# - The cost ratio falls from 7.7x (SFT) and 3.9x (LoRA) to 2.4x and 1.5x as the training set grows
+#   steering that beats the unsteered model and both controls on both test sets: consistency 0.757
+#   on held-out subjects and 0.699 on held-out relations (unsteered 0.602 and 0.635, controls at
+#   most 0.624 and 0.635), paired intervals +0.16 [+0.07, +0.26] and +0.07 [+0.04, +0.11] against
+#   the unsteered model. Its accuracy gain is clear on held-out relations (+0.06 [+0.03, +0.09])
+#   but not on held-out subjects (+0.06 [-0.02, +0.13]). Still well short of fine-tuning.
+# - The diagnosis: the directions are stable (median cosine 0.75 between halves for the uncentred
+#   ones, 0.56 for the centred), uncentred steering changes answers without aligning them (most
+#   changes go elsewhere, entropy barely moves on the test sets), and its per-relation gains on
+#   validation do not transfer. The uncentred direction seems to encode which queries are easy,
+#   not agreement.
+# - The cost ratio falls from 9.3x (SFT) and 4.6x (LoRA) to 3.0x and 1.8x as the training set grows
 #   from 25 to 111 queries; a 23x ratio needs few training prompts and expensive optimisation
 #   steps, which this setting is not.
 #

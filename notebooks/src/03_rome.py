@@ -18,12 +18,12 @@
 # **Prerequisites.** Chapter 0 (hooks, `run_with_cache` vs hooks with gradients). Linear algebra:
 # least squares with a constraint (the derivation is in section 4).
 #
-# **Time to run.** About 4.1 minutes on one CPU thread with the embedded model, measured on the
+# **Time to run.** About 4.7 minutes on one CPU thread with the embedded model, measured on the
 # book's build machine, whose CPU has native bfloat16 units (AMX; the time is printed at the end
 # of the chapter); a CPU without them computes in float32 and takes longer. Most of it is the
-# evaluation of the 50 edits (128 s: 2.6 s per fact with both models' probes and generations, of
-# which 1.6 s computes the edit, mostly the $v_*$ optimisation, 8 facts at a time) and causal
-# tracing (38 s for 10 facts); lower `N_EVAL_FACTS` and `N_TRACE_FACTS` for a quicker run. The
+# evaluation of the 50 edits (139 s: 2.8 s per fact with both models' probes and generations, of
+# which 1.7 s computes the edit, mostly the $v_*$ optimisation, 8 facts at a time) and causal
+# tracing (45 s for 10 facts); lower `N_EVAL_FACTS` and `N_TRACE_FACTS` for a quicker run. The
 # model's own text behind the key statistics ships with the book, and C is computed once and
 # cached on disk.
 
@@ -838,14 +838,14 @@ show_table(per_relation, 0)
 # **Reading the table.** On 50 known facts spread over all 12 relations, ROME at layer 4 reaches
 # the book's targets: efficacy and paraphrase success of 98.0 (the unedited model, by
 # construction of the set, prefers the true object almost everywhere: ES 0.0, PS 3.0), and
-# neighbourhood success of 98.4 against the unedited model's 99.2, so the edits stay specific to
-# their subject. Fluency barely moves (GE 4.47 against 4.53). The probes beyond CounterFact show
+# neighbourhood success of 98.8 against the unedited model's 99.4, so the edits stay specific to
+# their subject. Fluency barely moves (GE 4.47 against 4.55). The probes beyond CounterFact show
 # what the edit does *not* do well:
 #
-# - **RelS** (same subject, another relation) falls from 100.0 to 61.0: asked a different question
+# - **RelS** (same subject, another relation) falls from 100.0 to 63.0: asked a different question
 #   about the edited subject, the model now often answers with the new object. This is SADR's
 #   specificity failure, and Chapter 5 measures its cause.
-# - **DNS** (the edit stated as text before a neighbourhood prompt) falls from 73.3 to 54.6: once
+# - **DNS** (the edit stated as text before a neighbourhood prompt) falls from 73.5 to 54.2: once
 #   the new object is in the context, unrelated subjects get pulled towards it.
 # - **Port** (questions whose answer follows from the edit) rises from 21.0 to 81.0, because many
 #   of our portability probes name the new object's country or continent, which the model can
@@ -899,8 +899,8 @@ print(
 # - r-ROME's key choice ($k_*$ in all three places) makes $W'^\top k_* = v_*$ exact; the original
 #   missed $v_*$ by 0.32 of $\|v_*\|$ on average here, with the same ES, PS and NS.
 # - Edits are applied in a context manager that restores weights exactly.
-# - On 50 facts, ROME reaches ES and PS 98.0 with NS 98.4 (unedited 99.2), but RelS falls from
-#   100.0 to 61.0 and DNS from 73.3 to 54.6: the edit leaks into other questions about its
+# - On 50 facts, ROME reaches ES and PS 98.0 with NS 98.8 (unedited 99.4), but RelS falls from
+#   100.0 to 63.0 and DNS from 73.5 to 54.2: the edit leaks into other questions about its
 #   subject, and into other subjects once the new object is in the context.
 # - ES, PS, NS, S, GE, RS, RelS, DNS and portability (Port, and the papers' stricter Port EM),
 #   measured with the unedited model beside, are the yardstick of Chapters 4-6.

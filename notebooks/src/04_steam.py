@@ -23,14 +23,14 @@
 #
 # **Prerequisites.** Chapter 3 (ROME, its $v_*$ loss and the evaluation). Chapter 0's logit lens.
 #
-# **Time to run.** About 7 minutes with the embedded model: 6.6 minutes measured on one thread
+# **Time to run.** About 8 minutes with the embedded model: 8.2 minutes measured on one thread
 # of the book's build machine, whose CPU has native bfloat16 units (AMX; the time is printed at
 # the end of the chapter, step by step); a CPU without them computes in float32 and takes longer.
 # Almost all of it is computing and evaluating edits: each of the 50 facts is edited once with
-# ROME (157.0 s for the 50, about 3 s per fact with its probes and diagnostics, the unedited
-# model's evaluation included) and once with STEAM (130.3 s; both stop their optimisation by the
+# ROME (208.6 s for the 50, about 4 s per fact with its probes and diagnostics, the unedited
+# model's evaluation included) and once with STEAM (139.5 s; both stop their optimisation by the
 # same rule and run the same number of steps on average, section 6), plus 12 more STEAM edits for
-# the $\lambda$ sweep (42.2 s). Every diagnostic reuses those edits. Lower `N_EVAL_FACTS` and
+# the $\lambda$ sweep (46.7 s). Every diagnostic reuses those edits. Lower `N_EVAL_FACTS` and
 # `N_SWEEP_FACTS` for a quicker run in class.
 
 # %% tags=["parameters"]
@@ -970,21 +970,23 @@ print(
 # methods, the same count on 44 of the 50 facts (paired difference $+0.00$, $[-0.07, +0.09]$). With
 # the same steps, STEAM ($\lambda = 1$) and ROME are indistinguishable on every metric: no paired
 # difference has an interval that excludes 0, and every `p Holm` is 1.000. ES 98 vs 98, PS 98 vs 98,
-# NS 98.372 vs 98.622, RelS 61 vs 63, DNS 54.574 vs 53.974 (paired difference $-0.600$, interval
-# $[-2.000, +0.417]$), and **portability 81 vs 81** (difference 0, interval $[0, 0]$). The papers'
-# exact-match score is far lower, and it ties too: **Port EM 44 vs 44** (difference 0.000, interval
-# $[-2.830, +3.000]$; the unedited model scores 8.0). Fluency does not suffer (GE 4.469 vs
-# 4.451). SC, the semantic consistency of generations, is a tie: 0.125 for ROME, 0.127 for STEAM,
-# $+0.001$ $[-0.015, +0.026]$ (RS: 0.100 vs 0.107, $+0.008$ $[-0.007, +0.025]$). The table does
-# see the edit itself: unedited minus ROME excludes 0 on ES, PS, RelS, DNS, Port, Port EM, RS and
-# SC, and each stays so after Holm's correction (`p Holm` 0.00); on NS ($+0.83$ $[-0.33, +1.92]$)
-# and GE ($+0.06$ $[-0.05, +0.17]$) it does not. So neither the lenient nor the papers'
-# exact-match portability gains, and STEAM's consistency claim does not reproduce either. The
-# likely reasons are in the numbers above: ROME already reaches 81% lenient portability on this
-# facts set (its portability prompts ask one hop from an object the edit already writes), the
-# alignment term barely moves the state (next cell), and the anchors' direction at the last token
-# is mostly the *kind* of answer, which the rewrite prompt already has. The first reason does not
-# cover Port EM: at 44 it leaves ROME plenty of room, and STEAM does not take any of it.
+# NS 98.822 vs 98.572 ($-0.250$, $[-0.781, 0.000]$), RelS 63 vs 65 ($+2.000$, $[0.000, +6.522]$),
+# DNS 54.224 vs 54.846 ($+0.622$, $[-0.763, +2.716]$), and **portability 81 vs 81** (difference 0,
+# interval $[0, 0]$). The papers' exact-match score is far lower, and it does not gain either:
+# **Port EM 44 vs 45** (difference $+1.000$, interval $[0.000, +3.000]$, which does not exclude 0;
+# the unedited model scores 8.0). Fluency does not suffer (GE 4.471 vs 4.455, $-0.016$
+# $[-0.089, +0.041]$). SC, the semantic consistency of generations, is a tie within noise: 0.118
+# for ROME, 0.140 for STEAM, $+0.022$ $[-0.004, +0.057]$ (RS: 0.102 vs 0.108, $+0.006$
+# $[-0.007, +0.020]$). The table does see the edit itself: unedited minus ROME
+# excludes 0 on ES, PS, RelS, DNS, Port, Port EM, RS and SC, and each stays so after Holm's
+# correction (`p Holm` 0.00); on NS ($+0.58$ $[-0.53, +1.62]$) and GE ($+0.08$ $[-0.01, +0.18]$)
+# it does not. So neither the lenient nor the papers' exact-match portability gains, and STEAM's
+# consistency claim does not reproduce either. The likely reasons are in the numbers above: ROME
+# already reaches 81% lenient portability on this facts set (its portability prompts ask one hop
+# from an object the edit already writes), the alignment term barely moves the state (next cell),
+# and the anchors' direction at the last token is mostly the *kind* of answer, which the rewrite
+# prompt already has. The first reason does not cover Port EM: at 44 it leaves ROME plenty of
+# room, and STEAM takes one point of it, within noise.
 #
 # The same comparison on the cosines, covered facts only (facts without anchors have no anchor
 # cosine):
@@ -1085,9 +1087,9 @@ print("SC moves at least twice as far as RS:", sc.mean > 2 * rs.mean)
 
 # %% [markdown]
 # **SC separates more clearly than RS.** Edited minus unedited, paired over the 50 facts (whole
-# relations resampled), both intervals exclude 0: RS moves by $+0.056$ $[+0.028, +0.082]$, from
-# 0.044 to 0.100, while SC moves about four times as far, by $+0.223$ $[+0.154, +0.299]$, from
-# $-0.098$ (generations about the true object) to $+0.125$, crossing 0. SC is the consistency
+# relations resampled), both intervals exclude 0: RS moves by $+0.064$ $[+0.040, +0.086]$, from
+# 0.038 to 0.102, while SC moves more than three times as far, by $+0.218$ $[+0.152, +0.292]$,
+# from $-0.100$ (generations about the true object) to $+0.118$, crossing 0. SC is the consistency
 # measure the comparison above relies on.
 #
 # **A map of one layer.** The 2-D PCA below, at the middle aligned layer, places the anchor
@@ -1317,22 +1319,19 @@ plt.show()
 # The cosine to the anchors does rise with $\lambda$, from 0.8445 to 0.8449, 0.8454 and 0.8471, and
 # every rise's interval excludes 0, but it stays tiny: $+0.0009$ $[+0.0001, +0.0020]$ at
 # $\lambda = 1$, $+0.0026$ $[+0.0001, +0.0059]$ at $\lambda = 4$. The rises at 0.5 and 1 hold after
-# Holm's correction over the table (`p Holm` 0.0000); the one at 4 does not (`p Holm` 0.1440), so at
-# this table's size it is not a finding. Fluency: GE goes 4.61, 4.55, 4.19, 4.27 for $\lambda$ = 0,
-# 0.5, 1, 4. The drop at $\lambda = 1$ ($-0.4214$ $[-1.1072, -0.0299]$) excludes 0 but does not hold
-# after Holm (`p Holm` 0.0570, just above 0.05); those at 0.5 ($-0.0583$ $[-0.1514, 0.0000]$) and 4
-# ($-0.3364$ $[-1.0791, +0.1284]$) do not even exclude 0. So no GE drop in the sweep is a finding.
-# Intervals that wide are the mark of one or two facts whose generation degrades, not of a drop on
-# every fact, and the same $\lambda = 1$ edits on all 50 facts lose only 0.018 (section 6, an
-# interval that includes 0). Mean GE stays above 3.5 at every $\lambda$ (text that repeats one
-# phrase scores below 3), so nothing collapses into repetition on average, but these 6 facts do not
-# rule out the authors' fluency cost at larger $\lambda$. SC goes 0.031, 0.007, 0.102, 0.167; only
-# the rise at $\lambda = 4$ has an interval that excludes 0 ($+0.1359$ $[+0.0108, +0.2768]$), and it
-# does not survive Holm's correction (`p Holm` 0.6290): at this table's size it is not a finding. At
-# $\lambda = 1$ it does not exclude 0 even before Holm ($+0.0708$ $[-0.0307, +0.2256]$), and on all
-# 50 facts (section 6) the same edits move SC by $+0.001$. An SC rise at $\lambda = 4$, next to a GE
-# drop on the same 6 facts, would be the one hint in STEAM's favour here, but it is within what 21
-# differences give by chance; 6 facts with one generation each cannot settle it (raise
+# Holm's correction over the table (`p Holm` 0.0000); the one at 4 does not (`p Holm` 0.1520), so at
+# this table's size it is not a finding. Fluency: GE goes 4.50, 4.58, 4.45, 4.55 for $\lambda$ = 0,
+# 0.5, 1, 4, and no difference excludes 0, not even before Holm: $+0.0778$ $[-0.0429, +0.1861]$ at
+# 0.5, $-0.0551$ $[-0.1639, +0.0467]$ at 1, $+0.0488$ $[-0.1343, +0.2439]$ at 4. The same
+# $\lambda = 1$ edits on all 50 facts lose only 0.016 (section 6, an interval that includes 0).
+# Mean GE stays above 3.5 at every $\lambda$ (text that repeats one phrase scores below 3), so
+# nothing collapses into repetition, but these 6 facts do not rule out the authors' fluency cost
+# at larger $\lambda$. SC goes 0.054, 0.020, 0.086, 0.149: its mean rises from $\lambda = 0.5$ to
+# 4, but $\lambda = 0$ (ROME) is not the lowest, and no difference excludes 0, not even before Holm:
+# $-0.0342$ $[-0.0870, +0.0170]$ at 0.5, $+0.0319$ $[-0.0778, +0.1853]$ at 1, $+0.0952$
+# $[-0.0143, +0.2290]$ at 4. On all 50 facts (section 6) the $\lambda = 1$ edits move SC by
+# $+0.022$, also within noise. So the sweep holds no finding in STEAM's favour on fluency or
+# consistency; 6 facts with one generation each cannot settle it either way (raise
 # `N_SWEEP_FACTS` to test it).
 #
 # ## 8. What holds
@@ -1351,15 +1350,15 @@ plt.show()
 # 3. **Portability and consistency: no gain.** With the same stop rule both methods ran 13.8
 #    $v_*$ steps per edit on average. Neither the lenient nor the papers' exact-match portability
 #    gains: `Port` is 81% for both (paired difference 0) and `Port EM`, the score the papers
-#    report, 44% for both (0.000, $[-2.830, +3.000]$); in the sweep they stay at 75.0 and 40.3
-#    for every $\lambda$ from 0 to 4. A portability gain that appears only when STEAM gets more
-#    optimisation steps is the steps', not the alignment's. SC is a tie ($+0.001$, interval
-#    $[-0.015, +0.026]$), and no other metric's interval excludes 0 either. The one hint for
-#    STEAM, an SC rise at $\lambda = 4$ on the sweep's 6 facts next to a GE drop, does not survive
-#    Holm's correction and rests on too few facts to count.
+#    report, 44 for ROME and 45 for STEAM ($+1.000$, $[0.000, +3.000]$, an interval that does
+#    not exclude 0); in the sweep they stay at 75.0 and 40.3 for every $\lambda$ from 0 to 4. A
+#    portability gain that appears only when STEAM gets more optimisation steps is the steps', not
+#    the alignment's. SC is a tie within noise ($+0.022$, interval $[-0.004, +0.057]$), and no
+#    other metric's interval excludes 0 either. In the sweep no GE or SC difference excludes 0,
+#    not even before Holm's correction, at any $\lambda$.
 #
 # The likely reasons: ROME's lenient portability is already high on these facts (its exact-match
-# portability, at 44%, is not, and STEAM adds nothing to it either); raw cosines between
+# portability, at 44, is not, and STEAM adds no more than noise to it); raw cosines between
 # residual states are dominated by a component every state shares, so "closer to the anchors"
 # has little room to move (a centred cosine, the state minus the mean state, is the natural
 # next measure: exercise 3); and a 135M-parameter model with 30 layers may not route facts the
@@ -1401,14 +1400,15 @@ show_table(timings.table().reset_index(), 1)
 # - Method comparisons report paired differences over the same facts with bootstrap intervals that
 #   resample whole relations (facts of one relation succeed or fail together), and Holm's correction
 #   over each table, so that a table of many differences does not count a chance exclusion of 0 as a
-#   finding; SC separates edited from unedited generations more clearly than RS (+0.223 vs +0.056).
+#   finding; SC separates edited from unedited generations more clearly than RS (+0.218 vs +0.064).
 # - Both methods stop their $v_*$ optimisation on the new object's NLL alone, so they run the
 #   same number of steps (13.8 on average) and a difference between them is not extra steps.
 # - On SmolLM2, ROME's edit shows no isolation in these measures, and with equal budgets STEAM
-#   matches ROME on every metric (lenient portability 81 vs 81, the papers' exact-match Port EM
-#   44 vs 44, SC $+0.001$); in the sweep both portability scores stay put (75.0 and 40.3) for
-#   every $\lambda$. Neither the lenient nor the papers' exact-match portability gains, and
-#   STEAM's consistency claim does not reproduce either.
+#   matches ROME within noise on every metric (lenient portability 81 vs 81, the papers'
+#   exact-match Port EM 44 vs 45, SC $+0.022$, no interval excluding 0); in the sweep both
+#   portability scores stay put (75.0 and 40.3) for every $\lambda$, and no GE or SC difference
+#   excludes 0. Neither the lenient nor the papers' exact-match portability gains, and STEAM's
+#   consistency claim does not reproduce either.
 #
 # **Next:** Chapter 5 (SADR) looks at a different failure of the same edits: attention drift
 # toward the edited subject.

@@ -92,7 +92,7 @@ def test_fast_path_equals_plain_full_forward(tiny_model, tiny3_model, layer, reu
 def test_fast_forward_runs_only_the_upper_blocks(tiny3_model, reuse_prefix):
     tiny_model = tiny3_model
     batch = V.build_v_batch(tiny_model, as_request(CASE), HP)
-    fwd = VF._VForward(tiny_model, batch, 1, [], fast=True, reuse_prefix=reuse_prefix)
+    fwd = VF.VForward(tiny_model, batch, 1, [], fast=True, reuse_prefix=reuse_prefix)
     fwd.initial_pass()
     assert fwd.fast and set(fwd.block_calls) == {1, 2} and fwd.resid_in.shape == (*batch.tokens.shape, 64)
     assert fwd.mode == ("prefix" if reuse_prefix else "fast")
@@ -110,7 +110,7 @@ def test_fast_forward_runs_only_the_upper_blocks(tiny3_model, reuse_prefix):
 
 
 def test_reading_positions_equals_the_full_shape(tiny3_model):
-    """v_forward._VForward.at (positions gathered from the packed suffix run, as ctx.at reads them) gives what indexing the
+    """v_forward.VForward.at (positions gathered from the packed suffix run, as ctx.at reads them) gives what indexing the
     full-shape activation gives, for attention patterns and the residual stream, at every real position; and the
     packed run equals the one that runs every position. Rows of two facts (different lengths) share the packs."""
     other = {**CASE, "requested_rewrite": {**CASE["requested_rewrite"], "subject": "Danielle Darrieux",
@@ -122,7 +122,7 @@ def test_reading_positions_equals_the_full_shape(tiny3_model):
     delta = torch.randn(batch.n_rows, 64, generator=torch.Generator().manual_seed(0))
     runs = {}
     for mode in ("prefix", "fast"):
-        fwd = VF._VForward(tiny3_model, batch, 0, names, fast=True, reuse_prefix=mode == "prefix")
+        fwd = VF.VForward(tiny3_model, batch, 0, names, fast=True, reuse_prefix=mode == "prefix")
         fwd.initial_pass()
         fwd.step("blocks.0.hook_mlp_out", delta)
         runs[mode] = fwd
@@ -131,8 +131,8 @@ def test_reading_positions_equals_the_full_shape(tiny3_model):
     rows, pos = real.nonzero(as_tuple=True)
     for name in names:
         got = runs["prefix"].at(name, rows, pos)
-        full = V._index_query(runs["prefix"].full(name), name, rows, pos)
-        plain = V._index_query(runs["fast"].full(name), name, rows, pos)
+        full = V.index_query(runs["prefix"].full(name), name, rows, pos)
+        plain = V.index_query(runs["fast"].full(name), name, rows, pos)
         if got.ndim == 3:  # [n, head, key]: the real keys up to the query
             keep = ((torch.arange(width)[None] <= pos[:, None]) & real[rows])[:, None, :]
             got, full, plain = got * keep, full * keep, plain * keep
@@ -275,7 +275,7 @@ def test_kl_uses_ctx_initial(tiny_model):
     assert res.history[-1]["kl"] > 0  # delta moves the KL prompt's distribution
     # a different reference distribution changes the KL: it really reads ctx.initial
     ctx = V.VContext(tiny_model, req, 1, HP, V.build_v_batch(tiny_model, req, HP), torch.zeros(64))
-    fwd = VF._VForward(tiny_model, ctx.batch, 1, [V.FINAL_HOOK], fast=True)
+    fwd = VF.VForward(tiny_model, ctx.batch, 1, [V.FINAL_HOOK], fast=True)
     ctx._unembed = fwd.unembed
     ctx.initial = fwd.initial_pass()
     ctx.resid_final = ctx.initial[V.FINAL_HOOK]

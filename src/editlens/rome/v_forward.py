@@ -18,7 +18,7 @@ still fire; a hook below the edit layer did not run, and ``ctx.acts`` holds its 
 Measured on SmolLM2 (one CPU thread, ``benchmarks/bench_rome.py --compare``): a step costs about 0.55 s instead of
 1.3 s from the edit layer on every position.
 
-:class:`_VForward` is the engine (three modes: "prefix", "fast", "plain"); :class:`_Suffix` is a packed suffix run's
+:class:`VForward` is the engine (three modes: "prefix", "fast", "plain"); :class:`_Suffix` is a packed suffix run's
 plan, :class:`_PrefixKV` hands the recorded keys/values to the attention, and :func:`_merge_suffix` /
 :func:`_suffix_at` read a packed activation back at full shape or at some positions.
 """
@@ -34,7 +34,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from editlens.block_runner import recording_block_calls, run_blocks, supports_block_runs
-from editlens.rome.values import FINAL_HOOK, VBatch, _index_query, _query_dim
+from editlens.rome.values import FINAL_HOOK, VBatch, index_query, query_dim
 
 
 class _Stop(Exception):
@@ -185,7 +185,7 @@ def _slot_tables(F: int, N: int, R: int, T: int, rows: Sequence[int], packs: Seq
 
 
 class _Prefix:
-    """What a packed suffix-only run (the "prefix" mode of :class:`_VForward`) reuses from the delta = 0 pass: the
+    """What a packed suffix-only run (the "prefix" mode of :class:`VForward`) reuses from the delta = 0 pass: the
     keys/values of every layer from ``layer`` up, the blocks' arguments, and each delta row's cut (its delta
     position) and suffix length; and the packed runs' plans (:class:`_Suffix`), made on demand and kept."""
 
@@ -288,7 +288,7 @@ class _Prefix:
         return kw
 
 
-class _VForward:
+class VForward:
     """Runs the forward passes of the v* optimisation (Chapter 3, "making it fast").
 
     ``initial_pass`` runs the whole model once at delta = 0 without gradients and records every needed hook, the
@@ -397,9 +397,9 @@ class _VForward:
 
     def at(self, name: str, rows: Tensor, pos: Tensor) -> Tensor:
         """The last step's activation of hook ``name`` at query positions ``(rows[j], pos[j])`` of the batch
-        (:func:`_index_query`), without putting it together at full shape."""
+        (:func:`index_query`), without putting it together at full shape."""
         if name not in self.store or not self.reuse_prefix:
-            return _index_query(self.full(name), name, rows, pos)
+            return index_query(self.full(name), name, rows, pos)
         return _suffix_at(self.initial[name], self.store[name], self.plan, rows, pos,
                           int(self.batch.tokens.shape[1]), name)
 
@@ -450,13 +450,13 @@ class _VForward:
 
 def _key_dim(name: str) -> int | None:
     """The key-position dimension of a hook's activation (attention scores and patterns: 3), else None."""
-    return 3 if _query_dim(name) == 2 else None
+    return 3 if query_dim(name) == 2 else None
 
 
 def _check_packed(full: Tensor, part: Tensor, plan: _Suffix, T: int, name: str) -> None:
     """``part`` must be ``full``'s activation packed: the query dimension ``n_tokens`` long, the key dimension (if
     any) ``n_blocks * block_len + n_tokens`` (recorded keys, then the packed ones), every other one the same."""
-    qd, kd = _query_dim(name), _key_dim(name)
+    qd, kd = query_dim(name), _key_dim(name)
     want = list(full.shape)
     want[0], want[qd] = part.shape[0], plan.n_tokens
     if kd is not None and kd < len(want):
@@ -468,11 +468,11 @@ def _check_packed(full: Tensor, part: Tensor, plan: _Suffix, T: int, name: str) 
 
 def _merge_suffix(full: Tensor, part: Tensor, plan: _Suffix, T: int, name: str) -> Tensor:
     """Put a packed-suffix activation back at full shape: ``full`` (delta = 0, every position) with each delta
-    row's positions ``cut..cut+len-1`` replaced. In ``part`` the query dimension (:func:`_query_dim`) holds packed
+    row's positions ``cut..cut+len-1`` replaced. In ``part`` the query dimension (:func:`query_dim`) holds packed
     positions, the key dimension of an attention hook (:func:`_key_dim`) ``n_blocks * block_len`` recorded keys,
     then the packed ones."""
     _check_packed(full, part, plan, T, name)
-    qd, kd = _query_dim(name) - 1, _key_dim(name)  # dimensions of one row (batch dimension dropped)
+    qd, kd = query_dim(name) - 1, _key_dim(name)  # dimensions of one row (batch dimension dropped)
     RT = plan.n_blocks * plan.block_len
     out = full.clone()
     for r, g, k, c, n, o in zip(plan.rows, plan.packs, plan.blocks, plan.cuts, plan.lens, plan.offsets):
@@ -490,7 +490,7 @@ def _merge_suffix(full: Tensor, part: Tensor, plan: _Suffix, T: int, name: str) 
 
 
 def _suffix_at(full: Tensor, part: Tensor, plan: _Suffix, rows: Tensor, pos: Tensor, T: int, name: str) -> Tensor:
-    """What ``_index_query(_merge_suffix(full, part, ...), name, rows, pos)`` gives, gathered from the packed
+    """What ``index_query(_merge_suffix(full, part, ...), name, rows, pos)`` gives, gathered from the packed
     activation directly: the positions a row ran take their values from ``part`` (its keys before the cut from its
     block of recorded keys, then its packed keys), every other position from ``full`` (delta = 0)."""
     _check_packed(full, part, plan, T, name)
@@ -501,8 +501,8 @@ def _suffix_at(full: Tensor, part: Tensor, plan: _Suffix, rows: Tensor, pos: Ten
     of = {k: v[r] for k, v in plan.of_row.items()}
     c, n, o = of["cut"], of["len"], of["offset"]
     inside = (of["pack"] >= 0) & (p >= c) & (p < c + n)
-    base = _index_query(full, name, r, p)
-    got = _index_query(part, name, torch.where(inside, of["pack"], 0), torch.where(inside, o + p - c, 0))
+    base = index_query(full, name, r, p)
+    got = index_query(part, name, torch.where(inside, of["pack"], 0), torch.where(inside, o + p - c, 0))
     if _key_dim(name) is not None:  # [m, head, key]: recorded keys of n_blocks rows, then the packed ones
         RT = plan.n_blocks * plan.block_len
         j = torch.arange(T, device=dev)[None]

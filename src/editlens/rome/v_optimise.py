@@ -26,8 +26,8 @@ from torch import Tensor
 
 from editlens.rome.hparams import ROMEHyperParams
 from editlens.rome.requests import RewriteRequest
-from editlens.rome.v_forward import _VForward
-from editlens.rome.values import (FINAL_HOOK, KLTerm, LossTerm, VBatch, VContext, VResult, _index_query,
+from editlens.rome.v_forward import VForward
+from editlens.rome.values import (FINAL_HOOK, KLTerm, LossTerm, VBatch, VContext, VResult, index_query,
                                   build_v_batch, check_terms, target_nll)
 
 
@@ -116,7 +116,7 @@ def optimise(model: Any, reqs: Sequence[RewriteRequest], layer: int, hparams: RO
     facts = _facts(model, reqs, layer, hparams, extra_losses)
     stacked = _stack([f.ctx.batch for f in facts])
     hook_names = [h for f in facts for t in (*f.builtin, *f.active) for h in t.hook_names]
-    fwd = _VForward(model, stacked, layer, hook_names, fast=getattr(hparams, "v_fast_forward", True),
+    fwd = VForward(model, stacked, layer, hook_names, fast=getattr(hparams, "v_fast_forward", True),
                     reuse_prefix=getattr(hparams, "v_reuse_prefix", True))
     mlp_hook = f"blocks.{layer}.hook_mlp_out"
     _start(facts, fwd, mlp_hook)
@@ -158,7 +158,7 @@ def _facts(model: Any, reqs: Sequence[RewriteRequest], layer: int, hparams: ROME
     return facts
 
 
-def _start(facts: Sequence[_Fact], fwd: _VForward, mlp_hook: str) -> None:
+def _start(facts: Sequence[_Fact], fwd: VForward, mlp_hook: str) -> None:
     """The pass at delta = 0: each fact's v0 (the MLP output at its bare prompt's subject), ``ctx.initial``, the
     scored logits at delta = 0; then the terms' ``prepare`` and declared positions."""
     stacked = fwd.batch
@@ -184,7 +184,7 @@ def _start(facts: Sequence[_Fact], fwd: _VForward, mlp_hook: str) -> None:
         _declare_positions(f)
 
 
-def _descend(model: Any, facts: Sequence[_Fact], fwd: _VForward, mlp_hook: str, hparams: ROMEHyperParams,
+def _descend(model: Any, facts: Sequence[_Fact], fwd: VForward, mlp_hook: str, hparams: ROMEHyperParams,
              also_steps: Sequence[int], verbose: bool) -> None:
     """Adam on every fact's ``delta`` until each has stopped (early, or at ``v_num_grad_steps``); a finished fact's
     ``delta`` no longer moves. After each step ``delta`` is clamped to ``clamp_norm_factor * ||v0||``."""
@@ -213,7 +213,7 @@ def _descend(model: Any, facts: Sequence[_Fact], fwd: _VForward, mlp_hook: str, 
                         f.ctx.delta.mul_(max_norm / f.ctx.delta.norm())
 
 
-def _step(live: Sequence[_Fact], fwd: _VForward, mlp_hook: str, row_delta: Float[Tensor, "batch d_model"], step: int,
+def _step(live: Sequence[_Fact], fwd: VForward, mlp_hook: str, row_delta: Float[Tensor, "batch d_model"], step: int,
           hparams: ROMEHyperParams, also_steps: Sequence[int], verbose: bool) -> list[Tensor]:
     """One forward pass of the facts still optimised and each one's loss (its history, its ``also_steps`` result,
     whether it stops): the losses to minimise, of the facts that go on."""
@@ -237,9 +237,9 @@ def _step(live: Sequence[_Fact], fwd: _VForward, mlp_hook: str, row_delta: Float
 
 
 class _StepActs(Mapping):
-    """One step's activations by hook name, at full shape, put together on first use (:meth:`_VForward.full`)."""
+    """One step's activations by hook name, at full shape, put together on first use (:meth:`VForward.full`)."""
 
-    def __init__(self, fwd: _VForward):
+    def __init__(self, fwd: VForward):
         self.fwd = fwd
 
     def __getitem__(self, name: str) -> Tensor:
@@ -285,10 +285,10 @@ def _declare_positions(f: _Fact) -> None:
                 raise ValueError(f"Two loss terms read hook {name!r} at different positions. Fix: read it through "
                                  "ctx.acts (positions() returning None) in one of them.")
             f.ctx._positions[name] = (rows, pos)
-            f.ctx._read_initial[name] = _index_query(f.ctx.initial[name], name, rows, pos)
+            f.ctx._read_initial[name] = index_query(f.ctx.initial[name], name, rows, pos)
 
 
-def _read_declared(facts: Sequence[_Fact], fwd: _VForward) -> None:
+def _read_declared(facts: Sequence[_Fact], fwd: VForward) -> None:
     """This step's activations at every fact's declared positions: one gather per hook for all facts, split per
     fact (ctx.at)."""
     names = dict.fromkeys(n for f in facts for n in f.ctx._positions)

@@ -168,7 +168,7 @@ class VContext:
                 raise KeyError(f"No positions declared for hook {name!r}. Fix: pass rows and pos, or return them "
                                "from the term's positions(ctx).")
             rows, pos = self._positions[name]
-        return _index_query(self.initial[name] if initial else self.acts[name], name, rows, pos)
+        return index_query(self.initial[name] if initial else self.acts[name], name, rows, pos)
 
     def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         """Logits of final-norm residual vectors (any leading shape)."""
@@ -207,15 +207,15 @@ class VContext:
         return self._logits
 
 
-def _query_dim(name: str) -> int:
+def query_dim(name: str) -> int:
     """The query-position dimension of a hook's activation: 2 for attention scores and patterns
     ``[batch, head, query, key]``, else 1 (``[batch, pos, ...]``)."""
     return 2 if name.endswith(("hook_pattern", "hook_attn_scores")) else 1
 
 
-def _index_query(act: Tensor, name: str, rows: Tensor, pos: Tensor) -> Tensor:
+def index_query(act: Tensor, name: str, rows: Tensor, pos: Tensor) -> Tensor:
     """``act`` at query positions ``(rows, pos)``: ``[*rows.shape, ...]`` without the position dimension."""
-    return act.movedim(_query_dim(name), 1)[rows, pos]
+    return act.movedim(query_dim(name), 1)[rows, pos]
 
 
 def _lookup(scored: tuple[Tensor, Tensor] | None, rows: Tensor | slice, pos: Tensor) -> Tensor | None:

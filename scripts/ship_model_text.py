@@ -7,6 +7,7 @@ it is done here once; `editlens.rome.key_stats.sample_tokens` reads the shipped 
 embedded weights (same fingerprint, seed and length) and samples anything else itself.
 
     .venv/bin/python scripts/ship_model_text.py            # 65,536 tokens, seed 0, 128 per row
+    .venv/bin/python scripts/ship_model_text.py --model gemma3-270m --tokens 8192   # the second model's C
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=65_536)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--model", default=None, help="an embedded model (default: SmolLM2)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -29,14 +31,16 @@ def main(argv=None) -> int:
     from editlens.rome import key_stats as ks
     from safetensors.torch import save_file
 
-    model, _ = editlens.load_model(device="cpu")
+    from editlens import embedded
+
+    model, _ = editlens.load_model(args.model, device="cpu")
     tokens = ks.sample_tokens(model, args.tokens, seed=args.seed, seq_len=args.seq_len, progress=True)
     n_seq = tokens.shape[0]
     out = ks.shipped_text_dir() / f"samples_{weights_fingerprint(model)}_s{args.seed}_L{args.seq_len}_n{n_seq}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     assert int(tokens.max()) < 2**31
     save_file({"tokens": tokens.to(torch.int32).contiguous()}, str(out),
-              metadata={"model": "SmolLM2-135M-Instruct (embedded)", "seed": str(args.seed),
+              metadata={"model": f"{embedded.spec(args.model).title} (embedded)", "seed": str(args.seed),
                         "sampler": "temperature 1, top_k 0, top_p 1; rows start with BOS + a start word"})
     print(f"wrote {out} ({n_seq} rows x {tokens.shape[1]} tokens, {out.stat().st_size / 1e3:.0f} kB)")
     return 0

@@ -698,7 +698,8 @@ from functools import partial
 def test_zero_head_hook(fn) -> None:
     test_layer, test_head = layer, 0
     z_name = f"blocks.{test_layer}.attn.hook_z"
-    out_name = f"blocks.{test_layer}.hook_attn_out"
+    # the attention's own output (a norm after it, as Gemma has, is not linear)
+    out_name = f"blocks.{test_layer}.attn.hook_out"
     z_cached = cache[z_name]
     assert_close(
         fn(z_cached.clone(), None, head=test_head),

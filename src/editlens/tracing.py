@@ -68,13 +68,20 @@ def subject_token_range(model: Any, prompt_template: str, subject: str) -> tuple
     return ids, (start, last + 1)
 
 
+@torch.no_grad()
 def embedding_std(model: Any, subjects: Sequence[str] | None = None) -> float:
-    """Std of input embeddings: over the given subjects' tokens (as ROME), or over the whole W_E."""
+    """Std of input embeddings: over the given subjects' tokens (as ROME), or over the whole W_E.
+
+    Measured as the residual stream receives them (``hook_embed``, where the noise is added): a model that
+    scales its embeddings (Gemma multiplies them by sqrt(d_model)) is measured after the scale."""
     W_E = model.W_E.detach()
     if not subjects:
-        return float(W_E.float().std())
+        probe = torch.arange(min(8, W_E.shape[0]), device=W_E.device)[None]
+        scale = float(model.embed(probe).float().norm() / W_E[probe[0]].float().norm())
+        std = float(W_E.float().std())
+        return std if scale == 1.0 else std * scale
     ids = sorted({i for s in subjects for i in encode(model, " " + s, bos=False)})
-    return float(W_E[torch.tensor(ids, device=W_E.device)].float().std())
+    return float(model.embed(torch.tensor([ids], device=W_E.device)).float().std())
 
 
 def _noise(n_samples: int, n_subj: int, d_model: int, scale: float, seed: int, device: Any) -> Tensor:

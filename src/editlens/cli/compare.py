@@ -165,7 +165,7 @@ def _settings(args: argparse.Namespace, settings: RunSettings, cases: list, hp: 
 
     chosen = list(settings.methods)
     return {"methods": chosen, "labels": {m: methods.LABELS[m] for m in chosen},
-            "model": settings.model or "embedded", "data": settings.data or "facts.json", "n_records": len(cases),
+            "model": settings.model or "embedded", "data": run_setup.data_label(settings), "n_records": len(cases),
             "case_ids": [c.get("case_id") if isinstance(c, dict) else getattr(c, "case_id", None) for c in cases],
             "seed": args.seed, "edit_batch": args.edit_batch, "n_processes": n_processes, "device": str(model.cfg.device),
             "precision": precision_of(model).name,

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         raise from_message(err, "correct or remove that record in the --data file",
                            prefix="a record cannot be edited: ") from None
     report.settings.update({"method": args.method, "hparams": {k: v for k, v in vars(hp).items()},
-                            "model": settings.model or "embedded", "data": settings.data or "facts.json"})
+                            "model": settings.model or "embedded", "data": run_setup.data_label(settings)})
     if steam is not None:
         report.settings["steam"] = steam.settings
     if sadr_settings is not None:

@@ -48,6 +48,9 @@ def add_run_arguments(e: argparse.ArgumentParser) -> None:
                    "(default 0.01 = the authors' ROME weight 100 x 1e-4; 0 is ROME)")
     e.add_argument("--v-steps", type=int, default=None, help="v* optimisation steps (default: the registry's, 20; "
                    "the authors ran ROME+SADR with 80)")
+    e.add_argument("--v-on-ray", choices=("nearest", "as_optimised"), default=None,
+                   help="with a norm after the MLP (Gemma): write the point of v*'s ray nearest to W_out k* "
+                   "(default there) or v* as optimised (editlens.rome.hparams.ROMEHyperParams.v_on_ray)")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class RunSettings:
     layer: int | None
     mom2_tokens: int | None
     v_steps: int | None
+    v_on_ray: str | None
     threads: int | None
     no_generation: bool
     gen_prompts: int
@@ -120,7 +124,7 @@ def resolve(args: argparse.Namespace, chosen: tuple[str, ...], *, flag: str) -> 
     return RunSettings(
         methods=chosen, data=args.data, format=args.format, limit=args.limit, spread=args.spread, model=args.model,
         device=args.device, dtype=args.dtype, layer=args.layer, mom2_tokens=args.mom2_tokens, v_steps=args.v_steps,
-        threads=args.threads, no_generation=args.no_generation, gen_prompts=args.gen_prompts,
+        v_on_ray=args.v_on_ray, threads=args.threads, no_generation=args.no_generation, gen_prompts=args.gen_prompts,
         gen_tokens=args.gen_tokens, semantic=args.semantic, steam_lambda=args.steam_lambda,
         steam_layers=steam_layers, anchors=args.anchors, sadr_gamma=args.sadr_gamma)
 

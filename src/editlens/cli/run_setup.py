@@ -8,6 +8,7 @@ Every problem a user can fix becomes a :class:`~editlens.cli.errors.CommandLineE
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from editlens.cli.errors import CommandLineError, from_message
@@ -38,15 +39,34 @@ def set_threads(run: RunSettings) -> None:
         torch.set_num_threads(run.threads)
 
 
+def default_data(run: RunSettings) -> str | None:
+    """The facts file a run reads: ``--data``, else the project's facts verified on ``--model`` (None: facts.json)."""
+    from editlens import embedded
+    from editlens.data import facts_path
+
+    if run.data is None and embedded.lookup(run.model) not in (None, embedded.DEFAULT):
+        return str(facts_path(run.model))
+    return run.data
+
+
+def data_label(run: RunSettings) -> str:
+    """How a run's results name its facts file: ``--data`` as given, else the shipped file's name."""
+    data = default_data(run)
+    return run.data or (Path(data).name if data else "facts.json")
+
+
 def load_cases(run: RunSettings) -> list:
-    """The records of ``--data`` (or the project's facts.json); file problems become CommandLineError."""
+    """The records of ``--data``, else the project's facts verified on ``--model`` (facts.json for the default
+    model, an embedded second model's own set: :func:`editlens.data.facts_path`); file problems become
+    CommandLineError."""
     from editlens.data import load_facts, spread_over_relations
 
-    where = f"--data {run.data}" if run.data else "the project's facts.json"
+    data = default_data(run)
+    where = f"--data {data}" if data else "the project's facts.json"
     try:
         if run.spread:
-            return spread_over_relations(load_facts(run.data, format=run.format), run.limit or 10**9)
-        return load_facts(run.data, format=run.format, limit=run.limit)
+            return spread_over_relations(load_facts(data, format=run.format), run.limit or 10**9)
+        return load_facts(data, format=run.format, limit=run.limit)
     except FileNotFoundError:
         raise CommandLineError(f"{where}: no such file",
                                "check the path, or leave --data out to use the project's facts.json") from None
@@ -70,6 +90,8 @@ def resolve_hparams(run: RunSettings) -> Any:
         overrides["mom2_n_tokens"] = run.mom2_tokens
     if run.v_steps is not None:
         overrides["v_num_grad_steps"] = run.v_steps
+    if run.v_on_ray is not None:
+        overrides["v_on_ray"] = run.v_on_ray
     try:
         return get_hparams(run.model or "embedded", **overrides)
     except KeyError:

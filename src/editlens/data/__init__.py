@@ -12,6 +12,8 @@ Used in: Chapter 2 (consistency: paraphrases, ParaRel, open-ended questions), 3 
 
 from editlens.data.counterfact import (
     FACTS_PATH,
+    MODEL_FACTS,
+    facts_path,
     OBJECT_DESCRIPTIONS_PATH,
     CounterFactRecord,
     PortabilityPrompt,
@@ -32,6 +34,8 @@ from editlens.data.pararel import load_pararel
 
 __all__ = [
     "FACTS_PATH",
+    "MODEL_FACTS",
+    "facts_path",
     "OBJECT_DESCRIPTIONS_PATH",
     "CounterFactRecord",
     "PortabilityPrompt",

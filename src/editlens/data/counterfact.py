@@ -29,7 +29,25 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar
 T = TypeVar("T")
 
 FACTS_PATH: Path = Path(__file__).with_name("facts.json")
-"""The project's verified fact set."""
+"""The project's verified fact set (verified on SmolLM2-135M-Instruct, the default model)."""
+MODEL_FACTS: dict[str, str] = {"gemma3-270m": "facts-gemma3-270m.json"}
+"""Other embedded models' own fact sets: the records of facts.json that model knows, with its margins
+(``python -m editlens.data.verify --model gemma3-270m --known-only --out ...``)."""
+
+
+def facts_path(model: str | None = None) -> Path:
+    """The fact set verified on ``model`` (an embedded model's name; None: the default model's facts.json).
+
+    Taught in: the "Method or model?" page and Setup ("The second model")."""
+    from editlens import embedded
+
+    spec = embedded.lookup(model)
+    if spec is None:
+        raise ValueError(f"No fact set is verified on {model!r}. Fix: verify one with `python -m editlens.data.verify "
+                         f"--model {model} --known-only --out facts.json` and pass its path.")
+    if spec is embedded.DEFAULT:
+        return FACTS_PATH
+    return Path(__file__).with_name(MODEL_FACTS[spec.key])
 OBJECT_DESCRIPTIONS_PATH: Path = Path(__file__).with_name("object_descriptions.json")
 """Three reference sentences per object (target_true and target_new of every record)."""
 

@@ -98,7 +98,8 @@ def record_items(r: CounterFactRecord) -> list[tuple[str, str]]:
     return out
 
 
-def margins_for(r: CounterFactRecord, nll: dict[tuple[str, str], float]) -> dict[str, Any]:
+def margins_for(r: CounterFactRecord, nll: dict[tuple[str, str], float], *, label: str = MODEL_LABEL
+                ) -> dict[str, Any]:
     """The verification dict of one record from a filled NLL cache (positive = right answer preferred)."""
     tt, tn = r.target_true, r.target_new
 
@@ -106,7 +107,7 @@ def margins_for(r: CounterFactRecord, nll: dict[tuple[str, str], float]) -> dict
         return round(nll[(prompt, bad)] - nll[(prompt, good)], DECIMALS)
 
     return {
-        "model": MODEL_LABEL,
+        "model": label,
         "measure": "NLL difference (nats) of mean per-token NLL; positive = pre-edit answer preferred",
         "nll_true": round(nll[(r.prompt, tt)], DECIMALS),
         "nll_new": round(nll[(r.prompt, tn)], DECIMALS),
@@ -121,14 +122,54 @@ def margins_for(r: CounterFactRecord, nll: dict[tuple[str, str], float]) -> dict
 
 
 def compute_verifications(model: Any, records: Sequence[CounterFactRecord], *, tokenizer: Any | None = None,
-                          batch_size: int = 32, scorer: TargetScorer | None = None) -> list[dict[str, Any]]:
+                          batch_size: int = 32, scorer: TargetScorer | None = None,
+                          label: str = MODEL_LABEL) -> list[dict[str, Any]]:
     """Recompute the verification dict of every record (one batched pass over all prompts), in float32
     whatever the model's precision: the shipped margins are a property of the weights, not of a CPU."""
     scorer = scorer or TargetScorer(model, tokenizer, batch_size=batch_size)
     items = [it for r in records for it in record_items(r)]
     with full_precision(model):
         scorer.score(items)
-    return [margins_for(r, scorer.cache) for r in records]
+    return [margins_for(r, scorer.cache, label=label) for r in records]
+
+
+def known_records(model: Any, records: Sequence[CounterFactRecord], *, label: str = MODEL_LABEL,
+                  min_margin: float = MIN_MARGIN) -> list[CounterFactRecord]:
+    """The records ``model`` knows, checked the way the shipped set was authored (``scripts/author_facts.py``):
+    the rewrite margin must pass; neighbourhood, attribute and relation prompts that fail are dropped, and a record
+    is kept only while at least ``MINIMUMS`` of each survive. The kept records carry ``model``'s margins.
+
+    Taught in: Setup ("The second model") and the "Method or model?" page: every experiment on a model runs on
+    facts that model knows."""
+    from dataclasses import replace
+
+    from editlens.data.counterfact import MINIMUMS
+
+    scorer = TargetScorer(model)
+    kept = []
+    for r, v in zip(records, compute_verifications(model, records, scorer=scorer, label=label)):
+        if v["rewrite"] < min_margin:
+            continue
+        nb = tuple(p for p, x in zip(r.neighborhood_prompts, v["neighborhood"]) if x >= min_margin)
+        at = tuple(p for p, x in zip(r.attribute_prompts, v["attribute"]) if x >= min_margin)
+        rl = tuple(p for p, x in zip(r.relation_prompts, v["relation"]) if x >= min_margin)
+        if (len(nb) < MINIMUMS["neighborhood_prompts"] or len(at) < MINIMUMS["attribute_prompts"]
+                or len(rl) < MINIMUMS["relation_prompts"]):
+            continue
+        kept.append(replace(r, neighborhood_prompts=nb, attribute_prompts=at, relation_prompts=rl))
+    verifs = compute_verifications(model, kept, scorer=scorer, label=label)  # every pair is cached
+    return [replace(r, verification=v) for r, v in zip(kept, verifs)]
+
+
+def model_label(name: str | None) -> str:
+    """How a verification names the model: the shipped set's label for the default model, the embedded model's
+    title for the others, else the name given."""
+    from editlens import embedded
+
+    spec = embedded.lookup(name)
+    if spec is embedded.DEFAULT:
+        return MODEL_LABEL
+    return f"{spec.title} (editlens embedded, dequantised from {spec.gguf_name})" if spec else str(name)
 
 
 def failures(v: dict[str, Any], *, min_margin: float = MIN_MARGIN) -> list[str]:
@@ -206,7 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="--check only the first N records (a quick spot check)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (be polite on shared CPUs)")
+    ap.add_argument("--known-only", action="store_true",
+                    help="write to --out only the records --model knows, with its failing probes dropped (the "
+                         "authoring rule; e.g. a second model's own fact set)")
     args = ap.parse_args(argv)
+    if args.known_only and (args.out is None or args.check):
+        ap.error("--known-only writes a new file: give --out PATH (and not --check)")
 
     import editlens
 
@@ -220,7 +266,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         records = records[:args.limit]
     model, tok = editlens.load_model(args.model)
     t1 = time.time()
-    verifs = compute_verifications(model, records, tokenizer=tok, batch_size=args.batch_size)
+    label = model_label(args.model)
+    if args.known_only:
+        kept = known_records(model, records, label=label)
+        print(report(kept, [r.verification for r in kept]))
+        save_facts(kept, args.out)
+        print(f"\n{len(records)} records, {len(kept)} known by {label}; model load {t1 - t0:.1f}s, verification "
+              f"{time.time() - t1:.1f}s; wrote {args.out}")
+        return 0
+    verifs = compute_verifications(model, records, tokenizer=tok, batch_size=args.batch_size, label=label)
     t2 = time.time()
     print(report(records, verifs))
     print(f"\n{len(records)} records; model load {t1 - t0:.1f}s, verification {t2 - t1:.1f}s")

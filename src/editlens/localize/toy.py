@@ -73,3 +73,43 @@ def tiny_llama(seed: int = 0, *, n_layers: int = 2, d_model: int = 64, n_heads: 
     bridge.eval()
     fused_attention.install(bridge)
     return bridge, tok
+
+
+def tiny_gemma3(seed: int = 0, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4, n_kv_heads: int = 1,
+                d_head: int = 16, d_mlp: int | None = None, weight_std: float | None = 0.08, tokenizer=None,
+                max_positions: int = 256):
+    """Random tiny Gemma 3 (the second model's architecture) + tokenizer, wrapped: ``(bridge, tokenizer)``.
+
+    What the package must handle beyond a Llama, at test size: norms after the attention and after the MLP
+    (``hook_mlp_out`` follows the MLP's own output through a norm), q/k norms, scaled embeddings (by
+    sqrt(d_model)), one key/value head shared by every query head, sliding-window and full-attention layers
+    (every second layer full here), tied embeddings. Matrices drawn with std ``weight_std`` (``None``: Hugging
+    Face's 0.02, under which the MLP's outputs are so small that the norms' epsilon matters); deterministic in
+    ``seed``.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = toy_tokenizer() if tokenizer is None else tokenizer
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=d_model, intermediate_size=d_mlp or 4 * d_model,
+                           num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
+                           head_dim=d_head, query_pre_attn_scalar=d_head, sliding_window=8,
+                           layer_types=["sliding_attention" if i % 2 == 0 else "full_attention"
+                                        for i in range(n_layers)],
+                           max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
+                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                           tie_word_embeddings=True, attn_implementation="eager",
+                           architectures=["Gemma3ForCausalLM"])  # the bridge picks its adapter by this name
+    torch.manual_seed(seed)
+    hf = Gemma3ForCausalLM(cfg)
+    with torch.no_grad():  # Gemma's norms scale by (1 + weight), initialised at 0: make them matter
+        for name, p in hf.named_parameters():
+            if p.dim() == 1 and "norm" in name:
+                p.normal_(0.0, 0.5)
+            elif p.dim() == 2 and weight_std is not None:
+                p.normal_(0.0, weight_std)
+    hf.eval()
+    bridge = TransformerBridge.boot_transformers("tiny-gemma3", hf_model=hf, tokenizer=tok)
+    bridge.eval()
+    fused_attention.install(bridge)
+    return bridge, tok

@@ -103,6 +103,14 @@ def mlp_key_hook(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
+def mlp_value_hook(layer: int) -> str:
+    """Hook whose activation is the value: the output of W_out, where v* is optimised. That is the MLP's own
+    output, before a norm some architectures put after the MLP (Gemma 3's ``post_feedforward_layernorm``:
+    ``blocks.{layer}.hook_mlp_out`` comes after it, and a norm is not linear, so W_out k* = v* must hold
+    before it). Without such a norm the two hooks carry the same tensor."""
+    return f"blocks.{layer}.mlp.hook_out"
+
+
 def subject_keys(model: Any, request: RewriteRequest, layer: int,
                  templates: Sequence[str]) -> Float[Tensor, "n_templates d_mlp"]:
     """The MLP key at the subject's last token of ``request.prompt`` inside each context template."""

@@ -39,6 +39,50 @@ def w_out(model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"]:
     return model.blocks[layer].mlp.W_out
 
 
+def has_norm_after_mlp(model: Any, layer: int) -> bool:
+    """Whether block ``layer`` normalises its MLP's output before adding it to the residual stream (Gemma 2/3's
+    ``post_feedforward_layernorm``, which TransformerLens's bridge calls ``ln2_post``)."""
+    return getattr(model.blocks[layer], "ln2_post", None) is not None
+
+
+def value_on_ray(model: Any, hparams: ROMEHyperParams) -> str:
+    """``hparams.v_on_ray``, with None resolved for this model (:class:`ROMEHyperParams`)."""
+    choice = hparams.v_on_ray
+    if choice is None:
+        return "nearest" if has_norm_after_mlp(model, hparams.layer) else "as_optimised"
+    if choice not in ("nearest", "as_optimised"):
+        raise ValueError(f"v_on_ray={choice!r}. Fix: 'nearest', 'as_optimised' or None (by the architecture).")
+    if choice == "nearest" and not has_norm_after_mlp(model, hparams.layer):
+        raise ValueError(f"v_on_ray='nearest' needs a norm after the MLP of block {hparams.layer}, which this model "
+                         "does not have (c * v* would change what the model computes). Fix: leave v_on_ray=None.")
+    return choice
+
+
+def norm_eps_after_mlp(model: Any, layer: int) -> float:
+    """The epsilon of the norm after block ``layer``'s MLP (added to the mean square before the root)."""
+    norm = model.blocks[layer].ln2_post
+    for m in (norm, getattr(norm, "original_component", None)):
+        for name in ("eps", "variance_epsilon"):
+            if isinstance(getattr(m, name, None), float):
+                return getattr(m, name)
+    raise ValueError(f"Cannot read the epsilon of block {layer}'s norm after the MLP ({type(norm).__name__}). "
+                     "Fix: pass v_on_ray='as_optimised' in the hyperparameters.")
+
+
+def nearest_on_ray(v_star: Float[Tensor, "d_model"], v_now: Float[Tensor, "d_model"], eps: float = 0.0
+                   ) -> Float[Tensor, "d_model"]:
+    """The point ``c * v_star`` (0 < c <= 1) nearest to ``v_now`` (= W_out k*): with a norm after the MLP it gives
+    the same block output as v* with the smallest change to write. The norm is scale-free only while its ``eps``
+    is small next to the mean square: c is kept where ``eps`` is at most 1e-3 of it (a relative change of the
+    output under 5e-4). v* itself if the ray points away from ``v_now``."""
+    vd = v_star.double()
+    c = float(vd @ v_now.double()) / float(vd @ vd)
+    if c <= 0:
+        return v_star
+    c_min = (1e3 * eps / float(vd.pow(2).mean())) ** 0.5
+    return v_star * min(1.0, max(c, c_min))
+
+
 def rank_one_factors(W: Float[Tensor, "d_mlp d_model"], u: Float[Tensor, "d_mlp"], k: Float[Tensor, "d_mlp"],
                      v_star: Float[Tensor, "d_model"]
                      ) -> tuple[Float[Tensor, "d_mlp"], Float[Tensor, "d_model"]]:
@@ -166,13 +210,17 @@ def _edit(model: Any, req: RewriteRequest, hparams: ROMEHyperParams, stats: KeyS
     u = stats.solve(k_avg, hparams.mom2_reg)
     k_used = k_avg if hparams.key_variant == "r-rome" else k_bare
     W = w_out(model, layer).detach()
+    nearest = value_on_ray(model, hparams) == "nearest"
 
     def edit_for(v: VResult) -> Edit:
-        left, right = rank_one_factors(W, u, k_used, v.v_star)
+        v_star = nearest_on_ray(v.v_star, k_used @ W, norm_eps_after_mlp(model, layer)) if nearest else v.v_star
+        left, right = rank_one_factors(W, u, k_used, v_star)
         delta = torch.outer(left, right).to(W.dtype)  # = rank_one_update(W, u, k_used, v*)
-        return Edit(layer=layer, delta=delta, request=req, u=u, k_star=k_used, v_star=v.v_star, v_result=v,
-                    factors=(left, right),
-                    info={"key_variant": hparams.key_variant, "final_loss": v.final_loss, "steps": len(v.history)})
+        info = {"key_variant": hparams.key_variant, "final_loss": v.final_loss, "steps": len(v.history)}
+        if nearest:  # how far along its ray v* was moved (1: not at all)
+            info["v_scale"] = float(v_star.norm() / v.v_star.norm())
+        return Edit(layer=layer, delta=delta, request=req, u=u, k_star=k_used, v_star=v_star, v_result=v,
+                    factors=(left, right), info=info)
 
     edit = edit_for(vres)
     edit.earlier = {n: edit_for(v) for n, v in vres.earlier.items()}

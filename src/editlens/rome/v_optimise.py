@@ -25,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from editlens.rome.hparams import ROMEHyperParams
+from editlens.rome.keys import mlp_value_hook
 from editlens.rome.requests import RewriteRequest
 from editlens.rome.v_forward import VForward
 from editlens.rome.values import (FINAL_HOOK, KLTerm, LossTerm, VBatch, VContext, VResult, index_query,
@@ -118,7 +119,7 @@ def optimise(model: Any, reqs: Sequence[RewriteRequest], layer: int, hparams: RO
     hook_names = [h for f in facts for t in (*f.builtin, *f.active) for h in t.hook_names]
     fwd = VForward(model, stacked, layer, hook_names, fast=getattr(hparams, "v_fast_forward", True),
                     reuse_prefix=getattr(hparams, "v_reuse_prefix", True))
-    mlp_hook = f"blocks.{layer}.hook_mlp_out"
+    mlp_hook = mlp_value_hook(layer)
     _start(facts, fwd, mlp_hook)
     _descend(model, facts, fwd, mlp_hook, hparams, also_steps, verbose)
     out = []

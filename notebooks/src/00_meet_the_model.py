@@ -698,7 +698,7 @@ from functools import partial
 def test_zero_head_hook(fn) -> None:
     test_layer, test_head = layer, 0
     z_name = f"blocks.{test_layer}.attn.hook_z"
-    # the attention's own output (a norm after it, as Gemma has, is not linear)
+    # the attention's own output (not after a norm, which Gemma adds)
     out_name = f"blocks.{test_layer}.attn.hook_out"
     z_cached = cache[z_name]
     assert_close(

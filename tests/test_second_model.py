@@ -288,3 +288,18 @@ def test_compare_runs_every_method_on_the_second_model_and_its_own_facts(gemma, 
     assert set(per["case_id"]) <= own and len(set(per["case_id"])) == 2
     assert sorted(set(per["method"])) == ["rome", "steam+sadr"]
     assert per["ES"].between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_setup_pages_table_of_the_two_models_is_current(model, gemma):
+    """book/setup.md shows exactly what scripts/model_cards.py computes from the two loaded models."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    loader = importlib.util.spec_from_file_location("model_cards", root / "scripts" / "model_cards.py")
+    cards = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(cards)
+    text = cards.table({"smollm2-135m-instruct": model, "gemma3-270m": gemma[0]})
+    page = (root / "book" / "setup.md").read_text(encoding="utf-8")
+    assert f"<!-- table:models -->\n{text}\n<!-- /table:models -->" in page, \
+        "book/setup.md's table of the models is stale. Fix: python scripts/model_cards.py --write"

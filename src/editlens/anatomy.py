@@ -64,3 +64,30 @@ def previous_token_scores(patterns: Float[Tensor, "layer head query key"]) -> Fl
 def first_token_scores(patterns: Float[Tensor, "layer head query key"]) -> Float[Tensor, "layer head"]:
     """Mean attention each head pays to position 0 (the BOS 'attention sink'), over queries 1..end."""
     return patterns[..., 1:, 0].mean(dim=-1)
+
+
+@torch.no_grad()
+def model_card(model: "TransformerBridge") -> dict[str, object]:
+    """:func:`config_summary` plus what differs between architectures and matters to the book's methods: how the
+    attention layers see the past, the norms after attention and MLP (ROME writes before the latter), the scale of
+    the embeddings (causal tracing's noise follows it), tied embeddings.
+
+    Taught in: Setup ("The second model"), which shows the two embedded models side by side."""
+    hf_cfg = model.original_model.config
+    types = list(getattr(hf_cfg, "layer_types", None) or ["full_attention"] * model.cfg.n_layers)
+    n_sliding = sum(t == "sliding_attention" for t in types)
+    window = getattr(hf_cfg, "sliding_window", None)
+    attention = (f"{n_sliding} sliding-window ({window} tokens), {len(types) - n_sliding} full" if n_sliding
+                 else f"{len(types)} full")
+    ids = torch.arange(4, device=model.W_E.device)[None]
+    scale = float(model.embed(ids).float().norm() / model.W_E[ids[0]].float().norm())
+    block = model.blocks[0]
+    card = dict(config_summary(model))
+    card.update({
+        "attention layers": attention,
+        "norm after attention": getattr(block, "ln1_post", None) is not None,
+        "norm after MLP": getattr(block, "ln2_post", None) is not None,
+        "embeddings scaled by": round(scale, 2),
+        "tied embeddings": bool(getattr(hf_cfg, "tie_word_embeddings", False)),
+    })
+    return card

@@ -117,7 +117,7 @@ def test_reading_positions_equals_the_full_shape(tiny3_model):
                                            "prompt": "The mother tongue of {} is"}}
     batches = [V.build_v_batch(tiny3_model, as_request(c), HP) for c in (CASE, other)]
     width = max(int(b.tokens.shape[1]) for b in batches)
-    batch = VO._stack([VO._padded(b, width) for b in batches])
+    batch = VO.stack_batches([VO.padded_batch(b, width) for b in batches])
     names = ["blocks.1.attn.hook_pattern", "blocks.2.attn.hook_pattern", "blocks.1.hook_resid_post", V.FINAL_HOOK]
     delta = torch.randn(batch.n_rows, 64, generator=torch.Generator().manual_seed(0))
     runs = {}

@@ -5,7 +5,7 @@ Taught in: Chapter 3 (ROME, "the value" and "making it fast"); Chapters 4-5 add 
 
 Several facts are optimised in one forward and one backward pass per step, each with its own ``delta``, Adam
 state, loss, early stop (the rule: :mod:`editlens.rome.values`) and history: the facts' rows are padded to one
-width and stacked (:func:`_stack`), the forward engine (:mod:`editlens.rome.v_forward`) runs them, the scored
+width and stacked (:func:`stack_batches`), the forward engine (:mod:`editlens.rome.v_forward`) runs them, the scored
 positions of all facts are unembedded in one call (:func:`_unembed_scored`), the positions the terms declared are
 gathered in one call per hook (:func:`_read_declared`), and each fact's terms see their own rows
 (:func:`_fact_step`). After each step a fact's ``delta`` is projected back into the ball of radius
@@ -89,7 +89,7 @@ class _Fact:
     scored: tuple[Tensor, Tensor, Tensor] | None = None  # scored (rows in the stack, positions), lookup table
 
 
-def _padded(batch: VBatch, width: int) -> VBatch:
+def padded_batch(batch: VBatch, width: int) -> VBatch:
     """The same rows, right-padded to ``width`` positions by repeating each row's last token (padding is never
     attended to by a real position), with explicit lengths and delta rows."""
     t = batch.tokens
@@ -102,7 +102,7 @@ def _padded(batch: VBatch, width: int) -> VBatch:
     return dataclasses.replace(batch, tokens=t, lengths=lengths, delta_rows=delta_rows)
 
 
-def _stack(batches: Sequence[VBatch]) -> VBatch:
+def stack_batches(batches: Sequence[VBatch]) -> VBatch:
     """All facts' rows (already padded to one width) in one batch (only the fields the forward pass reads)."""
     return VBatch(tokens=torch.cat([b.tokens for b in batches]), subject_idx=torch.cat([b.subject_idx for b in batches]),
                   last_prompt_idx=torch.cat([b.last_prompt_idx for b in batches]), target_ids=batches[0].target_ids,
@@ -115,7 +115,7 @@ def optimise(model: Any, reqs: Sequence[RewriteRequest], layer: int, hparams: RO
     """v* of every request, optimised together (:func:`editlens.rome.values.compute_vs`, which checks the
     arguments: ``extra_losses`` has one list per request, ``also_steps`` is sorted and below the step limit)."""
     facts = _facts(model, reqs, layer, hparams, extra_losses)
-    stacked = _stack([f.ctx.batch for f in facts])
+    stacked = stack_batches([f.ctx.batch for f in facts])
     hook_names = [h for f in facts for t in (*f.builtin, *f.active) for h in t.hook_names]
     fwd = VForward(model, stacked, layer, hook_names, fast=getattr(hparams, "v_fast_forward", True),
                     reuse_prefix=getattr(hparams, "v_reuse_prefix", True))
@@ -155,7 +155,7 @@ def _facts(model: Any, reqs: Sequence[RewriteRequest], layer: int, hparams: ROME
         start += ctx.batch.n_rows
     width = max(int(f.ctx.batch.tokens.shape[1]) for f in facts)
     for f in facts:
-        f.ctx.batch = _padded(f.ctx.batch, width)
+        f.ctx.batch = padded_batch(f.ctx.batch, width)
     return facts
 
 

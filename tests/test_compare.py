@@ -437,3 +437,13 @@ def test_registry_checks_each_methods_options_before_building(name, options, pro
         build_editors(None, None, ["rome", "steam"])
     methods.get("rome").check(steam_lambda=-1.0, sadr_gamma=math.nan)  # options of parts it does not use: not read
     methods.get("sadr").check(steam_lambda=-1.0)
+
+
+def test_a_table_of_one_method_has_no_difference_to_correct():
+    """compare --methods rome (one method, e.g. two runs that differ in a setting, paired afterwards by
+    compare_runs): the summary has each metric's mean and interval, and no Holm column to fill."""
+    rows = pd.DataFrame([{"index": i, "case_id": i, "relation": "P1" if i % 2 else "P2", "method": "rome",
+                          "ES": float(i % 3 > 0), "NS": 0.5} for i in range(6)])
+    table = summary_table(rows, ["ES", "NS"], correction="holm", cluster="relation")
+    assert list(table["method"]) == ["rome", "rome"] and "Holm excludes 0" not in table.columns
+    assert table.set_index("metric").loc["ES", "mean"] == pytest.approx(4 / 6)

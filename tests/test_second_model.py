@@ -303,3 +303,26 @@ def test_setup_pages_table_of_the_two_models_is_current(model, gemma):
     page = (root / "book" / "setup.md").read_text(encoding="utf-8")
     assert f"<!-- table:models -->\n{text}\n<!-- /table:models -->" in page, \
         "book/setup.md's table of the models is stale. Fix: python scripts/model_cards.py --write"
+
+
+# ---------------------------------------------------------------------------------------------- ROME's write
+def test_the_two_ways_of_writing_v_star_on_gemma_are_the_stored_rows():
+    """book/setup.md's table (50 of Gemma's facts, v* written as optimised vs the nearest point of its ray) is
+    what compare_runs computes from the two runs' stored rows, the runs differ in that setting only, and the
+    page's sentence about it holds."""
+    from editlens.compare_runs import load_rows, paired_runs, runs_markdown
+    from editlens.methods import LABELS
+
+    root = Path(__file__).resolve().parents[1] / "book" / "results" / "gemma3-270m" / "rome-write"
+    runs = {w: root / w for w in ("as_optimised", "nearest")}
+    settings = [json.loads((f / "settings.json").read_text()) for f in runs.values()]
+    assert [s["hparams"].pop("v_on_ray") for s in settings] == list(runs)
+    same = [{k: v for k, v in s.items() if k not in ("shares",)} for s in settings]
+    assert same[0] == same[1] and same[0]["data"] == "facts-gemma3-270m.json" and same[0]["n_records"] == 50
+    table = paired_runs(*(load_rows(f) for f in runs.values()), list(runs), cluster="relation")
+    assert (root / "paired" / "summary.md").read_text() == runs_markdown(table, list(runs), method_labels=LABELS)
+    t = table.set_index("metric")
+    for metric, diff in (("NS", 0.69), ("RelS", 0.29), ("DNS", 0.29), ("ES", -0.10), ("PS", -0.09),
+                         ("Port", -0.15)):
+        assert t.loc[metric, "diff"] == pytest.approx(diff, abs=0.005) and t.loc[metric, "excludes 0"], metric
+    assert not t.loc["Port EM", "excludes 0"]

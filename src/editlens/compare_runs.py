@@ -158,10 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "summary.csv", index=False)
     (out / "summary.md").write_text(runs_markdown(table, labels, method_labels=LABELS), encoding="utf-8")
-    said = verdicts(a, b, labels)
-    said.to_csv(out / "verdicts.csv", index=False)
-    (out / "verdicts.md").write_text(verdicts_markdown(said, labels, method_labels=LABELS), encoding="utf-8")
-    for name in ("summary.csv", "summary.md", "verdicts.csv", "verdicts.md"):
+    names = ["summary.csv", "summary.md"]
+    if a["method"].nunique() > 1:  # verdicts compare methods with ROME: a run of one method has none
+        said = verdicts(a, b, labels)
+        said.to_csv(out / "verdicts.csv", index=False)
+        (out / "verdicts.md").write_text(verdicts_markdown(said, labels, method_labels=LABELS), encoding="utf-8")
+        names += ["verdicts.csv", "verdicts.md"]
+    for name in names:
         print(f"wrote {out / name}")
     return 0
 

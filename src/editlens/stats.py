@@ -186,7 +186,8 @@ def paired_table(per_fact: pd.DataFrame, metrics: Sequence[str], *, method: str 
                     row["p"] = diff.p
             rows.append(row)
     table = pd.DataFrame(rows)
-    return add_holm(table, alpha=1 - level) if correction == "holm" else table
+    # one method alone has no difference to correct
+    return add_holm(table, alpha=1 - level) if correction == "holm" and "p" in table.columns else table
 
 
 def paired_metrics_table(per_fact: pd.DataFrame, metrics: Sequence[str], *, method: str = "method",
@@ -209,4 +210,4 @@ def paired_metrics_table(per_fact: pd.DataFrame, metrics: Sequence[str], *, meth
     if not parts:
         raise ValueError("paired_metrics_table: no metric has values for every method on any fact.")
     table = pd.concat(parts, ignore_index=True)
-    return add_holm(table, alpha=1 - level) if correction == "holm" else table
+    return add_holm(table, alpha=1 - level) if correction == "holm" and "p" in table.columns else table

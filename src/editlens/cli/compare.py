@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from editlens.rome import BadRequestError, stats_for
 
     run_setup.set_threads(settings)
-    say(f"{len(cases)} records from {settings.data or 'the project facts.json'}; methods "
+    say(f"{len(cases)} records from {settings.data or 'the project ' + run_setup.data_label(settings)}; methods "
         f"{', '.join(methods.LABELS[m] for m in settings.methods)}; {n_processes} process(es)")
     with contextlib.nullcontext() if state is None else state.main_process_first():  # one download/cache fill
         model = run_setup.load_model(settings)

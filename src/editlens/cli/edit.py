@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from editlens.rome import BadRequestError, stats_for
 
     run_setup.set_threads(settings)
-    print(f"{len(cases)} records from {settings.data or 'the project facts.json'}")
+    print(f"{len(cases)} records from {settings.data or 'the project ' + run_setup.data_label(settings)}")
     model = run_setup.load_model(settings)
     run_setup.check_edit_layer(hp, model)
     print(f"ROME at layer {hp.layer} ({hp.key_variant}); key statistics from {hp.mom2_n_tokens} tokens "

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_tracing:
         trace(args.model, args.facts, out)
     import editlens
-    from editlens.rome.update import has_norm_after_mlp
+    from editlens.anatomy import has_norm_after_mlp
 
     model, _ = editlens.load_model(args.model, device="cpu")
     writes = ["nearest", "as_optimised"] if has_norm_after_mlp(model, args.layers[0]) else ["as_optimised"]

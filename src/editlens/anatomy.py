@@ -66,6 +66,21 @@ def first_token_scores(patterns: Float[Tensor, "layer head query key"]) -> Float
     return patterns[..., 1:, 0].mean(dim=-1)
 
 
+def has_norm_after_mlp(model: "TransformerBridge", layer: int = 0) -> bool:
+    """Whether block ``layer`` normalises its MLP's output before adding it to the residual stream (Gemma 2/3's
+    ``post_feedforward_layernorm``, which TransformerLens's bridge calls ``ln2_post``)."""
+    return getattr(model.blocks[layer], "ln2_post", None) is not None
+
+
+@torch.no_grad()
+def embedding_scale(model: "TransformerBridge") -> float:
+    """What the model multiplies a token's embedding row by before the residual stream (``hook_embed``): 1 for
+    most models, sqrt(d_model) for Gemma; measured on the first 8 rows."""
+    W_E = model.W_E.detach()
+    probe = torch.arange(min(8, W_E.shape[0]), device=W_E.device)[None]
+    return float(model.embed(probe).float().norm() / W_E[probe[0]].float().norm())
+
+
 @torch.no_grad()
 def model_card(model: "TransformerBridge") -> dict[str, object]:
     """:func:`config_summary` plus what differs between architectures and matters to the book's methods: how the
@@ -79,15 +94,12 @@ def model_card(model: "TransformerBridge") -> dict[str, object]:
     window = getattr(hf_cfg, "sliding_window", None)
     attention = (f"{n_sliding} sliding-window ({window} tokens), {len(types) - n_sliding} full" if n_sliding
                  else f"{len(types)} full")
-    ids = torch.arange(4, device=model.W_E.device)[None]
-    scale = float(model.embed(ids).float().norm() / model.W_E[ids[0]].float().norm())
-    block = model.blocks[0]
     card = dict(config_summary(model))
     card.update({
         "attention layers": attention,
-        "norm after attention": getattr(block, "ln1_post", None) is not None,
-        "norm after MLP": getattr(block, "ln2_post", None) is not None,
-        "embeddings scaled by": round(scale, 2),
+        "norm after attention": getattr(model.blocks[0], "ln1_post", None) is not None,
+        "norm after MLP": has_norm_after_mlp(model),
+        "embeddings scaled by": round(embedding_scale(model), 2),
         "tied embeddings": bool(getattr(hf_cfg, "tie_word_embeddings", False)),
     })
     return card

@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from editlens.anatomy import embedding_scale
 from editlens.block_runner import BlockCalls, record_block_calls, run_from_layer, supports_block_runs
 from editlens.precision import full_precision
 from editlens.rome.keys import encode, subject_last_index
@@ -76,9 +77,7 @@ def embedding_std(model: Any, subjects: Sequence[str] | None = None) -> float:
     scales its embeddings (Gemma multiplies them by sqrt(d_model)) is measured after the scale."""
     W_E = model.W_E.detach()
     if not subjects:
-        probe = torch.arange(min(8, W_E.shape[0]), device=W_E.device)[None]
-        scale = float(model.embed(probe).float().norm() / W_E[probe[0]].float().norm())
-        std = float(W_E.float().std())
+        scale, std = embedding_scale(model), float(W_E.float().std())
         return std if scale == 1.0 else std * scale
     ids = sorted({i for s in subjects for i in encode(model, " " + s, bos=False)})
     return float(model.embed(torch.tensor([ids], device=W_E.device)).float().std())

@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from editlens.anatomy import has_norm_after_mlp
 from editlens.rome.hparams import ROMEHyperParams
 from editlens.rome.key_stats import KeyStats, stats_for
 from editlens.rome.keys import compute_k
@@ -37,12 +38,6 @@ from editlens.rome.values import LossTerm, VResult, compute_v, compute_vs
 def w_out(model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"]:
     """The edited matrix (a view sharing storage with the Hugging Face weight)."""
     return model.blocks[layer].mlp.W_out
-
-
-def has_norm_after_mlp(model: Any, layer: int) -> bool:
-    """Whether block ``layer`` normalises its MLP's output before adding it to the residual stream (Gemma 2/3's
-    ``post_feedforward_layernorm``, which TransformerLens's bridge calls ``ln2_post``)."""
-    return getattr(model.blocks[layer], "ln2_post", None) is not None
 
 
 def value_on_ray(model: Any, hparams: ROMEHyperParams) -> str:

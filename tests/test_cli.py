@@ -199,6 +199,10 @@ def test_process_exit_status_and_stderr(tmp_path):
     (["--method", "steam", "--steam-layers", "five"], ["--steam-layers", "five"]),
     (["--method", "steam", "--steam-layers", "-2"], ["--steam-layers"]),
     (["--steam-lambda", "1"], ["--steam-lambda", "--method steam"]),
+    (["--method", "steam", "--steam-anchors", "wikidata"], ["--steam-anchors", "wikidata", "reference"]),
+    (["--method", "steam", "--steam-align", "cosine"], ["--steam-align", "cosine", "centred"]),
+    (["--steam-align", "centred"], ["--steam-align", "--method steam"]),
+    (["--anchor-data", "x.json"], ["--anchor-data", "--method steam"]),
     (["--method", "rome", "--anchors", "4"], ["--anchors", "--method rome"]),
 ])
 def test_steam_options_rejected_before_loading(capsys, argv, names):
@@ -392,3 +396,45 @@ def test_edit_steam_plus_sadr_on_the_tiny_model(tiny_model, tmp_path, monkeypatc
     assert settings["steam"]["layers"] == [1] and list(settings["steam"]["anchors"]) == ["Berlin"]
     assert [r["case_id"] for r in rep["records"]] == [0]
     assert 1 <= rep["records"][0]["edit_info"]["edits"][0]["steps"] <= 3
+
+
+def test_edit_steam_with_the_papers_design_on_the_tiny_model(tiny_model, tmp_path, monkeypatch, capsys, allow_model):
+    """``--steam-anchors reference --steam-align centred``: reference-triple anchors that leave out the record's own
+    probes, the relation-centred alignment, an anchor pool of the --data file plus --anchor-data; recorded."""
+    import functools
+    import math
+
+    from editlens import steam
+
+    monkeypatch.setenv("EDITLENS_CACHE", str(tmp_path))
+    monkeypatch.setattr(run_setup, "load_model", lambda settings: tiny_model)
+    monkeypatch.setattr(steam, "AnchorBank", functools.partial(steam.AnchorBank, min_margin=-math.inf))
+    records = _steam_sadr_records()
+    data = write(tmp_path, "facts.json", json.dumps(records[:1]))
+    pool = write(tmp_path, "pool.json", json.dumps(records[1:]))  # Berlin's only candidate: Germany's rewrite
+    argv = ["edit", "--method", "steam", "--data", data, "--limit", "1", "--layer", "0", "--mom2-tokens", "300",
+            "--v-steps", "2", "--anchors", "1", "--no-generation", "--no-baseline", "--threads", "1"]
+    out = tmp_path / "r.json"
+    code = cli.main([*argv, "--steam-anchors", "reference", "--steam-align", "centred", "--anchor-data", pool,
+                     "--out", str(out)])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "reference triples, centred alignment" in stdout and "from 2 file(s)" in stdout
+    st = json.loads(out.read_text())["settings"]["steam"]
+    assert st["sources"] == list(steam.REFERENCE_SOURCES) and st["exclude_judged"] and st["centred"]
+    assert st["anchor_files"] == [data, pool] and st["anchors"] == {"0": ["The capital city of Germany is"]}
+    # without --anchor-data the pool is the --data file plus the book's facts: a record about an object its own
+    # file says nothing else about (Madrid) still gets anchors
+    from editlens.data import facts_path
+
+    madrid = write(tmp_path, "madrid.json", json.dumps([{**records[0], "requested_rewrite": {
+        **records[0]["requested_rewrite"], "target_new": {"str": "Madrid"}}}]))
+    code = cli.main([*argv[:4], madrid, *argv[5:], "--anchors", "3", "--steam-anchors", "reference", "--out",
+                     str(out)])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    st = json.loads(out.read_text())["settings"]["steam"]
+    assert st["anchor_files"] == [madrid, str(facts_path(None))] and len(st["anchors"]["0"]) == 3
+    code = cli.main([*argv, "--anchor-data", str(tmp_path / "missing.json"), "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert_one_error_line(code, err, "--anchor-data", "missing.json")

@@ -404,8 +404,9 @@ def test_registry_lists_the_four_methods_with_their_labels_and_parts():
     assert compare.METHODS is methods.NAMES and compare.LABELS is methods.LABELS and cli.METHODS is methods.NAMES
     assert compare.build_editors is methods.build_editors and compare.parse_methods is methods.parse_methods
     assert methods.get(" STEAM+SADR ").label == "STEAM+SADR"
-    assert [o.flag for o in methods.get("steam+sadr").options] == ["--steam-lambda", "--steam-layers", "--anchors",
-                                                                   "--sadr-gamma"]
+    assert [o.flag for o in methods.get("steam+sadr").options] == [
+        "--steam-lambda", "--steam-layers", "--anchors", "--steam-anchors", "--steam-align", "--anchor-data",
+        "--sadr-gamma"]
     assert methods.get("rome").options == ()
 
 

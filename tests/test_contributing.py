@@ -176,7 +176,8 @@ def test_tables_of_the_tests_name_only_existing_chapters(path: str, name: str):
 
 
 # --- add an editing method -----------------------------------------------------------------------------------------
-SAMPLE_VALUES = {"--steam-lambda": "0.5", "--steam-layers": "5-20", "--anchors": "4", "--sadr-gamma": "0.01"}
+SAMPLE_VALUES = {"--steam-lambda": "0.5", "--steam-layers": "5-20", "--anchors": "4", "--steam-anchors": "reference",
+                 "--steam-align": "centred", "--anchor-data": "facts.json", "--sadr-gamma": "0.01"}
 """A valid value of each option flag of the registry (methods.OPTIONS), to give it to the parsers."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -16,10 +17,15 @@ from editlens.steam import (
     KnownFact,
     LayerChoiceError,
     NotEnoughAnchorsError,
+    PAPER_DESIGN,
+    REFERENCE_SOURCES,
+    SharedComponents,
+    aligned_cosine,
     anchor_candidates,
     check_layers,
     compute_anchors,
     default_layers,
+    judged_prompts,
     known_facts,
     select_anchor_prompts,
     steam_editor,
@@ -323,6 +329,85 @@ def test_diagnostics_on_the_tiny_model(tiny_model):
         first_readable_layer(tiny_model, prompts[0], "Berlin", states=states[0, :1])
 
 
+# ---------------------------------------------------------------------------------------------- the paper's design
+def test_reference_sources_are_plain_prompts_of_real_relations():
+    cands = anchor_candidates(RECORDS, "Berlin", known_facts(RECORDS, REFERENCE_SOURCES))
+    assert {f.prompt for f in cands} == {
+        "The capital of Germany is", "The Brandenburg Gate is located in the city of",  # attribute prompts
+        "The capital city of Germany is", "Alexanderplatz is located in the city of"}  # rewrite, neighbourhood
+    assert {f.relation for f in cands} == {"P36"}  # no pseudo-relation (port:, rel:)
+    assert anchor_candidates(RECORDS, "French", known_facts(RECORDS, REFERENCE_SOURCES)) == []  # relation prompt
+    with pytest.raises(ValueError, match="Unknown anchor sources.*REFERENCE_SOURCES"):
+        known_facts(RECORDS, ["rewrite", "wikidata"])
+
+
+def test_an_edit_is_never_aligned_with_the_prompts_it_is_judged_on(tiny_model):
+    # Prussia -> Berlin is judged (PS) on a prompt that is Germany's rewrite prompt, a Berlin candidate
+    prussia = record(5, "Prussia", "The capital city of {} is", "P36", "Berlin", "Konigsberg",
+                     paraphrase_prompts=["The capital city of Germany is"])
+    assert "The capital city of Germany is" in judged_prompts(prussia)
+    pool = RECORDS + [prussia]
+    kw = dict(n_anchors=8, min_anchors=1, min_margin=-math.inf, sources=REFERENCE_SOURCES)
+    leaky = AnchorBank(tiny_model, pool, **kw).for_case(prussia)
+    clean_bank = AnchorBank(tiny_model, pool, exclude_judged=True, **kw)
+    clean = clean_bank.for_case(prussia)
+    assert "The capital city of Germany is" in {a.prompt for a in leaky.prompts}
+    assert "The capital city of Germany is" not in {a.prompt for a in clean.prompts}
+    assert clean_bank.for_case(RECORDS[0]) is clean_bank.get("Berlin")  # nothing of France's probes to leave out
+    cov = clean_bank.coverage([prussia, RECORDS[0]])
+    assert list(cov.n_candidates) == [len(clean.prompts), len(clean.prompts) + 1]
+
+
+def test_shared_components_are_relation_means_and_centre_the_anchors(tiny_model):
+    bank = AnchorBank(tiny_model, RECORDS, n_anchors=4, min_anchors=1, min_margin=-math.inf, n_shared=64,
+                      min_shared=1, sources=REFERENCE_SOURCES)
+    sc = bank.shared_components()
+    assert isinstance(sc, SharedComponents) and bank.shared_components() is sc  # computed once
+    by_rel = {}
+    for f in known_facts(RECORDS, REFERENCE_SOURCES):
+        by_rel.setdefault(f.relation, []).append(f.prompt)
+    assert set(sc.by_relation) == set(by_rel) and sc.counts == {r: len(p) for r, p in by_rel.items()}
+    torch.testing.assert_close(sc.of("P36", [0, 1]), last_token_states(tiny_model, by_rel["P36"]).mean(0))
+    torch.testing.assert_close(sc.of("P999", [1]), sc.overall[[1]])  # a relation the pool lacks: overall mean
+    anchors = bank.get("Berlin")
+    manual = torch.stack([anchors.states[i] - sc.of(a.fact.relation, [0, 1]) for i, a in enumerate(anchors.prompts)])
+    torch.testing.assert_close(sc.centred_anchor(anchors, [0, 1]), manual.mean(0))
+    few = AnchorBank(tiny_model, RECORDS, min_anchors=1, min_margin=-math.inf, n_shared=8, min_shared=8)
+    assert few.shared_components().by_relation == {}  # no relation has 8 prompts: all use the overall mean
+    assert bank.centre() is None and AnchorBank(tiny_model, RECORDS, centred=True).centre() is not None
+    with pytest.raises(ValueError, match="min_shared"):
+        AnchorBank(tiny_model, RECORDS, n_shared=4, min_shared=8)
+
+
+def test_aligned_cosine_centres_the_state_only():
+    g = torch.Generator().manual_seed(0)
+    h, phi, mu = torch.randn(2, 3, 16, generator=g), torch.randn(2, 16, generator=g), torch.randn(2, 16, generator=g)
+    raw = aligned_cosine(h, phi)
+    torch.testing.assert_close(raw, torch.nn.functional.cosine_similarity(h, phi[:, None].expand_as(h), dim=-1))
+    torch.testing.assert_close(aligned_cosine(h, phi, mu), aligned_cosine(h - mu[:, None], phi))
+    # a shared component dominates the raw cosine of unrelated states and vanishes once centred
+    big = 20 * torch.randn(16, generator=g)
+    assert aligned_cosine(h + big, phi + big).min() > 0.9 and raw.abs().max() < 0.9
+    torch.testing.assert_close(aligned_cosine(h + big, phi, big.expand(2, 16)), raw)
+
+
+def test_the_centred_term_is_its_own_term_and_zero_is_still_rome(tiny_model):
+    req = as_request(RECORDS[0])
+    bank = AnchorBank(tiny_model, RECORDS, n_anchors=4, min_anchors=1, min_margin=-math.inf, **PAPER_DESIGN)
+    anchors, sc = bank.for_case(RECORDS[0]), bank.centre()
+    plain = compute_v(tiny_model, req, 0, HP)
+    zero = compute_v(tiny_model, req, 0, HP, [AlignmentTerm(anchors, 0.0, centre=sc, relation="P36")])
+    assert torch.equal(plain.delta, zero.delta)
+    raw = compute_v(tiny_model, req, 0, HP, [AlignmentTerm(anchors, 5.0)])
+    centred_term = AlignmentTerm(anchors, 5.0, centre=sc, relation="P36")
+    centred = compute_v(tiny_model, req, 0, HP, [centred_term])
+    assert not torch.equal(centred.delta, raw.delta) and not torch.equal(centred.delta, plain.delta)
+    hist = [h["steam_align"] for h in centred.history]
+    assert hist[-1] < hist[0]  # it moves the centred state toward the centred anchor
+    with pytest.raises(ValueError, match="only position='last_prompt'"):
+        AlignmentTerm(anchors, 1.0, centre=sc, position="subject_last")
+
+
 # ---------------------------------------------------------------------------------------------- embedded model
 @pytest.mark.slow
 def test_steam_on_embedded_model_moves_toward_anchors_and_keeps_the_edit(model):
@@ -356,6 +441,38 @@ def test_steam_on_embedded_model_moves_toward_anchors_and_keeps_the_edit(model):
     assert cos[1.0] > cos[0.0]
 
 
+@pytest.mark.slow
+def test_centred_steam_moves_the_centred_state_on_the_embedded_model(model):
+    """The positive control of issue 29: with the paper's design, lambda = 20 moves the rewrite prompt's centred
+    state toward the new object's centred anchors far more than ROME does, and keeps the edit."""
+    from editlens.data import load_facts
+    from editlens.evaluate import probe_scores
+    from editlens.rome import compute_rome_edit, get_hparams, stats_for
+
+    hp = get_hparams(model)
+    facts = load_facts()
+    case = next(f for f in facts if as_request(f).subject == "Louvre")  # Paris -> Berlin
+    req = as_request(case)
+    bank = AnchorBank(model, facts, **PAPER_DESIGN)
+    anchors, sc = bank.for_case(case), bank.centre()
+    assert not {a.prompt for a in anchors.prompts} & judged_prompts(case)
+    assert {a.fact.source for a in anchors.prompts} <= set(REFERENCE_SOURCES)
+    stats = stats_for(model, hp, progress=False)
+    layers = default_layers(hp.layer, model.cfg.n_layers)
+    phi, mu = sc.centred_anchor(anchors, layers), sc.of(str(req.relation_id), layers)
+
+    def cos() -> float:
+        return float(aligned_cosine(last_token_states(model, [req.text], layers).transpose(0, 1), phi, mu).mean())
+
+    before, moved = cos(), {}
+    for lam in (0.0, 20.0):
+        term = AlignmentTerm(anchors, lam, layers, centre=sc, relation=str(req.relation_id))
+        with applied_edit(model, compute_rome_edit(model, case, hp, stats, [term])):
+            assert probe_scores(model, case)["ES"] == 1.0
+            moved[lam] = cos() - before
+    assert moved[20.0] > moved[0.0] + 0.1
+
+
 # ---------------------------------------------------------------------------------------------- SC (opt-in metric)
 def test_semantic_consistency_is_opt_in_and_discriminates():
     from editlens.data import load_object_descriptions
@@ -377,3 +494,104 @@ def test_semantic_consistency_is_opt_in_and_discriminates():
     assert "SC" not in plain and "RS" in plain
     opted = _add_generation_metrics({}, RECORDS[0], ["France is famous for wine."], desc, [], semantic=True)
     assert {"SC", "SC_new", "SC_true"} <= set(opted)
+
+
+# ---------------------------------------------------------------------------------------------- the page
+def _steam_alignment_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "steam_alignment.py"
+    spec = importlib.util.spec_from_file_location("steam_alignment", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stored_steam_table(script, key: str):
+    from editlens import compare
+
+    folder = script.RESULTS / key
+    rows = compare.read_per_record(folder / "per_record.jsonl")
+    metrics = [m for m in script.METRICS if m in rows.columns]
+    table = compare.summary_table(rows, metrics, cluster="relation", correction="holm")
+    assert (folder / "summary.md").read_text(encoding="utf-8") == compare.summary_markdown(table), key
+    return rows, table.set_index(["metric", "method"])
+
+
+PROBES = ("ES", "PS", "NS", "RelS", "DNS", "Port", "Port EM", "GE", "SC")
+
+
+def test_steam_design_page_tables_are_the_stored_rows():
+    """book/steam-design.md: each model's table is what summary_table computes from its stored rows (50 facts,
+    every arm on every fact, the paper's design recorded), and the centring table is the stored centring.json."""
+    script = _steam_alignment_script()
+    page = script.PAGE.read_text(encoding="utf-8")
+    assert f"<!-- table:centring -->\n{script.centring_markdown()}\n<!-- /table:centring -->" in page, \
+        "book/steam-design.md's centring table is stale. Fix: python scripts/steam_alignment.py --write-page"
+    for key in script.MODELS:
+        rows, _ = _stored_steam_table(script, key)
+        assert rows.groupby("method").size().to_dict() == {"rome": 50, "steam λ=1": 50, "steam λ=20": 50}, key
+        settings = json.loads((script.RESULTS / key / "settings.json").read_text())
+        assert settings["steam"]["sources"] == list(REFERENCE_SOURCES), key
+        assert settings["steam"]["exclude_judged"] and settings["steam"]["centred"], key
+        assert f"results/steam-alignment/{key}/summary.md" in page
+
+
+def test_steam_design_page_claims_on_smollm2_hold():
+    script = _steam_alignment_script()
+    rows, t = _stored_steam_table(script, "smollm2-135m")
+    one, control = "steam λ=1", "steam λ=20"
+
+    def diff(metric, method):
+        return t.loc[(metric, method)]
+
+    assert diff("cos rewrite", one)["diff vs rome"] == pytest.approx(0.033, abs=0.0005)
+    assert diff("cos rewrite", one)["CI excludes 0"]
+    assert t.loc[("cos moved", "rome"), "mean"] == pytest.approx(0.032, abs=0.0005)
+    for m in PROBES:  # lambda = 1: within two points of ROME, no interval excluding 0
+        assert abs(diff(m, one)["diff vs rome"]) <= 0.02 + 1e-9 and not diff(m, one)["CI excludes 0"], m
+    assert t.loc[("cos moved", control), "mean"] == pytest.approx(0.352, abs=0.0005)
+    for m, (d, lo, hi) in {"cos rewrite": (0.320, 0.222, 0.416), "cos paraphrase": (0.146, 0.066, 0.239),
+                           "cos portability": (0.031, 0.021, 0.041), "DNS": (-0.075, -0.138, -0.025)}.items():
+        r = diff(m, control)
+        assert (r["diff vs rome"], r["diff low"], r["diff high"]) == pytest.approx((d, lo, hi), abs=0.0005), m
+    for m, d in {"Port": -0.020, "Port EM": -0.019, "PS": -0.020, "SC": -0.012}.items():
+        assert diff(m, control)["diff vs rome"] == pytest.approx(d, abs=0.0005) and not diff(m, control)["CI excludes 0"]
+    assert [m for m in PROBES if bool(diff(m, control)["Holm excludes 0"])] == ["DNS"]
+    es = diff("ES", control)
+    assert (es["diff vs rome"], es["diff low"], es["diff high"]) == pytest.approx((-0.040, -0.096, 0.0), abs=0.0005)
+    assert diff("steps", control)["diff vs rome"] == pytest.approx(4.06, abs=0.005)
+    geometry = json.loads((script.RESULTS / "smollm2-135m" / "centring.json").read_text())["means"]
+    assert geometry["raw"] > geometry["overall-centred"] > 0.5 > geometry["relation-centred, true object"] > 0 \
+        > geometry["relation-centred"]
+
+
+def test_steam_design_page_claims_on_gemma_and_the_verdict_hold():
+    script = _steam_alignment_script()
+    _, t = _stored_steam_table(script, "gemma3-270m")
+    _, smol = _stored_steam_table(script, "smollm2-135m")
+    one, control = "steam λ=1", "steam λ=20"
+    for m, method, (d, lo, hi) in [("cos rewrite", one, (0.155, 0.094, 0.216)),
+                                   ("cos rewrite", control, (0.426, 0.331, 0.512)),
+                                   ("cos paraphrase", control, (0.213, 0.145, 0.289)),
+                                   ("cos portability", control, (0.061, 0.039, 0.083)),
+                                   ("Port", one, (0.020, 0.0, 0.048)), ("Port EM", one, (0.010, 0.0, 0.031)),
+                                   ("Port", control, (0.030, -0.047, 0.100)),
+                                   ("Port EM", control, (-0.018, -0.077, 0.042))]:
+        r = t.loc[(m, method)]
+        assert (r["diff vs rome"], r["diff low"], r["diff high"]) == pytest.approx((d, lo, hi), abs=0.0005), (m, method)
+    probes = [m for m in PROBES if (m, "rome") in t.index]
+    assert "GE" not in probes and "SC" not in probes  # Gemma's run skips generation
+    assert not any(bool(t.loc[(m, arm), "CI excludes 0"]) for m in probes for arm in (one, control))
+    assert t.loc[("steps", control), "diff vs rome"] == pytest.approx(7.44, abs=0.005)
+    # the verdict: on both models the control moves the state (0.32, 0.43) and no portability score gains
+    assert round(smol.loc[("cos rewrite", control), "diff vs rome"], 2) == 0.32
+    assert round(t.loc[("cos rewrite", control), "diff vs rome"], 2) == 0.43
+    for table in (t, smol):
+        for arm in (one, control):
+            assert table.loc[("cos rewrite", arm), "CI excludes 0"]
+            assert not any(bool(table.loc[(m, arm), "CI excludes 0"]) for m in ("Port", "Port EM"))
+    geometry = json.loads((script.RESULTS / "gemma3-270m" / "centring.json").read_text())["means"]
+    assert geometry["raw"] > geometry["overall-centred"] > 0.5 > geometry["relation-centred, true object"] > 0 \
+        > geometry["relation-centred"]

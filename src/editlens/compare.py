@@ -155,11 +155,13 @@ def _as_case(case: Any) -> dict:
 
 
 def per_record_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
-    """Per-record rows (dicts) as a DataFrame: :data:`KEYS`, then the metrics present, in table order (a metric
-    that a row lacks is NaN)."""
-    present = {k for r in rows for k in r}
+    """Per-record rows (dicts) as a DataFrame: :data:`KEYS`, then the metrics present, in table order, then any
+    other measurement the rows carry (a script's own, e.g. ``scripts/steam_alignment.py``'s cosines), in the order
+    first seen (a value that a row lacks is NaN)."""
+    present = list(dict.fromkeys(k for r in rows for k in r))
     metrics = [k for k in (*ROW_METRICS, *COST_METRICS) if k in present]
-    return pd.DataFrame(list(rows), columns=[*KEYS, *metrics]).astype({k: float for k in metrics})
+    extra = [k for k in present if k not in KEYS and k not in metrics]
+    return pd.DataFrame(list(rows), columns=[*KEYS, *metrics, *extra]).astype({k: float for k in metrics})
 
 
 def shares(n: int, n_processes: int) -> list[list[int]]:
@@ -293,10 +295,12 @@ def _draw_summary(axes, table: pd.DataFrame, metrics: list, labels: list, colour
 
 
 def write_outputs(out: str | Path, per_record: pd.DataFrame, *, settings: Mapping[str, Any] | None = None,
-                  figure: bool = True, cluster: str | None = None, correction: str | None = None) -> dict[str, Path]:
+                  figure: bool = True, cluster: str | None = None, correction: str | None = None,
+                  metrics: Sequence[str] | None = None) -> dict[str, Path]:
     """``out/per_record.jsonl`` (one JSON object per row, record order), ``summary.csv``, ``summary.md``,
     ``figure.png`` and ``settings.json``. Returns the paths written. ``cluster``, ``correction``: how the summary's
-    intervals are computed (:func:`summary_table`); recorded in ``settings.json`` under ``"summary"``."""
+    intervals are computed (:func:`summary_table`); recorded in ``settings.json`` under ``"summary"``.
+    ``metrics``: the summary's metrics (default :data:`TABLE_METRICS`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"per_record": out / "per_record.jsonl", "summary_csv": out / "summary.csv",
@@ -305,7 +309,7 @@ def write_outputs(out: str | Path, per_record: pd.DataFrame, *, settings: Mappin
         for row in per_record.to_dict(orient="records"):
             clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
             f.write(json.dumps(clean, default=str) + "\n")
-    table = summary_table(per_record, cluster=cluster, correction=correction)
+    table = summary_table(per_record, metrics, cluster=cluster, correction=correction)
     table.to_csv(paths["summary_csv"], index=False)
     paths["summary_md"].write_text(summary_markdown(table), encoding="utf-8")
     if figure:

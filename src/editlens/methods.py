@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 PARTS = ("steam", "sadr")
 """What a method may add to ROME's v*: STEAM's alignment term (Chapter 4), SADR's attention-drift term (Chapter 5)."""
 
+ANCHOR_SOURCES = ("reference", "all")
+"""STEAM's anchor pools (:class:`~editlens.steam.AnchorBank`'s ``sources``): reference triples, or every prompt."""
+ALIGNMENTS = ("centred", "raw")
+"""How STEAM's alignment compares states (:class:`~editlens.steam.AnchorBank`'s ``centred``)."""
 NO_BANK = "STEAM needs an AnchorBank. Fix: pass bank=AnchorBank(model, facts) (editlens.steam)."
 
 
@@ -83,6 +87,15 @@ OPTIONS = (
            "pass layer indices counted from 0, above the edit layer"),
     Option("n_anchors", "--anchors", "steam", _at_least_one, "{name} must be at least 1, got {value}",
            "pass {set}N with N >= 1 (reference facts per object), or leave it out for 8"),
+    Option("anchor_sources", "--steam-anchors", "steam", lambda v: v in ANCHOR_SOURCES,
+           "{name} must be one of " + ", ".join(ANCHOR_SOURCES) + ", got {value!r}",
+           "pass {set}reference (reference triples, never a probe the edit is judged on: the paper's design) or "
+           "{set}all (every prompt whose known answer is the object)"),
+    Option("steam_align", "--steam-align", "steam", lambda v: v in ALIGNMENTS,
+           "{name} must be one of " + ", ".join(ALIGNMENTS) + ", got {value!r}",
+           "pass {set}centred (states centred on their relation's mean, the paper's design) or {set}raw"),
+    Option("anchor_data", "--anchor-data", "steam", lambda v: bool(str(v).strip()), "{name} is empty",
+           "pass {set}PATH, a facts file whose prompts join the anchor pool, or leave it out for the book's facts"),
     Option("sadr_gamma", "--sadr-gamma", "sadr", _non_negative, "{name} must be a number >= 0, got {value}",
            "pass e.g. {set}0.01 (the authors' ROME setting; 0 reproduces ROME), or leave it out for the default"),
 )

@@ -44,6 +44,13 @@ def add_run_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--steam-layers", default=None, help="STEAM: aligned layers, e.g. 5-20 or 5,8,11 (default: the "
                    "edit layer + 1 to two thirds of the depth)")
     e.add_argument("--anchors", type=int, default=None, help="STEAM: anchor facts per object (default 8)")
+    e.add_argument("--steam-anchors", default=None, help="STEAM: reference (reference triples of real relations, "
+                   "never a probe the edit is judged on: the paper's design) or all (every prompt whose known "
+                   "answer is the object; default, Chapter 4's first design)")
+    e.add_argument("--steam-align", default=None, help="STEAM: centred (states centred on their relation's mean: "
+                   "the paper's design) or raw (the raw cosine; default, Chapter 4's first design)")
+    e.add_argument("--anchor-data", default=None, help="STEAM: a facts file added to the --data file as the anchor "
+                   "pool (default: the book's facts.json)")
     e.add_argument("--sadr-gamma", type=float, default=None, help="SADR: weight of the attention-drift term "
                    "(default 0.01 = the authors' ROME weight 100 x 1e-4; 0 is ROME)")
     e.add_argument("--v-steps", type=int, default=None, help="v* optimisation steps (default: the registry's, 20; "
@@ -78,6 +85,9 @@ class RunSettings:
     steam_lambda: float | None
     steam_layers: tuple[int, ...] | None
     anchors: int | None
+    steam_anchors: str | None
+    steam_align: str | None
+    anchor_data: str | None
     sadr_gamma: float | None
 
     def uses(self, part: str) -> bool:
@@ -126,7 +136,8 @@ def resolve(args: argparse.Namespace, chosen: tuple[str, ...], *, flag: str) -> 
         device=args.device, dtype=args.dtype, layer=args.layer, mom2_tokens=args.mom2_tokens, v_steps=args.v_steps,
         v_on_ray=args.v_on_ray, threads=args.threads, no_generation=args.no_generation, gen_prompts=args.gen_prompts,
         gen_tokens=args.gen_tokens, semantic=args.semantic, steam_lambda=args.steam_lambda,
-        steam_layers=steam_layers, anchors=args.anchors, sadr_gamma=args.sadr_gamma)
+        steam_layers=steam_layers, anchors=args.anchors, steam_anchors=args.steam_anchors,
+        steam_align=args.steam_align, anchor_data=args.anchor_data, sadr_gamma=args.sadr_gamma)
 
 
 def _given(args: argparse.Namespace, option: methods.Option) -> Any:

@@ -143,11 +143,33 @@ class SteamAnchors:
     settings: dict
 
 
+def anchor_pool(run: RunSettings) -> tuple[list, list[str]]:
+    """STEAM's anchor pool: the ``--data`` file's records plus ``--anchor-data``'s (default: the book's own
+    ``facts.json``, whose facts the margin filter keeps only where the model knows them), and the files read.
+    Facts repeated across files count once (:func:`editlens.steam.known_facts` deduplicates)."""
+    from editlens.data import facts_path, load_facts
+
+    extra = run.anchor_data if run.anchor_data is not None else str(facts_path(None))
+    files = [(default_data(run) or str(facts_path(None)), run.format), (extra, "auto")]
+    records, labels = [], []
+    for path, fmt in files:
+        if str(path) in labels:
+            continue
+        try:
+            records.extend(load_facts(path, format=fmt))
+        except FileNotFoundError:
+            raise CommandLineError(f"--anchor-data: no file {path}",
+                                   "pass --anchor-data a facts file (JSON in the book's format or CounterFact's)") \
+                from None
+        labels.append(str(path))
+    return records, labels
+
+
 def steam_anchors(run: RunSettings, model: Any, hp: Any, cases: list) -> SteamAnchors:
-    """STEAM's AnchorBank (from the whole facts file, unedited model; every record covered), lambda and layers.
-    Run it before the key statistics: a record without anchors fails fast."""
-    from editlens.data import load_facts
-    from editlens.steam import AnchorBank, LayerChoiceError, check_layers, default_layers
+    """STEAM's AnchorBank (from the anchor pool, :func:`anchor_pool`; unedited model; every record covered), its
+    design (``--steam-anchors``, ``--steam-align``), lambda and layers. Run it before the key statistics: a
+    record without anchors fails fast."""
+    from editlens.steam import REFERENCE_SOURCES, SOURCES, AnchorBank, LayerChoiceError, check_layers, default_layers
 
     n_layers = model.cfg.n_layers
     try:
@@ -158,21 +180,31 @@ def steam_anchors(run: RunSettings, model: Any, hp: Any, cases: list) -> SteamAn
                            prefix="--steam-layers: ") from None
     lam = 1.0 if run.steam_lambda is None else run.steam_lambda
     n_anchors = run.anchors or 8
-    bank = AnchorBank(model, load_facts(run.data, format=run.format), n_anchors=n_anchors,
-                      min_anchors=min(3, n_anchors))
+    reference = run.steam_anchors == "reference"
+    records, files = anchor_pool(run)
+    bank = AnchorBank(model, records, n_anchors=n_anchors, min_anchors=min(3, n_anchors),
+                      sources=REFERENCE_SOURCES if reference else SOURCES, exclude_judged=reference,
+                      centred=run.steam_align == "centred")
     cov = bank.coverage(cases)
     missing = cov[~cov["ok"]]
     if len(missing):
         listed = ", ".join(f"{r.case_id} ({r.target_new}: {r.n_anchors})" for r in missing.head(5).itertuples())
         raise CommandLineError(
             f"{len(missing)} record(s) have fewer than {bank.min_anchors} anchor facts for their target_new: {listed}",
-            "add facts whose true answer is that object to the --data file, pass a smaller --anchors, or leave "
-            "those records out (editlens.steam.anchor_coverage lists them)")
-    bank.precompute(cov["target_new"])
+            "add facts whose true answer is that object to the anchor pool (--anchor-data FILE), pass a smaller "
+            "--anchors, or leave those records out (editlens.steam.anchor_coverage lists them)")
+    anchors = bank.precompute_cases(cases)
+    bank.centre()  # the shared components too, before any edit
     print(f"STEAM: lambda {lam}, aligned layers {layers[0]}..{layers[-1]} ({len(layers)}), "
-          f"{n_anchors} anchor facts per object, anchors of {cov['target_new'].nunique()} objects")
-    settings = {"lambda": lam, "layers": layers, "n_anchors": n_anchors, "min_anchors": bank.min_anchors,
-                "anchors": {o: [a.prompt for a in bank.get(o).prompts] for o in cov["target_new"].unique()}}
+          f"{n_anchors} anchor facts per object ({'reference triples' if reference else 'every known prompt'}, "
+          f"{'centred' if bank.centred else 'raw'} alignment), anchors of {cov['target_new'].nunique()} objects "
+          f"from {len(files)} file(s)")
+    # anchors per object, or per record when each record's judged prompts are left out of its own
+    from editlens.rome.requests import as_case
+
+    chosen = {(str(as_case(c).get("case_id")) if bank.exclude_judged else a.object): [p.prompt for p in a.prompts]
+              for c, a in zip(cases, anchors)}
+    settings = {"lambda": lam, "layers": layers, **bank.design, "anchor_files": files, "anchors": chosen}
     return SteamAnchors(bank, lam, layers, settings)
 
 

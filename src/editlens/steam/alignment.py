@@ -2,11 +2,16 @@
 
 Taught in: Chapter 4 (STEAM). The v* loss becomes L_NLL + L_KL + weight decay + lambda * L_LA with
 
-    L_LA = mean over layers l in L, mean over rewrite rows i of (1 - cos(h^l_i(delta), phi^l))
+    L_LA = mean over layers l in L, mean over rewrite rows i of (1 - cos(h^l_i(delta) - mu^l_r, phi^l_c))
 
-h^l_i the edited run's ``blocks.{l}.hook_resid_post`` at the last prompt token of rewrite row i (or, with
-``position="subject_last"``, at the subject's last token), phi^l the anchor of the new object
-(:mod:`editlens.steam.anchors`). Documented choices (the paper's code could not be read), all parameters:
+h^l_i the edited run's ``blocks.{l}.hook_resid_post`` at the last prompt token of rewrite row i, mu^l_r the shared
+component of the edited relation r's last-token states and phi^l_c the new object's anchor centred the same way
+(each anchor prompt minus its own relation's mean; :class:`~editlens.steam.anchors.SharedComponents`). With
+``centre=None``, mu = 0 and phi is the raw anchor: the raw cosine of Chapter 4's first design. Centring matters:
+raw last-token states mostly say which question is asked, so the raw cosine of the rewrite prompt to the new
+object's anchors is high before any edit and a step toward o* hardly changes it. Anchors are last-token states,
+so they match ``position="last_prompt"``; ``position="subject_last"`` (the subject's last token, where delta
+enters) is kept for the raw design and refused with a centre (no anchor is taken at that position). Documented choices (the paper's code could not be read), all parameters:
 the per-layer terms are averaged (not summed), so lambda does not depend on how many layers are aligned;
 the default layer set is the layers after the edit layer up to two thirds of the depth
 (:func:`default_layers`: layers 5..20 of SmolLM2's 30 when editing layer 4), mid layers where the object is
@@ -26,7 +31,7 @@ from torch import Tensor
 
 from editlens.rome.keys import subject_last_index
 from editlens.rome.values import LossTerm, VContext
-from editlens.steam.anchors import AnchorSet
+from editlens.steam.anchors import AnchorSet, SharedComponents
 from editlens.steam.states import resid_hook
 
 Position = Literal["last_prompt", "subject_last"]
@@ -64,25 +69,45 @@ def check_layers(layers: Sequence[int], edit_layer: int, n_layers: int) -> list[
     return out
 
 
+def aligned_cosine(h: Float[Tensor, "layer row d_model"], phi: Float[Tensor, "layer d_model"],
+                   mu: Float[Tensor, "layer d_model"] | None = None) -> Float[Tensor, "layer row"]:
+    """cos(h - mu, phi) per layer and row in float32: ``phi`` the reference as it is compared (centred already
+    when ``mu`` is given, :meth:`~editlens.steam.anchors.SharedComponents.centred_anchor`), ``mu`` the state's
+    shared component (None: the raw cosine). The one cosine of STEAM's term and of its diagnostics (Chapter 4)."""
+    dtype = h.dtype  # references at the states' precision, then all in float32
+    phi, h = phi.to(h.device, dtype).float(), h.float()
+    if mu is not None:
+        h = h - mu.to(h.device, dtype).float()[:, None, :]
+    return F.cosine_similarity(h, phi[:, None, :].expand_as(h), dim=-1)
+
+
 class AlignmentTerm(LossTerm):
-    """lambda * mean_l mean_rows (1 - cos(h^l, phi^l)) at the last prompt token of each rewrite row (Chapter 4).
+    """lambda * mean_l mean_rows (1 - cos(h^l - mu^l_r, phi^l_c)) at the last prompt token of each rewrite row
+    (Chapter 4).
 
     ``anchors``: the new object's :class:`AnchorSet` (computed on the unedited model). ``layers=None``: the
     :func:`default_layers` of the edit layer, resolved in :meth:`prepare`. ``paraphrases``: prompt templates
     (``{}`` for the subject) added as rows of their own (delta at the subject's last token, aligned at the last
-    token), off by default."""
+    token), off by default. ``centre``: the :class:`~editlens.steam.anchors.SharedComponents` to centre states
+    (on ``relation``'s mean) and anchors (each prompt on its own relation's) with; None: the raw cosine."""
 
     name = "steam_align"
 
     def __init__(self, anchors: AnchorSet, weight: float = 1.0, layers: Sequence[int] | None = None, *,
                  position: Position = "last_prompt", paraphrases: Sequence[str] = (), n_layers: int | None = None,
-                 edit_layer: int | None = None):
+                 edit_layer: int | None = None, centre: SharedComponents | None = None, relation: str = ""):
         if position not in POSITIONS:
             raise ValueError(f"position must be one of {POSITIONS}, got {position!r}. Fix: use 'last_prompt' "
                              "(where the object is predicted, the default) or 'subject_last' (where delta enters).")
         if weight < 0:
             raise ValueError(f"weight (lambda) must be >= 0, got {weight}. Fix: pass lambda >= 0 (0 is plain ROME).")
+        if centre is not None and position != "last_prompt":
+            raise ValueError(f"position={position!r} with a centre: the anchors and the shared component are "
+                             "last-token states, so only position='last_prompt' compares like with like. Fix: use "
+                             "position='last_prompt', or centre=None for the raw design.")
         self.anchors, self.weight, self.position = anchors, float(weight), position
+        self.centre, self.relation = centre, str(relation)
+        self.mu: Tensor | None = None
         self.paraphrases = list(paraphrases)
         self.requested_layers = None if layers is None else list(layers)
         self.layers: list[int] = []
@@ -99,7 +124,11 @@ class AlignmentTerm(LossTerm):
     def _resolve(self, edit_layer: int, n_layers: int) -> None:
         layers = (default_layers(edit_layer, n_layers) if self.requested_layers is None
                   else check_layers(self.requested_layers, edit_layer, n_layers))
-        self.phi = self.anchors.at(layers)
+        if self.centre is None:
+            self.phi, self.mu = self.anchors.at(layers), None
+        else:
+            self.phi = self.centre.centred_anchor(self.anchors, layers)
+            self.mu = self.centre.of(self.relation, layers)
         self._set_layers(layers)
 
     def extra_rows(self, ctx: VContext) -> list[tuple[list[int], int | None]]:
@@ -135,11 +164,10 @@ class AlignmentTerm(LossTerm):
         return self.rows_and_positions(ctx)
 
     def distances(self, ctx: VContext, *, initial: bool = False) -> Float[Tensor, "layer row"]:
-        """1 - cos(h^l, phi^l) for each aligned layer and row (this step's, or at delta = 0), read at the
-        positions the term declared (:meth:`positions`)."""
+        """1 - cos(h^l - mu^l_r, phi^l) for each aligned layer and row (this step's, or at delta = 0), read at the
+        positions the term declared (:meth:`positions`); mu = 0 and phi raw without a centre."""
         h = torch.stack([ctx.at(name, initial=initial) for name in self.hook_names])  # [layer, row, d_model]
-        phi = self.phi.to(h.device, h.dtype)[:, None, :]
-        return 1 - F.cosine_similarity(h.float(), phi.float().expand_as(h), dim=-1)
+        return 1 - aligned_cosine(h, self.phi, self.mu)
 
     def __call__(self, ctx: VContext) -> Float[Tensor, ""]:
         return self.weight * self.distances(ctx).mean()

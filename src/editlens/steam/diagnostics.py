@@ -17,25 +17,26 @@ from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
 from editlens.lens import logit_lens_table
 from editlens.scoring import encode_answer, encode_prompt, model_device, with_leading_space
-from editlens.steam.anchors import AnchorSet
+from editlens.steam.alignment import aligned_cosine
+from editlens.steam.anchors import AnchorSet, SharedComponents
 from editlens.steam.states import last_token_states
 
 
-def _cos_by_layer(states: Float[Tensor, "prompt layer d_model"], ref: Float[Tensor, "layer d_model"]
-                  ) -> Float[Tensor, "prompt layer"]:
-    return F.cosine_similarity(states.float(), ref.float()[None].expand_as(states), dim=-1)
+def _cos_by_layer(states: Float[Tensor, "prompt layer d_model"], ref: Float[Tensor, "layer d_model"],
+                  mu: Float[Tensor, "layer d_model"] | None = None) -> Float[Tensor, "prompt layer"]:
+    return aligned_cosine(states.transpose(0, 1), ref, mu).transpose(0, 1)
 
 
 def cosine_profile(model: Any, prompts: Sequence[str], anchors: AnchorSet, *,
                    organic: Float[Tensor, "prompt layer d_model"] | None = None,
                    controls: Sequence[AnchorSet] = (), label: str = "run",
-                   states: Float[Tensor, "prompt n_layers d_model"] | None = None) -> pd.DataFrame:
+                   states: Float[Tensor, "prompt n_layers d_model"] | None = None,
+                   centre: SharedComponents | None = None, relation: str = "") -> pd.DataFrame:
     """Tidy rows ``(label, layer, reference, prompt, cosine)``: the model's last-token state on ``prompts`` (as the
     model is now, e.g. inside :func:`editlens.rome.applied_edit`) against, per layer,
 
@@ -45,13 +46,22 @@ def cosine_profile(model: Any, prompts: Sequence[str], anchors: AnchorSet, *,
     - ``"control"``: the mean over ``controls`` (other objects' anchors) of the cosine to each.
 
     Layers are the anchors' layers. ``states``: the prompts' :func:`last_token_states` at EVERY layer, when the
-    caller has them already (one forward pass for this and :func:`first_readable_layer`)."""
+    caller has them already (one forward pass for this and :func:`first_readable_layer`). ``centre``: the
+    :class:`~editlens.steam.anchors.SharedComponents` to centre with, as the centred alignment term measures
+    (:func:`~editlens.steam.alignment.aligned_cosine`): the states on ``relation``'s mean, the anchors and
+    controls prompt by prompt on their own relations' means, the organic states on ``relation``'s mean."""
     states = last_token_states(model, prompts, anchors.layers) if states is None else states[:, anchors.layers]
     organic_states = anchors.states if organic is None else organic
-    refs: dict[str, Tensor] = {"anchors": _cos_by_layer(states, anchors.vectors),
-                               "organic": _cos_by_layer(states, organic_states.mean(0))}
+    layers = anchors.layers
+    if centre is None:
+        mu, ref = None, (lambda a: a.at(layers))
+    else:
+        mu, ref = centre.of(relation, layers), (lambda a: centre.centred_anchor(a, layers))
+    organic_mean = organic_states.mean(0) if mu is None else organic_states.mean(0) - mu
+    refs: dict[str, Tensor] = {"anchors": _cos_by_layer(states, ref(anchors), mu),
+                               "organic": _cos_by_layer(states, organic_mean, mu)}
     if controls:
-        refs["control"] = torch.stack([_cos_by_layer(states, c.at(anchors.layers)) for c in controls]).mean(0)
+        refs["control"] = torch.stack([_cos_by_layer(states, ref(c), mu) for c in controls]).mean(0)
     rows = []
     for ref, cos in refs.items():
         for i, p in enumerate(prompts):

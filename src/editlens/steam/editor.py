@@ -26,24 +26,31 @@ MISSING = ("raise", "rome")
 
 def steam_terms(hparams: Any, bank: AnchorBank, lam: float, layers: Sequence[int] | None = None, *,
                 position: Position = "last_prompt", paraphrases: bool = False, missing: str = "raise"):
-    """``(model, case) -> [AlignmentTerm]``: the per-record loss terms STEAM adds to ROME's v*. A record whose
-    target_new has too few anchors raises :class:`~editlens.steam.anchors.NotEnoughAnchorsError`, or with
-    ``missing="rome"`` gets no term (it is edited as ROME edits it; Chapter 4 reports such records)."""
+    """``(model, case) -> [AlignmentTerm]``: the per-record loss terms STEAM adds to ROME's v*, toward the
+    anchors :meth:`~editlens.steam.anchors.AnchorBank.for_case` gives the record. A record whose target_new has
+    too few anchors raises :class:`~editlens.steam.anchors.NotEnoughAnchorsError`, or with ``missing="rome"`` gets
+    no term (it is edited as ROME edits it; Chapter 4 reports such records). With a ``centred`` bank the term
+    aligns centred states (:meth:`~editlens.steam.anchors.AnchorBank.shared_components`: the edited relation's
+    mean subtracted from the state, each anchor prompt's relation mean from the anchor)."""
     if missing not in MISSING:
         raise ValueError(f"missing must be one of {MISSING}, got {missing!r}. Fix: 'raise' (the default) or "
                          "'rome' (edit records without enough anchors as ROME does).")
 
+    centre = bank.centre()  # before any edit, like the anchors
+
     def terms(model: Any, case: dict) -> list[AlignmentTerm]:
         req = as_request(case)
-        if missing == "rome":
-            try:
-                bank.get(req.target_new)
-            except NotEnoughAnchorsError:
+        try:
+            anchors = bank.for_case(case)
+        except NotEnoughAnchorsError:
+            if missing == "rome":
                 return []
+            raise
         paras = list(case.get("paraphrase_prompts") or []) if paraphrases else []
         paras = [p if "{}" in p else p.replace(req.subject, "{}", 1) for p in paras if "{}" in p or req.subject in p]
-        return [AlignmentTerm(bank.get(req.target_new), lam, layers, position=position, paraphrases=paras,
-                              n_layers=model.cfg.n_layers, edit_layer=hparams.layer)]
+        return [AlignmentTerm(anchors, lam, layers, position=position, paraphrases=paras,
+                              n_layers=model.cfg.n_layers, edit_layer=hparams.layer, centre=centre,
+                              relation=str(req.relation_id))]
 
     return terms
 

@@ -390,3 +390,39 @@ def test_pooled_summary_micro_averages_over_prompts():
     assert pooled["NS"] == pytest.approx(90.0) and pooled["n_NS"] == 10
     assert pooled["DNS"] == pytest.approx(60.0) and pooled["ES"] == pytest.approx(50.0)
     assert rep.summary()["NS"] == pytest.approx(50.0)  # the per-record mean, unchanged
+
+
+# ---------------------------------------------------------------------------------------------- gamma calibration
+def _calibration_rows(costs: dict[float, float], n: int = 40) -> "pd.DataFrame":
+    """ROME's rows (PS 1, DNS 0.3) and one arm per gamma whose PS is lower by ``costs[gamma]`` on every fact and
+    whose DNS is higher by 10 gamma; facts spread over 4 relations."""
+    import pandas as pd
+
+    rows = []
+    for i in range(n):
+        rows.append({"case_id": i, "relation": f"P{i % 4}", "method": "rome", "PS": 1.0, "DNS": 0.3})
+        for g, c in costs.items():
+            rows.append({"case_id": i, "relation": f"P{i % 4}", "method": f"sadr γ={g:g}", "PS": 1.0 - c,
+                         "DNS": 0.3 + 10 * g})
+    return pd.DataFrame(rows)
+
+
+def test_calibration_table_pairs_each_gamma_with_rome_and_choose_gamma_takes_the_authors_cost():
+    from editlens.sadr import AUTHORS_PS_COST, calibration_table, choose_gamma, gamma_grid, reaches_target
+
+    assert AUTHORS_PS_COST == pytest.approx(0.0322)  # PS 99.58 -> 96.36 on GPT-J
+    costs = {0.01: 0.0, 0.1: 0.01, 1.0: 0.04, 10.0: 0.2}
+    arms = {g: f"sadr γ={g:g}" for g in costs}
+    table = calibration_table(_calibration_rows(costs), arms)
+    assert list(table["gamma"]) == [0.01, 0.1, 1.0, 10.0] and set(table["n"]) == {40}
+    assert table["PS cost"].tolist() == pytest.approx(list(costs.values()))
+    assert table["DNS gain"].tolist() == pytest.approx([0.1, 1.0, 10.0, 100.0])
+    assert (table["PS cost low"] <= table["PS cost"]).all() and (table["PS cost"] <= table["PS cost high"]).all()
+    assert choose_gamma(table) == 1.0 and reaches_target(table)  # 0.04 is nearest 0.0322
+    assert choose_gamma(table, target=0.005) == 0.01  # a tie (0.0 and 0.01 both 0.005 away): the smaller gamma
+    low = calibration_table(_calibration_rows({0.01: 0.0, 0.1: 0.01}), {0.01: "sadr γ=0.01", 0.1: "sadr γ=0.1"})
+    assert choose_gamma(low) == 0.1 and not reaches_target(low)  # the grid stops short: widen it
+    with pytest.raises(ValueError, match="every gamma must be > 0"):
+        gamma_grid([0, 0.01])
+    with pytest.raises(ValueError, match="no rows for gamma 5"):
+        calibration_table(_calibration_rows(costs), {5.0: "sadr γ=5"})

@@ -536,6 +536,8 @@ def test_steam_design_page_tables_are_the_stored_rows():
         assert settings["steam"]["sources"] == list(REFERENCE_SOURCES), key
         assert settings["steam"]["exclude_judged"] and settings["steam"]["centred"], key
         assert f"results/steam-alignment/{key}/summary.md" in page
+    minutes = [json.loads((script.RESULTS / k / "settings.json").read_text())["minutes"] for k in script.MODELS]
+    assert f"{minutes[0]} minutes for\nSmolLM2 and {minutes[1]} for Gemma" in page
 
 
 def test_steam_design_page_claims_on_smollm2_hold():

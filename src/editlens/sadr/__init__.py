@@ -4,9 +4,17 @@ Taught in: Chapter 5. One module per job: :mod:`~editlens.sadr.patterns` (attent
 read and overwritten), :mod:`~editlens.sadr.drift` (attention to the edited subject before and after an edit;
 distracted prompts), :mod:`~editlens.sadr.restore` (the causal test: unedited patterns put back into the edited
 model), :mod:`~editlens.sadr.regulariser` (the loss term added to ROME's v*), :mod:`~editlens.sadr.editor` (the
-editor for :func:`editlens.evaluate.evaluate_edits`), :mod:`~editlens.sadr.metrics` (SADR's pooled averages).
+editor for :func:`editlens.evaluate.evaluate_edits`), :mod:`~editlens.sadr.metrics` (SADR's pooled averages),
+:mod:`~editlens.sadr.calibration` (gamma chosen on validation facts to the authors' operating point).
 """
 
+from editlens.sadr.calibration import (
+    AUTHORS_PS_COST,
+    calibration_table,
+    choose_gamma,
+    gamma_grid,
+    reaches_target,
+)
 from editlens.sadr.drift import (
     Drift,
     attention_drift,
@@ -60,6 +68,7 @@ from editlens.sadr.restore import (
 )
 
 __all__ = [
+    "AUTHORS_PS_COST", "calibration_table", "choose_gamma", "gamma_grid", "reaches_target",
     "AUTHORS_STEPS", "AUTHORS_WEIGHT", "DEFAULT_GAMMA", "EPS", "ROME_STEPS", "WEIGHT_SCALE",
     "AttentionDriftTerm", "Drift", "PrecomputedEdits", "PromptBatch", "Restoration", "RestorationRun",
     "all_pairs", "answer_probability", "answer_run", "attention_drift", "attention_row", "attention_to", "combined_terms",

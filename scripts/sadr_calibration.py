@@ -1,0 +1,128 @@
+"""SADR's gamma calibrated on validation facts to the authors' operating point (issue 29, item 3).
+
+Runs ROME and ROME+SADR at each gamma of a grid on validation facts that Chapter 5 does not report (the facts
+after its 50 in the same relation-spread order), every arm with the authors' settings: 80 v* steps, their early
+stop (the whole loss below 0.05), 21 rewrite prompts (the bare prompt and 20 prefixed ones). Then
+:func:`editlens.sadr.calibration.calibration_table` pairs each arm with ROME and
+:func:`~editlens.sadr.calibration.choose_gamma` takes the gamma whose PS cost is nearest the authors' 3.22 points.
+
+    python scripts/sadr_calibration.py --out book/results/sadr-calibration/smollm2-135m
+
+Writes ``per_record.jsonl``, ``summary.csv/.md``, ``settings.json`` (editlens.compare's format) and
+``calibration.csv``/``calibration.json`` (the table and the chosen gamma). Probes only (no generation).
+On two CPUs, run two shares of the facts (``--skip 50 --n 12`` and ``--skip 62 --n 12``) in two processes,
+then ``--combine SHARE1 SHARE2 --out DIR`` writes the outputs of their union.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import editlens
+from editlens import compare
+from editlens.data import facts_path, load_facts, spread_over_relations
+from editlens.rome import get_hparams, rome_editor, stats_for
+from editlens.rome.requests import as_case
+from editlens.sadr import (
+    AUTHORS_PS_COST,
+    AUTHORS_STEPS,
+    DEFAULT_GAMMA,
+    calibration_table,
+    choose_gamma,
+    gamma_grid,
+    reaches_target,
+    sadr_editor,
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="an embedded model (default SmolLM2-135M-Instruct)")
+    ap.add_argument("--skip", type=int, default=50, help="facts reported elsewhere (Chapter 5's 50), left out")
+    ap.add_argument("--n", type=int, default=40, help="validation facts after the skipped ones")
+    ap.add_argument("--gammas", default="0.01,0.03,0.1,0.3,1", help="the grid (the authors' 0.01 first)")
+    ap.add_argument("--steps", type=int, default=AUTHORS_STEPS["rome"], help="v* steps of every arm")
+    ap.add_argument("--prefixes", type=int, default=None, help="prefixed rewrite prompts (default: all 20, as ROME)")
+    ap.add_argument("--batch", type=int, default=8, help="facts whose v* are optimised together")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--combine", nargs="+", default=None, help="folders of shares of one run: write their union")
+    args = ap.parse_args()
+    if args.combine:
+        combine([Path(p) for p in args.combine], Path(args.out))
+        return
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+
+    model, _ = editlens.load_model(args.model)
+    facts = load_facts(facts_path(args.model))
+    spread = spread_over_relations(facts, args.skip + args.n)
+    cases = [as_case(f) for f in spread[args.skip:]]
+    if not cases:
+        raise SystemExit(f"no validation facts: the facts file has {len(spread)} facts, all among the first "
+                         f"{args.skip}. Fix: pass a smaller --skip.")
+    hp = get_hparams(model).replace(v_early_stop_on="loss", v_num_grad_steps=args.steps,
+                                    v_num_prefixes=args.prefixes)
+    stats = stats_for(model, hp)
+    grid = gamma_grid(float(g) for g in args.gammas.split(","))
+    arms = {g: f"sadr γ={g:g}" for g in grid}
+    editors = {"rome": rome_editor(hp, stats, batch=args.batch)}
+    editors.update({label: sadr_editor(hp, stats, g, batch=args.batch) for g, label in arms.items()})
+    rows = compare.run_methods(model, cases, editors, generation=None)
+    settings = {"model": args.model or "smollm2-135m", "skipped": args.skip, "n_facts": len(cases),
+                "case_ids": [c.get("case_id") for c in cases], "gammas": grid, "arms": list(arms.values()),
+                "steps": args.steps, "early_stop": hp.v_early_stop_on, "prefixes": args.prefixes,
+                "batch": args.batch, "threads": args.threads, "precision": editlens.precision.of(model).describe(),
+                "minutes": round((time.perf_counter() - start) / 60, 1)}
+    write(Path(args.out), rows, settings)
+
+
+METRICS = ["ES", "PS", "NS", "RelS", "DNS", "Port", "Port EM", "steps"]
+
+
+def write(out: Path, rows, settings: dict) -> None:
+    """The run's outputs: compare's files, ``calibration.csv`` and ``calibration.json``."""
+    grid = settings["gammas"]
+    table = calibration_table(rows, dict(zip(grid, settings["arms"])))
+    compare.write_outputs(out, rows, settings=settings, figure=False, cluster="relation", correction="holm",
+                          metrics=METRICS)
+    table.to_csv(out / "calibration.csv", index=False)
+    summary = {"target PS cost": AUTHORS_PS_COST, "chosen gamma": choose_gamma(table),
+               "authors' gamma": DEFAULT_GAMMA, "grid brackets the target": reaches_target(table),
+               "n_facts": settings["n_facts"], "minutes": settings["minutes"]}
+    (out / "calibration.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(table.round(4).to_string(index=False))
+    print(json.dumps(summary, indent=1))
+
+
+def combine(shares: list[Path], out: Path) -> None:
+    """The union of runs over consecutive shares of the validation facts (same settings otherwise)."""
+    settings = [json.loads((p / "settings.json").read_text(encoding="utf-8")) for p in shares]
+    keep = ("model", "gammas", "arms", "steps", "early_stop", "prefixes", "batch", "threads", "precision")
+    if any({k: s[k] for k in keep} != {k: settings[0][k] for k in keep} for s in settings):
+        raise SystemExit("--combine: the shares were run with different settings. Fix: rerun them alike.")
+    order = sorted(range(len(shares)), key=lambda i: settings[i]["skipped"])
+    first = settings[order[0]]["skipped"]
+    parts = []
+    for i in order:
+        rows = compare.read_per_record(shares[i] / "per_record.jsonl")
+        parts.append(rows.assign(index=rows["index"] + settings[i]["skipped"] - first))
+    rows = pd.concat(parts, ignore_index=True)
+    if rows.duplicated(["case_id", "method"]).any():
+        raise SystemExit("--combine: the shares overlap (a fact appears twice). Fix: pass disjoint --skip/--n.")
+    merged = {**{k: settings[0][k] for k in keep}, "skipped": first,
+              "n_facts": sum(s["n_facts"] for s in settings),
+              "case_ids": [c for i in order for c in settings[i]["case_ids"]],
+              "minutes": max(s["minutes"] for s in settings), "shares": [str(p) for p in shares],
+              "minutes per share": [s["minutes"] for s in settings]}
+    write(out, rows, merged)
+
+
+if __name__ == "__main__":
+    main()

@@ -426,3 +426,32 @@ def test_calibration_table_pairs_each_gamma_with_rome_and_choose_gamma_takes_the
         gamma_grid([0, 0.01])
     with pytest.raises(ValueError, match="no rows for gamma 5"):
         calibration_table(_calibration_rows(costs), {5.0: "sadr γ=5"})
+
+
+def test_stored_calibration_is_recomputed_from_its_rows():
+    """book/results/sadr-calibration/smollm2-135m: the calibration table and the chosen gamma are what
+    calibration_table and choose_gamma compute from the stored rows; the run is the authors' settings on facts
+    Chapter 5 does not report."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from editlens import compare
+    from editlens.data import load_facts, spread_over_relations
+    from editlens.sadr import calibration_table, choose_gamma, reaches_target
+
+    folder = Path(__file__).resolve().parents[1] / "book" / "results" / "sadr-calibration" / "smollm2-135m"
+    settings = json.loads((folder / "settings.json").read_text())
+    rows = compare.read_per_record(folder / "per_record.jsonl")
+    table = calibration_table(rows, dict(zip(settings["gammas"], settings["arms"])))
+    stored = pd.read_csv(folder / "calibration.csv")
+    pd.testing.assert_frame_equal(table, stored, check_dtype=False, atol=1e-9)
+    summary = json.loads((folder / "calibration.json").read_text())
+    assert summary["chosen gamma"] == choose_gamma(table)
+    assert summary["grid brackets the target"] == reaches_target(table)
+    assert settings["steps"] == 80 and settings["early_stop"] == "loss" and settings["prefixes"] is None
+    reported = {f.case_id for f in spread_over_relations(load_facts(), 50)}
+    assert settings["skipped"] == 50 and not reported & set(settings["case_ids"])
+    assert set(rows["case_id"]) == set(settings["case_ids"]) and len(rows) == len(settings["case_ids"]) * (
+        1 + len(settings["gammas"]))

@@ -169,6 +169,7 @@ def steam_anchors(run: RunSettings, model: Any, hp: Any, cases: list) -> SteamAn
     """STEAM's AnchorBank (from the anchor pool, :func:`anchor_pool`; unedited model; every record covered), its
     design (``--steam-anchors``, ``--steam-align``), lambda and layers. Run it before the key statistics: a
     record without anchors fails fast."""
+    from editlens.rome.requests import as_case
     from editlens.steam import REFERENCE_SOURCES, SOURCES, AnchorBank, LayerChoiceError, check_layers, default_layers
 
     n_layers = model.cfg.n_layers
@@ -200,8 +201,6 @@ def steam_anchors(run: RunSettings, model: Any, hp: Any, cases: list) -> SteamAn
           f"{'centred' if bank.centred else 'raw'} alignment), anchors of {cov['target_new'].nunique()} objects "
           f"from {len(files)} file(s)")
     # anchors per object, or per record when each record's judged prompts are left out of its own
-    from editlens.rome.requests import as_case
-
     chosen = {(str(as_case(c).get("case_id")) if bank.exclude_judged else a.object): [p.prompt for p in a.prompts]
               for c, a in zip(cases, anchors)}
     settings = {"lambda": lam, "layers": layers, **bank.design, "anchor_files": files, "anchors": chosen}

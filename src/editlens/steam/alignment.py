@@ -11,8 +11,10 @@ component of the edited relation r's last-token states and phi^l_c the new objec
 raw last-token states mostly say which question is asked, so the raw cosine of the rewrite prompt to the new
 object's anchors is high before any edit and a step toward o* hardly changes it. Anchors are last-token states,
 so they match ``position="last_prompt"``; ``position="subject_last"`` (the subject's last token, where delta
-enters) is kept for the raw design and refused with a centre (no anchor is taken at that position). Documented choices (the paper's code could not be read), all parameters:
-the per-layer terms are averaged (not summed), so lambda does not depend on how many layers are aligned;
+enters) is kept for the raw design and refused with a centre (no anchor is taken at that position).
+
+Documented choices (the paper's code could not be read), all parameters: the per-layer terms are averaged (not
+summed), so lambda does not depend on how many layers are aligned;
 the default layer set is the layers after the edit layer up to two thirds of the depth
 (:func:`default_layers`: layers 5..20 of SmolLM2's 30 when editing layer 4), mid layers where the object is
 being assembled but not yet written out. ROME's weight decay and clamp stay. ``weight=0`` is skipped by

@@ -105,8 +105,8 @@ PAGE = Path(__file__).resolve().parents[1] / "book" / "steam-design.md"
 
 def centring_markdown(results: Path = RESULTS) -> str:
     """The page's table of the unedited geometry: one row per model with a stored ``centring.json``."""
-    lines = ["| model | facts | raw | centred on all prompts | centred on relations | centred on relations, "
-             "true object |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [("| model | facts | raw | centred on all prompts | centred on relations | centred on relations, "
+              "true object |"), "|---|---:|---:|---:|---:|---:|"]
     for key, label in MODELS.items():
         path = results / key / "centring.json"
         if path.exists():

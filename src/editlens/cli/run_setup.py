@@ -170,7 +170,14 @@ def steam_anchors(run: RunSettings, model: Any, hp: Any, cases: list) -> SteamAn
     design (``--steam-anchors``, ``--steam-align``), lambda and layers. Run it before the key statistics: a
     record without anchors fails fast."""
     from editlens.rome.requests import as_case
-    from editlens.steam import REFERENCE_SOURCES, SOURCES, AnchorBank, LayerChoiceError, check_layers, default_layers
+    from editlens.steam import (
+        REFERENCE_SOURCES,
+        SOURCES,
+        AnchorBank,
+        LayerChoiceError,
+        check_layers,
+        default_layers,
+    )
 
     n_layers = model.cfg.n_layers
     try:

@@ -15,14 +15,14 @@ from editlens.steam.alignment import (
     default_layers,
 )
 from editlens.steam.anchors import (
+    PAPER_DESIGN,
+    REFERENCE_SOURCES,
+    SOURCES,
     AnchorBank,
     AnchorPrompt,
     AnchorSet,
     KnownFact,
     NotEnoughAnchorsError,
-    PAPER_DESIGN,
-    REFERENCE_SOURCES,
-    SOURCES,
     SharedComponents,
     anchor_candidates,
     anchor_coverage,
@@ -36,6 +36,9 @@ from editlens.steam.editor import steam_editor, steam_terms
 from editlens.steam.states import last_token_states
 
 __all__ = [
+    "PAPER_DESIGN",
+    "REFERENCE_SOURCES",
+    "SOURCES",
     "AlignmentTerm",
     "AnchorBank",
     "AnchorPrompt",
@@ -43,9 +46,6 @@ __all__ = [
     "KnownFact",
     "LayerChoiceError",
     "NotEnoughAnchorsError",
-    "PAPER_DESIGN",
-    "REFERENCE_SOURCES",
-    "SOURCES",
     "SharedComponents",
     "aligned_cosine",
     "alignment_term",

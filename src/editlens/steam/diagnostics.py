@@ -21,7 +21,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from editlens.lens import logit_lens_table
-from editlens.scoring import encode_answer, encode_prompt, model_device, with_leading_space
+from editlens.scoring import (
+    encode_answer,
+    encode_prompt,
+    model_device,
+    with_leading_space,
+)
 from editlens.steam.alignment import aligned_cosine
 from editlens.steam.anchors import AnchorSet, SharedComponents
 from editlens.steam.states import last_token_states

@@ -20,7 +20,6 @@ from editlens.steam.alignment import (
 )
 from editlens.steam.anchors import AnchorBank, NotEnoughAnchorsError
 
-
 MISSING = ("raise", "rome")
 
 

@@ -11,7 +11,8 @@ stop (the whole loss below 0.05), 21 rewrite prompts (the bare prompt and 20 pre
 Writes ``per_record.jsonl``, ``summary.csv/.md``, ``settings.json`` (editlens.compare's format) and
 ``calibration.csv``/``calibration.json`` (the table and the chosen gamma). Probes only (no generation).
 On two CPUs, run two shares of the facts (``--skip 50 --n 12`` and ``--skip 62 --n 12``) in two processes,
-then ``--combine SHARE1 SHARE2 --out DIR`` writes the outputs of their union.
+then ``--combine SHARE1 SHARE2 --out DIR`` writes the outputs of their union. A share may also add gammas to
+facts another share ran (``--skip 50 --n 24 --gammas 3``): their ROME rows must agree and are kept once.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="facts whose v* are optimised together")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--combine", nargs="+", default=None, help="folders of shares of one run: write their union")
+    ap.add_argument("--combine", nargs="+", default=None, help="folders of shares of one run (other facts, or "
+                    "other gammas on the same facts): write their union")
     args = ap.parse_args()
     if args.combine:
         combine([Path(p) for p in args.combine], Path(args.out))
@@ -102,23 +104,35 @@ def write(out: Path, rows, settings: dict) -> None:
 
 
 def combine(shares: list[Path], out: Path) -> None:
-    """The union of runs over consecutive shares of the validation facts (same settings otherwise)."""
+    """The union of runs over shares of the validation facts: consecutive shares (``--skip``/``--n``), or a
+    share that adds gammas to facts another share ran (its ROME rows must then equal the other's, and are kept
+    once). Settings other than the grid must match."""
     settings = [json.loads((p / "settings.json").read_text(encoding="utf-8")) for p in shares]
-    keep = ("model", "gammas", "arms", "steps", "early_stop", "prefixes", "batch", "threads", "precision")
+    keep = ("model", "steps", "early_stop", "prefixes", "batch", "threads", "precision")
     if any({k: s[k] for k in keep} != {k: settings[0][k] for k in keep} for s in settings):
         raise SystemExit("--combine: the shares were run with different settings. Fix: rerun them alike.")
-    order = sorted(range(len(shares)), key=lambda i: settings[i]["skipped"])
-    first = settings[order[0]]["skipped"]
+    first = min(s["skipped"] for s in settings)
     parts = []
-    for i in order:
-        rows = compare.read_per_record(shares[i] / "per_record.jsonl")
-        parts.append(rows.assign(index=rows["index"] + settings[i]["skipped"] - first))
+    for p, s in zip(shares, settings):
+        rows = compare.read_per_record(p / "per_record.jsonl")
+        parts.append(rows.assign(index=rows["index"] + s["skipped"] - first))
     rows = pd.concat(parts, ignore_index=True)
-    if rows.duplicated(["case_id", "method"]).any():
-        raise SystemExit("--combine: the shares overlap (a fact appears twice). Fix: pass disjoint --skip/--n.")
-    merged = {**{k: settings[0][k] for k in keep}, "skipped": first,
-              "n_facts": sum(s["n_facts"] for s in settings),
-              "case_ids": [c for i in order for c in settings[i]["case_ids"]],
+    twice = rows[rows.duplicated(["case_id", "method"], keep=False)]
+    if len(twice):  # the same (fact, arm) in two shares: it must be the same edit, measured alike
+        cols = [c for c in METRICS if c in rows.columns and c != "steps"] + ["steps"]
+        spread = twice.groupby(["case_id", "method"])[cols].agg(lambda v: float(v.max() - v.min()))
+        if (spread.to_numpy() > 1e-9).any():
+            raise SystemExit("--combine: a fact and arm run in two shares give different results "
+                             f"({spread[(spread > 1e-9).any(axis=1)].index.tolist()[:3]}). Fix: run the shares on "
+                             "one machine with the same settings, or pass disjoint facts.")
+        rows = rows.drop_duplicates(["case_id", "method"], keep="first")
+    rows = rows.sort_values(["index", "method"], kind="stable").reset_index(drop=True)
+    arms = {}
+    for s in settings:
+        arms.update(zip(s["gammas"], s["arms"]))
+    ids = rows.drop_duplicates("case_id").sort_values("index")["case_id"].tolist()
+    merged = {**{k: settings[0][k] for k in keep}, "gammas": sorted(arms), "arms": [arms[g] for g in sorted(arms)],
+              "skipped": first, "n_facts": len(ids), "case_ids": ids,
               "minutes": max(s["minutes"] for s in settings), "shares": [str(p) for p in shares],
               "minutes per share": [s["minutes"] for s in settings]}
     write(out, rows, merged)

@@ -393,7 +393,8 @@ def test_edit_steam_plus_sadr_on_the_tiny_model(tiny_model, tmp_path, monkeypatc
     rep = json.loads(out.read_text())
     settings = rep["settings"]
     assert settings["method"] == "steam+sadr" and settings["sadr"]["gamma"] == pytest.approx(0.5)
-    assert settings["steam"]["layers"] == [1] and list(settings["steam"]["anchors"]) == ["Berlin"]
+    assert settings["steam"]["layers"] == [1] and list(settings["steam"]["anchors"]) == ["0"]  # per record
+    assert settings["steam"]["exclude_judged"] and settings["steam"]["centred"]  # the paper's design by default
     assert [r["case_id"] for r in rep["records"]] == [0]
     assert 1 <= rep["records"][0]["edit_info"]["edits"][0]["steps"] <= 3
 

@@ -8,17 +8,19 @@ import math
 import pytest
 import torch
 
-from editlens.rome.editor import rome_editor
+from editlens.fingerprint import weights_fingerprint
 from editlens.rome import Edit, ROMEHyperParams, applied_edit, as_request, compute_v
+from editlens.rome.editor import rome_editor
 from editlens.steam import (
+    FIRST_DESIGN,
+    PAPER_DESIGN,
+    REFERENCE_SOURCES,
     AlignmentTerm,
     AnchorBank,
     AnchorSet,
     KnownFact,
     LayerChoiceError,
     NotEnoughAnchorsError,
-    PAPER_DESIGN,
-    REFERENCE_SOURCES,
     SharedComponents,
     aligned_cosine,
     anchor_candidates,
@@ -30,14 +32,13 @@ from editlens.steam import (
     select_anchor_prompts,
     steam_editor,
 )
-from editlens.fingerprint import weights_fingerprint
 from editlens.steam.anchors import stratify
-from editlens.steam.states import last_token_states
 from editlens.steam.diagnostics import (
     cosine_profile,
     first_readable_layer,
     pca_projection,
 )
+from editlens.steam.states import last_token_states
 
 # a random model's v0 is tiny: no weight decay and no clamp, so delta can grow (as in test_values.py)
 HP = ROMEHyperParams(layer=0, v_num_grad_steps=4, context_lengths=((3, 2),), v_lr=0.5, v_weight_decay=0.0,
@@ -348,7 +349,7 @@ def test_an_edit_is_never_aligned_with_the_prompts_it_is_judged_on(tiny_model):
     assert "The capital city of Germany is" in judged_prompts(prussia)
     pool = RECORDS + [prussia]
     kw = dict(n_anchors=8, min_anchors=1, min_margin=-math.inf, sources=REFERENCE_SOURCES)
-    leaky = AnchorBank(tiny_model, pool, **kw).for_case(prussia)
+    leaky = AnchorBank(tiny_model, pool, exclude_judged=False, **kw).for_case(prussia)
     clean_bank = AnchorBank(tiny_model, pool, exclude_judged=True, **kw)
     clean = clean_bank.for_case(prussia)
     assert "The capital city of Germany is" in {a.prompt for a in leaky.prompts}
@@ -374,7 +375,9 @@ def test_shared_components_are_relation_means_and_centre_the_anchors(tiny_model)
     torch.testing.assert_close(sc.centred_anchor(anchors, [0, 1]), manual.mean(0))
     few = AnchorBank(tiny_model, RECORDS, min_anchors=1, min_margin=-math.inf, n_shared=8, min_shared=8)
     assert few.shared_components().by_relation == {}  # no relation has 8 prompts: all use the overall mean
-    assert bank.centre() is None and AnchorBank(tiny_model, RECORDS, centred=True).centre() is not None
+    assert AnchorBank(tiny_model, RECORDS, **FIRST_DESIGN).centre() is None and bank.centre() is not None
+    default = AnchorBank(tiny_model, RECORDS).design  # the paper's design is the default
+    assert {k: default[k] for k in PAPER_DESIGN} == {**PAPER_DESIGN, "sources": list(REFERENCE_SOURCES)}
     with pytest.raises(ValueError, match="min_shared"):
         AnchorBank(tiny_model, RECORDS, n_shared=4, min_shared=8)
 
@@ -421,7 +424,7 @@ def test_steam_on_embedded_model_moves_toward_anchors_and_keeps_the_edit(model):
     saved = W.detach().clone()
     case = load_facts()[0]  # France: Paris -> Berlin
     req = as_request(case)
-    bank = AnchorBank(model, load_facts())
+    bank = AnchorBank(model, load_facts(), **FIRST_DESIGN)  # the raw cosine of the first design
     anchors = bank.get(req.target_new)
     assert len(anchors.prompts) == 8 and all(a.margin > 0 for a in anchors.prompts)
     stats = stats_for(model, hp, progress=False)

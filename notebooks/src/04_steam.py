@@ -15,22 +15,24 @@
 # plainly which half holds here.
 #
 # ```{admonition} Objectives
-# - Build semantic anchors from the facts set: candidate prompts whose known answer is the new object, filtered by the unedited model's margin, stratified over relations.
-# - Measure where an edited fact lives: layer-wise cosines to anchors, organic states and controls, the logit lens and a 2-D PCA.
-# - Write STEAM's alignment loss $\lambda\,\overline{(1-\cos(h^l, \phi^l))}$ as a `LossTerm` of ROME's $v_*$ optimisation, and check that $\lambda=0$ is ROME bit for bit.
+# - Build semantic anchors from reference triples of the facts set: prompts of real relations whose known answer is the new object, never a probe the edit is judged on, filtered by the unedited model's margin, stratified over relations.
+# - Remove what every state of a relation shares (its mean state), and see why a raw cosine between residual states cannot show an edit's move.
+# - Measure where an edited fact lives: layer-wise centred cosines to anchors, organic states and controls, the logit lens and a 2-D PCA.
+# - Write STEAM's alignment loss $\lambda\,\overline{(1-\cos(h^l-\mu^l, \phi^l))}$ as a `LossTerm` of ROME's $v_*$ optimisation, and check that $\lambda=0$ is ROME bit for bit.
+# - Use a positive control ($\lambda = 20$) to show how far the term can move the representation, and what that buys.
 # - Compare ROME and STEAM on the same facts, under the same $v_*$ stop rule, with paired differences and bootstrap intervals (whole relations resampled, Holm's correction over each table), including a semantic consistency score (SC) that separates edited from unedited generations and both the book's lenient portability (Port) and the papers' exact-match one (Port EM).
 # ```
 #
 # **Prerequisites.** Chapter 3 (ROME, its $v_*$ loss and the evaluation). Chapter 0's logit lens.
 #
-# **Time to run.** About 8 minutes with the embedded model: 8.2 minutes measured on one thread
+# **Time to run.** About 7 minutes with the embedded model: 6.7 minutes measured on one thread
 # of the book's build machine, whose CPU has native bfloat16 units (AMX; the time is printed at
 # the end of the chapter, step by step); a CPU without them computes in float32 and takes longer.
 # Almost all of it is computing and evaluating edits: each of the 50 facts is edited once with
-# ROME (208.6 s for the 50, about 4 s per fact with its probes and diagnostics, the unedited
-# model's evaluation included) and once with STEAM (139.5 s; both stop their optimisation by the
+# ROME (151.3 s for the 50, about 3 s per fact with its probes and diagnostics, the unedited
+# model's evaluation included) and once with STEAM (135.5 s; both stop their optimisation by the
 # same rule and run the same number of steps on average, section 6), plus 12 more STEAM edits for
-# the $\lambda$ sweep (46.7 s). Every diagnostic reuses those edits. Lower `N_EVAL_FACTS` and
+# the $\lambda$ sweep (47.9 s). Every diagnostic reuses those edits. Lower `N_EVAL_FACTS` and
 # `N_SWEEP_FACTS` for a quicker run in class.
 
 # %% tags=["parameters"]
@@ -44,7 +46,8 @@ DTYPE = "auto"
 # facts edited with ROME and with STEAM (Chapter 3's 50), over the relations
 N_EVAL_FACTS = 50
 N_SWEEP_FACTS = 6  # facts of the lambda sweep (the first covered ones)
-LAMBDAS = [0.0, 0.5, 1.0, 4.0]  # sweep; 0 is ROME (reused, not recomputed)
+# sweep; 0 is ROME (reused, not recomputed), 20 the positive control
+LAMBDAS = [0.0, 1.0, 4.0, 20.0]
 LAMBDA = 1.0  # STEAM's lambda in the main comparison
 N_ANCHORS = 8  # anchor prompts per object (stratified over relations)
 # fewer anchors: the object is reported, and STEAM falls back to ROME
@@ -144,16 +147,29 @@ def wrap(text: str, indent: str = "    ") -> str:
 # the *unedited* model at the last prompt token of reference facts whose answer is $o^*$: the
 # place the model's own computation reaches when it is about to say $o^*$. The paper takes the
 # reference facts from a knowledge base. This book takes them from its facts set, with choices
-# that are documented in `editlens.steam.anchors` and exposed as parameters:
+# that are documented in `editlens.steam.anchors` and exposed as parameters (`AnchorBank`'s
+# defaults are `PAPER_DESIGN`):
 #
-# - **candidates**: every prompt of the facts set whose known answer is $o^*$: attribute prompts
-#   of records whose new object is $o^*$, and rewrite, paraphrase, neighbourhood, relation and
-#   portability prompts whose true answer is $o^*$;
+# - **reference triples**: prompts of real relations whose known answer is $o^*$: rewrite and
+#   neighbourhood prompts whose true answer is $o^*$, and attribute prompts of records whose new
+#   object is $o^*$ (other subjects that truly have it). Paraphrases (which carry distractor
+#   prefixes) and two-hop prompts are not reference triples and are left out;
+# - **never a probe the edit is judged on**: each fact's anchors leave out its own rewrite,
+#   paraphrase, neighbourhood and portability prompts (`bank.for_case(fact)`), so STEAM cannot
+#   score by having seen its test;
 # - **filter**: the unedited model must prefer $o^*$ over the record's other object by more
 #   than `MIN_MARGIN` nats (STEAM keeps only facts the model already answers with $o^*$);
 # - **stratified**: round-robin over relations, largest margin first, up to `N_ANCHORS` prompts;
 # - **layers**: the aligned layers run from just above the edit layer to two thirds of the depth
 #   (`default_layers`), where the object is being assembled but not yet written out.
+#
+# A last-token state mostly says *which question is being asked*: every prompt of a relation
+# shares a large component. So the bank also keeps each relation's **shared component** $\mu_r^l$,
+# the unedited model's mean state over that relation's prompts (`bank.shared_components()`), and
+# every cosine of this chapter, like STEAM's term in section 4, compares **centred** states: the
+# state minus its relation's mean, against the anchor prompts' states each minus its own
+# relation's mean. The page {doc}`../book/steam-design` measures why: raw cosines are about 0.9
+# before any edit, so an edit's move is invisible in them.
 #
 # ### Exercise 4.1: the anchors
 #
@@ -181,6 +197,7 @@ def anchor_vectors_solution(
 
 # %%
 with timings("anchors"):
+    # the paper's design is the default (editlens.steam.PAPER_DESIGN)
     bank = AnchorBank(
         model,
         facts,
@@ -189,15 +206,25 @@ with timings("anchors"):
         min_margin=MIN_MARGIN,
     )
     coverage = bank.coverage(eval_facts)
+    covered_facts = [c for c, ok in zip(eval_facts, coverage.ok) if ok]
+    # each fact's anchors: its new object's, without the fact's own probes
+    anchors_of = dict(
+        zip(
+            [c.get("case_id") for c in covered_facts],
+            bank.precompute_cases(covered_facts),
+        )
+    )
     covered_objects = sorted(set(coverage.loc[coverage.ok, "target_new"]))
-    anchor_sets = bank.precompute(covered_objects)
+    # every object's anchors from all its candidates: section 2's controls
+    anchor_sets = bank.precompute(covered_objects, skip_missing=True)
+    shared = bank.shared_components()  # each relation's mean state
 example = eval_facts[0]
 example_req = as_request(example)
-example_anchors = anchor_sets.get(example_req.target_new)
+example_anchors = anchors_of.get(example.get("case_id"))
 
 
 def test_anchor_vectors(fn) -> None:
-    anchors = example_anchors or next(iter(anchor_sets.values()))
+    anchors = example_anchors or next(iter(anchors_of.values()))
     prompts = [a.prompt for a in anchors.prompts]
     expected = compute_anchors(model, anchors.prompts, LAYERS).vectors
     assert_close(
@@ -240,10 +267,11 @@ margins = pd.DataFrame(
 show_table(margins, 2)
 
 # %% [markdown]
-# A new object may not have enough anchors in a facts set of this size. Such facts are **not
-# dropped**: they are listed here, and STEAM edits them as ROME does (no anchors, no alignment
-# term), so both methods keep the same 50 facts and the comparison stays paired. The cosine
-# comparison of section 6 uses the covered facts alone. In this run every fact is covered:
+# A new object may not have enough anchors in a facts set of this size, the more so as a fact's
+# own probes are left out of its anchors. Such facts are **not dropped**: they are listed here,
+# and STEAM edits them as ROME does (no anchors, no alignment term), so both methods keep the same
+# 50 facts and the comparison stays paired. The cosine comparison of section 6 uses the covered
+# facts alone. In this run every fact is covered:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -299,25 +327,30 @@ plt.show()
 # The unedited model's metrics are computed once (`baseline=True` only for ROME).
 
 # %%
-# organic states: kept candidates of each object that are not its anchors
-organic = {}
-for obj, anchors in anchor_sets.items():
-    used = {a.prompt for a in anchors.prompts}
-    held_out = [a.prompt for a in bank.kept(obj) if a.prompt not in used]
+# organic states: kept candidates of each fact's new object that are
+# neither its anchors nor the fact's own probes
+organic, n_organic = {}, []
+for case in covered_facts:
+    cid, anchors = case.get("case_id"), anchors_of[case.get("case_id")]
+    skip = {a.prompt for a in anchors.prompts} | bank.excluded(case)
+    held_out = [
+        a.prompt for a in bank.kept(anchors.object) if a.prompt not in skip
+    ]
+    n_organic.append(len(held_out))
     # every layer, like the anchors (fall back to the anchors' own states)
-    organic[obj] = (
+    organic[cid] = (
         last_token_states(model, held_out) if held_out else anchors.states
     )
 print(
-    "organic prompts held out from the anchors, per object: median "
-    f"{np.median([len(s) for s in organic.values()]):.0f}"
+    "organic prompts held out from the anchors, per fact: median "
+    f"{np.median(n_organic):.0f}"
 )
 
 
 def controls_for(case: dict) -> list:
     req = as_request(case)
     avoid = {req.target_new.strip(), (req.target_true or "").strip()}
-    others = [o for o in covered_objects if o not in avoid]
+    others = [o for o in sorted(anchor_sets) if o not in avoid]
     rng = np.random.default_rng(SEED + len(req.subject))  # seeded
     picked = rng.permutation(len(others))[:N_CONTROLS]
     return [anchor_sets[others[i]] for i in sorted(picked)]
@@ -343,23 +376,26 @@ def diagnose(
     """Cosine profiles and the logit lens on the model as it is now
     (`states`: the prompts' last-token states, if computed already)."""
     req = as_request(case)
-    obj = req.target_new.strip()
     kinds = probe_prompts(case)  # the rewrite prompt first
     if states is None:  # one forward pass: every layer, every prompt
         states = last_token_states(model, list(kinds))
     readable = first_readable_layer(
         model, req.text, req.target_new, top_k=TOP_K, states=states[0]
     )
-    if obj not in anchor_sets:
+    cid = case.get("case_id")
+    if cid not in anchors_of:
         return pd.DataFrame(), readable
+    # centred as STEAM's term sees them: on the fact's relation's mean
     prof = cosine_profile(
         model,
         list(kinds),
-        anchor_sets[obj],
-        organic=organic[obj],
+        anchors_of[cid],
+        organic=organic[cid],
         controls=controls_for(case),
         label=label,
         states=states,
+        centre=shared,
+        relation=str(req.relation_id),
     )
     prof["kind"] = prof["prompt"].map(kinds)
     prof["case_id"] = case.get("case_id")
@@ -438,9 +474,10 @@ show_table(
 #
 # If the edit is a shortcut, the edited run's residual stream on the rewrite prompt should say
 # the new object at the output while staying far from where the model's own computation of that
-# object sits: its cosine to the anchors and to organic states should stay close to that of an
-# unrelated object's anchors (the control), on the rewrite prompt and, more so, on prompts that
-# need the fact (portability). Layer by layer, averaged over the edited facts:
+# object sits: its centred cosine to the anchors and to organic states should stay close to that
+# of an unrelated object's anchors (the control), on the rewrite prompt and, more so, on prompts
+# that need the fact (portability). Layer by layer, averaged over the edited facts (every cosine
+# centred as in section 1):
 
 # %%
 profiles_df = pd.concat([p for p in profiles if len(p)], ignore_index=True)
@@ -528,36 +565,37 @@ show_table(cos_moves, 4)
 # NBVAL_CHECK_OUTPUT
 # claims with a margin (bf16 and float32 runs differ in the 3rd decimal)
 for r in cos_moves.itertuples():
-    if r.difference.startswith("ROME - unedited"):
-        print(
-            f"{r.prompts}: ROME moves the state toward the anchors "
-            f"by < 0.01: {abs(r.mean) < 0.01}"
-        )
+    if not r.difference.startswith("ROME - unedited"):
+        claim = "no nearer the anchors than the control (gap < 0.05)"
+        holds = r.mean < 0.05
+    elif r.prompts == "rewrite":
+        claim = "ROME's move toward the anchors in (0.01, 0.1)"
+        holds = 0.01 < r.mean < 0.1
     else:
-        print(
-            f"{r.prompts}: closer to the anchors than to the control "
-            f"by > 0.05: {r.mean > 0.05}"
-        )
+        claim = "ROME's move toward the anchors below 0.01"
+        holds = abs(r.mean) < 0.01
+    print(f"{r.prompts}: {claim}: {holds}")
 
 # %% [markdown]
-# **Reading the cosines.** On this model the ROME edit barely moves the last-token state, as far as
-# a cosine can tell: on the rewrite prompts the edited run sits at 0.908 from the new object's
-# anchors, 0.918 from organic states and 0.730 from the control, where the unedited run sits (0.910,
-# 0.920, 0.731), and the per-fact change toward the anchors ($-0.0016$, 95% interval
-# $[-0.0041, +0.0005]$, resampling whole relations as every interval of this chapter does, see
-# section 6) does not exclude 0. On portability prompts the change excludes 0 but is tiny and goes
-# the wrong way: $-0.0013$ $[-0.0025, -0.0004]$, *away* from the anchors. The rewrite state is
-# closer to the anchors than to the control (by 0.1777, $[+0.1292, +0.2342]$), but it was before the
-# edit too: the prompt asks for an object of the same *kind* (a language, a city), and that is what
-# the state encodes at these layers. On portability prompts anchors and control are equally far
-# (0.731 and 0.730; the gap, $+0.0003$ $[-0.0361, +0.0362]$, does not exclude 0). Raw cosines
-# between residual states are high for any pair (0.730 for unrelated objects) because the states
-# share a large common component, so small moves are hard to see; the logit lens is the sharper
-# test.
+# **Reading the cosines.** Centred, the states tell objects apart, and before the edit the rewrite
+# prompt's state points *away* from the new object's anchors: $-0.095$ on average over the aligned
+# layers, against $-0.057$ to organic states and $-0.017$ to the control (the unedited model is
+# thinking of the true object; the page {doc}`../book/steam-design` finds $+0.173$ to the true
+# object's anchors). ROME moves it toward the anchors, and the move excludes 0: $+0.0319$
+# $[+0.0074, +0.0637]$ per fact, resampling whole relations as every interval of this chapter does
+# (see section 6), to $-0.063$. But the move is small. After the edit the state is still no closer
+# to the new object's anchors than to unrelated objects' (the gap is $-0.0525$
+# $[-0.2316, +0.1626]$), and on portability prompts, which need the fact, it does not move at all:
+# $+0.0015$ $[-0.0017, +0.0044]$, from 0.015 to 0.017, where the control sits at 0.019. Paraphrase
+# prompts start elsewhere (0.102 to the anchors before the edit: their distractor prefix is not
+# part of the relation's mean) and move by as little. So at the aligned layers, 5 to 20, ROME's
+# edit leaves the state nearly where the question put it, and the new object is written later:
+# half of STEAM's picture, an edit that does not pass through the model's own representation of
+# the object, shows on this model.
 #
-# **The logit lens.** A shortcut should make the new object readable early: right above the edit
-# layer, where the unedited model, on prompts it answers with that object (the organic prompts),
-# reads it only later.
+# **The logit lens.** A shortcut should also make the new object readable early: right above the
+# edit layer, where the unedited model, on prompts it answers with that object (the organic
+# prompts), reads it only later.
 
 # %%
 ORGANIC = "organic (unedited, own answer)"
@@ -632,10 +670,11 @@ plt.show()
 # %% [markdown]
 # **Reading the logit lens.** After a ROME edit the new object is readable (top 10) on every
 # rewrite prompt, first at layer 27 (median) of 30; on prompts the unedited model answers with
-# that object (organic), at layer 28.5. Before the edit it was readable on 12% of the rewrite
+# that object (organic), at layer 28.0. Before the edit it was readable on 12% of the rewrite
 # prompts. So on SmolLM2 the edited object surfaces as late as organically known objects do, 23
-# layers above the edit at layer 4, not right after it: the logit lens shows no early shortcut
-# here. STEAM's "shortcut" picture, drawn from larger models, does not show on this one.
+# layers above the edit at layer 4, not right after it: the other half of the picture, an early
+# shortcut, does not show here. The edit changes what the last layers read out, without moving
+# the middle layers' state toward the object.
 #
 # ## 4. The alignment term
 #
@@ -646,13 +685,16 @@ plt.show()
 # \mathcal{L}(\delta) &= \mathcal{L}_{\text{NLL}} + \mathcal{L}_{\text{KL}}
 #   + \text{weight decay} + \lambda\, \mathcal{L}_{\text{LA}}, \\
 # \mathcal{L}_{\text{LA}} &= \frac{1}{|L|}\sum_{l\in L} \frac{1}{n}\sum_{i}
-#   \bigl(1 - \cos(h^l_i(\delta), \phi^l)\bigr),
+#   \bigl(1 - \cos(h^l_i(\delta) - \mu^l_r,\ \phi^l)\bigr),
 # \end{aligned}
 # $$
 #
 # $h^l_i(\delta)$ the edited run's residual stream after layer $l$ at the last prompt token of
-# rewrite row $i$. The per-layer terms are *averaged*, so $\lambda$ does not depend on how many
-# layers are aligned (the paper's code could not be read; this is the book's documented choice).
+# rewrite row $i$, $\mu^l_r$ the shared component of the edited fact's relation $r$ (section 1),
+# and $\phi^l$ the anchor centred the same way: the mean over anchor prompts $j$ of
+# $a^l_j - \mu^l_{r_j}$, each prompt minus its own relation's mean. The per-layer terms are
+# *averaged*, so $\lambda$ does not depend on how many layers are aligned (the paper's code could
+# not be read; this is the book's documented choice).
 # In `editlens.rome.values`, a loss term is a `LossTerm`: it names the hooks it reads
 # (`hook_names`) and returns a scalar from the step's context `ctx`. `AlignmentTerm` is that
 # term. We run one STEAM edit of the first fact with a subclass that keeps, at the first step,
@@ -660,12 +702,15 @@ plt.show()
 #
 # ### Exercise 4.2: the alignment loss
 #
-# Given `h` (`[layer, row, d_model]`, the edited run's states at the aligned positions) and `phi`
-# (`[layer, d_model]`), return the scalar $\mathcal{L}_{\text{LA}}$ (without $\lambda$).
+# Given `h` (`[layer, row, d_model]`, the edited run's states at the aligned positions), `phi`
+# (`[layer, d_model]`, the centred anchor) and `mu` (`[layer, d_model]`, the relation's shared
+# component), return the scalar $\mathcal{L}_{\text{LA}}$ (without $\lambda$).
 
 
 # %%
-def alignment_loss(h: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+def alignment_loss(
+    h: torch.Tensor, phi: torch.Tensor, mu: torch.Tensor
+) -> torch.Tensor:
     # Your code here
     raise NotImplementedError
 
@@ -673,8 +718,9 @@ def alignment_loss(h: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
 # %% tags=["hide-input"] jupyter={"source_hidden": true}
 # Solution
 def alignment_loss_solution(
-    h: torch.Tensor, phi: torch.Tensor
+    h: torch.Tensor, phi: torch.Tensor, mu: torch.Tensor
 ) -> torch.Tensor:
+    h = h - mu[:, None, :]  # centre every row on the relation's mean
     phi = phi[:, None, :].expand_as(h)
     return (1 - F.cosine_similarity(h, phi, dim=-1)).mean()
 
@@ -694,32 +740,35 @@ class SeenAlignment(AlignmentTerm):
             self.seen = dict(
                 h=h.detach().float(),
                 phi=self.phi.detach().float(),
+                mu=self.mu.detach().float(),
                 value=self.distances(ctx).mean().item(),
             )
         return super().__call__(ctx)
 
 
-example_case = next(
-    c for c in eval_facts if as_request(c).target_new.strip() in anchor_sets
-)
+example_case = next(c for c in eval_facts if c.get("case_id") in anchors_of)
 example_req = as_request(example_case)
+# the fact's anchors, centred on the shared components of section 1
+centring = dict(centre=shared, relation=str(example_req.relation_id))
 spy = SeenAlignment(
-    anchor_sets[example_req.target_new.strip()],
+    anchors_of[example_case.get("case_id")],
     LAMBDA,
     LAYERS,
     n_layers=model.cfg.n_layers,
     edit_layer=hp.layer,
+    **centring,
 )
 with timings("one STEAM edit (section 4)"):
     steam_example = compute_rome_edit(model, example_case, hp, stats, [spy])
 
 
 def test_alignment_loss(fn) -> None:
-    value = fn(spy.seen["h"], spy.seen["phi"])
+    seen = [spy.seen[k] for k in ("h", "phi", "mu")]
+    value = fn(*seen)
     assert_close(value, spy.seen["value"], atol=1e-5, what="L_LA")
     # lambda * L_LA is what the optimiser sees: weight applied outside
     assert_close(
-        spy.weight * fn(spy.seen["h"], spy.seen["phi"]),
+        spy.weight * fn(*seen),
         steam_example.v_result.history[0]["steam_align"],
         atol=1e-4,
         what="lambda * L_LA at step 0",
@@ -764,10 +813,11 @@ plt.show()
 # NBVAL_CHECK_OUTPUT
 with timings("lambda = 0 check (2 edits)"):
     zero = alignment_term(
-        anchor_sets[example_req.target_new.strip()],
+        anchors_of[example_case.get("case_id")],
         model,
         hp.layer,
         weight=0.0,
+        **centring,
     )
     rome_again = compute_rome_edit(model, example_case, hp, stats)
     steam_zero = compute_rome_edit(model, example_case, hp, stats, [zero])
@@ -827,8 +877,9 @@ show_table(
 # this sample size. A table of many differences also shows some intervals that exclude 0 by
 # chance: `p Holm` is each difference's bootstrap p-value after Holm's correction over the whole
 # table, and a difference holds after the correction when its `p Holm` stays below 0.05. The
-# unedited model is a row of its own. `cos→anchors` is the mean cosine, over the aligned layers,
-# of the rewrite (or portability) prompt's last-token state to the new object's anchors.
+# unedited model is a row of its own. `cos→anchors` is the mean centred cosine, over the
+# aligned layers, of the rewrite (or portability) prompt's last-token state to the new object's
+# anchors (section 1).
 #
 # **Two portability scores.** `Port` is the book's lenient one: a two-hop probe passes when the
 # new answer is more likely than the old one (the same comparison as ES and PS). `Port EM` is
@@ -931,7 +982,7 @@ print(
     bool(diff[probes].abs().max() < 3),
 )
 print("DNS: |STEAM - ROME| below 5 points:", bool(abs(diff["DNS"]) < 5))
-print("GE: |STEAM - ROME| below 0.1:", bool(abs(diff["GE"]) < 0.1))
+print("GE: |STEAM - ROME| below 0.25:", bool(abs(diff["GE"]) < 0.25))
 print("SC: |STEAM - ROME| below 0.05:", bool(abs(diff["SC"]) < 0.05))
 
 # %% [markdown]
@@ -967,26 +1018,23 @@ print(
 
 # %% [markdown]
 # **Reading the table.** The budgets were equal: 13.8 $v_*$ steps per edit on average for both
-# methods, the same count on 44 of the 50 facts (paired difference $+0.00$, $[-0.07, +0.09]$). With
-# the same steps, STEAM ($\lambda = 1$) and ROME are indistinguishable on every metric: no paired
-# difference has an interval that excludes 0, and every `p Holm` is 1.000. ES 98 vs 98, PS 98 vs 98,
-# NS 98.822 vs 98.572 ($-0.250$, $[-0.781, 0.000]$), RelS 63 vs 65 ($+2.000$, $[0.000, +6.522]$),
-# DNS 54.224 vs 54.846 ($+0.622$, $[-0.763, +2.716]$), and **portability 81 vs 81** (difference 0,
-# interval $[0, 0]$). The papers' exact-match score is far lower, and it does not gain either:
-# **Port EM 44 vs 45** (difference $+1.000$, interval $[0.000, +3.000]$, which does not exclude 0;
-# the unedited model scores 8.0). Fluency does not suffer (GE 4.471 vs 4.455, $-0.016$
-# $[-0.089, +0.041]$). SC, the semantic consistency of generations, is a tie within noise: 0.118
-# for ROME, 0.140 for STEAM, $+0.022$ $[-0.004, +0.057]$ (RS: 0.102 vs 0.108, $+0.006$
-# $[-0.007, +0.020]$). The table does see the edit itself: unedited minus ROME
+# methods, the same count on 37 of the 50 facts (paired difference $+0.04$, $[-0.15, +0.30]$). With
+# the same steps, STEAM ($\lambda = 1$) and ROME are indistinguishable on every probe: no probe's
+# paired difference has an interval that excludes 0, and every probe's `p Holm` is 1.000. ES 98
+# vs 98, PS 98 vs 97 ($-1.000$, $[-3.125, 0.000]$), NS 98.822 for both, RelS 63 vs 65 ($+2.000$,
+# $[0.000, +6.122]$), DNS 53.824 vs 52.266 ($-1.558$, $[-4.000, +0.266]$), and **portability 81 vs
+# 81** (difference 0, interval $[0, 0]$). The papers' exact-match score is far lower, and it does
+# not gain either: **Port EM 44 vs 42** (difference $-2.000$, interval $[-4.861, +0.340]$; the
+# unedited model scores 8.0). Two generation scores lean STEAM's way with intervals that exclude
+# 0 before the correction, and neither survives it: GE 4.459 vs 4.573 ($+0.114$
+# $[+0.026, +0.205]$, `p Holm` 0.192) and RS 0.104 vs 0.117 ($+0.014$ $[+0.001, +0.028]$, `p Holm`
+# 0.297). SC, the semantic consistency of generations, is a tie: 0.127 for ROME, 0.131 for STEAM,
+# $+0.004$ $[-0.018, +0.030]$. The table does see the edit itself: unedited minus ROME
 # excludes 0 on ES, PS, RelS, DNS, Port, Port EM, RS and SC, and each stays so after Holm's
-# correction (`p Holm` 0.00); on NS ($+0.58$ $[-0.53, +1.62]$) and GE ($+0.08$ $[-0.01, +0.18]$)
+# correction (`p Holm` 0.00); on NS ($+0.58$ $[-0.53, +1.62]$) and GE ($+0.10$ $[-0.02, +0.20]$)
 # it does not. So neither the lenient nor the papers' exact-match portability gains, and STEAM's
-# consistency claim does not reproduce either. The likely reasons are in the numbers above: ROME
-# already reaches 81% lenient portability on this facts set (its portability prompts ask one hop
-# from an object the edit already writes), the alignment term barely moves the state (next cell),
-# and the anchors' direction at the last token is mostly the *kind* of answer, which the rewrite
-# prompt already has. The first reason does not cover Port EM: at 44 it leaves ROME plenty of
-# room, and STEAM takes one point of it, within noise.
+# consistency claim does not reproduce either. This time it is not because the term did nothing:
+# the next table shows it moved the state.
 #
 # The same comparison on the cosines, covered facts only (facts without anchors have no anchor
 # cosine):
@@ -1011,8 +1059,14 @@ show_table(
 # %%
 # NBVAL_CHECK_OUTPUT
 for _, r in cos_steam.iterrows():
-    small = abs(r["diff vs ROME"]) < 0.01
-    print(f"{r['metric']}: |STEAM - ROME| below 0.01: {small}")
+    d = r["diff vs ROME"]
+    if "rewrite" in r["metric"]:
+        print(
+            f"{r['metric']}: STEAM - ROME from 0.01 to 0.1: "
+            f"{0.01 < d < 0.1}"
+        )
+    else:
+        print(f"{r['metric']}: |STEAM - ROME| below 0.01: {abs(d) < 0.01}")
 
 # %%
 fig, axes = plt.subplots(
@@ -1036,13 +1090,15 @@ plt.show()
 
 # %% [markdown]
 # **The alignment's move.** STEAM does pull the state toward the anchors, and both intervals exclude
-# 0, also after Holm's correction (`p Holm` 0.0000 and 0.0140), but by less than a thousandth of a
-# cosine: $+0.0006$ $[+0.0002, +0.0010]$ on the rewrite prompts (0.9088 for STEAM) and $+0.0002$
-# $[0.0000, +0.0003]$ on portability prompts (0.7309; that lower end is above 0, and prints as
-# 0.0000 because it is below the table's last digit). A move that small leaves the probes where
-# ROME put them, within noise (table above). In the figure ROME's line is hidden under STEAM's
-# (they differ by less than a line's width); the unedited model's line parts from them only in
-# the last layers, after about layer 22.
+# 0, also after Holm's correction (`p Holm` 0.0000 for both). On the rewrite prompts, the state the
+# term aligns, the centred cosine gains $+0.0330$ $[+0.0124, +0.0621]$ over ROME's: about as much
+# again as ROME's own move (section 3), to $-0.0301$ on average. On portability prompts, which the
+# term never sees, the gain is a twentieth of that, $+0.0016$ $[+0.0009, +0.0024]$ (to 0.0182). In
+# the figure STEAM's line on the rewrite prompts lies above ROME's through the aligned layers;
+# on the portability prompts the lines coincide. So at $\lambda = 1$ the term moves what it
+# aligns, and a little only; the move does not carry to the prompts that test whether the fact
+# is used, and the probes of the table above do not follow it. Section 7 asks whether a stronger
+# pull changes that.
 #
 # **Does SC separate edited from unedited generations?** RS (Chapter 3's TF-IDF similarity to
 # text about the new object) stays small for both models here (0.04 unedited, 0.10 after ROME,
@@ -1087,16 +1143,16 @@ print("SC moves at least twice as far as RS:", sc.mean > 2 * rs.mean)
 
 # %% [markdown]
 # **SC separates more clearly than RS.** Edited minus unedited, paired over the 50 facts (whole
-# relations resampled), both intervals exclude 0: RS moves by $+0.064$ $[+0.040, +0.086]$, from
-# 0.038 to 0.102, while SC moves more than three times as far, by $+0.218$ $[+0.152, +0.292]$,
-# from $-0.100$ (generations about the true object) to $+0.118$, crossing 0. SC is the consistency
+# relations resampled), both intervals exclude 0: RS moves by $+0.066$ $[+0.043, +0.086]$, from
+# 0.038 to 0.104, while SC moves more than three times as far, by $+0.227$ $[+0.163, +0.300]$,
+# from $-0.100$ (generations about the true object) to $+0.127$, crossing 0. SC is the consistency
 # measure the comparison above relies on.
 #
 # **A map of one layer.** The 2-D PCA below, at the middle aligned layer, places the anchor
 # prompts' states (organic, the unedited model saying the object), their mean $\phi$, the
 # unedited run on the rewrite prompt, and the ROME- and STEAM-edited runs on the rewrite,
-# paraphrase and portability prompts, for the first kept facts. The axes are fitted on the
-# anchor prompts and the unedited run.
+# paraphrase and portability prompts, for the first kept facts, every state centred as the
+# term sees it (section 1). The axes are fitted on the anchor prompts and the unedited run.
 
 # %%
 mid = LAYERS[len(LAYERS) // 2]
@@ -1107,20 +1163,28 @@ for cid in kept_ids[:N_KEEP_EDITS]:
         continue
     case = next(c for c in eval_facts if c.get("case_id") == cid)
     obj = as_request(case).target_new.strip()
-    if obj not in anchor_sets:
+    if cid not in anchors_of:
         continue
     prompts = list(probe_prompts(case))
-    anchors = anchor_sets[obj]
+    anchors = anchors_of[cid]
+    # centred as the term sees them: the fact's states on its relation's
+    # mean, each anchor prompt on its own relation's
+    mu = shared.of(str(as_request(case).relation_id), [mid])[0]
+    anchor_mu = torch.stack(
+        [shared.of(a.fact.relation, [mid])[0] for a in anchors.prompts]
+    )
     groups = {
         "organic (anchor prompts)": anchors.states[
             :, anchors.layers.index(mid)
-        ],
-        "anchor phi": anchors.at([mid]),
-        "unedited": last_token_states(model, prompts, [mid])[:, 0],
+        ]
+        - anchor_mu,
+        "anchor phi": shared.centred_anchor(anchors, [mid]),
+        "unedited": last_token_states(model, prompts, [mid])[:, 0] - mu,
     }
     for method in ["ROME", "STEAM"]:
         with applied_edit(model, kept_edits[(method, cid)]):
-            groups[method] = last_token_states(model, prompts, [mid])[:, 0]
+            states = last_token_states(model, prompts, [mid])[:, 0]
+            groups[method] = states - mu
     frame = pca_projection(
         groups, fit_on=["organic (anchor prompts)", "unedited"]
     )
@@ -1165,13 +1229,14 @@ if pca_frames:
     plt.show()
 
 # %% [markdown]
-# In every panel STEAM's diamonds sit inside ROME's open circles: at this layer the two edits
-# leave each prompt's last-token state in the same place, which is what the cosine profiles
-# above show in one number per layer. The alignment term does not pull the states toward
-# $\phi$ (the cross) any further than ROME's edit does. The unedited run's squares are mostly
-# hidden in the same circles: at layer 13 the edit has barely moved the last-token state (in the
-# cosine profiles of section 3, ROME's dashed lines part from the unedited ones only after about
-# layer 22), so the clusters here are the prompts, not the models.
+# In every panel STEAM's diamonds sit inside ROME's open circles, and the unedited run's squares
+# mostly in the same circles: at this map's scale the three runs leave each prompt's state in the
+# same place. The axes are spread by the differences between *prompts* (a rewrite prompt and a
+# two-hop prompt are far apart), and beside those the moves of section 3 and of the figure above
+# (a few hundredths of a cosine at this layer, for ROME and for STEAM) are too small to see. The
+# clusters are prompts, not models. The cosine profiles, one number per layer, are the sharper
+# view: there STEAM's line on the rewrite prompts runs above ROME's through the aligned layers,
+# and both jump at layer 23, above them, where the edited object is read out.
 
 # %% [markdown]
 # ## 7. How strong should the alignment be?
@@ -1179,12 +1244,14 @@ if pca_frames:
 # A larger $\lambda$ pulls harder toward the anchors, and the paper reports that too large a
 # $\lambda$ hurts fluency. The sweep runs on `N_SWEEP_FACTS` covered facts; $\lambda = 0$ is ROME
 # and $\lambda$ = `LAMBDA` the main run, both reused from above, so only the other values cost
-# new edits.
+# new edits. The largest, $\lambda = 20$, is a **positive control**: there the alignment
+# dominates the loss, which shows how far the term *can* move the state, and whether anything
+# follows when it does.
 
 # %%
-sweep_facts = [
-    c for c in eval_facts if as_request(c).target_new.strip() in anchor_sets
-][:N_SWEEP_FACTS]
+sweep_facts = [c for c in eval_facts if c.get("case_id") in anchors_of][
+    :N_SWEEP_FACTS
+]
 sweep_ids = [c.get("case_id") for c in sweep_facts]
 
 
@@ -1280,9 +1347,10 @@ show_table(
 # %%
 # NBVAL_CHECK_OUTPUT
 by_lambda = sweep.groupby("lambda")
+up_to_4 = sweep[sweep["lambda"] <= 4].groupby("lambda")
 print(
-    "ES and PS at 100 for every lambda:",
-    bool((by_lambda[["ES", "PS"]].mean() == 100).all().all()),
+    "ES and PS at 100 for every lambda up to 4:",
+    bool((up_to_4[["ES", "PS"]].mean() == 100).all().all()),
 )
 ge = by_lambda["GE"].mean()
 # repetition collapses GE far lower (a text that repeats one phrase scores
@@ -1293,8 +1361,17 @@ print(
 )
 cos = by_lambda["cos_anchors"].mean()
 print(
-    "cosine to the anchors moves by less than 0.05 up to lambda = 4:",
-    bool((cos - cos.loc[0.0]).abs().max() < 0.05),
+    "centred cosine to the anchors rises with lambda:",
+    bool(cos.is_monotonic_increasing),
+)
+print(
+    f"lambda = {max(LAMBDAS):g} moves it beyond ROME by more than 0.2:",
+    bool(cos.iloc[-1] - cos.loc[0.0] > 0.2),
+)
+port = by_lambda["Port"].mean()
+print(
+    "no lambda gains 10 points of portability over ROME:",
+    bool((port - port.loc[0.0]).max() < 10),
 )
 
 # %%
@@ -1306,64 +1383,59 @@ plt.show()
 
 # %% [markdown]
 # **Reading the sweep** (6 facts, so only large effects show; they come from 6 different relations,
-# so resampling relations is here the same as resampling facts). ES and PS stay at 100 for every
-# $\lambda$ up to 4, and **portability stays at 75.0 for every $\lambda$** (difference 0 at 0.5, 1
-# and 4), and so does the exact-match Port EM, at 40.3 for every $\lambda$ (difference 0 at each):
-# with the same stop rule for all, pulling harder toward the anchors does not make the edited fact
-# more portable on either score. Here the stop rule matters: a run of this sweep that stopped on NLL
-# plus the alignment term showed portability rising from 75 to 83 at every $\lambda > 0$, the same
-# at 0.5 as at 4. No dose-response, because the gain came from the extra optimisation steps that
-# rule gives STEAM (all 20 instead of about 13), not from the alignment. With equal budgets the gain
-# is gone.
-#
-# The cosine to the anchors does rise with $\lambda$, from 0.8445 to 0.8449, 0.8454 and 0.8471, and
-# every rise's interval excludes 0, but it stays tiny: $+0.0009$ $[+0.0001, +0.0020]$ at
-# $\lambda = 1$, $+0.0026$ $[+0.0001, +0.0059]$ at $\lambda = 4$. The rises at 0.5 and 1 hold after
-# Holm's correction over the table (`p Holm` 0.0000); the one at 4 does not (`p Holm` 0.1520), so at
-# this table's size it is not a finding. Fluency: GE goes 4.50, 4.58, 4.45, 4.55 for $\lambda$ = 0,
-# 0.5, 1, 4, and no difference excludes 0, not even before Holm: $+0.0778$ $[-0.0429, +0.1861]$ at
-# 0.5, $-0.0551$ $[-0.1639, +0.0467]$ at 1, $+0.0488$ $[-0.1343, +0.2439]$ at 4. The same
-# $\lambda = 1$ edits on all 50 facts lose only 0.016 (section 6, an interval that includes 0).
-# Mean GE stays above 3.5 at every $\lambda$ (text that repeats one phrase scores below 3), so
-# nothing collapses into repetition, but these 6 facts do not rule out the authors' fluency cost
-# at larger $\lambda$. SC goes 0.054, 0.020, 0.086, 0.149: its mean rises from $\lambda = 0.5$ to
-# 4, but $\lambda = 0$ (ROME) is not the lowest, and no difference excludes 0, not even before Holm:
-# $-0.0342$ $[-0.0870, +0.0170]$ at 0.5, $+0.0319$ $[-0.0778, +0.1853]$ at 1, $+0.0952$
-# $[-0.0143, +0.2290]$ at 4. On all 50 facts (section 6) the $\lambda = 1$ edits move SC by
-# $+0.022$, also within noise. So the sweep holds no finding in STEAM's favour on fluency or
-# consistency; 6 facts with one generation each cannot settle it either way (raise
-# `N_SWEEP_FACTS` to test it).
+# so resampling relations is here the same as resampling facts). The centred cosine to the anchors
+# rises with every step of $\lambda$, from $-0.2624$ (ROME) to $-0.2273$, $-0.1563$ and $+0.1183$, and
+# every rise holds after Holm's correction (`p Holm` 0.0000): $+0.0351$ $[+0.0036, +0.0891]$ at
+# $\lambda = 1$, $+0.1061$ $[+0.0181, +0.2233]$ at 4 and $+0.3807$ $[+0.2062, +0.5414]$ at 20, where
+# the edited state has crossed over to the new object's side. The term has a dose-response; the
+# probes do not. ES and PS stay at 100 up to $\lambda = 4$, and **portability stays at 75.0** (no
+# difference at 1 or 4); the exact-match Port EM goes 40.3, 37.5, 37.5 and 44.4, differences of
+# $-2.7778$ $[-8.3333, 0.0000]$ at 1 and 4 and $+4.1667$ $[-12.5000, +25.0000]$ at 20, none
+# excluding 0. The positive control pays for its move: one of the 6 edits no longer wins its own
+# rewrite prompt (ES 83.3, $-16.6667$ $[-50.0000, 0.0000]$), and lenient portability falls to 58.3
+# (the same $-16.6667$), intervals that reach 0 on 6 facts. Fluency: GE goes 4.56, 4.58, 4.51, 4.30,
+# and no difference excludes 0 ($-0.2583$ $[-0.8206, +0.2322]$ at 20), so nothing collapses into
+# repetition (text that repeats one phrase scores below 3). SC goes 0.037, 0.150, 0.032, 0.171;
+# only the control's rise excludes 0, just ($+0.1345$ $[+0.0003, +0.3000]$), and not after Holm
+# (`p Holm` 0.8820), while $\lambda = 4$, between the two, is level with ROME ($-0.0043$). On all
+# 50 facts (section 6) the $\lambda = 1$ edits move SC by $+0.004$, a tie. So moving the state,
+# even across to the new object's side, does not make the edited fact more portable on either
+# score, and the sweep holds no finding on consistency; 6 facts with one generation each cannot
+# settle the fluency cost either way (raise `N_SWEEP_FACTS` to test it). The page
+# {doc}`../book/steam-design` runs the same control on 50 facts of both embedded models.
 #
 # ## 8. What holds
 #
 # On the embedded model, with the book's 50 facts:
 #
-# 1. **Isolation: not visible.** A ROME edit leaves the last-token residual stream where it was
-#    (cosines to anchors, organic states and controls move by less than 0.01), and the logit
-#    lens reads the new object at layer 27, as late as the model reads objects it knows
-#    organically (28.5), not right after the edit layer. Whatever shortcut ROME takes, these
-#    measures do not show it on SmolLM2.
-# 2. **Alignment: real but tiny.** STEAM's term moves the cosine to the anchors by less than a
-#    thousandth at $\lambda = 1$ (difference with ROME on the rewrite prompts $+0.0006$, interval
-#    $[+0.0002, +0.0010]$, which excludes 0, also after Holm's correction), and by 0.0026 at
-#    $\lambda = 4$ on the sweep's 6 facts ($[+0.0001, +0.0059]$, which does not hold after Holm).
+# 1. **Isolation: half of it.** At the aligned layers a ROME edit barely moves the rewrite
+#    prompt's centred state toward the new object's anchors ($+0.0319$, $[+0.0074, +0.0637]$) and
+#    leaves it no closer to them than to unrelated objects'; on portability prompts it does not
+#    move it at all. But the logit lens reads the new object at layer 27, as late as the model
+#    reads objects it knows organically (28.0), not right after the edit layer: no early
+#    shortcut. The edit is written where the last layers read it, not where the model represents
+#    the object.
+# 2. **Alignment: real, and it grows with $\lambda$.** STEAM's centred term moves the rewrite
+#    prompt's state beyond ROME's by $+0.0330$ $[+0.0124, +0.0621]$ at $\lambda = 1$ on 50 facts
+#    (about doubling ROME's move), and on the sweep's 6 facts by $+0.1061$ at 4 and $+0.3807$ at 20,
+#    every interval excluding 0 after Holm's correction. Little of it reaches the portability
+#    prompts ($+0.0016$ at $\lambda = 1$).
 # 3. **Portability and consistency: no gain.** With the same stop rule both methods ran 13.8
 #    $v_*$ steps per edit on average. Neither the lenient nor the papers' exact-match portability
 #    gains: `Port` is 81% for both (paired difference 0) and `Port EM`, the score the papers
-#    report, 44 for ROME and 45 for STEAM ($+1.000$, $[0.000, +3.000]$, an interval that does
-#    not exclude 0); in the sweep they stay at 75.0 and 40.3 for every $\lambda$ from 0 to 4. A
-#    portability gain that appears only when STEAM gets more optimisation steps is the steps', not
-#    the alignment's. SC is a tie within noise ($+0.022$, interval $[-0.004, +0.057]$), and no
-#    other metric's interval excludes 0 either. In the sweep no GE or SC difference excludes 0,
-#    not even before Holm's correction, at any $\lambda$.
+#    report, 44 for ROME and 42 for STEAM ($-2.000$, $[-4.861, +0.340]$); in the sweep lenient
+#    portability stays at 75.0 up to $\lambda = 4$ and falls at the control, and Port EM gains at
+#    no $\lambda$. SC is a tie ($+0.004$, $[-0.018, +0.030]$); GE and RS lean STEAM's way with
+#    intervals that do not survive Holm's correction.
 #
-# The likely reasons: ROME's lenient portability is already high on these facts (its exact-match
-# portability, at 44, is not, and STEAM adds no more than noise to it); raw cosines between
-# residual states are dominated by a component every state shares, so "closer to the anchors"
-# has little room to move (a centred cosine, the state minus the mean state, is the natural
-# next measure: exercise 3); and a 135M-parameter model with 30 layers may not route facts the
-# way the larger models of the paper do. These are this model's numbers, not a verdict on the
-# method at scale: rerun the chapter with `MODEL_NAME` on a GPU to test it there.
+# So the verdict does not rest on a term that did nothing: the term moves the representation,
+# the more so the larger $\lambda$, and the edited fact is no more portable for it. The likely
+# reasons: the portability prompts ask one hop from an object the edit already writes (ROME's
+# lenient portability is already 81%), and moving the *rewrite* prompt's state does not move the
+# two-hop prompt's (0.0016); and a 135M-parameter model with 30 layers may not route facts the
+# way the larger models of the paper do. The page {doc}`../book/steam-design` finds the same on a
+# second model, Gemma 3 270M. These are small models' numbers, not a verdict on the method at
+# scale: rerun the chapter with `MODEL_NAME` on a GPU to test it there.
 #
 # ## Timing
 
@@ -1378,37 +1450,43 @@ show_table(timings.table().reset_index(), 1)
 # %% [markdown]
 # ### Open exercises
 #
-# 1. Align at the subject's last token instead (`steam_editor(..., position="subject_last")`) and
-#    add the paraphrases as aligned rows (`paraphrases=True`). Which cosine moves, and does
-#    portability?
+# 1. Add the paraphrases as aligned rows (`steam_editor(..., paraphrases=True)`). Which cosine
+#    moves, the paraphrases' or the portability prompts', and does portability?
 # 2. Anchors from fewer prompts (`N_ANCHORS = 3`) or a stricter filter (`MIN_MARGIN = 2`): how
 #    many facts stay covered, and does the comparison change?
-# 3. Centre the cosines: subtract the mean last-token state of all anchor prompts (every object)
-#    from both the edited state and $\phi$ before the cosine, in the diagnostics and in the
-#    loss term. Do ROME and STEAM separate then?
+# 3. Run the chapter's first design: build the bank with
+#    `AnchorBank(..., **editlens.steam.FIRST_DESIGN)` (every prompt whose known answer is the
+#    object, the fact's own probes included, raw cosines). How far do the raw cosines of section
+#    3 move, and how far does $\lambda = 20$ move them? (The page {doc}`../book/steam-design`
+#    compares the two designs; only the raw design allows aligning at the subject's last token,
+#    `position="subject_last"`.)
 #
 # ## Summary
 #
-# - STEAM's anchors are the unedited model's mean last-token residual stream on prompts it
-#   already answers with the new object; the facts set provides them, filtered by margin and
-#   stratified over relations. Objects without enough anchors are reported, not dropped (here
-#   all 50 facts were covered).
-# - Layer-wise cosines to anchors, organic states and controls, the logit lens and a PCA tell
-#   where an edited fact lives; they are measured on the very edits that are evaluated.
+# - STEAM's anchors are the unedited model's mean last-token residual stream on reference
+#   triples it already answers with the new object, never on a probe the edit is judged on; the
+#   facts set provides them, filtered by margin and stratified over relations. Objects without
+#   enough anchors are reported, not dropped (here all 50 facts were covered).
+# - A last-token state mostly says which question is asked, so states are compared centred:
+#   each minus its relation's mean. Layer-wise centred cosines to anchors, organic states and
+#   controls, the logit lens and a PCA tell where an edited fact lives; they are measured on the
+#   very edits that are evaluated.
 # - STEAM's alignment is one `LossTerm` added to ROME's $v_*$ loss; $\lambda = 0$ is ROME bit for
 #   bit.
 # - Method comparisons report paired differences over the same facts with bootstrap intervals that
 #   resample whole relations (facts of one relation succeed or fail together), and Holm's correction
 #   over each table, so that a table of many differences does not count a chance exclusion of 0 as a
-#   finding; SC separates edited from unedited generations more clearly than RS (+0.218 vs +0.064).
+#   finding; SC separates edited from unedited generations more clearly than RS (+0.227 vs +0.066).
 # - Both methods stop their $v_*$ optimisation on the new object's NLL alone, so they run the
 #   same number of steps (13.8 on average) and a difference between them is not extra steps.
-# - On SmolLM2, ROME's edit shows no isolation in these measures, and with equal budgets STEAM
-#   matches ROME within noise on every metric (lenient portability 81 vs 81, the papers'
-#   exact-match Port EM 44 vs 45, SC $+0.022$, no interval excluding 0); in the sweep both
-#   portability scores stay put (75.0 and 40.3) for every $\lambda$, and no GE or SC difference
-#   excludes 0. Neither the lenient nor the papers' exact-match portability gains, and STEAM's
-#   consistency claim does not reproduce either.
+# - On SmolLM2 a ROME edit barely moves the middle layers' state toward the new object, and the
+#   logit lens shows no early shortcut. STEAM's term moves the state (+0.0330 at $\lambda = 1$, a
+#   positive control moves it across to the new object's side), and nothing follows: with equal
+#   budgets STEAM matches ROME within noise on every probe (lenient portability 81 vs 81, the
+#   papers' exact-match Port EM 44 vs 42, SC $+0.004$, no probe's interval excluding 0), and in
+#   the sweep neither portability score gains at any $\lambda$. Neither the lenient nor the
+#   papers' exact-match portability gains, and STEAM's consistency claim does not reproduce
+#   either.
 #
 # **Next:** Chapter 5 (SADR) looks at a different failure of the same edits: attention drift
 # toward the edited subject.

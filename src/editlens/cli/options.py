@@ -45,10 +45,10 @@ def add_run_arguments(e: argparse.ArgumentParser) -> None:
                    "edit layer + 1 to two thirds of the depth)")
     e.add_argument("--anchors", type=int, default=None, help="STEAM: anchor facts per object (default 8)")
     e.add_argument("--steam-anchors", default=None, help="STEAM: reference (reference triples of real relations, "
-                   "never a probe the edit is judged on: the paper's design) or all (every prompt whose known "
-                   "answer is the object; default, Chapter 4's first design)")
+                   "never a probe the edit is judged on: the paper's design, default) or all (every prompt whose "
+                   "known answer is the object, Chapter 4's first design)")
     e.add_argument("--steam-align", default=None, help="STEAM: centred (states centred on their relation's mean: "
-                   "the paper's design) or raw (the raw cosine; default, Chapter 4's first design)")
+                   "the paper's design, default) or raw (the raw cosine, Chapter 4's first design)")
     e.add_argument("--anchor-data", default=None, help="STEAM: a facts file added to the --data file as the anchor "
                    "pool (default: the book's facts.json)")
     e.add_argument("--sadr-gamma", type=float, default=None, help="SADR: weight of the attention-drift term "

@@ -188,11 +188,11 @@ def steam_anchors(run: RunSettings, model: Any, hp: Any, cases: list) -> SteamAn
                            prefix="--steam-layers: ") from None
     lam = 1.0 if run.steam_lambda is None else run.steam_lambda
     n_anchors = run.anchors or 8
-    reference = run.steam_anchors == "reference"
+    reference = run.steam_anchors in (None, "reference")  # the paper's design unless --steam-anchors all
     records, files = anchor_pool(run)
     bank = AnchorBank(model, records, n_anchors=n_anchors, min_anchors=min(3, n_anchors),
                       sources=REFERENCE_SOURCES if reference else SOURCES, exclude_judged=reference,
-                      centred=run.steam_align == "centred")
+                      centred=run.steam_align in (None, "centred"))
     cov = bank.coverage(cases)
     missing = cov[~cov["ok"]]
     if len(missing):

@@ -15,6 +15,7 @@ from editlens.steam.alignment import (
     default_layers,
 )
 from editlens.steam.anchors import (
+    FIRST_DESIGN,
     PAPER_DESIGN,
     REFERENCE_SOURCES,
     SOURCES,
@@ -36,6 +37,7 @@ from editlens.steam.editor import steam_editor, steam_terms
 from editlens.steam.states import last_token_states
 
 __all__ = [
+    "FIRST_DESIGN",
     "PAPER_DESIGN",
     "REFERENCE_SOURCES",
     "SOURCES",

@@ -68,8 +68,11 @@ SOURCES = ("rewrite", "paraphrase", "neighborhood", "attribute", "relation", "po
 REFERENCE_SOURCES = ("rewrite", "neighborhood", "attribute")
 """Reference triples only: plain prompts of real relations whose true answer is the object."""
 PAPER_DESIGN = {"sources": REFERENCE_SOURCES, "exclude_judged": True, "centred": True}
-"""STEAM as the paper means it: ``AnchorBank(model, facts, **PAPER_DESIGN)`` (reference triples, never a probe
-the edit is judged on, alignment of centred states)."""
+"""STEAM as the paper means it, :class:`AnchorBank`'s default: reference triples, never a probe the edit is judged
+on, alignment of centred states (``book/steam-design.md`` measures why)."""
+FIRST_DESIGN = {"sources": SOURCES, "exclude_judged": False, "centred": False}
+"""The design Chapter 4 first ran (every prompt whose known answer is the object, judged probes included, raw
+cosine): ``AnchorBank(model, facts, **FIRST_DESIGN)`` reproduces it and the stored runs made with it."""
 
 
 class NotEnoughAnchorsError(ValueError):
@@ -312,9 +315,11 @@ class AnchorBank:
 
     The bank takes the model's weight fingerprint when it is created (do it before any edit) and refuses to
     compute anchors later on different weights unless the applied edits are passed as ``undo``.
-    ``sources``: where candidates come from (:data:`SOURCES`, or :data:`REFERENCE_SOURCES` for reference
-    triples); ``exclude_judged``: leave out the probes each edited record is judged on (:meth:`for_case`);
-    ``centred``: STEAM's alignment toward these anchors is measured on centred states (:meth:`centre`);
+    The defaults are :data:`PAPER_DESIGN`; :data:`FIRST_DESIGN` is Chapter 4's first design.
+    ``sources``: where candidates come from (:data:`REFERENCE_SOURCES`, reference triples, or :data:`SOURCES`,
+    every known prompt); ``exclude_judged``: leave out the probes each edited record is judged on
+    (:meth:`for_case`); ``centred``: STEAM's alignment toward these anchors is measured on centred states
+    (:meth:`centre`);
     ``n_shared``, ``min_shared``: prompts per relation averaged into its shared component, and the fewest a
     relation needs to have one of its own (:meth:`shared_components`)."""
 
@@ -324,9 +329,9 @@ class AnchorBank:
     min_anchors: int = DEFAULT_MIN_ANCHORS
     min_margin: float = DEFAULT_MIN_MARGIN
     layers: Sequence[int] | None = None
-    sources: Sequence[str] = SOURCES
-    exclude_judged: bool = False
-    centred: bool = False
+    sources: Sequence[str] = REFERENCE_SOURCES
+    exclude_judged: bool = True
+    centred: bool = True
     n_shared: int = DEFAULT_N_SHARED
     min_shared: int = DEFAULT_MIN_SHARED
     _facts: list[KnownFact] = field(default_factory=list, repr=False)

@@ -455,3 +455,41 @@ def test_stored_calibration_is_recomputed_from_its_rows():
     assert settings["skipped"] == 50 and not reported & set(settings["case_ids"])
     assert set(rows["case_id"]) == set(settings["case_ids"]) and len(rows) == len(settings["case_ids"]) * (
         1 + len(settings["gammas"]))
+
+
+def _sadr_calibration_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "sadr_calibration.py"
+    spec = importlib.util.spec_from_file_location("sadr_calibration", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sadr_calibration_page_is_the_stored_run_and_its_claims_hold():
+    """book/sadr-calibration.md: its table is what the script writes from the stored run, the gamma it names is
+    the stored choice, and the reading of the table holds (authors' gamma under-regularised, a plateau from 1 to
+    10 whose PS cost reaches 0, a real cost from 30, a choice between 10 and 30 closer than one probe)."""
+    import json
+
+    import pandas as pd
+
+    script = _sadr_calibration_script()
+    page = script.PAGE.read_text(encoding="utf-8")
+    assert f"<!-- table:calibration -->\n{script.calibration_markdown()}\n<!-- /table:calibration -->" in page, \
+        "book/sadr-calibration.md's table is stale. Fix: python scripts/sadr_calibration.py --write-page"
+    folder = script.RESULTS / "smollm2-135m"
+    summary = json.loads((folder / "calibration.json").read_text(encoding="utf-8"))
+    assert f"takes **$\\gamma = {summary['chosen gamma']:g}$**" in page and summary["grid brackets the target"]
+    t = pd.read_csv(folder / "calibration.csv").set_index("gamma")
+    assert t.loc[0.01, "DNS gain low"] <= 0 < t.loc[0.01, "DNS gain"]  # the authors' gamma: a gain reaching 0
+    plateau = t.loc[[1.0, 3.0, 10.0]]
+    assert (plateau["DNS gain low"] > 0).all() and (plateau["PS cost low"] <= 0).all()
+    assert t.loc[30.0, "PS cost low"] > 0 and t.loc[100.0, "PS cost low"] > 0
+    one_probe = 1 / (2 * summary["n_facts"])  # two paraphrase prompts per fact
+    gaps = (t["PS cost"] - summary["target PS cost"]).abs()
+    assert summary["chosen gamma"] == 30.0 and gaps.loc[10.0] - gaps.loc[30.0] < one_probe
+    toc = (script.PAGE.parents[1] / "_toc.yml").read_text(encoding="utf-8")
+    assert "- file: book/sadr-calibration" in toc

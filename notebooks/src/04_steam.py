@@ -1424,8 +1424,8 @@ plt.show()
 #    $v_*$ steps per edit on average. Neither the lenient nor the papers' exact-match portability
 #    gains: `Port` is 81% for both (paired difference 0) and `Port EM`, the score the papers
 #    report, 44 for ROME and 42 for STEAM ($-2.000$, $[-4.861, +0.340]$); in the sweep lenient
-#    portability stays at 75.0 up to $\lambda = 4$ and falls at the control, and Port EM gains at
-#    no $\lambda$. SC is a tie ($+0.004$, $[-0.018, +0.030]$); GE and RS lean STEAM's way with
+#    portability stays at 75.0 up to $\lambda = 4$ and falls at the control, and Port EM's
+#    differences include 0 at every $\lambda$. SC is a tie ($+0.004$, $[-0.018, +0.030]$); GE and RS lean STEAM's way with
 #    intervals that do not survive Holm's correction.
 #
 # So the verdict does not rest on a term that did nothing: the term moves the representation,
@@ -1484,7 +1484,7 @@ show_table(timings.table().reset_index(), 1)
 #   positive control moves it across to the new object's side), and nothing follows: with equal
 #   budgets STEAM matches ROME within noise on every probe (lenient portability 81 vs 81, the
 #   papers' exact-match Port EM 44 vs 42, SC $+0.004$, no probe's interval excluding 0), and in
-#   the sweep neither portability score gains at any $\lambda$. Neither the lenient nor the
+#   the sweep no $\lambda$ gains on either portability score beyond noise. Neither the lenient nor the
 #   papers' exact-match portability gains, and STEAM's consistency claim does not reproduce
 #   either.
 #

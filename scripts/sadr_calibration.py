@@ -173,8 +173,9 @@ def combine(shares: list[Path], out: Path) -> None:
     for s in settings:
         arms.update(zip(s["gammas"], s["arms"]))
     ids = rows.drop_duplicates("case_id").sort_values("index")["case_id"].tolist()
-    merged = {**{k: settings[0][k] for k in keep}, "role": settings[0].get("role", "validation"), "gammas": sorted(arms), "arms": [arms[g] for g in sorted(arms)],
-              "skipped": first, "n_facts": len(ids), "case_ids": ids,
+    grid = sorted(arms)
+    merged = {**{k: settings[0][k] for k in keep}, "role": settings[0].get("role", "validation"), "gammas": grid,
+              "arms": [arms[g] for g in grid], "skipped": first, "n_facts": len(ids), "case_ids": ids,
               "minutes": max(s["minutes"] for s in settings), "shares": [str(p) for p in shares],
               "minutes per share": [s["minutes"] for s in settings], "rows that differed between shares": differing}
     write(out, rows, merged)

@@ -318,9 +318,10 @@ plt.show()
 # forward pass over the fact's prompts,
 #
 # - `cosine_profile`: the last-token residual stream on the rewrite prompt, paraphrases and
-#   portability prompts, layer by layer, against (a) the new object's anchors, (b) *organic*
-#   states: the unedited model on prompts it already answers with that object, held out from the
-#   anchors, (c) a *control*: anchors of `N_CONTROLS` unrelated objects;
+#   portability prompts, layer by layer, centred on the fact's relation (section 1), against (a)
+#   the fact's anchors, (b) *organic* states: the unedited model on prompts it already answers
+#   with that object, held out from the anchors and from the fact's probes, (c) a *control*:
+#   anchors of `N_CONTROLS` unrelated objects;
 # - `first_readable_layer`: the first layer where the logit lens ranks the new object among the
 #   top `TOP_K` on the rewrite prompt.
 #

@@ -14,6 +14,7 @@ Fixtures:
 Helpers (plain functions, imported as ``from conftest import ...``):
 - ``parameters_cell(nb)``: a chapter's papermill ``parameters`` cell, its index and literal values.
 - ``inject_parameters(nb, values)``: a cell assigning ``values`` right after it, as papermill does.
+- ``load_script(name)``: ``scripts/{name}.py`` imported as a module (its page tables, its helpers).
 
 Mark a test that loads the embedded model or runs a notebook with ``@pytest.mark.slow``.
 """
@@ -84,6 +85,19 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             f"Fix: pip install -e '.[book,test,dev]' (pins transformer-lens==4.x).",
             returncode=4,
         )
+
+
+def load_script(name: str):
+    """``scripts/{name}.py`` imported as the module ``name`` (registered in ``sys.modules``: dataclasses look their
+    module up while the file executes)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

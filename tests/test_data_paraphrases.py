@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from editlens.data.openended import OpenEndedQuestion, load_openended
-from editlens.data.pararel import load_pararel, pattern_to_template, read_pararel
 from editlens.data.paraphrases import (
     DEFAULT_PATH,
     ParaphraseQuery,
@@ -20,16 +18,9 @@ from editlens.data.paraphrases import (
     load_paraphrases,
     relations,
 )
+from editlens.data.pararel import load_pararel, pattern_to_template, read_pararel
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---------------------------------------------------------------- paraphrase set
@@ -113,7 +104,7 @@ def test_bad_names_raise_value_error_naming_valid_ones():
 
 def test_json_is_generated_from_the_authoring_tables(tmp_path):
     """The committed json equals what scripts/author_paraphrases.py builds from its tables."""
-    author = _script("author_paraphrases")
+    author = load_script("author_paraphrases")
     out = tmp_path / "paraphrases.json"
     out.write_text(DEFAULT_PATH.read_text())  # --no-model reuses the stored predictions
     assert author.main(["--no-model", "--out", str(out)]) == 0
@@ -257,7 +248,7 @@ def test_load_pararel_malformed_pattern(pararel_dirs):
 
 def test_data_card_tables_are_current():
     """book/data.md contains exactly the tables scripts/data_card_tables.py generates now."""
-    tables = _script("data_card_tables")
+    tables = load_script("data_card_tables")
     page = (ROOT / "book" / "data.md").read_text(encoding="utf-8")
     for name, table in tables.all_tables().items():
         assert table.strip() in page, f"book/data.md: table {name!r} is stale; run python scripts/data_card_tables.py --write"

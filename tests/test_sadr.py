@@ -457,17 +457,6 @@ def test_stored_calibration_is_recomputed_from_its_rows():
         1 + len(settings["gammas"]))
 
 
-def _sadr_calibration_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "sadr_calibration.py"
-    spec = importlib.util.spec_from_file_location("sadr_calibration", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_sadr_calibration_page_is_the_stored_run_and_its_claims_hold():
     """book/sadr-calibration.md: its table is what the script writes from the stored run, the gamma it names is
     the stored choice, and the reading of the table holds (authors' gamma under-regularised, a plateau from 1 to
@@ -476,7 +465,9 @@ def test_sadr_calibration_page_is_the_stored_run_and_its_claims_hold():
 
     import pandas as pd
 
-    script = _sadr_calibration_script()
+    from conftest import load_script
+
+    script = load_script("sadr_calibration")
     page = script.PAGE.read_text(encoding="utf-8")
     assert f"<!-- table:calibration -->\n{script.calibration_markdown()}\n<!-- /table:calibration -->" in page, \
         "book/sadr-calibration.md's table is stale. Fix: python scripts/sadr_calibration.py --write-page"

@@ -293,12 +293,10 @@ def test_compare_runs_every_method_on_the_second_model_and_its_own_facts(gemma, 
 @pytest.mark.slow
 def test_setup_pages_table_of_the_two_models_is_current(model, gemma):
     """book/setup.md shows exactly what scripts/model_cards.py computes from the two loaded models."""
-    import importlib.util
+    from conftest import load_script
 
     root = Path(__file__).resolve().parents[1]
-    loader = importlib.util.spec_from_file_location("model_cards", root / "scripts" / "model_cards.py")
-    cards = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(cards)
+    cards = load_script("model_cards")
     text = cards.table({"smollm2-135m-instruct": model, "gemma3-270m": gemma[0]})
     page = (root / "book" / "setup.md").read_text(encoding="utf-8")
     assert f"<!-- table:models -->\n{text}\n<!-- /table:models -->" in page, \

@@ -501,14 +501,9 @@ def test_semantic_consistency_is_opt_in_and_discriminates():
 
 # ---------------------------------------------------------------------------------------------- the page
 def _steam_alignment_script():
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "steam_alignment.py"
-    spec = importlib.util.spec_from_file_location("steam_alignment", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("steam_alignment")
 
 
 def _stored_steam_table(script, key: str):

@@ -16,12 +16,13 @@ export OMP_NUM_THREADS MKL_NUM_THREADS
 # Progress bars as wide as the book's monospace column (editlens.display.LINE_WIDTH).
 export TQDM_NCOLS ?= 76
 
-.PHONY: help setup book test test-fast check-portable student instructor clean
+.PHONY: help setup book test test-fast test-device check-portable student instructor clean
 
 help:
 	@echo "make book       set up, execute every chapter of _toc.yml (in parallel), render HTML into _build/html"
 	@echo "make test       set up, run the unit tests, the notebook checks (nbval) and the book build test"
 	@echo "make test-fast  the tests not marked slow (no model, no notebooks)"
+	@echo "make test-device  the tiny-model tests on a GPU in its auto precision (DEVICE=cuda; scripts/test_device.sh)"
 	@echo "make check-portable re-execute the chapters as another CPU would (AVX2 kernels, float32, 2 threads); checked outputs must match"
 	@echo "make student    write _build/student/NN_*.ipynb: chapters without solutions, to hand out (book/teaching.md)"
 	@echo "make instructor write _build/instructor/NN_*.ipynb: chapters with the solutions shown"
@@ -70,6 +71,11 @@ check-portable: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest tests/ -m "not slow" -ra
+
+# The tests that build a tiny model, on DEVICE (default cuda) computing as load_model would there (bf16 on a
+# bf16 GPU); the embedded model's tests are skipped (scripts/test_device.sh).
+test-device: setup
+	bash scripts/test_device.sh
 
 # Teaching editions (book/teaching.md), generated from the chapters as they are (editlens.editions):
 # student = solution cells replaced by placeholders (checks fail until a stub is done), outputs of

@@ -11,6 +11,12 @@ Fixtures:
   Needs the cached tokenizer only (``make setup``), not the model weights.
 - ``tiny_rome``: ``(hparams, key statistics)`` for quick ROME edits of ``tiny_model`` at layer 0.
 
+Where the tiny model runs (both default to this CPU in float32):
+- ``EDITLENS_TEST_DEVICE=cuda`` builds ``tiny_model`` on that device, and skips the tests that need the
+  embedded model's weights (they do not travel to a GPU machine; see ``make test-device``).
+- ``EDITLENS_TEST_PRECISION=auto`` (or ``bfloat16``) makes ``tiny_model`` compute as ``load_model`` would
+  (``editlens.precision``); a test that checks float32 arithmetic asks for it with ``@pytest.mark.float32``.
+
 Helpers (plain functions, imported as ``from conftest import ...``):
 - ``parameters_cell(nb)``: a chapter's papermill ``parameters`` cell, its index and literal values.
 - ``inject_parameters(nb, values)``: a cell assigning ``values`` right after it, as papermill does.
@@ -36,6 +42,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # Notebooks kept as test data under tests/ are inputs, not chapters: nbval must not collect them.
 collect_ignore_glob = ["fixtures/*.ipynb", "fixtures/**/*.ipynb"]
+
+TEST_DEVICE = os.environ.get("EDITLENS_TEST_DEVICE", "cpu")
+TEST_PRECISION = os.environ.get("EDITLENS_TEST_PRECISION", "float32")
+EMBEDDED_FIXTURES = {"embedded", "model", "tokenizer"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On another device, skip the tests that need the embedded model's weights (they stay on this machine)."""
+    if TEST_DEVICE == "cpu":
+        return
+    skip = pytest.mark.skip(reason=f"needs the embedded model, which does not travel to {TEST_DEVICE}")
+    for item in items:
+        if EMBEDDED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(skip)
 
 
 def parameters_cell(nb) -> tuple[int, dict]:
@@ -157,16 +177,21 @@ def embedded_tokenizer():
 
 
 @pytest.fixture
-def tiny_model(embedded_tokenizer):
+def tiny_model(request, embedded_tokenizer):
     """A random tiny Llama (2 layers, d_model 64, 4 heads, 2 KV heads) with the embedded model's tokenizer
-    (editlens.localize.toy.tiny_llama, Hugging Face's initialisation).
+    (editlens.localize.toy.tiny_llama, Hugging Face's initialisation), on ``EDITLENS_TEST_DEVICE`` computing in
+    ``EDITLENS_TEST_PRECISION`` (float32 for a test marked ``float32``).
 
     Function-scoped and seeded: every test gets the same fresh weights and may edit them.
     """
+    from editlens import precision
     from editlens.localize.toy import tiny_llama
 
-    return tiny_llama(0, d_mlp=128, weight_std=None, tokenizer=embedded_tokenizer, tie_embeddings=True,
-                      max_positions=256)[0]
+    bridge = tiny_llama(0, d_mlp=128, weight_std=None, tokenizer=embedded_tokenizer, tie_embeddings=True,
+                        max_positions=256, device=TEST_DEVICE)[0]
+    if TEST_PRECISION != "float32" and request.node.get_closest_marker("float32") is None:
+        precision.apply(bridge, precision.resolve(TEST_PRECISION, TEST_DEVICE))
+    return bridge
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ def test_harmonic_mean_and_summary():
     assert s["S"] == pytest.approx(ev.harmonic_mean([50, 50, 100]))
 
 
+@pytest.mark.float32
 def test_continuation_nll_matches_direct_computation(tiny_model):
     nll = ev.continuation_nll(tiny_model, [("The capital of France is", "Paris"), ("Hello", " there friend")])
     toks = torch.tensor([tiny_model.tokenizer("The capital of France is Paris", add_special_tokens=False)["input_ids"]])

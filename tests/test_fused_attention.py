@@ -40,6 +40,7 @@ def test_every_layer_is_wrapped_and_computes_step_by_step_outside_the_scorer(tin
     assert torch.equal(plain, tiny_model(tokens).detach())
 
 
+@pytest.mark.float32
 def test_fused_equals_step_by_step_on_a_padded_batch(tiny_model):
     tokens = tiny_model.to_tokens(PROMPTS, prepend_bos=True)
     with torch.no_grad():
@@ -51,6 +52,7 @@ def test_fused_equals_step_by_step_on_a_padded_batch(tiny_model):
     assert torch.allclose(slow, fast, atol=1e-5), float((slow - fast).abs().max())
 
 
+@pytest.mark.float32
 def test_fused_equals_step_by_step_on_packed_prefix_trees(tiny_model):
     """The tree attention of the scorer: a 4-D additive mask, explicit positions, several rows padded."""
     cands = [["Paris", "Rome", "football"], ["football", "tennis"], ["Paris", "the city of Paris"]]

@@ -7,6 +7,9 @@ import torch
 
 from editlens import precision as P
 
+# These tests apply bfloat16 themselves, so tiny_model comes in float32 whatever EDITLENS_TEST_PRECISION says.
+pytestmark = pytest.mark.float32
+
 
 def _bf16(model):
     """``model`` (float32 weights) computing with bfloat16 matrix products, as load_model does on AMX."""

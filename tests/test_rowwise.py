@@ -24,6 +24,7 @@ CASES = [
 ]
 
 
+@pytest.mark.float32
 def test_rowwise_edits_equal_edited_weights(tiny_model, tiny_rome):
     hp, stats = tiny_rome
     edits = [compute_rome_edit(tiny_model, c, hp, stats) for c in CASES]

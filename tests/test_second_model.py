@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TEST_DEVICE
 
 from editlens import embedded
 from editlens.localize.toy import tiny_gemma3
@@ -71,7 +72,7 @@ def test_a_gguf_in_chunk_wheels_is_joined_in_order_and_checked(tmp_path, monkeyp
 # ---------------------------------------------------------------------------------------------- tiny Gemma 3
 @pytest.fixture
 def tiny_gemma(embedded_tokenizer):
-    return tiny_gemma3(0, tokenizer=embedded_tokenizer)[0]
+    return tiny_gemma3(0, tokenizer=embedded_tokenizer, device=TEST_DEVICE)[0]
 
 
 def test_tiny_gemma_has_the_second_models_anatomy(tiny_gemma):

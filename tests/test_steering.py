@@ -116,6 +116,7 @@ def test_directions_bad_inputs():
 
 # ------------------------------------------------------------------------------- hooks and bias
 
+@pytest.mark.float32
 def test_hook_z_feeds_the_output_projection(tiny_model):
     """hook_z is o_proj's input: o_proj(z) reproduces the attention output."""
     toks = _tokens(tiny_model)
@@ -125,6 +126,7 @@ def test_hook_z_feeds_the_output_projection(tiny_model):
     assert torch.allclose(lin(z.flatten(-2)), cache["blocks.1.attn.hook_out"], atol=1e-6)
 
 
+@pytest.mark.float32
 def test_hook_and_baked_bias_agree(tiny_model):
     shifts = _shifts(tiny_model, [(0, 1), (1, 3), (1, 0)])
     toks = _tokens(tiny_model)
@@ -192,6 +194,7 @@ def test_shift_bad_inputs(tiny_model):
             pass
 
 
+@pytest.mark.float32
 def test_save_steered_roundtrip_tiny(tiny_model, tmp_path):
     import editlens
 

@@ -41,6 +41,7 @@ def test_trace_shapes_and_sanity(tiny_model, kind):
     assert torch.equal(res.scores, again.scores)  # seeded noise
 
 
+@pytest.mark.float32
 def test_start_at_layer_matches_full_run(tiny_model):
     """The speed trick (restart from the cached corrupted stream) must equal restoring inside a full run."""
     res = tracing.trace_fact(tiny_model, FACT, "hidden", n_samples=2, seed=1, positions="subject_last")

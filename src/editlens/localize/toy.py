@@ -42,8 +42,9 @@ def toy_tokenizer(words: tuple[str, ...] = TOY_WORDS):
 
 def tiny_llama(seed: int = 0, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4, n_kv_heads: int = 2,
                d_mlp: int | None = None, weight_std: float | None = 0.08, tokenizer=None,
-               tie_embeddings: bool = False, max_positions: int = 128):
-    """Random tiny Llama + tokenizer, wrapped: returns ``(bridge, tokenizer)``. Deterministic in ``seed``.
+               tie_embeddings: bool = False, max_positions: int = 128, device: str | torch.device = "cpu"):
+    """Random tiny Llama + tokenizer, wrapped: returns ``(bridge, tokenizer)``. Deterministic in ``seed``
+    (the weights are drawn on the CPU, then moved to ``device``).
 
     The one tiny model of the book and its tests. Defaults: the word-level :func:`toy_tokenizer`, MLP width
     ``4 * d_model``, weights drawn with std ``weight_std`` (``None``: Hugging Face's own initialisation).
@@ -67,7 +68,7 @@ def tiny_llama(seed: int = 0, *, n_layers: int = 2, d_model: int = 64, n_heads: 
             for name, p in hf.named_parameters():
                 if p.dim() == 2:
                     p.normal_(0.0, weight_std)
-    hf.eval()
+    hf = hf.to(device).eval()
     bridge = TransformerBridge.boot_transformers("toy-llama" if tokenizer is None else "tiny-llama", hf_model=hf,
                                                  tokenizer=tok)
     bridge.eval()
@@ -77,7 +78,7 @@ def tiny_llama(seed: int = 0, *, n_layers: int = 2, d_model: int = 64, n_heads: 
 
 def tiny_gemma3(seed: int = 0, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4, n_kv_heads: int = 1,
                 d_head: int = 16, d_mlp: int | None = None, weight_std: float | None = 0.08, tokenizer=None,
-                max_positions: int = 256):
+                max_positions: int = 256, device: str | torch.device = "cpu"):
     """Random tiny Gemma 3 (the second model's architecture) + tokenizer, wrapped: ``(bridge, tokenizer)``.
 
     What the package must handle beyond a Llama, at test size: norms after the attention and after the MLP
@@ -85,7 +86,7 @@ def tiny_gemma3(seed: int = 0, *, n_layers: int = 2, d_model: int = 64, n_heads:
     sqrt(d_model)), one key/value head shared by every query head, sliding-window and full-attention layers
     (every second layer full here), tied embeddings. Matrices drawn with std ``weight_std`` (``None``: Hugging
     Face's 0.02, under which the MLP's outputs are so small that the norms' epsilon matters); deterministic in
-    ``seed``.
+    ``seed`` (drawn on the CPU, then moved to ``device``).
     """
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -108,7 +109,7 @@ def tiny_gemma3(seed: int = 0, *, n_layers: int = 2, d_model: int = 64, n_heads:
                 p.normal_(0.0, 0.5)
             elif p.dim() == 2 and weight_std is not None:
                 p.normal_(0.0, weight_std)
-    hf.eval()
+    hf = hf.to(device).eval()
     bridge = TransformerBridge.boot_transformers("tiny-gemma3", hf_model=hf, tokenizer=tok)
     bridge.eval()
     fused_attention.install(bridge)

@@ -53,17 +53,21 @@ def main() -> None:
     ap.add_argument("--prefixes", type=int, default=None, help="prefixed rewrite prompts (default: all 20, as ROME)")
     ap.add_argument("--batch", type=int, default=8, help="facts whose v* are optimised together")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="the run's folder (every mode but --write-page)")
     ap.add_argument("--reported", action="store_true", help="a run on reported facts (--skip 0 --n 50: Chapter "
                     "5's) at gammas chosen elsewhere: no gamma is chosen from it")
     ap.add_argument("--write-page", action="store_true", help="only rewrite book/sadr-calibration.md's table "
                     "from the stored run")
     ap.add_argument("--combine", nargs="+", default=None, help="folders of shares of one run (other facts, or "
                     "other gammas on the same facts): write their union")
+    ap.add_argument("--control", action="store_true", help="only the fixed-budget control: ROME with no early stop "
+                    f"(all --steps steps, as SADR runs them), arm {CONTROL!r}; writes per_record.jsonl and settings")
     args = ap.parse_args()
     if args.write_page:
         write_page()
         return
+    if not args.out:
+        ap.error("--out is required: the folder the run (or the combined shares) is written to")
     if args.combine:
         combine([Path(p) for p in args.combine], Path(args.out))
         return
@@ -80,6 +84,19 @@ def main() -> None:
     hp = get_hparams(model).replace(v_early_stop_on="loss", v_num_grad_steps=args.steps,
                                     v_num_prefixes=args.prefixes)
     stats = stats_for(model, hp)
+    if args.control:  # no early stop: a loss is never below 0
+        rows = compare.run_methods(model, cases, {CONTROL: rome_editor(hp.replace(v_loss_early_stop=0.0),
+                                                                       stats, batch=args.batch)}, generation=None)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        rows.to_json(out / "per_record.jsonl", orient="records", lines=True, force_ascii=False)
+        settings = {"model": args.model or "smollm2-135m", "arm": CONTROL, "skipped": args.skip,
+                    "n_facts": len(cases), "case_ids": [c.get("case_id") for c in cases], "steps": args.steps,
+                    "early_stop": None, "prefixes": args.prefixes, "batch": args.batch, "threads": args.threads,
+                    "precision": editlens.precision.of(model).describe(),
+                    "minutes": round((time.perf_counter() - start) / 60, 1)}
+        (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        return
     grid = gamma_grid(float(g) for g in args.gammas.split(","))
     arms = {g: f"sadr γ={g:g}" for g in grid}
     editors = {"rome": rome_editor(hp, stats, batch=args.batch)}
@@ -95,6 +112,7 @@ def main() -> None:
 
 
 METRICS = ["ES", "PS", "NS", "RelS", "DNS", "Port", "Port EM", "steps"]
+CONTROL = "rome all steps"
 RESULTS = Path(__file__).resolve().parents[1] / "book" / "results" / "sadr-calibration"
 PAGE = Path(__file__).resolve().parents[1] / "book" / "sadr-calibration.md"
 
@@ -112,13 +130,65 @@ def calibration_markdown(folder: Path = RESULTS / "smollm2-135m") -> str:
     return "\n".join(lines)
 
 
+def difference_markdown(summary: pd.DataFrame, baseline: str, baseline_name: str, gammas: list[float]) -> str:
+    """One row per metric of ``summary`` (:func:`editlens.compare.summary_table`): the baseline's mean and each
+    gamma's paired difference to it (points; steps as counts), ``*`` where the interval excludes 0 and ``†`` where
+    that survives Holm's correction over the table."""
+    arms = [f"sadr γ={g:g}" for g in gammas]
+    head = f"| metric | {baseline_name} | " + " | ".join(f"γ = {g:g} minus it [95% CI]" for g in gammas)
+    lines = [head + " |", "|---|---:|" + "---|" * len(arms)]
+    for metric in [m for m in METRICS if m in set(summary["metric"])]:
+        rows = summary[summary["metric"] == metric].set_index("method")
+        scale = 1 if metric == "steps" else 100
+        cells = [f"{scale * rows.loc[baseline, 'mean']:.1f}"]
+        for arm in arms:
+            r = rows.loc[arm]
+            mark = (" *" if bool(r["CI excludes 0"]) else "") + (" †" if bool(r["Holm excludes 0"]) else "")
+            cells.append(f"{scale * r[f'diff vs {baseline}']:+.1f} [{scale * r['diff low']:+.1f}, "
+                         f"{scale * r['diff high']:+.1f}]{mark}")
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+REPORTED = RESULTS / "smollm2-135m-reported"
+
+
+def reported_markdown(folder: Path = REPORTED) -> str:
+    """The page's second table: the reported run's ``summary.csv`` (every arm against ROME-80)."""
+    settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    return difference_markdown(pd.read_csv(folder / "summary.csv"), "rome", "ROME-80", settings["gammas"])
+
+
+def control_table(folder: Path = REPORTED) -> pd.DataFrame:
+    """Every SADR arm of the reported run against the fixed-budget control (``control/per_record.jsonl``: ROME
+    with no early stop, all the steps SADR runs), paired over the same facts, relation-clustered, Holm."""
+    rows = compare.read_per_record(folder / "per_record.jsonl")
+    control = compare.read_per_record(folder / "control" / "per_record.jsonl")
+    if set(control["case_id"]) != set(rows["case_id"]):
+        raise ValueError(f"{folder}/control covers other facts than the run. Fix: run --control with the run's "
+                         "--skip and --n.")
+    index = rows.drop_duplicates("case_id").set_index("case_id")["index"]
+    control = control.assign(index=control["case_id"].map(index))
+    both = pd.concat([control, rows[rows["method"] != "rome"]], ignore_index=True)
+    return compare.summary_table(both, METRICS, baseline=CONTROL, cluster="relation", correction="holm")
+
+
+def control_markdown(folder: Path = REPORTED) -> str:
+    """The page's third table: :func:`control_table` (every arm against ROME with all its steps)."""
+    settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    return difference_markdown(control_table(folder), CONTROL, "ROME, all 80 steps", settings["gammas"])
+
+
 def write_page(page: Path = PAGE) -> None:
-    """Put :func:`calibration_markdown` between the page's ``table:calibration`` markers."""
+    """Put :func:`calibration_markdown`, :func:`reported_markdown` and :func:`control_markdown` between the page's
+    ``table:calibration``, ``table:reported`` and ``table:control`` markers."""
     text = page.read_text(encoding="utf-8")
-    head, rest = text.split("<!-- table:calibration -->\n", 1)
-    _, tail = rest.split("<!-- /table:calibration -->", 1)
-    page.write_text(f"{head}<!-- table:calibration -->\n{calibration_markdown()}\n<!-- /table:calibration -->"
-                    f"{tail}", encoding="utf-8")
+    for name, table in (("calibration", calibration_markdown()), ("reported", reported_markdown()),
+                        ("control", control_markdown())):
+        head, rest = text.split(f"<!-- table:{name} -->\n", 1)
+        _, tail = rest.split(f"<!-- /table:{name} -->", 1)
+        text = f"{head}<!-- table:{name} -->\n{table}\n<!-- /table:{name} -->{tail}"
+    page.write_text(text, encoding="utf-8")
 
 
 def write(out: Path, rows, settings: dict) -> None:
@@ -176,7 +246,7 @@ def combine(shares: list[Path], out: Path) -> None:
     grid = sorted(arms)
     merged = {**{k: settings[0][k] for k in keep}, "role": settings[0].get("role", "validation"), "gammas": grid,
               "arms": [arms[g] for g in grid], "skipped": first, "n_facts": len(ids), "case_ids": ids,
-              "minutes": max(s["minutes"] for s in settings), "shares": [str(p) for p in shares],
+              "minutes": max(s["minutes"] for s in settings), "shares": [p.name for p in shares],
               "minutes per share": [s["minutes"] for s in settings], "rows that differed between shares": differing}
     write(out, rows, merged)
 

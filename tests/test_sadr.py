@@ -484,3 +484,62 @@ def test_sadr_calibration_page_is_the_stored_run_and_its_claims_hold():
     assert summary["chosen gamma"] == 30.0 and gaps.loc[10.0] - gaps.loc[30.0] < one_probe
     toc = (script.PAGE.parents[1] / "_toc.yml").read_text(encoding="utf-8")
     assert "- file: book/sadr-calibration" in toc
+
+
+def test_stored_reported_run_and_its_control_are_recomputed_from_their_rows():
+    """book/results/sadr-calibration/smollm2-135m-reported: Chapter 5's 50 facts at the authors' settings, the
+    authors' gamma and the calibrated one; its summary is what compare.summary_table computes from the rows
+    (relations resampled, Holm), and its control is ROME with all 80 steps on the same facts."""
+    import json
+
+    import pandas as pd
+
+    from conftest import load_script
+    from editlens import compare
+    from editlens.data import load_facts, spread_over_relations
+
+    script = load_script("sadr_calibration")
+    folder = script.REPORTED
+    settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    chosen = json.loads((script.RESULTS / "smollm2-135m" / "calibration.json").read_text())["chosen gamma"]
+    assert settings["role"] == "reported" and settings["gammas"] == [0.01, chosen]
+    assert settings["steps"] == 80 and settings["early_stop"] == "loss" and settings["prefixes"] is None
+    chapter5 = [f.case_id for f in spread_over_relations(load_facts(), 50)]
+    assert settings["skipped"] == 0 and settings["case_ids"] == chapter5
+    rows = compare.read_per_record(folder / "per_record.jsonl")
+    assert len(rows) == 50 * 3 and set(rows["case_id"]) == set(chapter5)
+    flags = {"CI excludes 0": float, "Holm excludes 0": float}  # the baseline's rows: None in memory, NaN on disk
+    table = compare.summary_table(rows, script.METRICS, cluster="relation", correction="holm").astype(flags)
+    stored = pd.read_csv(folder / "summary.csv").astype(flags)
+    pd.testing.assert_frame_equal(table.reset_index(drop=True), stored, check_dtype=False, atol=1e-9)
+    control = json.loads((folder / "control" / "settings.json").read_text(encoding="utf-8"))
+    assert control["early_stop"] is None and control["case_ids"] == chapter5 and control["arm"] == script.CONTROL
+    control_rows = compare.read_per_record(folder / "control" / "per_record.jsonl")
+    assert (control_rows["steps"] == 80).all() and (control_rows["method"] == script.CONTROL).all()
+
+
+def test_sadr_reported_tables_are_the_stored_runs_and_the_page_reads_them_right():
+    """book/sadr-calibration.md's second and third tables are what the script writes, and what the page says of
+    them holds: the calibrated gamma's DNS gain excludes 0 against both baselines but not after Holm, its
+    portability cost survives Holm against both, its RelS gain survives Holm against ROME-80 only, and the control
+    (all 80 steps) moves ROME by little."""
+    import pandas as pd
+
+    from conftest import load_script
+
+    script = load_script("sadr_calibration")
+    page = script.PAGE.read_text(encoding="utf-8")
+    for name, table in (("reported", script.reported_markdown()), ("control", script.control_markdown())):
+        assert f"<!-- table:{name} -->\n{table}\n<!-- /table:{name} -->" in page, \
+            f"book/sadr-calibration.md's {name} table is stale. Fix: python scripts/sadr_calibration.py --write-page"
+    reported = pd.read_csv(script.REPORTED / "summary.csv").set_index(["metric", "method"])
+    control = script.control_table().set_index(["metric", "method"])
+    arm = "sadr γ=30"
+    for t in (reported, control):
+        assert t.loc[("DNS", arm), "CI excludes 0"] and not t.loc[("DNS", arm), "Holm excludes 0"]
+        assert t.loc[("Port", arm), "Holm excludes 0"] and t.loc[("Port", arm), "diff high"] < 0
+        assert t.loc[("PS", arm), "diff high"] >= 0  # the PS cost's interval reaches 0
+    assert reported.loc[("RelS", arm), "Holm excludes 0"] and not control.loc[("RelS", arm), "Holm excludes 0"]
+    assert abs(control.loc[("RelS", script.CONTROL), "mean"] - reported.loc[("RelS", "rome"), "mean"]) <= 0.03
+    assert abs(control.loc[("DNS", script.CONTROL), "mean"] - reported.loc[("DNS", "rome"), "mean"]) <= 0.01
+    assert control.loc[("steps", arm), "mean"] == control.loc[("steps", script.CONTROL), "mean"] == 80

@@ -98,8 +98,8 @@ def test_malformed_data_file(tmp_path, capsys, text, problem):
 
 # ---------------------------------------------------------------------------------------------- options
 def test_unknown_method(capsys):
-    code, _, err = run_main(["edit", "--method", "memit"], capsys)
-    line = assert_one_error_line(code, err, "--method", "memit")
+    code, _, err = run_main(["edit", "--method", "grace"], capsys)
+    line = assert_one_error_line(code, err, "--method", "grace")
     assert "rome" in line
 
 
@@ -319,10 +319,10 @@ def test_edit_runs_every_method_of_the_registry():
 def test_edit_unknown_method_in_a_programmatic_namespace():
     """argparse rejects an unknown --method first; a Namespace built by hand gets the named error too."""
     args = cli.build_parser().parse_args(["edit"])
-    args.method = "memit"  # built by hand here; the command line itself never sets attributes on it
+    args.method = "grace"  # built by hand here; the command line itself never sets attributes on it
     with pytest.raises(cli.CommandLineError) as err:
         args.func(args)
-    assert "--method 'memit' is not available" in str(err.value) and "Fix: pass --method rome" in str(err.value)
+    assert "--method 'grace' is not available" in str(err.value) and "Fix: pass --method rome" in str(err.value)
 
 
 def test_cli_package_sets_no_attribute_on_the_parsed_arguments():

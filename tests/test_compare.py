@@ -51,7 +51,7 @@ def test_parse_methods_keeps_order_and_drops_repeats():
     assert not compare.uses(["rome", "sadr"], "steam")
 
 
-@pytest.mark.parametrize("text, bad", [("rome,memit", "'memit'"), ("rome,steam-sadr", "'steam-sadr'"), (" , ", "no method")])
+@pytest.mark.parametrize("text, bad", [("rome,grace", "'grace'"), ("rome,steam-sadr", "'steam-sadr'"), (" , ", "no method")])
 def test_unknown_method_names_the_valid_ones(text, bad):
     with pytest.raises(UnknownMethodError) as err:
         parse_methods(text)
@@ -67,7 +67,7 @@ def error_line(code: int, err: str) -> str:
 
 
 @pytest.mark.parametrize("argv, names", [
-    (["--methods", "rome,memit"], ["'memit'", "rome, steam, sadr, steam+sadr"]),
+    (["--methods", "rome,grace"], ["'grace'", "rome, steam, sadr, steam+sadr, memit"]),
     (["--methods", "sadr,steam"], ["no rome"]),
     (["--methods", "rome,sadr", "--anchors", "3"], ["--anchors", "steam"]),
     (["--methods", "rome,steam", "--sadr-gamma", "0.1"], ["--sadr-gamma", "sadr"]),
@@ -151,24 +151,37 @@ def test_write_outputs_round_trip(tmp_path):
     assert pd.read_csv(paths["summary_csv"]).shape[0] == 4 * 3
 
 
+# book/at-scale.md's run (the current settings) and the earlier run that Chapter 6 pairs its facts with
+AT_SCALE = ROOT / "book" / "results" / "at-scale" / "smollm2-135m"
 FULL_RUN = ROOT / "book" / "results" / "compare-all-facts"
 EXTRA = ["steam", "sadr", "steam+sadr"]  # the methods paired against ROME in the published run
 
 
-@pytest.fixture(scope="module")
-def full_run():
-    """The published run of book/at-scale.md: its settings, its per-record rows and their summary table."""
-    settings = json.loads((FULL_RUN / "settings.json").read_text(encoding="utf-8"))
-    per = read_per_record(FULL_RUN / "per_record.jsonl")
+def _published(folder: Path):
+    settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    per = read_per_record(folder / "per_record.jsonl")
     return settings, per, summary_table(per, **settings["summary"])
 
 
-def test_published_full_run_is_every_fact_and_its_table_is_its_rows(full_run):
+@pytest.fixture(scope="module")
+def full_run():
+    """The earlier 317-fact run (float32, the earlier stop rule, STEAM's first design): settings, rows, table."""
+    return _published(FULL_RUN)
+
+
+@pytest.fixture(scope="module")
+def at_scale_run():
+    """The run of book/at-scale.md (the book's current settings): settings, rows, table."""
+    return _published(AT_SCALE)
+
+
+@pytest.mark.parametrize("folder", [AT_SCALE, FULL_RUN], ids=["at-scale", "earlier"])
+def test_published_full_run_is_every_fact_and_its_table_is_its_rows(folder):
     """book/at-scale.md shows `python -m editlens compare` over every fact of facts.json: the rows are complete
     (every record, every method, in record order) and summary.csv/summary.md are what summary_table computes."""
     from editlens.data import load_facts
 
-    settings, per, want = full_run
+    settings, per, want = _published(folder)
     facts = load_facts(None)
     assert settings["n_records"] == len(facts) and settings["data"] == "facts.json"
     assert sorted(settings["case_ids"]) == sorted(f.case_id for f in facts)
@@ -177,12 +190,12 @@ def test_published_full_run_is_every_fact_and_its_table_is_its_rows(full_run):
     assert list(per["index"]) == [i for i in range(len(facts)) for _ in methods]
     assert list(per["method"]) == methods * len(facts)
     assert list(per["case_id"][:: len(methods)]) == settings["case_ids"]
-    got = pd.read_csv(FULL_RUN / "summary.csv")
+    got = pd.read_csv(folder / "summary.csv")
     assert list(got["metric"]) == list(want["metric"]) and list(got["method"]) == list(want["method"])
     assert list(got["n"]) == list(want["n"])
     for column in ["mean", "low", "high", "diff vs rome", "diff low", "diff high"]:
         np.testing.assert_allclose(got[column], want[column], rtol=0, atol=1e-9, err_msg=column)
-    md = (FULL_RUN / "summary.md").read_text(encoding="utf-8").splitlines()
+    md = (folder / "summary.md").read_text(encoding="utf-8").splitlines()
     rows = [line.split(" | ")[:3] for line in summary_markdown(want).splitlines()]
     assert [line.split(" | ")[:3] for line in md] == rows  # metric, method, n (the figures: summary.csv above)
 
@@ -213,6 +226,44 @@ def test_published_full_run_supports_the_at_scale_page(full_run):
     assert (want[want["metric"] == "NS"].set_index("method").loc[EXTRA, "diff vs rome"] < 0).all()
     assert not any(_excludes_zero(want, m)["steam"] for m in ("RelS", "DNS"))
     assert all(_excludes_zero(summary_table(per), m)["steam"] for m in ("RelS", "DNS"))  # facts alone
+
+
+QUALITY = ["ES", "PS", "NS", "RelS", "DNS", "Port", "Port EM", "GE", "RS", "SC"]
+
+
+def test_at_scale_run_is_the_current_settings_and_supports_its_page(at_scale_run):
+    """book/at-scale.md's run: bfloat16, every method stopped on the NLL, STEAM's paper design; no quality difference
+    to ROME survives Holm (two exclude 0 before it: STEAM+SADR's RelS, ROME+SADR's exact-match portability), NS moves
+    by at most 0.002 with no interval excluding 0 (the earlier run's losses are gone), STEAM runs ROME's steps while
+    the SADR methods run more, every term costs time, and Chapter 6's 50 facts show no quality difference either."""
+    settings, per, want = at_scale_run
+    assert settings["precision"] == "bfloat16" and settings["hparams"]["v_early_stop_on"] == "nll"
+    assert settings["steam"]["exclude_judged"] and settings["steam"]["centred"]
+    assert settings["summary"] == {"cluster": "relation", "correction": "holm"}
+    excluded = {(m, method) for m in QUALITY for method, x in _excludes_zero(want, m).items() if x}
+    assert excluded == {("RelS", "steam+sadr"), ("Port EM", "sadr")}
+    assert not any(any(_holm_excludes_zero(want, m).values()) for m in QUALITY)
+    ns = want[want["metric"] == "NS"].set_index("method").loc[EXTRA, "diff vs rome"]
+    assert (ns.abs() <= 0.002).all()
+    assert _holm_excludes_zero(want, "steps") == {"steam": False, "sadr": True, "steam+sadr": True}
+    assert not _excludes_zero(want, "steps")["steam"]
+    seconds = want[want["metric"] == "seconds"].set_index("method").loc[EXTRA]
+    assert all(_holm_excludes_zero(want, "seconds").values()) and (seconds["diff vs rome"] > 0).all()
+    first = summary_table(per[per["index"] < 50], **settings["summary"])
+    assert not any(any(_excludes_zero(first, m).values()) for m in QUALITY)
+
+
+def test_at_scale_verdicts_against_the_earlier_run_are_recomputed(full_run, at_scale_run):
+    """vs-earlier/verdicts.csv is compare_runs.verdicts of the two runs; only NS changes its verdict (lower in the
+    earlier run for every extra term, no difference now)."""
+    from editlens.compare_runs import verdicts
+
+    said = verdicts(full_run[1], at_scale_run[1], ["earlier run", "this run"])
+    stored = pd.read_csv(AT_SCALE / "vs-earlier" / "verdicts.csv")
+    assert list(said["metric"]) == list(stored["metric"]) and list(said["same"]) == list(stored["same"])
+    changed = said[~said["same"]]
+    assert set(changed["metric"]) == {"NS"} and set(changed["method"]) == set(EXTRA)
+    assert (changed["earlier run verdict"] == "lower").all() and (changed["this run verdict"] == "no difference").all()
 
 
 def test_saving_the_figure_leaves_pyplot_and_the_theme_alone(tmp_path):
@@ -269,6 +320,9 @@ RECORDS = [
 ]
 
 
+FOUR = ["rome", "steam", "sadr", "steam+sadr"]  # the chapters' methods (MEMIT has its own test, test_memit.py)
+
+
 def test_four_editors_on_the_tiny_model_do_not_depend_on_record_order(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("EDITLENS_CACHE", str(tmp_path))
     from editlens.rome import ROMEHyperParams
@@ -279,7 +333,7 @@ def test_four_editors_on_the_tiny_model_do_not_depend_on_record_order(tiny_model
                          clamp_norm_factor=1e4, mom2_n_tokens=300)
     stats = ks.get_key_stats(tiny_model, 0, n_tokens=300, seq_len=32, progress=False)
     bank = AnchorBank(tiny_model, RECORDS, n_anchors=4, min_anchors=1, min_margin=-math.inf)
-    editors = build_editors(hp, stats, list(compare.METHODS), bank=bank, steam_lambda=2.0, sadr_gamma=1.0)
+    editors = build_editors(hp, stats, list(FOUR), bank=bank, steam_lambda=2.0, sadr_gamma=1.0)
     assert list(editors) == ["rome", "steam", "sadr", "steam+sadr"]
     with editors["steam+sadr"](tiny_model, RECORDS[0]) as edits:  # both terms in one v* optimisation
         first = edits[0].v_result.history[0]
@@ -289,17 +343,17 @@ def test_four_editors_on_the_tiny_model_do_not_depend_on_record_order(tiny_model
     cases = RECORDS[:2]
     per = run_methods(tiny_model, cases, editors, progress=False, descriptions={})
     assert list(per.columns[:4]) == ["index", "case_id", "relation", "method"]
-    assert list(zip(per["index"], per["method"])) == [(i, m) for i in range(2) for m in compare.METHODS]
+    assert list(zip(per["index"], per["method"])) == [(i, m) for i in range(2) for m in FOUR]
     assert list(per["relation"][::4]) == ["P36", "P36"] and (per["seconds"] > 0).all()
     assert per["steps"].between(1, hp.v_num_grad_steps).all(), per["steps"]  # each edit's v* steps
     assert per["Port"].isna().tolist() == [True] * 4 + [False] * 4  # only record 1 has a portability probe
     rev = run_methods(tiny_model, cases[::-1], editors, indices=[1, 0], progress=False, descriptions={})
-    again = pd.DataFrame(merge_rows([rev.to_dict(orient="records")], list(compare.METHODS), 2))
+    again = pd.DataFrame(merge_rows([rev.to_dict(orient="records")], list(FOUR), 2))
     pd.testing.assert_frame_equal(again.drop(columns="seconds"), per.drop(columns="seconds"), rtol=0, atol=1e-6)
     table = summary_table(per)
-    assert set(table["method"]) == set(compare.METHODS) and "Port" in set(table["metric"])
+    assert set(table["method"]) == set(FOUR) and "Port" in set(table["metric"])
     # batch=2: each method optimises both records' v* together; the rows match, each record charged half the batch
-    batched = build_editors(hp, stats, list(compare.METHODS), bank=bank, steam_lambda=2.0, sadr_gamma=1.0, batch=2)
+    batched = build_editors(hp, stats, list(FOUR), bank=bank, steam_lambda=2.0, sadr_gamma=1.0, batch=2)
     made = []  # the keys each prepare call computed
 
     def counting(prepare):
@@ -393,13 +447,14 @@ def test_accelerate_launch_two_cpu_processes_equals_one_process(single_run, tmp_
 
 
 # ---------------------------------------------------------------------------------------------- the registry
-def test_registry_lists_the_four_methods_with_their_labels_and_parts():
+def test_registry_lists_the_five_methods_with_their_labels_and_parts():
     from editlens import methods
 
-    assert methods.NAMES == ("rome", "steam", "sadr", "steam+sadr")
-    assert methods.LABELS == {"rome": "ROME", "steam": "STEAM", "sadr": "ROME+SADR", "steam+sadr": "STEAM+SADR"}
+    assert methods.NAMES == ("rome", "steam", "sadr", "steam+sadr", "memit")
+    assert methods.LABELS == {"rome": "ROME", "steam": "STEAM", "sadr": "ROME+SADR", "steam+sadr": "STEAM+SADR",
+                              "memit": "MEMIT"}
     assert {n: m.parts for n, m in methods.REGISTRY.items()} == {
-        "rome": (), "steam": ("steam",), "sadr": ("sadr",), "steam+sadr": ("steam", "sadr")}
+        "rome": (), "steam": ("steam",), "sadr": ("sadr",), "steam+sadr": ("steam", "sadr"), "memit": ()}
     # compare's names are thin reads of the registry; so are the command line's
     assert compare.METHODS is methods.NAMES and compare.LABELS is methods.LABELS and cli.METHODS is methods.NAMES
     assert compare.build_editors is methods.build_editors and compare.parse_methods is methods.parse_methods
@@ -414,12 +469,12 @@ def test_unknown_method_is_named_by_the_registry_and_its_users():
     from editlens import methods
     from editlens.sequential import sequential_edits
 
-    for call in (lambda: methods.get("memit"), lambda: build_editors(None, None, ["rome", "memit"]),
-                 lambda: sequential_edits(None, [{}], "memit", hparams=None, progress=False)):
+    for call in (lambda: methods.get("grace"), lambda: build_editors(None, None, ["rome", "grace"]),
+                 lambda: sequential_edits(None, [{}], "grace", hparams=None, progress=False)):
         with pytest.raises(UnknownMethodError) as err:
             call()
         msg = str(err.value)
-        assert "'memit'" in msg and "rome, steam, sadr, steam+sadr" in msg and "Fix:" in msg
+        assert "'grace'" in msg and "rome, steam, sadr, steam+sadr, memit" in msg and "Fix:" in msg
 
 
 @pytest.mark.parametrize("name, options, problem", [

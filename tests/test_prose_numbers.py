@@ -115,8 +115,12 @@ def test_elsewhere_lists_only_numbers_the_prose_still_uses():
 # or files of the book. A number found in none of them fails, unless ELSEWHERE lists it under the page's path.
 PAGES: dict[str, list[str]] = {
     "book/teaching.md": [p.stem for p in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))] + ["book/chapter-times.md"],
-    "book/at-scale.md": ["book/results/compare-all-facts/summary.md", "book/results/compare-all-facts/summary.csv",
+    "book/at-scale.md": ["book/results/at-scale/smollm2-135m/summary.md", "book/results/at-scale/smollm2-135m/summary.csv",
+                         "book/results/at-scale/smollm2-135m/vs-earlier/summary.md",
+                         "book/results/at-scale/smollm2-135m/vs-earlier/verdicts.md",
+                         "book/results/compare-all-facts/summary.md", "book/results/compare-all-facts/summary.csv",
                          "06_synthesis"],
+    "book/memit.md": ["book/results/memit/smollm2-135m/summary.md"],
     "book/precision.md": ["book/results/precision/summary.md", "book/results/precision/verdicts.md",
                           "book/results/precision-float32/summary.md", "book/results/precision-bfloat16/summary.md"],
 }

@@ -2,7 +2,7 @@
 line (``edit`` and ``compare``) and the chapters read.
 
 Taught in: Chapters 3-5 (the editors: ROME, STEAM, ROME+SADR) and Chapter 6 (STEAM+SADR, both terms in one v*
-optimisation, and all four compared). Each :class:`Method` has its name, its label in tables and figures, the parts it
+optimisation, and all four compared); MEMIT, ROME spread over several layers, on the page ``book/memit.md``. Each :class:`Method` has its name, its label in tables and figures, the parts it
 adds to ROME's v* (:data:`PARTS`: ``steam``, ``sadr``), a builder ``(hparams, stats, *, bank, steam_lambda,
 steam_layers, sadr_gamma, batch) -> Editor`` and the checks of its parts' options (:data:`OPTIONS`: a clear
 ``ValueError`` that names the problem and the fix).
@@ -117,7 +117,7 @@ class Builder(Protocol):
 @dataclass(frozen=True)
 class Method:
     """One editing method: its ``name``, its ``label`` in tables and figures, the ``parts`` it adds to ROME's v*, its
-    ``builder`` and the chapter that teaches it."""
+    ``builder`` and where the book teaches it (``Chapter N``, or ``page book/NAME.md``)."""
 
     name: str
     label: str
@@ -186,11 +186,19 @@ def _steam_sadr(hparams: Any, stats: Any, *, bank: Any, steam_lambda: float, ste
     return sadr_editor(hparams, stats, _gamma(sadr_gamma), also=also, batch=batch)
 
 
+def _memit(hparams: Any, stats: Any, *, bank: Any, steam_lambda: float, steam_layers: Sequence[int] | None,
+           sadr_gamma: float | None, batch: int) -> Editor:
+    from editlens.memit import memit_editor
+
+    return memit_editor(hparams)  # its own key statistics, one per layer; v* one record at a time
+
+
 REGISTRY: Mapping[str, Method] = MappingProxyType({m.name: m for m in (
     Method("rome", "ROME", (), _rome, "Chapter 3"),
     Method("steam", "STEAM", ("steam",), _steam, "Chapter 4"),
     Method("sadr", "ROME+SADR", ("sadr",), _sadr, "Chapter 5"),
     Method("steam+sadr", "STEAM+SADR", ("steam", "sadr"), _steam_sadr, "Chapter 6"),
+    Method("memit", "MEMIT", (), _memit, "page book/memit.md"),
 )})
 """Every method by name."""
 

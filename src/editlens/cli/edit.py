@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(cases)} records from {settings.data or 'the project ' + run_setup.data_label(settings)}")
     model = run_setup.load_model(settings)
     run_setup.check_edit_layer(hp, model)
-    print(f"ROME at layer {hp.layer} ({hp.key_variant}); key statistics from {hp.mom2_n_tokens} tokens "
-          f"({hp.mom2_source})")
+    print(f"{methods.get(args.method).label} on ROME's settings: edit layer {hp.layer} ({hp.key_variant}); key "
+          f"statistics from {hp.mom2_n_tokens} tokens ({hp.mom2_source})")
     steam = run_setup.steam_anchors(settings, model, hp, cases) if settings.uses("steam") else None
     stats = stats_for(model, hp)
     editor = methods.get(args.method).editor(hp, stats, **run_setup.editor_options(settings, steam))

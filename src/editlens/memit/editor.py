@@ -1,0 +1,44 @@
+"""MEMIT's editor: ``editor(model, case)`` applies one record's MEMIT edit (a rank-one edit in each layer's MLP)
+and restores the weights bit for bit on exit.
+
+Taught on the page ``book/memit.md``. The same interface as Chapter 3's :func:`editlens.rome.editor.rome_editor`,
+so :func:`editlens.evaluate.evaluate_edits`, :func:`editlens.compare.run_methods` and the command line run it as
+they run the chapters' methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from editlens.memit.spread import (
+    compute_memit_edit,
+    default_layers,
+    default_update_weight,
+)
+from editlens.rome.editor import Editor
+from editlens.rome.hparams import ROMEHyperParams
+from editlens.rome.key_stats import stats_for
+from editlens.rome.update import applied_edit
+
+
+def memit_editor(hparams: ROMEHyperParams, *, layers: Sequence[int] | None = None,
+                 update_weight: float | None = None) -> Editor:
+    """The :data:`~editlens.rome.editor.Editor` for MEMIT: v* as ROME's ``hparams`` say, at the last of ``layers``
+    (default :func:`~editlens.memit.spread.default_layers` around ``hparams.layer``), spread with
+    ``update_weight`` (default :func:`~editlens.memit.spread.default_update_weight`). The key statistics of each
+    layer are computed (or read from the cache) on the first edit."""
+    stats: dict[tuple[int, ...], list[Any]] = {}
+
+    @contextlib.contextmanager
+    def editor(model: Any, case: dict) -> Iterator[list[Any]]:
+        chosen = tuple(default_layers(hparams.layer, model.cfg.n_layers) if layers is None else layers)
+        weight = default_update_weight(model.cfg.d_mlp) if update_weight is None else update_weight
+        if chosen not in stats:
+            stats[chosen] = [stats_for(model, hparams.replace(layer=layer)) for layer in chosen]
+        edits = compute_memit_edit(model, case, hparams, chosen, weight, stats[chosen])
+        with applied_edit(model, edits):
+            yield edits
+
+    return editor

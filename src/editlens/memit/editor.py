@@ -29,15 +29,15 @@ def memit_editor(hparams: ROMEHyperParams, *, layers: Sequence[int] | None = Non
     (default :func:`~editlens.memit.spread.default_layers` around ``hparams.layer``), spread with
     ``update_weight`` (default :func:`~editlens.memit.spread.default_update_weight`). The key statistics of each
     layer are computed (or read from the cache) on the first edit."""
-    stats: dict[tuple[int, ...], list[Any]] = {}
+    read: dict[tuple[int, ...], tuple[Any, list[Any]]] = {}  # layers -> (the model they were read for, C per layer)
 
     @contextlib.contextmanager
     def editor(model: Any, case: dict) -> Iterator[list[Any]]:
         chosen = tuple(default_layers(hparams.layer, model.cfg.n_layers) if layers is None else layers)
         weight = default_update_weight(model.cfg.d_mlp) if update_weight is None else update_weight
-        if chosen not in stats:
-            stats[chosen] = [stats_for(model, hparams.replace(layer=layer)) for layer in chosen]
-        edits = compute_memit_edit(model, case, hparams, chosen, weight, stats[chosen])
+        if chosen not in read or read[chosen][0] is not model:  # the same model object, not an id that may recur
+            read[chosen] = (model, [stats_for(model, hparams.replace(layer=layer)) for layer in chosen])
+        edits = compute_memit_edit(model, case, hparams, chosen, weight, read[chosen][1])
         with applied_edit(model, edits):
             yield edits
 

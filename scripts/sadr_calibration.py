@@ -84,17 +84,22 @@ def main() -> None:
     hp = get_hparams(model).replace(v_early_stop_on="loss", v_num_grad_steps=args.steps,
                                     v_num_prefixes=args.prefixes)
     stats = stats_for(model, hp)
+
+    def run_settings(early_stop: str | None, **specific) -> dict:
+        """What every run records (the facts, the settings, its minutes), with what is ``specific`` to it."""
+        return {"model": args.model or "smollm2-135m", **specific, "skipped": args.skip, "n_facts": len(cases),
+                "case_ids": [c.get("case_id") for c in cases], "steps": args.steps,
+                "early_stop": early_stop, "prefixes": args.prefixes,
+                "batch": args.batch, "threads": args.threads, "precision": editlens.precision.of(model).describe(),
+                "minutes": round((time.perf_counter() - start) / 60, 1)}
+
     if args.control:  # no early stop: a loss is never below 0
         rows = compare.run_methods(model, cases, {CONTROL: rome_editor(hp.replace(v_loss_early_stop=0.0),
                                                                        stats, batch=args.batch)}, generation=None)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         rows.to_json(out / "per_record.jsonl", orient="records", lines=True, force_ascii=False)
-        settings = {"model": args.model or "smollm2-135m", "arm": CONTROL, "skipped": args.skip,
-                    "n_facts": len(cases), "case_ids": [c.get("case_id") for c in cases], "steps": args.steps,
-                    "early_stop": None, "prefixes": args.prefixes, "batch": args.batch, "threads": args.threads,
-                    "precision": editlens.precision.of(model).describe(),
-                    "minutes": round((time.perf_counter() - start) / 60, 1)}
+        settings = run_settings(None, arm=CONTROL)
         (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         return
     grid = gamma_grid(float(g) for g in args.gammas.split(","))
@@ -102,11 +107,7 @@ def main() -> None:
     editors = {"rome": rome_editor(hp, stats, batch=args.batch)}
     editors.update({label: sadr_editor(hp, stats, g, batch=args.batch) for g, label in arms.items()})
     rows = compare.run_methods(model, cases, editors, generation=None)
-    settings = {"model": args.model or "smollm2-135m", "skipped": args.skip, "n_facts": len(cases),
-                "case_ids": [c.get("case_id") for c in cases], "gammas": grid, "arms": list(arms.values()),
-                "steps": args.steps, "early_stop": hp.v_early_stop_on, "prefixes": args.prefixes,
-                "batch": args.batch, "threads": args.threads, "precision": editlens.precision.of(model).describe(),
-                "minutes": round((time.perf_counter() - start) / 60, 1),
+    settings = {**run_settings(hp.v_early_stop_on, gammas=grid, arms=list(arms.values())),
                 "role": "reported" if args.reported else "validation"}
     write(Path(args.out), rows, settings)
 

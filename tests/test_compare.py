@@ -175,13 +175,13 @@ def at_scale_run():
     return _published(AT_SCALE)
 
 
-@pytest.mark.parametrize("folder", [AT_SCALE, FULL_RUN], ids=["at-scale", "earlier"])
-def test_published_full_run_is_every_fact_and_its_table_is_its_rows(folder):
+@pytest.mark.parametrize("run, folder", [("at_scale_run", AT_SCALE), ("full_run", FULL_RUN)], ids=["at-scale", "earlier"])
+def test_published_full_run_is_every_fact_and_its_table_is_its_rows(request, run, folder):
     """book/at-scale.md shows `python -m editlens compare` over every fact of facts.json: the rows are complete
     (every record, every method, in record order) and summary.csv/summary.md are what summary_table computes."""
     from editlens.data import load_facts
 
-    settings, per, want = _published(folder)
+    settings, per, want = request.getfixturevalue(run)  # the module's fixture: its table is computed once
     facts = load_facts(None)
     assert settings["n_records"] == len(facts) and settings["data"] == "facts.json"
     assert sorted(settings["case_ids"]) == sorted(f.case_id for f in facts)

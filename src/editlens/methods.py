@@ -2,10 +2,11 @@
 line (``edit`` and ``compare``) and the chapters read.
 
 Taught in: Chapters 3-5 (the editors: ROME, STEAM, ROME+SADR) and Chapter 6 (STEAM+SADR, both terms in one v*
-optimisation, and all four compared); MEMIT, ROME spread over several layers, on the page ``book/memit.md``. Each :class:`Method` has its name, its label in tables and figures, the parts it
-adds to ROME's v* (:data:`PARTS`: ``steam``, ``sadr``), a builder ``(hparams, stats, *, bank, steam_lambda,
-steam_layers, sadr_gamma, batch) -> Editor`` and the checks of its parts' options (:data:`OPTIONS`: a clear
-``ValueError`` that names the problem and the fix).
+optimisation, and all four compared); MEMIT, ROME spread over several layers, on the page ``book/memit.md``. Each
+:class:`Method` has its name, its label in tables and figures, the parts it adds to ROME's v* (:data:`PARTS`:
+``steam``, ``sadr``), a builder ``(hparams, stats, *, bank, steam_lambda, steam_layers, sadr_gamma, batch) ->
+Editor`` and the checks of its parts' options (:data:`OPTIONS`: a clear ``ValueError`` that names the problem and
+the fix).
 """
 
 from __future__ import annotations

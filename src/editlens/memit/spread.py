@@ -60,7 +60,7 @@ def default_update_weight(d_mlp: int) -> float:
     return AUTHORS_UPDATE_WEIGHT * d_mlp / AUTHORS_D_MLP
 
 
-def residual_at_subject(model: Any, prompt: str, subject: str, layer: int) -> Float[Tensor, d_model]:
+def residual_at_subject(model: Any, prompt: str, subject: str, layer: int) -> Float[Tensor, "d_model"]:
     """The residual stream after block ``layer`` at the subject's last token of ``prompt`` (float32)."""
     ids, idx = subject_last_index(model, prompt, subject)
     hook = f"blocks.{layer}.hook_resid_post"
@@ -97,24 +97,24 @@ def compute_memit_edit(model: Any, request: Any, hparams: ROMEHyperParams, layer
     if len(stats) != len(layers) or any(s.layer not in (-1, layer) for s, layer in zip(stats, layers)):
         raise ValueError("stats must hold the key statistics of each of the layers, in order. Fix: leave stats=None.")
     vres = compute_v(model, req, last, hparams.replace(layer=last), extra_losses, verbose=verbose)
-    target = residual_at_subject(model, req.prompt, req.subject, last) + vres.delta.float().to(model.cfg.device)
+    unedited = residual_at_subject(model, req.prompt, req.subject, last)
+    target = unedited + vres.delta.float().to(model.cfg.device)
     edits: list[Edit] = []
     try:
         for i, (layer, layer_stats) in enumerate(zip(layers, stats)):
             k, _ = compute_k(model, req, layer, hparams.replace(layer=layer))
-            missing = target - residual_at_subject(model, req.prompt, req.subject, last)
-            share = missing.double() / (len(layers) - i)
+            now = residual_at_subject(model, req.prompt, req.subject, last) if edits else unedited
+            share = (target - now).double() / (len(layers) - i)
             u = layer_stats.solve(k, hparams.mom2_reg).double()
-            kd = k.double()
             if update_weight > 0:
                 u = u / update_weight
-                right = share / (1.0 + float(kd @ u))
-            else:
-                right = share / float(kd @ u)
+            ku = float(k.double() @ u)  # the layer writes ku / (1 + ku) of its share (all of it at lambda 0)
+            right = share / (1.0 + ku) if update_weight > 0 else share / ku
+            written = ku / (1.0 + ku) if update_weight > 0 else 1.0
             W = w_out(model, layer).detach()
             delta = torch.outer(u, right).to(W.dtype)
             info = {"steps": len(vres.history), "final_loss": vres.final_loss, "share_norm": float(share.norm()),
-                    "written": float((kd @ u) / (1.0 + kd @ u)) if update_weight > 0 else 1.0}
+                    "written": written}
             edit = Edit(layer=layer, delta=delta, request=req, u=u.float(), k_star=k, v_star=None,
                         v_result=vres if layer == last else None, factors=(u, right), info=info)
             edits.append(edit.apply(model))

@@ -68,6 +68,28 @@ def test_fused_equals_step_by_step_with_a_kv_cache(tiny_model):
     assert slow == fast
 
 
+def test_grouped_query_attention_in_the_kernel_is_bit_for_bit_repeating_the_kv_heads(tiny_model):
+    """The fused path lets the kernel read each query head's KV head in place (``enable_gqa``) instead of
+    copying the keys and values once per query head: the same numbers to the last bit, in scoring (packed
+    rows) and in generation (a left-padded batch from the KV cache). benchmarks/bench_kernels.py checks the
+    embedded model in its own precision."""
+    assert tiny_model.cfg.n_key_value_heads < tiny_model.cfg.n_heads  # the tiny model groups its heads
+    cands = [["Paris", "Rome", "football"], ["football", "tennis"], ["Paris", "the city of Paris"]]
+
+    def run():
+        scores = scoring.score_candidates(tiny_model, PROMPTS, cands, rows_per_batch=scoring.ROWS_PER_BATCH,
+                                          row_tokens=16)
+        return scores, generate(tiny_model, PROMPTS, max_new_tokens=6)
+
+    assert fused_attention._SDPA_GQA  # the pinned torch has it
+    in_kernel = run()
+    with mock.patch.object(fused_attention, "_SDPA_GQA", False):
+        repeated = run()
+    for a, b in zip(in_kernel[0], repeated[0]):
+        assert a.tobytes() == b.tobytes()
+    assert in_kernel[1] == repeated[1]
+
+
 def test_forwards_that_take_gradients_run_step_by_step(tiny_model):
     """On a CPU the fused backward pass is the slower one: only forwards under no_grad are fused."""
     tokens = tiny_model.to_tokens(PROMPTS[:1], prepend_bos=True)

@@ -156,3 +156,39 @@ def test_embedded_model_reports_its_precision(model):
     assert prec.requested == "auto"
     assert prec.compute == (torch.bfloat16 if P.native_bf16("cpu")[0] else torch.float32)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_fine_tuning_steps_reach_the_bf16_weight_copies(tiny_model):
+    """SFT's fused AdamW writes the weights without bumping their version counters; the trainer bumps them, so
+    a no-grad forward after a step (the validation checks) computes with the trained weights, not with the bf16
+    copies made before it: the same logits as autocast casting the current weights at every call."""
+    from types import SimpleNamespace
+
+    from editlens import sft
+
+    queries = [SimpleNamespace(relation_id="P1", subject=s, object=o, split="train", candidates=("Paris", "Berlin"),
+                               prompts=(f"The capital of {s} is", f"{s} has the capital"))
+               for s, o in [("France", "Paris"), ("Germany", "Berlin")]]
+    toks = tiny_model.to_tokens(["The capital of France is"], padding_side="right")
+    _bf16(tiny_model)
+    with torch.no_grad():
+        before = tiny_model(toks).float()  # makes the bf16 copies
+
+    calls = []
+
+    def check(model) -> dict[str, float]:  # the validation check, at step 0 and after each step
+        with torch.no_grad():
+            cached = model(toks).float()
+        with torch.enable_grad():  # autocast casts the current weights
+            fresh = model(toks).detach().float()
+        assert torch.equal(cached, fresh), float((cached - fresh).abs().max())
+        assert torch.equal(cached, before) == (not calls)  # after a step, the model has changed
+        calls.append(1)
+        return {"consistency": 0.0}
+
+    with sft.finetuned(tiny_model, queries, "gold", lr=1e-2, steps=2, batch_size=4, eval_fn=check, eval_every=1,
+                       progress=False):
+        pass
+    assert len(calls) == 3
+    with torch.no_grad():
+        assert torch.equal(tiny_model(toks).float(), before)  # restored, and the copies follow

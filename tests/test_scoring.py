@@ -170,3 +170,25 @@ def test_top1_accuracy_is_the_teacher_forced_argmax_match(tiny_model):
         nll, acc = S.score_continuations(tiny_model, pairs, packed=packed, top1=True)
         np.testing.assert_allclose(nll, S.score_continuations(tiny_model, pairs, packed=packed), rtol=0, atol=0)
         assert acc[0] == 1.0 and acc[1] < 1.0, (packed, acc)
+
+
+def test_a_set_scored_again_reuses_its_layout_and_scores_the_same(tiny_model):
+    """The packed layout of a (prompts, candidates) set is built once: scoring it again (another hook, another
+    rows_per_batch) takes it from the cache, and the scores are those of a fresh build."""
+    prompts = ["The capital of France is", "Pelé played the sport of", "The Eiffel Tower is located in"]
+    cands = [["Paris", "Rome", "the city of Paris"], ["football", "tennis"], ["Paris", "Rome"]]
+    S._LAYOUTS.clear()
+    first = S.score_candidates(tiny_model, prompts, cands, packed=True, row_tokens=16)
+    assert len(S._LAYOUTS) == 1
+    layout = next(iter(S._LAYOUTS.values()))
+    again = S.score_candidates(tiny_model, prompts, cands, packed=True, row_tokens=16,
+                               rows_per_batch=S.ROWS_PER_BATCH)
+    assert len(S._LAYOUTS) == 1 and next(iter(S._LAYOUTS.values())) is layout  # reused, not rebuilt
+    for a, b in zip(first, again):
+        assert a == pytest.approx(b, abs=1e-5)
+    S._LAYOUTS.clear()
+    rebuilt = S.score_candidates(tiny_model, prompts, cands, packed=True, row_tokens=16)
+    for a, b in zip(first, rebuilt):
+        assert a.tobytes() == b.tobytes()
+    other = S.score_candidates(tiny_model, prompts[:2], cands[:2], packed=True, row_tokens=16)
+    assert len(S._LAYOUTS) == 2 and [len(x) for x in other] == [3, 2]

@@ -58,17 +58,19 @@ METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RelS", "DNS", "Port", "Port
 # Scoring continuations
 
 
-def continuation_nll(model: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32, top1: bool = False
+def continuation_nll(model: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32, top1: bool = False,
+                     rows_per_batch: int = 1,
                      ) -> Float[Tensor, "n_pairs"] | tuple[Float[Tensor, "n_pairs"], Float[Tensor, "n_pairs"]]:
     """Mean per-token NLL of each ``continuation`` after ``prompt`` (with a leading space): the book's
-    one scorer, :func:`editlens.scoring.score_continuations` (``batch_size`` is kept for callers).
-    ``top1=True``: also each continuation's top-1 token accuracy under teacher forcing, ``(nll, top1)``."""
+    one scorer, :func:`editlens.scoring.score_continuations` (``batch_size`` is kept for callers;
+    ``rows_per_batch`` as there). ``top1=True``: also each continuation's top-1 token accuracy under
+    teacher forcing, ``(nll, top1)``."""
     if not pairs:
         empty = torch.empty(0, dtype=torch.float64)
         return (empty, empty.clone()) if top1 else empty
     if not top1:
-        return torch.from_numpy(score_continuations(model, pairs))
-    nll, hits = score_continuations(model, pairs, top1=True)
+        return torch.from_numpy(score_continuations(model, pairs, rows_per_batch=rows_per_batch))
+    nll, hits = score_continuations(model, pairs, top1=True, rows_per_batch=rows_per_batch)
     return torch.from_numpy(nll), torch.from_numpy(hits)
 
 
@@ -118,13 +120,16 @@ def probe_scores(model: Any, case: Any, *, batch_size: int = 32) -> dict[str, fl
     return probe_scores_many(model, [case], batch_size=batch_size)[0]
 
 
-def probe_scores_many(model: Any, cases: Sequence[Any], *, batch_size: int = 32) -> list[dict[str, float]]:
+def probe_scores_many(model: Any, cases: Sequence[Any], *, batch_size: int = 32, rows_per_batch: int = 1,
+                      ) -> list[dict[str, float]]:
     """:func:`probe_scores` of many records with one scorer call over all their probe rows
-    (Chapter 3's evaluation: the unedited model is scored once per fact set). Same results up to float noise."""
+    (Chapter 3's evaluation: the unedited model is scored once per fact set). Same results up to float noise.
+    ``rows_per_batch``: packed rows per forward pass (:func:`editlens.scoring.score_candidates`; Chapter 6's
+    sequential edits run :data:`editlens.scoring.ROWS_PER_BATCH`)."""
     all_rows = [probe_rows(as_case(c)) for c in cases]
     flat = [r for rows in all_rows for r in rows]
     pairs = [(r[1], r[2]) for r in flat] + [(r[1], r[3]) for r in flat]
-    nll, top1 = continuation_nll(model, pairs, batch_size=batch_size, top1=True)
+    nll, top1 = continuation_nll(model, pairs, batch_size=batch_size, top1=True, rows_per_batch=rows_per_batch)
     good, bad, good_top1 = nll[: len(flat)].tolist(), nll[len(flat):].tolist(), top1[: len(flat)].tolist()
     out, start = [], 0
     for rows in all_rows:

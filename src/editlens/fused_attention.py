@@ -34,6 +34,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 _STATE = "_editlens_fused_attention"  # the _Switch a wrapped layer and its model share
+# Grouped-query attention inside the kernel (torch >= 2.5): the same numbers, bit for bit, as repeating each
+# KV head for its query heads first (tested in tests/test_fused_attention.py), without copying the keys and
+# values, which cost a quarter of a generation's time on a CPU (benchmarks/bench_kernels.py).
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
 class _Switch:
@@ -105,7 +109,7 @@ def _fused_forward(attn: Any, hidden_states: Float[Tensor, "batch pos d_model"],
         k = attn.hook_rot_k(k)
     k, v = attn._update_kv_cache(k, v, **kwargs)
     groups = getattr(hf, "num_key_value_groups", 1)
-    if groups > 1:
+    if groups > 1 and not _SDPA_GQA:
         k, v = repeat_kv(k, groups), repeat_kv(v, groups)
     dtype = v.dtype  # bfloat16 under autocast (the value projection's output), else the weights' dtype
     q, k = q.to(dtype), k.to(dtype)
@@ -115,7 +119,8 @@ def _fused_forward(attn: Any, hidden_states: Float[Tensor, "batch pos d_model"],
     mask = attn._apply_reconstruct_attention_mask(attn_scores=zeros, attention_mask=attention_mask,
                                                   seq_len=k.shape[-2], q_seq_len=q.shape[-2])
     scaling = getattr(hf, "scaling", head_dim ** -0.5)
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(dtype), scale=scaling)
+    gqa = {"enable_gqa": True} if groups > 1 and _SDPA_GQA else {}  # each query head reads its KV head in place
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(dtype), scale=scaling, **gqa)
     out = out.transpose(1, 2).contiguous().reshape(*input_shape, -1)
     o_weight = getattr(getattr(attn.o, "original_component", None), "weight", None)
     if isinstance(o_weight, Tensor) and o_weight.dtype.is_floating_point and out.dtype != o_weight.dtype:

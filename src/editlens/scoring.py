@@ -31,6 +31,7 @@ the real positions never see the padding) and :func:`item_logprobs`.
 
 from __future__ import annotations
 
+import collections
 import copy
 import weakref
 from dataclasses import dataclass, field
@@ -481,22 +482,37 @@ def score_continuations(
     return (out, acc) if top1 else out
 
 
-def _score_packed(model: Any, pids: list[list[int]], cids: list[list[list[int]]], *, hooks: HookList,
-                  row_tokens: int, rows_per_batch: int = 1,
-                  at_last_prompt_token: Callable[[Tensor], HookList] | None = None, top1: bool = True,
-                  ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+@dataclass
+class _Layout:
+    """Where every scored token of one ``(prompts, candidates)`` set is read in its packed prefix tree: the
+    same for every model and every hook, so it is built once per set (:func:`_layout`) and reused when a
+    chapter scores the same queries again under another steering or edit."""
+
+    owners: list[tuple[int, int]]  # sequence s -> (prompt i, candidate j)
+    tree: PrefixTree
+    reads: list[list[tuple[int, int]]]  # per sequence: (node, target) of each scored token
+    order: list[int]  # the rows that hold a read position, in order
+    keeps: dict[int, list[int]]  # row -> its read positions, sorted
+    gather: dict[int, tuple[list[int], list[int], list[int]]]  # row -> (index in keeps, target, node) per read
+    marked: dict[int, list[int]] | None = None  # row -> positions that end a prompt (when asked for)
+    separable: bool | None = None  # no prompt ends inside another sequence (when asked for)
+
+
+_LAYOUTS: collections.OrderedDict[tuple, _Layout] = collections.OrderedDict()  # the last few sets scored
+_LAYOUTS_KEPT = 8
+
+
+def _layout(pids: list[list[int]], cids: list[list[list[int]]], row_tokens: int) -> _Layout:
+    """The :class:`_Layout` of these prompts and candidates, from the cache when the same set was scored lately."""
+    key = (row_tokens, tuple(map(tuple, pids)), tuple(tuple(map(tuple, cs)) for cs in cids))
+    if key in _LAYOUTS:
+        _LAYOUTS.move_to_end(key)
+        return _LAYOUTS[key]
     seqs, owners = [], []  # one sequence per (prompt, distinct candidate row)
     for i, (p, cands) in enumerate(zip(pids, cids)):
         for j, c in enumerate(cands):
             seqs.append(p + c[:-1]); owners.append((i, j))
     tree = PrefixTree(seqs, row_tokens=row_tokens)
-    marked: dict[int, list[int]] | None = None
-    if at_last_prompt_token is not None:  # the nodes that end a prompt, and where they sit in the rows
-        ends = {tree.node(s, len(pids[i]) - 1) for s, (i, _) in enumerate(owners)}
-        for s, (i, _) in enumerate(owners):
-            if any(v in ends for d, v in enumerate(tree.paths[s]) if d != len(pids[i]) - 1):
-                return None  # one prompt's end is inside another sequence: not separable in a tree
-        marked = {r: [k for k, v in enumerate(row.nodes) if v in ends] for r, row in enumerate(tree.rows)}
     wanted: dict[int, dict[int, list[tuple[int, int]]]] = {}  # row -> index -> [(node, target)]
     reads: list[list[tuple[int, int]]] = []  # per sequence: (node, target) of each scored token
     for s, (i, j) in enumerate(owners):
@@ -508,28 +524,62 @@ def _score_packed(model: Any, pids: list[list[int]], cids: list[list[list[int]]]
             wanted.setdefault(r, {}).setdefault(idx, []).append((v, target))
             rd.append((v, target))
         reads.append(rd)
+    order = sorted(wanted)
+    keeps = {r: sorted(wanted[r]) for r in order}
+    gather = {}
+    for r in order:
+        ks, ts, vs = [], [], []
+        for k, idx in enumerate(keeps[r]):
+            at = wanted[r][idx]
+            for t in sorted({t for _, t in at}):
+                ks.append(k); ts.append(t); vs.append(at[0][0])
+        gather[r] = (ks, ts, vs)
+    layout = _Layout(owners=owners, tree=tree, reads=reads, order=order, keeps=keeps, gather=gather)
+    _LAYOUTS[key] = layout
+    if len(_LAYOUTS) > _LAYOUTS_KEPT:
+        _LAYOUTS.popitem(last=False)
+    return layout
+
+
+def _mark_prompt_ends(layout: _Layout, pids: list[list[int]]) -> None:
+    """Fill ``layout.separable`` and ``layout.marked``: the nodes that end a prompt, and where they sit in the rows."""
+    tree, owners = layout.tree, layout.owners
+    ends = {tree.node(s, len(pids[i]) - 1) for s, (i, _) in enumerate(owners)}
+    layout.separable = not any(v in ends for s, (i, _) in enumerate(owners)
+                               for d, v in enumerate(tree.paths[s]) if d != len(pids[i]) - 1)
+    layout.marked = {r: [k for k, v in enumerate(row.nodes) if v in ends] for r, row in enumerate(tree.rows)}
+
+
+def _score_packed(model: Any, pids: list[list[int]], cids: list[list[list[int]]], *, hooks: HookList,
+                  row_tokens: int, rows_per_batch: int = 1,
+                  at_last_prompt_token: Callable[[Tensor], HookList] | None = None, top1: bool = True,
+                  ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    layout = _layout(pids, cids, row_tokens)
+    tree, owners, reads, order = layout.tree, layout.owners, layout.reads, layout.order
+    marked: dict[int, list[int]] | None = None
+    if at_last_prompt_token is not None:
+        if layout.separable is None:
+            _mark_prompt_ends(layout, pids)
+        if not layout.separable:
+            return None  # one prompt's end is inside another sequence: not separable in a tree
+        marked = layout.marked
     logp: dict[tuple[int, int], float] = {}
     best: dict[int, int] = {}  # node -> the model's top-1 next token there
-    order = sorted(wanted)
     with torch.no_grad():
         for start in range(0, len(order), max(1, rows_per_batch)):
             chunk = order[start : start + max(1, rows_per_batch)]
-            keeps = [sorted(wanted[r]) for r in chunk]
+            keeps = [layout.keeps[r] for r in chunk]
             outs = forward_packed_rows(
                 model, [tree.rows[r] for r in chunk], keeps, hooks, width=row_tokens,
                 marked=None if marked is None else [marked[r] for r in chunk], at_positions=at_last_prompt_token)
-            for r, keep, logits in zip(chunk, keeps, outs):
-                at = wanted[r]
+            for r, logits in zip(chunk, outs):
                 lp = logits.float().log_softmax(-1)
-                top = lp.argmax(-1).tolist() if top1 else None  # a pass over the vocabulary: only when asked
-                for k, idx in enumerate(keep):
-                    targets = sorted({t for _, t in at[idx]})
-                    vals = lp[k, targets].tolist()
-                    v = at[idx][0][0]
-                    if top is not None:
-                        best[v] = top[k]
-                    for t, x in zip(targets, vals):
-                        logp[(v, t)] = x
+                ks, ts, vs = layout.gather[r]  # every read of the row, gathered at once
+                vals = lp[torch.tensor(ks, device=lp.device), torch.tensor(ts, device=lp.device)].tolist()
+                logp.update(zip(zip(vs, ts), vals))
+                if top1:  # a pass over the vocabulary: only when asked
+                    top = lp.argmax(-1).tolist()
+                    best.update((v, top[k]) for k, v in zip(ks, vs))
     out = [np.zeros(len(c)) for c in cids]
     hits = [np.zeros(len(c)) for c in cids]
     for s, (i, j) in enumerate(owners):

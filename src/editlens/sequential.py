@@ -29,6 +29,7 @@ import pandas as pd
 from editlens.evaluate import probe_scores_many
 from editlens.rome.editor import Editor
 from editlens.rome.requests import as_case, as_request
+from editlens.scoring import ROWS_PER_BATCH
 from editlens.seeding import seed_everything
 
 KINDS = ("edited ES", "edited PS", "NS", "unrelated")
@@ -82,6 +83,7 @@ def sequential_edits(
     progress: bool = True,
     desc: str = "sequential edits",
     batch_size: int = 32,
+    rows_per_batch: int = ROWS_PER_BATCH,
     **editor_options: Any,
 ) -> pd.DataFrame:
     """Edit ``cases`` one after another (each edit computed on the already edited weights) and probe after each.
@@ -90,8 +92,10 @@ def sequential_edits(
     name of the registry, :mod:`editlens.methods` (``"rome"``, ``"steam"``, ``"sadr"``, ``"steam+sadr"``), with
     ``hparams=``, ``stats=`` (``bank=``, ...) as keyword arguments. ``unrelated``: records never edited (their
     accuracy is tracked). ``probe_every``: probe after every k-th edit (and always after the last). ``desc`` labels
-    the progress bar. Edit t is seeded with :func:`editlens.compare.record_seed` of ``(seed, t)``. The weights are
-    restored bit for bit on return, also after an exception.
+    the progress bar. ``rows_per_batch``: packed rows per forward pass of the probes
+    (:func:`editlens.scoring.score_candidates`: several at once is faster on a CPU). Edit t is seeded with
+    :func:`editlens.compare.record_seed` of ``(seed, t)``. The weights are restored bit for bit on return, also
+    after an exception.
 
     Returns the long frame of :data:`COLUMNS`: one row per (edit count, record, kind), values in [0, 1].
     """
@@ -124,7 +128,8 @@ def sequential_edits(
             stack.enter_context(edit(model, case))
             if t % probe_every and t != n:
                 continue
-            scores = probe_scores_many(model, probes_edited[:t] + probes_other, batch_size=batch_size)
+            scores = probe_scores_many(model, probes_edited[:t] + probes_other, batch_size=batch_size,
+                                       rows_per_batch=rows_per_batch)
             for j, s in enumerate(scores[:t]):
                 for kind, key in (("edited ES", "ES"), ("edited PS", "PS"), ("NS", "NS")):
                     if not math.isnan(s[key]):

@@ -27,9 +27,11 @@ ELSEWHERE: dict[str, dict[str, str]] = {
     "03_rome": {"0.05": "fixed: ROME's early-stop threshold on the v* loss (a constant of the method)"},
     "04_steam": {"2510.10398": "fixed: arXiv identifier"},
     "05_sadr": {"2502.14838": "fixed: arXiv identifier", "54.2": "03_rome",
+                **{n: "book/setup.md" for n in ["+1.63", "+0.17", "+3.17"]},  # the run on another CPU
                 **{n: "fixed: the SADR paper's ROME -> ROME+SADR results (GPT-J, Llama-3-8B)"
                    for n in ["11.9", "27.8", "30.4", "49.4", "99.9", "99.8", "99.6", "96.4", "52.2", "58.5"]}},
-    "06_synthesis": {"+0.011": "book/results/compare-all-facts/summary.md",
+    "book/teaching.md": {n: "book/setup.md: Chapter 5 on another CPU" for n in ["+1.63", "+0.17", "+3.17"]},
+    "06_synthesis": {**{n: "book/results/at-scale/smollm2-135m/summary.md" for n in ["+0.017", "+0.353", "+0.401"]},
                      "0.975": "fixed: the upper quantile of a 95% bootstrap interval"},
 }
 

@@ -27,16 +27,16 @@
 # **Prerequisites.** Chapter 0 (hooks, `hook_z`, $W_O$) and Chapter 1 (pairwise consistency,
 # attribution patching).
 #
-# **Time to run.** About 18 minutes with the embedded model: 1,052.2 s of wall-clock measured on
+# **Time to run.** About 10 minutes with the embedded model: 573.0 s of wall-clock measured on
 # one thread of the book's build machine, whose CPU has native bfloat16 units (AMX; the timing table
 # at the end of the chapter gives every step); a CPU without them computes in float32 and takes
 # longer. Scoring answers dominates: every evaluation scores 7 paraphrases of each query against
 # the relation's whole candidate list (each shared prompt prefix once, `editlens.scoring`), and the
 # chapter runs about a hundred of them (the K x $\alpha$ sweep for two candidate directions, the
 # held-out tests of four steering configurations with their controls, fine-tuning checkpoints and
-# their test sets, and the cost curve). In this run the held-out tests took 120.3 s (section 7),
-# 94.2 s (the centred candidate) and 194.2 s (the two other variants), the sweep 110.3 s, SFT and
-# LoRA 175.6 s and 125.5 s (training and testing), the cost curve 89.0 s. Each state is scored
+# their test sets, and the cost curve). In this run the held-out tests took 65.0 s (section 7),
+# 52.5 s (the centred candidate) and 106.5 s (the two other variants), the sweep 60.4 s, SFT and
+# LoRA 92.3 s and 68.5 s (training and testing), the cost curve 46.3 s. Each state is scored
 # once: the unsteered model's answers, the sweep's chosen cells and the fine-tuning runs are reused
 # wherever a later section needs the same numbers. Lower `K_VALUES`, `ALPHAS`, `N_CONTROL_SEEDS`,
 # `SFT_STEPS` or `COST_SIZES` for a quicker run.
@@ -991,11 +991,11 @@ print(
 # Fine-tuning on the same 111 training queries raises validation consistency two and a half times
 # as much as steering did (+0.168 against +0.067). Its validation accuracy rises at the first check
 # and then falls back: at the best checkpoint, step 30 of 50, it is level with the unsteered
-# model's (0.690 against 0.686), and consistency does not rise further after that step. On this
-# machine and model SFT costs about twice steering's wall-clock (58.0 s to its best checkpoint
-# against 24.8 s, the 2.3x printed above), not 23 times: steering's own cost is dominated by
-# scoring the training prompts (16.8 s), which a 135M model makes as expensive as about nine
-# optimisation steps (1.9 s per step, as printed below with LoRA's).
+# model's (0.698 against 0.686), and consistency does not rise further after that step. On this
+# machine and model SFT costs about twice steering's wall-clock (31.4 s to its best checkpoint
+# against 16.0 s, the 2.0x printed above), not 23 times: steering's own cost is dominated by
+# scoring the training prompts (10.5 s), which a 135M model makes as expensive as about ten
+# optimisation steps (1.0 s per step, as printed below with LoRA's).
 # `benchmarks/bench_steering.py` measures the same two costs in one run outside the notebook.
 # Section 13 follows the two costs as the training set grows.
 #
@@ -1177,23 +1177,24 @@ print(
 # %% [markdown]
 # **Fine-tuning generalises; steering does not.** Both fine-tuned models, chosen on validation and
 # tested once, raise consistency on both held-out sets with intervals far from 0 (SFT: held-out
-# subjects +0.23 [+0.14, +0.32], held-out relations +0.25 [+0.20, +0.29]; LoRA: +0.24 [+0.13, +0.34]
-# and +0.14 [+0.09, +0.19]). Accuracy rises with it on held-out relations (+0.17 and +0.09,
-# intervals above 0); on the 36 held-out subjects the accuracy intervals include 0 (+0.06 [-0.05,
-# +0.16] and +0.07 [-0.04, +0.17]). Uncentred steering is indistinguishable from nothing on both
+# subjects +0.23 [+0.13, +0.32], held-out relations +0.25 [+0.20, +0.29]; LoRA: +0.24 [+0.13, +0.34]
+# and +0.15 [+0.10, +0.20]). Accuracy rises with it on held-out relations (+0.17 and +0.09,
+# intervals above 0); on the 36 held-out subjects the accuracy intervals include 0 (+0.08 [-0.04,
+# +0.17] and +0.07 [-0.04, +0.17]). Uncentred steering is indistinguishable from nothing on both
 # test sets: +0.03 [-0.03, +0.08] on held-out subjects and -0.02 [-0.06, +0.01] on held-out
 # relations, where its accuracy interval only just includes 0 (-0.03 [-0.07, +0.01]). The side
 # effects favour full fine-tuning: SFT keeps more known facts than steering (0.972 and 0.983
-# against 0.927 and 0.965) and *lowers* perplexity on the reference sentences (33.7 against 41.9
-# unsteered); its free-form answers agree less (0.654 against 0.692), LoRA's more (0.738). LoRA's
-# side effects are mixed: it keeps more rewrite facts than steering (0.940) but fewer
-# neighbourhood facts (0.937), and raises perplexity the most (48.9). LoRA trains 0.55% of the
-# parameters (737,280) at half the seconds per step (0.9 s against 1.9 s) and reached the highest
-# validation consistency (0.848), at step 30, as SFT did; the selection rule for fine-tuning looks
-# at consistency only, and LoRA's checkpoint had validation accuracy 0.600 (unsteered 0.686),
-# although on both test sets its accuracy is above the unsteered model's (0.733 and 0.820 against
-# 0.670 and 0.717). So on the same footing the comparison is not close where it matters, held-out
-# consistency: the baseline the paper beats on cost gains 0.14-0.25, steering nothing.
+# against 0.927 and 0.965) and *lowers* perplexity on the reference sentences (33.3 against 41.9
+# unsteered); its free-form answers agree less (0.654 against 0.692), LoRA's more (0.753). LoRA's
+# side effects are mixed: it keeps more rewrite facts than steering (0.943) but fewer
+# neighbourhood facts (0.940), and raises perplexity almost as much as steering (46.7 against
+# 47.3). LoRA trains 0.55% of the parameters (737,280) at about 60% of the seconds per step (0.6 s
+# against 1.0 s) and reached the highest validation consistency (0.835), at step 30, as SFT did;
+# the selection rule for fine-tuning looks at consistency only, and LoRA's checkpoint had
+# validation accuracy 0.600 (unsteered 0.686), although on both test sets its accuracy is above
+# the unsteered model's (0.728 and 0.827 against 0.670 and 0.717). So on the same footing the
+# comparison is not close where it matters, held-out consistency: the baseline the paper beats on
+# cost gains 0.15-0.25, steering nothing.
 #
 # ## 11. The centred candidate and the other open variants, with their controls
 #
@@ -1587,8 +1588,8 @@ show_table(by_relation.reset_index(), 3)
 #    held-out relations (0.18, close to the 0.20 that went to the majority there); most moved
 #    *elsewhere* (0.60-0.77). On the test sets the answer entropy per query barely moves (0.80 to
 #    0.77 bits on held-out subjects, 0.72 to 0.76 on held-out relations; on validation it fell,
-#    0.75 to 0.65). Fine-tuning does what steering was meant to: 0.45-0.65 of its changes go to the
-#    majority, and the entropy falls to 0.22-0.43 bits. The centred directions send as large a
+#    0.75 to 0.65). Fine-tuning does what steering was meant to: 0.46-0.65 of its changes go to the
+#    majority, and the entropy falls to 0.22-0.41 bits. The centred directions send as large a
 #    share of their changes to the majority as fine-tuning (0.47 and 0.46), but change fewer
 #    answers, and their entropy falls less (to 0.50 and 0.58).
 # 3. **No relation-specific signal that transfers either.** The uncentred validation gain came
@@ -1710,8 +1711,8 @@ show_table(
 )
 
 # %% [markdown]
-# The ratio falls as the training set grows: with 25 training queries fine-tuning costs 9.3x
-# (SFT) and 4.6x (LoRA) steering's time, with all 111 only 3.0x and 1.8x, because steering's cost
+# The ratio falls as the training set grows: with 25 training queries fine-tuning costs 7.7x
+# (SFT) and 4.6x (LoRA) steering's time, with all 111 only 2.7x and 1.7x, because steering's cost
 # is scoring its training prompts (linear in the data) while 20 fine-tuning steps cost the same
 # whatever the data. A 23x ratio needs the opposite regime: few training prompts and many
 # expensive optimisation steps, e.g. a 7B-13B model trained for several epochs with its optimizer
@@ -1756,9 +1757,9 @@ show_table(time_table.reset_index(), digits=1)
 # - Side effects are measurable (known facts, perplexity, free-form answers): steering loses known
 #   facts and raises perplexity; its free-form answers agree a little less than before (0.681
 #   against 0.692).
-# - Supervised fine-tuning on the same data gains more at about twice the cost (2.3x here), and on
+# - Supervised fine-tuning on the same data gains more at about twice the cost (2.0x here), and on
 #   the same footing (chosen on validation, tested once) full SFT and LoRA raise held-out
-#   consistency by 0.14-0.25 on both test sets with intervals far from 0, where uncentred steering
+#   consistency by 0.15-0.25 on both test sets with intervals far from 0, where uncentred steering
 #   gains nothing on either.
 # - Per-query centred directions, chosen on validation like the uncentred ones, are the one form of
 #   steering that beats the unsteered model and both controls on both test sets: consistency 0.757
@@ -1771,7 +1772,7 @@ show_table(time_table.reset_index(), digits=1)
 #   changes go elsewhere, entropy barely moves on the test sets), and its per-relation gains on
 #   validation do not transfer. The uncentred direction seems to encode which queries are easy,
 #   not agreement.
-# - The cost ratio falls from 9.3x (SFT) and 4.6x (LoRA) to 3.0x and 1.8x as the training set grows
+# - The cost ratio falls from 7.7x (SFT) and 4.6x (LoRA) to 2.7x and 1.7x as the training set grows
 #   from 25 to 111 queries; a 23x ratio needs few training prompts and expensive optimisation
 #   steps, which this setting is not.
 #

@@ -42,11 +42,11 @@
 # native bf16 units (AMX), in bfloat16: 403 s for the four methods on 50 facts (255 s of them
 # computing the 200 edits, 8 facts' $v_*$ at a time: a median 1.2 s per edit for ROME, STEAM and
 # ROME+SADR and 1.3 s for STEAM+SADR; 36 s the consistency lens of the edited models; 113 s the
-# rest, probes and generations) and 138.1 s (over two minutes) for the sequential edits. The
-# first exercise comes after the four methods' edits, about 8 minutes in. A CPU without bf16 units
-# computes in float32, which takes longer. Almost all of it is editing: each of the `N_FACTS` facts is edited
-# once by each of the four methods (at most 20 steps of $v_*$ optimisation each, about 14 on
-# average) and evaluated, and `N_SEQUENTIAL` edits are applied in sequence per method. Lower
+# rest, probes and generations) and 138.1 s (over two minutes) for the sequential edits. The first
+# exercise comes after the four methods' edits, about 8 minutes in. A CPU without bf16 units
+# computes in float32, which takes longer. Almost all of it is editing: each of the `N_FACTS` facts
+# is edited once by each of the four methods (at most 20 steps of $v_*$ optimisation each, about 14
+# on average) and evaluated, and `N_SEQUENTIAL` edits are applied in sequence per method. Lower
 # `N_FACTS` and `N_SEQUENTIAL` for a quicker run in class; a full run at scale belongs on a GPU
 # (section 4).
 
@@ -432,19 +432,19 @@ plt.show()
 # average against 13.780 (+0.040 [-0.154, +0.295]), so its alignment term does not slow the new
 # object's NLL; the SADR term does, a little: ROME+SADR +0.320 [+0.118, +0.596] and STEAM+SADR
 # +0.400 [+0.170, +0.720] steps, a third of a step per edit on average. Second, the cost: per edit
-# ROME takes 1.223 s, STEAM +0.034 s [+0.033, +0.035], ROME+SADR +0.062 s [+0.055, +0.067] and STEAM+SADR +0.106 s [+0.099, +0.112] (means of each
-# fact's share of its batch's seconds); all three excesses survive Holm's correction within this
-# run, STEAM's included. They are small, 3%, 5% and 9% of ROME's time, and times move from run to run and
-# from machine to machine (another job on the CPU moves ROME's own time per edit), so the chapter
-# prints its timing claims (the SADR methods slower, every extra term within a quarter of ROME's
-# time) but checks none of them. The SADR methods' shares are more than their third of a step (2%
-# and 3% of ROME's 13.780) would cost alone, and STEAM's comes with no measured extra step: each
-# term costs a little per step, of the order of a few hundredths of a second per edit. At the same
-# budget an extra term is cheap; what costs is steps. A stop rule on the NLL *plus* the terms lets
-# a term keep the optimisation going: an earlier run over all 317 facts was made that way
-# ({doc}`../book/at-scale`), STEAM ran all 20 steps on every fact there, where ROME stops after
-# about 14 on average, and each term cost a third to a half more time per edit than ROME, most of
-# it those extra steps, not the term.
+# ROME takes 1.223 s, STEAM +0.034 s [+0.033, +0.035], ROME+SADR +0.062 s [+0.055, +0.067] and
+# STEAM+SADR +0.106 s [+0.099, +0.112] (means of each fact's share of its batch's seconds); all
+# three excesses survive Holm's correction within this run, STEAM's included. They are small, 3%, 5%
+# and 9% of ROME's time, and times move from run to run and from machine to machine (another job on
+# the CPU moves ROME's own time per edit), so the chapter prints its timing claims (the SADR methods
+# slower, every extra term within a quarter of ROME's time) but checks none of them. The SADR
+# methods' shares are more than their third of a step (2% and 3% of ROME's 13.780) would cost alone,
+# and STEAM's comes with no measured extra step: each term costs a little per step, of the order of
+# a few hundredths of a second per edit. At the same budget an extra term is cheap; what costs is
+# steps. A stop rule on the NLL *plus* the terms lets a term keep the optimisation going: an earlier
+# run over all 317 facts was made that way ({doc}`../book/at-scale`), STEAM ran all 20 steps on
+# every fact there, where ROME stops after about 14 on average, and each term cost a third to a half
+# more time per edit than ROME, most of it those extra steps, not the term.
 # The next two tables set these 50 facts beside the current run over all 317 facts.
 #
 # **The same facts, one edit at a time.** The page {doc}`../book/at-scale` runs
@@ -1077,12 +1077,13 @@ show_table(last_table.drop(columns=["p", "Holm excludes 0"]), digits=1)
 #   the 20 never-edited facts still hold after the 10th edit. Watch unrelated facts, not the
 #   edits, and with more than 20 of them.
 # - **Cost.** At the same budget an extra term costs little. Per edit on one CPU thread (medians,
-#   each fact's share of its batch of 8): ROME, STEAM and ROME+SADR 1.2 s, STEAM+SADR 1.3 s; paired, +0.034, +0.062 and +0.106 s over
-#   ROME's 1.223 s in the stored run (times move from run to run and from machine to machine,
-#   and are not a checked claim), with STEAM running ROME's steps and the SADR methods about a
-#   third of a step more. Steps are what cost: Chapter 5's 80-step SADR runs up to four times the
-#   steps, and in the earlier 317-fact run, whose stop rule let the terms keep the optimisation
-#   going, each term cost a third to a half more time per edit ({doc}`../book/at-scale`).
+#   each fact's share of its batch of 8): ROME, STEAM and ROME+SADR 1.2 s, STEAM+SADR 1.3 s; paired,
+#   +0.034, +0.062 and +0.106 s over ROME's 1.223 s in the stored run (times move from run to run
+#   and from machine to machine, and are not a checked claim), with STEAM running ROME's steps and
+#   the SADR methods about a third of a step more. Steps are what cost: Chapter 5's 80-step SADR
+#   runs up to four times the steps, and in the earlier 317-fact run, whose stop rule let the terms
+#   keep the optimisation going, each term cost a third to a half more time per edit
+#   ({doc}`../book/at-scale`).
 # - **When in doubt.** Use ROME. On this model no method beats it on CounterFact's scores,
 #   specificity, the generations, the consistency lens or sequential edits: the four quality
 #   differences of this run's table that exclude 0 survive no correction and are not in the

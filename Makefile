@@ -16,12 +16,13 @@ export OMP_NUM_THREADS MKL_NUM_THREADS
 # Progress bars as wide as the book's monospace column (editlens.display.LINE_WIDTH).
 export TQDM_NCOLS ?= 76
 
-.PHONY: help setup book test test-fast test-device check-portable student instructor clean
+.PHONY: help setup book test test-fast typecheck test-device check-portable student instructor clean
 
 help:
 	@echo "make book       set up, execute every chapter of _toc.yml (in parallel), render HTML into _build/html"
 	@echo "make test       set up, run the unit tests, the notebook checks (nbval) and the book build test"
 	@echo "make test-fast  the tests not marked slow (no model, no notebooks)"
+	@echo "make typecheck  mypy over src/editlens (pyproject.toml [tool.mypy]; make test runs it too, tests/test_types.py)"
 	@echo "make test-device  the tiny-model tests on a GPU in its auto precision (DEVICE=cuda; scripts/test_device.sh)"
 	@echo "make check-portable re-execute the chapters as another CPU would (AVX2 kernels, float32, 2 threads); checked outputs must match"
 	@echo "make student    write _build/student/NN_*.ipynb: chapters without solutions, to hand out (book/teaching.md)"
@@ -71,6 +72,11 @@ check-portable: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest tests/ -m "not slow" -ra
+
+# The static half of the types (the run-time half, jaxtyping's shapes checked by beartype, is on in every test run:
+# tests/conftest.py). Settings: pyproject.toml [tool.mypy].
+typecheck: setup
+	$(BIN)/python -m mypy
 
 # The tests that build a tiny model, on DEVICE (default cuda) computing as load_model would there (bf16 on a
 # bf16 GPU); the embedded model's tests are skipped (scripts/test_device.sh).

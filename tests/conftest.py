@@ -28,13 +28,31 @@ Mark a test that loads the embedded model or runs a notebook with ``@pytest.mark
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Run-time shape checks: every function and dataclass of these modules (those that declare jaxtyping shapes such
+# as Float[Tensor, "batch pos d_model"]) checks its arguments and return value with beartype, the dimension names
+# bound consistently within each call. Installed before any editlens module is imported; EDITLENS_SHAPE_CHECKS=0
+# turns it off (to time the tests without it). Annotations of names imported only under TYPE_CHECKING (the
+# TransformerBridge of `model`) are not checked at run time: beartype cannot resolve them and skips them.
+SHAPE_CHECKED = [
+    "editlens.anatomy", "editlens.block_runner", "editlens.evaluate", "editlens.fused_attention", "editlens.lens",
+    "editlens.localize", "editlens.memit", "editlens.rome", "editlens.sadr", "editlens.scoring", "editlens.sentence",
+    "editlens.steam", "editlens.steering", "editlens.tracing",
+]
+if os.environ.get("EDITLENS_SHAPE_CHECKS", "1") != "0":
+    import jaxtyping
+
+    # is_pep484_tower: an int is a float (and a float a complex), as PEP 484 and mypy have it.
+    jaxtyping.install_import_hook(SHAPE_CHECKED, "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))")
 
 # Tests never reach the Hugging Face hub (make test exports this too; this covers a bare `pytest`).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,6 +74,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if EMBEDDED_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(skip)
+
+
+@contextlib.contextmanager
+def without_shape_checks() -> Iterator[None]:
+    """The run-time type checks (SHAPE_CHECKED) off: for a test of a function's own check of an argument of the
+    wrong type, e.g. ``position="first"`` where the annotation says ``Literal["all", "last"]``, which the type
+    checker would otherwise refuse first (with a TypeError)."""
+    import jaxtyping
+
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)
 
 
 def parameters_cell(nb) -> tuple[int, dict]:

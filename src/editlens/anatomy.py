@@ -73,6 +73,14 @@ def has_norm_after_mlp(model: "TransformerBridge", layer: int = 0) -> bool:
 
 
 @torch.no_grad()
+def mlp_width(model: TransformerBridge) -> int:
+    """The MLP's hidden size ``d_mlp`` (the keys' dimension ROME and MEMIT edit in). TransformerLens types it
+    ``int | None`` (None for attention-only models); every model of this book has MLPs."""
+    d_mlp = model.cfg.d_mlp
+    assert d_mlp is not None, "the model has no MLP (cfg.d_mlp is None)"
+    return d_mlp
+
+
 def embedding_scale(model: "TransformerBridge") -> float:
     """What the model multiplies a token's embedding row by before the residual stream (``hook_embed``): 1 for
     most models, sqrt(d_model) for Gemma; measured on the first 8 rows."""

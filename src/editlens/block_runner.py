@@ -16,13 +16,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jaxtyping import Float, Int
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
-def supports_block_runs(model: Any) -> bool:
+
+def supports_block_runs(model: TransformerBridge) -> bool:
     """True for a TransformerBridge whose logits are ``unembed(ln_final(resid))`` (no soft-capping after the head)."""
     if getattr(model, "blocks", None) is None or not hasattr(model, "ln_final") or not hasattr(model, "unembed"):
         return False
@@ -40,7 +43,7 @@ class BlockCalls:
 
 
 @contextlib.contextmanager
-def recording_block_calls(model: Any, start: int = 0,
+def recording_block_calls(model: TransformerBridge, start: int = 0,
                           observe: Callable[[int, tuple, dict[str, Any]], None] | None = None) -> Iterator[BlockCalls]:
     """Inside the block, every call of blocks ``start ..`` is recorded in the :class:`BlockCalls` it yields (its
     ``batch`` and ``n_tokens`` are left to the caller): the arguments after the residual stream, and the keyword
@@ -71,7 +74,7 @@ def recording_block_calls(model: Any, start: int = 0,
             h.remove()
 
 
-def record_block_calls(model: Any, tokens: Int[Tensor, "batch pos"],
+def record_block_calls(model: TransformerBridge, tokens: Int[Tensor, "batch pos"],
                        fwd_hooks: Sequence[tuple[str, Callable]] = (), *, keep: Iterable[str] = (),
                        keep_rows: int | None = None
                        ) -> tuple[Float[Tensor, "batch pos d_vocab"], BlockCalls, dict[str, Tensor]]:
@@ -95,7 +98,7 @@ def record_block_calls(model: Any, tokens: Int[Tensor, "batch pos"],
     return logits, rec, kept
 
 
-def run_blocks(model: Any, resid: Float[Tensor, "batch pos d_model"], start: int,
+def run_blocks(model: TransformerBridge, resid: Float[Tensor, "batch pos d_model"], start: int,
                calls: Mapping[int, tuple[tuple, dict[str, Any]]]) -> Float[Tensor, "batch pos d_model"]:
     """The residual stream after blocks ``start ..`` applied to ``resid`` (before the final norm), each block called
     with its recorded ``calls[i] = (args after the residual, kwargs)``. Hooks fire as the caller set them."""
@@ -107,7 +110,8 @@ def run_blocks(model: Any, resid: Float[Tensor, "batch pos d_model"], start: int
     return h
 
 
-def run_from_layer(model: Any, resid: Float[Tensor, "batch pos d_model"], start: int, calls: BlockCalls, *,
+def run_from_layer(model: TransformerBridge, resid: Float[Tensor, "batch pos d_model"], start: int, calls: BlockCalls,
+                   *,
                    fwd_hooks: Sequence[tuple[str, Callable]] = (), positions: slice | None = None
                    ) -> Float[Tensor, "batch n_pos d_vocab"]:
     """Logits of blocks ``start ..`` applied to ``resid`` (the residual stream entering block ``start``; ``start``

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,9 @@ from editlens.fingerprint import weights_fingerprint
 # re-exported: the registry's names, as compare has always offered them
 from editlens.methods import LABELS, NAMES, UnknownMethodError, build_editors, parse_methods, uses  # noqa: F401
 from editlens.seeding import seed_everything
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 METHODS = NAMES
 """Method names accepted by :func:`parse_methods` (``sadr`` is ROME+SADR): the registry's, :mod:`editlens.methods`."""
@@ -62,7 +65,8 @@ def _relation(case: Mapping) -> Any:
     return c.get("requested_rewrite", {}).get("relation_id") or c.get("relation_id")
 
 
-def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *, indices: Sequence[int] | None = None,
+def run_methods(model: TransformerBridge, cases: Sequence[Any], editors: Mapping[str, Any], *,
+                indices: Sequence[int] | None = None,
                 generation: Any = None, seed: int = 0, descriptions: dict | None = None, progress: bool = True,
                 warmup: bool = True, check_restored: bool = True, generation_batch: int = 32) -> pd.DataFrame:
     """One row per (record, method): ``index`` (position in the full list; ``indices`` gives them for a share),
@@ -85,7 +89,12 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
     from tqdm import tqdm
 
     from editlens.data import load_object_descriptions
-    from editlens.evaluate import edit_steps, measure_edit, run_deferred_generations
+    from editlens.evaluate import (
+        DeferredGenerations,
+        edit_steps,
+        measure_edit,
+        run_deferred_generations,
+    )
     from editlens.rome.editor import EarlierEdits
 
     cases = [_as_case(c) for c in cases]
@@ -106,7 +115,7 @@ def run_methods(model: Any, cases: Sequence[Any], editors: Mapping[str, Any], *,
                 pass
     rows = []
     batch_share: dict[str, dict[tuple, float]] = {m: {} for m in editors}  # method -> record key -> its seconds
-    deferred = []  # records x methods whose generations wait for a full batch
+    deferred: list[DeferredGenerations] = []  # records x methods whose generations wait for a full batch
 
     def generate_deferred() -> None:
         run_deferred_generations(model, deferred, generation, descriptions=descriptions, corpus=corpus,

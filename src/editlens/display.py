@@ -240,7 +240,7 @@ def _covers_data(ax: Any, box: Any) -> bool:
         if line.get_visible() and len(line.get_xydata()):
             points.append(line.get_transform().transform(np.asarray(line.get_xydata(), dtype=float)))
     for coll in ax.collections:
-        if isinstance(coll, PathCollection) and coll.get_visible() and len(coll.get_offsets()):
+        if isinstance(coll, PathCollection) and coll.get_visible() and len(np.asarray(coll.get_offsets())):
             points.append(coll.get_offset_transform().transform(np.asarray(coll.get_offsets(), dtype=float)))
     for xy in points:
         xy = xy[np.isfinite(xy).all(axis=1)]

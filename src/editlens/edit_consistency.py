@@ -22,11 +22,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editlens.consistency import model_answers, pairwise_consistency
 from editlens.rome.requests import as_case, as_request
 from editlens.scoring import HookFactory, HookList
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 DEFAULT_FOR_WIKIDATA = {"P17": "landmark_country"}
 """The paraphrase relation used for a Wikidata id that several share, when the subject does not decide."""
@@ -77,7 +80,7 @@ def template_relation(case: Any, paraphrase_set: Mapping[str, Mapping], *, relat
             raise NoTemplatesError(f"relation={relation!r} is not in the paraphrase set ({', '.join(paraphrase_set)}). "
                                    "Fix: pass one of those names.")
         return relation
-    if rid in paraphrase_set:
+    if rid is not None and rid in paraphrase_set:
         return rid
     matches = [name for name, rel in paraphrase_set.items() if rid is not None and rel.get("wikidata") == rid]
     if len(matches) == 1:
@@ -89,7 +92,7 @@ def template_relation(case: Any, paraphrase_set: Mapping[str, Mapping], *, relat
     by_subject = [m for m in matches if subject in (paraphrase_set[m].get("subjects") or ())]
     if len(by_subject) == 1:
         return by_subject[0]
-    default = DEFAULT_FOR_WIKIDATA.get(rid)
+    default = DEFAULT_FOR_WIKIDATA.get(rid) if rid is not None else None  # rid is set when there are matches
     if default in matches:
         return default
     raise NoTemplatesError(f"Record {case.get('case_id')!r}: relation {rid!r} matches several template sets "
@@ -129,7 +132,7 @@ def edit_query(case: Any, paraphrase_set: Mapping[str, Mapping], *, relation: st
                      prompts=tuple(fill_template(t, req.subject) for t in templates), candidates=tuple(cands))
 
 
-def edited_answer_consistency(model: Any, case: Any, paraphrase_set: Mapping[str, Mapping], *,
+def edited_answer_consistency(model: TransformerBridge, case: Any, paraphrase_set: Mapping[str, Mapping], *,
                               relation: str | None = None, fwd_hooks: HookList | HookFactory | None = None,
                               batch_size: int = 32) -> dict[str, Any]:
     """The edited fact across its relation's templates, on the model as it is (edited or not, steered or not).

@@ -80,7 +80,8 @@ def exercises(nb) -> list[Exercise]:
         stub_re = re.compile(rf"^\s*def\s+{re.escape(fn)}\s*\(", re.MULTILINE)
         stub = next((j for j in range(i - 1, -1, -1)
                      if nb.cells[j].cell_type == "code" and stub_re.search(nb.cells[j].source)), None)
-        check, name = None, None
+        check: int | None = None
+        name = ""  # set with check
         for j in range(i + 1, len(nb.cells)):
             if nb.cells[j].cell_type != "code":
                 continue
@@ -101,7 +102,8 @@ def _names(source: str) -> tuple[set[str], set[str]] | None:
         tree = ast.parse(source)
     except SyntaxError:
         return None
-    defined, used = set(), set()
+    defined: set[str] = set()
+    used: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
             (used if isinstance(node.ctx, ast.Load) else defined).add(node.id)

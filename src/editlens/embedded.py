@@ -272,7 +272,7 @@ def build_cache(model: EmbeddedModel | str | None = None, *, wheel: Path | str |
         # transformers treats (and saves) them as an ordinary checkpoint.
         if hasattr(hf.config, "quantization_config"):
             del hf.config.quantization_config
-        hf.hf_quantizer = None
+        hf.hf_quantizer = None  # type: ignore[assignment]  # untyped in transformers: Module.__getattr__'s type
         hf.config._name_or_path = m.title
         hf.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, cast
 
 import torch
 from jaxtyping import Float, Int
@@ -49,6 +49,10 @@ from editlens.rome.requests import as_case, as_request
 from editlens.scoring import score_continuations
 from editlens.precision import full_precision
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import GenerationMixin
+
 
 METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RelS", "DNS", "Port", "Port EM", "GE", "RS", "SC")
 """Reported metrics in table order; SC appears only when it was computed (opt-in)."""
@@ -58,7 +62,8 @@ METRICS = ("ES", "PS", "NS", "S", "EM", "PM", "NM", "RelS", "DNS", "Port", "Port
 # Scoring continuations
 
 
-def continuation_nll(model: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32, top1: bool = False,
+def continuation_nll(model: TransformerBridge, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32,
+                     top1: bool = False,
                      rows_per_batch: int = 1,
                      ) -> Float[Tensor, "n_pairs"] | tuple[Float[Tensor, "n_pairs"], Float[Tensor, "n_pairs"]]:
     """Mean per-token NLL of each ``continuation`` after ``prompt`` (with a leading space): the book's
@@ -79,14 +84,14 @@ def fill_subject(prompt: str, subject: str) -> str:
     return prompt.format(subject) if "{}" in prompt else prompt
 
 
-def probe_rows(case: dict) -> list[tuple[str, str, str, str, str]]:
+def probe_rows(case: dict) -> list[tuple[str, str, str, str]]:
     """(probe kind, prompt, good continuation, bad continuation) rows of one record: success = good beats bad.
 
     The one definition of every probe of Chapters 2-6: ES, PS, NS, DNS, RelS, Port (Chapter 2's
     known-facts check reads the ES and NS rows the other way round)."""
     req = as_request(case)
     new, true = req.target_new, req.target_true
-    rows = []
+    rows: list[tuple[str, str, str, str]] = []
     if true is not None:
         rows.append(("ES", req.text, new, true))
         for p in case.get("paraphrase_prompts") or []:
@@ -112,15 +117,15 @@ def distracted_prompt(rewrite_text: str, target_new: str, neighbour_prompt: str)
 
 def prompt_text(p: Any) -> str:
     """The prompt of a probe given as a string or as a dict with a ``prompt`` key."""
-    return p if isinstance(p, str) else (p.get("prompt") if isinstance(p, dict) else str(p))
+    return p if isinstance(p, str) else (cast(str, p.get("prompt")) if isinstance(p, dict) else str(p))
 
 
-def probe_scores(model: Any, case: Any, *, batch_size: int = 32) -> dict[str, float]:
+def probe_scores(model: TransformerBridge, case: Any, *, batch_size: int = 32) -> dict[str, float]:
     """ES/PS/NS/EM/PM/NM/RelS/DNS/Port and Port EM (fractions in [0, 1], NaN when a record has no such probe)."""
     return probe_scores_many(model, [case], batch_size=batch_size)[0]
 
 
-def probe_scores_many(model: Any, cases: Sequence[Any], *, batch_size: int = 32, rows_per_batch: int = 1,
+def probe_scores_many(model: TransformerBridge, cases: Sequence[Any], *, batch_size: int = 32, rows_per_batch: int = 1,
                       ) -> list[dict[str, float]]:
     """:func:`probe_scores` of many records with one scorer call over all their probe rows
     (Chapter 3's evaluation: the unedited model is scored once per fact set). Same results up to float noise.
@@ -189,13 +194,14 @@ def fluency(text: str) -> float:
     return (2 / 3 * ngram_entropy(text, 2) + 4 / 3 * ngram_entropy(text, 3)) / 2
 
 
-def _generation_pad(model: Any) -> int:
+def _generation_pad(model: TransformerBridge) -> int:
     """The id :func:`generate` pads with (the tokenizer's pad token, else 0)."""
     pad = model.tokenizer.pad_token_id
     return 0 if pad is None else pad
 
 
-def _left_padded(model: Any, prompts: Sequence[str]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+def _left_padded(model: TransformerBridge, prompts: Sequence[str]) -> tuple[Int[Tensor, "batch pos"],
+                 Int[Tensor, "batch pos"]]:
     """``prompts`` encoded as :func:`encode` does and left-padded to one length: token ids and attention mask."""
     seqs = [encode(model, p) for p in prompts]
     n = max(len(s) for s in seqs)
@@ -207,14 +213,15 @@ def _left_padded(model: Any, prompts: Sequence[str]) -> tuple[Int[Tensor, "batch
 
 
 @torch.no_grad()
-def generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int = 40, sample: bool = False, seed: int = 0,
+def generate(model: TransformerBridge, prompts: Sequence[str], *, max_new_tokens: int = 40, sample: bool = False,
+             seed: int = 0,
              top_k: int = 5, row_edits: Sequence[Sequence[Any]] | None = None) -> list[str]:
     """Continuations of ``prompts`` (greedy, or seeded top-k sampling like ROME), batched with left padding.
     ``row_edits[i]``: the rank-one edits prompt ``i`` runs with (:func:`editlens.rome.rowwise.rowwise_edits`)."""
     from editlens.rome.rowwise import rowwise_edits
 
     tok = model.tokenizer
-    hf = getattr(model, "original_model", None)
+    hf = cast("GenerationMixin", model.original_model)  # the wrapped Hugging Face causal LM
     ids, mask = _left_padded(model, prompts)
     n = ids.shape[1]
     pad = _generation_pad(model)
@@ -222,13 +229,16 @@ def generate(model: Any, prompts: Sequence[str], *, max_new_tokens: int = 40, sa
     rows = contextlib.nullcontext() if row_edits is None else rowwise_edits(model, row_edits)
     with torch.random.fork_rng(devices=[]), rows, fused_attention.enabled(model):
         torch.manual_seed(seed)
-        out = hf.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
+        # transformers types generate's self as its private GenerativePreTrainedModel protocol:
+        out = hf.generate(ids, attention_mask=mask,  # type: ignore[misc]
+                          max_new_tokens=max_new_tokens, pad_token_id=pad,
                           min_new_tokens=max_new_tokens, **kw)
     return [tok.decode(o[n:], skip_special_tokens=True) for o in out]
 
 
 @torch.no_grad()
-def next_token_logits(model: Any, prompt: str, row_edits: Sequence[Any] | None = None) -> Float[Tensor, "d_vocab"]:
+def next_token_logits(model: TransformerBridge, prompt: str, row_edits: Sequence[Any] | None = None) -> Float[Tensor,
+                      "d_vocab"]:
     """The logits after ``prompt`` (encoded as :func:`generate` encodes it), on the model as it is now, in float32
     whatever its precision (a check of exactness); ``row_edits``: rank-one edits applied as per-row hooks
     (:func:`editlens.rome.rowwise.rowwise_edits`) instead of to the weights."""
@@ -236,7 +246,8 @@ def next_token_logits(model: Any, prompt: str, row_edits: Sequence[Any] | None =
 
 
 @torch.no_grad()
-def next_token_logits_many(model: Any, prompts: Sequence[str], row_edits: Sequence[Sequence[Any]] | None = None
+def next_token_logits_many(model: TransformerBridge, prompts: Sequence[str],
+                           row_edits: Sequence[Sequence[Any]] | None = None
                            ) -> Float[Tensor, "batch d_vocab"]:
     """:func:`next_token_logits` of many prompts in one float32 forward pass (left-padded, each row at its own
     positions); ``row_edits[i]``: the rank-one edits prompt ``i`` runs with. Padding moves a logit by float
@@ -335,7 +346,8 @@ def _add_generation_metrics(m: dict[str, Any], case: dict, gens: list[str], desc
     return m
 
 
-def case_metrics(model: Any, case: dict, *, generation: GenerationSettings | None, descriptions: dict[str, list[str]],
+def case_metrics(model: TransformerBridge, case: dict, *, generation: GenerationSettings | None,
+                 descriptions: dict[str, list[str]],
                  corpus: Sequence[str] = ()) -> dict[str, Any]:
     """All metrics of one record on the model as it is now (edited or not)."""
     m: dict[str, Any] = probe_scores(model, case)
@@ -347,7 +359,7 @@ def case_metrics(model: Any, case: dict, *, generation: GenerationSettings | Non
     return m
 
 
-def baseline_metrics(model: Any, cases: Sequence[dict], *, generation: GenerationSettings | None,
+def baseline_metrics(model: TransformerBridge, cases: Sequence[dict], *, generation: GenerationSettings | None,
                      descriptions: dict[str, list[str]], corpus: Sequence[str] = (), batch_size: int = 32,
                      generation_batch_size: int = 32, progress: bool = False, bar: Any = None
                      ) -> list[dict[str, Any]]:
@@ -375,7 +387,8 @@ def baseline_metrics(model: Any, cases: Sequence[dict], *, generation: Generatio
     return metrics
 
 
-def greedy_generations(model: Any, items: Sequence[tuple[str, Sequence[Any]]], generation: GenerationSettings, *,
+def greedy_generations(model: TransformerBridge, items: Sequence[tuple[str, Sequence[Any]]],
+                       generation: GenerationSettings, *,
                        batch_size: int = 32, progress: bool = False, desc: str = "generations",
                        bar: Any = None) -> list[str]:
     """Greedy continuations of many ``(prompt, rank-one edits)`` items, batched over items (sorted by length, so
@@ -488,7 +501,7 @@ class DeferredGenerations:
     check: Tensor
 
 
-def measure_edit(model: Any, case: dict, info: Any, *, generation: GenerationSettings | None,
+def measure_edit(model: TransformerBridge, case: dict, info: Any, *, generation: GenerationSettings | None,
                  descriptions: dict[str, list[str]], corpus: Sequence[str] = (), batch_generations: bool = True
                  ) -> tuple[dict[str, Any], DeferredGenerations | None]:
     """Inside an editor's context (``info``: what it yielded): the record's metrics on the edited model. When the
@@ -512,7 +525,8 @@ def _check_deferred(d: DeferredGenerations, diff: float) -> None:
             "evaluate_edits(..., batch_generations=False) generates inside each editor's context.")
 
 
-def run_deferred_generations(model: Any, deferred: Sequence[DeferredGenerations], generation: GenerationSettings, *,
+def run_deferred_generations(model: TransformerBridge, deferred: Sequence[DeferredGenerations],
+                             generation: GenerationSettings, *,
                              descriptions: dict[str, list[str]], corpus: Sequence[str] = (), batch_size: int = 32,
                              bar: Any = None, desc: str = "edited models: generations") -> None:
     """The generations of ``deferred`` records on the unedited weights, batched, each row with its own edits
@@ -534,7 +548,7 @@ def run_deferred_generations(model: Any, deferred: Sequence[DeferredGenerations]
 
 
 def evaluate_edits(
-    model: Any,
+    model: TransformerBridge,
     cases: Sequence[Any],
     editor: Editor | None,
     *,
@@ -575,7 +589,8 @@ def evaluate_edits(
 
         load_sentence_model()  # loaded now (with its own messages), not inside the bar
     greedy = generation is not None and not generation.sample
-    n_gen_batches = -(-sum(len(_generation_prompts(c, generation)) for c in cases) // 32) if greedy else 0
+    n_gen_batches = (-(-sum(len(_generation_prompts(c, generation)) for c in cases) // 32)
+                     if greedy and generation is not None else 0)
     # One bar for the whole call: the unedited model's generations, the edits, the edited models' generations.
     bar = tqdm(total=(n_gen_batches if baseline else 0) + (len(cases) if editor is not None else 0)
                + (n_gen_batches if editor is not None and batch_generations else 0),
@@ -612,6 +627,7 @@ def evaluate_edits(
             bar.update(1)
         report.records.append(rec)
     if deferred:
+        assert generation is not None  # generations are deferred only when they are greedy
         run_deferred_generations(model, deferred, generation, descriptions=descriptions, corpus=corpus, bar=bar,
                                  desc="edited models: generations")
     if editor is not None:

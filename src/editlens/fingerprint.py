@@ -31,16 +31,19 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 _Stamp = list[tuple[str, "weakref.ref[Tensor]", int]]
 _MEMO: "weakref.WeakKeyDictionary[Any, tuple[_Stamp, str]]" = weakref.WeakKeyDictionary()
 
 
-def weights_fingerprint(model: Any, *, recompute: bool = False) -> str:
+def weights_fingerprint(model: TransformerBridge, *, recompute: bool = False) -> str:
     """16 hex digits identifying the exact weights of ``model`` (a module or a TransformerBridge).
 
     Memoised while no weight changed in place (see the module docstring); ``recompute=True`` hashes the bytes
@@ -63,7 +66,7 @@ def _digest(tensors: Mapping[str, Tensor]) -> str:
     h = hashlib.sha256()
     for name, t in sorted(tensors.items()):
         h.update(name.encode())
-        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())  # no copy on CPU
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)  # no copy on CPU
     return h.hexdigest()[:16]
 
 

@@ -27,11 +27,14 @@ Explained in ``book/setup.md`` ("What the model computes in"); measured by ``ben
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 _STATE = "_editlens_fused_attention"  # the _Switch a wrapped layer and its model share
 # Grouped-query attention inside the kernel (torch >= 2.5): the same numbers, bit for bit, as repeating each
@@ -157,7 +160,7 @@ def _wrap(attn: Any, switch: _Switch) -> None:
     object.__setattr__(attn, "forward", forward)  # bridge components forward setattr to the HF module
 
 
-def install(model: Any) -> int:
+def install(model: TransformerBridge) -> int:
     """Wrap every supported attention layer of ``model`` (a ``TransformerBridge``) so that
     :class:`enabled` can switch it to the fused kernel; until then it computes step by step, as before.
     Returns how many layers were wrapped (0 when ``model`` has them already). Called once by
@@ -174,7 +177,7 @@ def install(model: Any) -> int:
     return n
 
 
-def is_fused(model: Any) -> bool:
+def is_fused(model: TransformerBridge) -> bool:
     """Whether ``model``'s wrapped layers fuse now (inside :class:`enabled`, no ``enabled(model, False)``)."""
     switch = getattr(model, _STATE, None)
     return bool(switch is not None and switch.fused)
@@ -186,7 +189,7 @@ class enabled:
     the step-by-step path inside, even where the package fuses (to compare the two, or to time them).
     Nests. A model :func:`install` never saw is left as it is."""
 
-    def __init__(self, model: Any, on: bool = True):
+    def __init__(self, model: TransformerBridge, on: bool = True):
         self.switch = getattr(model, _STATE, None)
         self.field = "on" if on else "off"
 

@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nbformat
 
@@ -121,7 +122,7 @@ def find_chapter(nb, path: str | Path, chapter_dir: str | Path) -> Path:
     return known[name]
 
 
-def graded_notebook(submission, chapter) -> tuple[object, list[Exercise]]:
+def graded_notebook(submission, chapter) -> tuple[nbformat.NotebookNode, list[Exercise]]:
     """The notebook that runs: the submission with the chapter's solution and check cells put back,
     outputs cleared, cut after the last check. Also the submission's exercises (indices into it)."""
     try:
@@ -183,7 +184,7 @@ def grade(path: str | Path, chapter_dir: str | Path | None = None, timeout: int 
     with tempfile.TemporaryDirectory(prefix="editlens-grade-") as tmp:
         log_path = Path(tmp) / "grades.jsonl"
         stopped = execute(nb, chapter_path.parent.resolve(), timeout, log_path)
-        logged = {}
+        logged: dict[str, dict[str, Any]] = {}
         if log_path.exists():
             for line in log_path.read_text(encoding="utf-8").splitlines():
                 entry = json.loads(line)

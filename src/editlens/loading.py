@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,7 +119,9 @@ def _load_embedded(spec: embedded.EmbeddedModel, *, dtype: torch.dtype, device_m
 
     # add_bos_token: the tokenizer itself prepends BOS, so raw-tokenizer ids equal model.to_tokens ids.
     bos = {} if spec.bos_token is None else {"bos_token": spec.bos_token}
-    load = partial(_load_hf, dtype=dtype, device_map=device_map, trust_remote_code=False, add_bos_token=True, **bos)
+
+    def load(source: str) -> Any:
+        return _load_hf(source, dtype=dtype, device_map=device_map, trust_remote_code=False, add_bos_token=True, **bos)
     folder = embedded.model_cache_path(spec)
     if (folder / embedded.MANIFEST).exists():
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -185,6 +186,7 @@ def load_model(
             model, tokenizer, folder = _load_embedded(spec, dtype=torch_dtype, device_map=device_map)
             bridge_name = str(folder)
         else:
+            assert key is not None  # lookup(None) is the default embedded model
             model, tokenizer = _load_hf(key, dtype=torch_dtype, device_map=device_map,
                                         trust_remote_code=trust_remote_code)
             bridge_name = key

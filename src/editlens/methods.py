@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from editlens.rome.editor import Editor
+    from editlens.rome.hparams import ROMEHyperParams
+    from editlens.rome.key_stats import KeyStats
+    from editlens.steam.anchors import AnchorBank
 
 PARTS = ("steam", "sadr")
 """What a method may add to ROME's v*: STEAM's alignment term (Chapter 4), SADR's attention-drift term (Chapter 5)."""
@@ -111,8 +114,9 @@ def options_of(part: str) -> tuple[Option, ...]:
 class Builder(Protocol):
     """How a method makes its :data:`~editlens.rome.editor.Editor` (``sadr_gamma=None``: SADR's default)."""
 
-    def __call__(self, hparams: Any, stats: Any, *, bank: Any, steam_lambda: float, steam_layers: Sequence[int] | None,
-                 sadr_gamma: float | None, batch: int) -> Editor: ...
+    def __call__(self, hparams: ROMEHyperParams, stats: KeyStats | None, *, bank: AnchorBank | None,
+                 steam_lambda: float, steam_layers: Sequence[int] | None, sadr_gamma: float | None,
+                 batch: int) -> Editor: ...
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ class Method:
         """The options of the method's parts."""
         return tuple(o for o in OPTIONS if self.uses(o.part))
 
-    def check(self, *, bank: Any = None, **values: Any) -> None:
+    def check(self, *, bank: AnchorBank | None = None, **values: Any) -> None:
         """The checks of the method's options (``values`` by keyword; those of parts it does not use are not read):
         :class:`OptionError`, or a ``ValueError`` when a STEAM method has no ``bank``."""
         for option in self.options:
@@ -143,8 +147,9 @@ class Method:
         if self.uses("steam") and bank is None:
             raise ValueError(NO_BANK)
 
-    def editor(self, hparams: Any, stats: Any, *, bank: Any = None, steam_lambda: float = 1.0,
-               steam_layers: Sequence[int] | None = None, sadr_gamma: float | None = None, batch: int = 1) -> Editor:
+    def editor(self, hparams: ROMEHyperParams, stats: KeyStats | None, *, bank: AnchorBank | None = None,
+               steam_lambda: float = 1.0, steam_layers: Sequence[int] | None = None, sadr_gamma: float | None = None,
+               batch: int = 1) -> Editor:
         """The method's editor, its options checked first."""
         self.check(bank=bank, steam_lambda=steam_lambda, steam_layers=steam_layers, sadr_gamma=sadr_gamma)
         return self.builder(hparams, stats, bank=bank, steam_lambda=steam_lambda, steam_layers=steam_layers,
@@ -157,37 +162,44 @@ def _gamma(sadr_gamma: float | None) -> float:
     return DEFAULT_GAMMA if sadr_gamma is None else sadr_gamma
 
 
-def _rome(hparams: Any, stats: Any, *, bank: Any, steam_lambda: float, steam_layers: Sequence[int] | None,
+def _rome(hparams: ROMEHyperParams, stats: KeyStats | None, *, bank: AnchorBank | None,
+          steam_lambda: float, steam_layers: Sequence[int] | None,
           sadr_gamma: float | None, batch: int) -> Editor:
     from editlens.rome.editor import rome_editor
 
     return rome_editor(hparams, stats, batch=batch)
 
 
-def _steam(hparams: Any, stats: Any, *, bank: Any, steam_lambda: float, steam_layers: Sequence[int] | None,
+def _steam(hparams: ROMEHyperParams, stats: KeyStats | None, *, bank: AnchorBank | None,
+           steam_lambda: float, steam_layers: Sequence[int] | None,
            sadr_gamma: float | None, batch: int) -> Editor:
     from editlens.steam import steam_editor
 
+    assert bank is not None  # Method.check raised NO_BANK
     return steam_editor(hparams, stats, bank, steam_lambda, steam_layers, batch=batch)
 
 
-def _sadr(hparams: Any, stats: Any, *, bank: Any, steam_lambda: float, steam_layers: Sequence[int] | None,
+def _sadr(hparams: ROMEHyperParams, stats: KeyStats | None, *, bank: AnchorBank | None,
+          steam_lambda: float, steam_layers: Sequence[int] | None,
           sadr_gamma: float | None, batch: int) -> Editor:
     from editlens.sadr import sadr_editor
 
     return sadr_editor(hparams, stats, _gamma(sadr_gamma), batch=batch)
 
 
-def _steam_sadr(hparams: Any, stats: Any, *, bank: Any, steam_lambda: float, steam_layers: Sequence[int] | None,
+def _steam_sadr(hparams: ROMEHyperParams, stats: KeyStats | None, *, bank: AnchorBank | None,
+                steam_lambda: float, steam_layers: Sequence[int] | None,
                 sadr_gamma: float | None, batch: int) -> Editor:
     from editlens.sadr import sadr_editor
     from editlens.steam import steam_terms
 
+    assert bank is not None  # Method.check raised NO_BANK
     also = steam_terms(hparams, bank, steam_lambda, steam_layers)  # both terms in one v* optimisation
     return sadr_editor(hparams, stats, _gamma(sadr_gamma), also=also, batch=batch)
 
 
-def _memit(hparams: Any, stats: Any, *, bank: Any, steam_lambda: float, steam_layers: Sequence[int] | None,
+def _memit(hparams: ROMEHyperParams, stats: KeyStats | None, *, bank: AnchorBank | None,
+           steam_lambda: float, steam_layers: Sequence[int] | None,
            sadr_gamma: float | None, batch: int) -> Editor:
     from editlens.memit import memit_editor
 
@@ -236,15 +248,15 @@ def uses(methods: Iterable[str], part: str) -> bool:
     return any(get(m).uses(part) for m in methods)
 
 
-def build_editors(hparams: Any, stats: Any, methods: Sequence[str], *, bank: Any = None, steam_lambda: float = 1.0,
-                  steam_layers: Sequence[int] | None = None, sadr_gamma: float | None = None,
-                  batch: int = 1) -> dict[str, Editor]:
+def build_editors(hparams: ROMEHyperParams, stats: KeyStats | None, methods: Sequence[str], *,
+                  bank: AnchorBank | None = None, steam_lambda: float = 1.0, steam_layers: Sequence[int] | None = None,
+                  sadr_gamma: float | None = None, batch: int = 1) -> dict[str, Editor]:
     """``{method: editor}`` for :func:`editlens.evaluate.evaluate_edits`, from the chapters' editor functions (every
     method's options are checked before any editor is made). ``bank``: STEAM's :class:`~editlens.steam.AnchorBank`
     (needed by ``steam`` and ``steam+sadr``). ``batch``: each method optimises the v* of that many records together
     (:func:`editlens.rome.editor.rome_editor`; the same edits up to float noise, Chapter 3's "making it fast")."""
     chosen = [get(m) for m in parse_methods(methods)]
-    options = {"bank": bank, "steam_lambda": steam_lambda, "steam_layers": steam_layers, "sadr_gamma": sadr_gamma}
     for method in chosen:
-        method.check(**options)
-    return {method.name: method.editor(hparams, stats, **options, batch=batch) for method in chosen}
+        method.check(bank=bank, steam_lambda=steam_lambda, steam_layers=steam_layers, sadr_gamma=sadr_gamma)
+    return {method.name: method.editor(hparams, stats, bank=bank, steam_lambda=steam_lambda, steam_layers=steam_layers,
+                                       sadr_gamma=sadr_gamma, batch=batch) for method in chosen}

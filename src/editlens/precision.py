@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 _ALIASES = {"auto": "auto", None: "auto", "float32": "float32", "fp32": "float32",
@@ -157,7 +160,8 @@ def _mask_safe(attn: torch.nn.Module) -> None:
     reaches real tokens through the values. Clamped to ``finfo(bfloat16).min`` it stays finite, as
     in float32. (TransformerLens 4.3's ``_apply_reconstruct_attention_mask``; tested in
     tests/test_precision.py with a left-padded batch.)"""
-    inner = attn._apply_reconstruct_attention_mask
+    # a bound method, which torch's Module.__getattr__ types Tensor | Module:
+    inner: Callable[..., Any] = attn._apply_reconstruct_attention_mask  # type: ignore[assignment]
 
     @functools.wraps(inner)
     def apply(attn_scores: torch.Tensor, attention_mask: torch.Tensor | None, *args: Any, **kwargs: Any):
@@ -169,7 +173,7 @@ def _mask_safe(attn: torch.nn.Module) -> None:
     object.__setattr__(attn, "_apply_reconstruct_attention_mask", apply)
 
 
-def apply(model: Any, precision: Precision) -> Any:
+def apply(model: TransformerBridge, precision: Precision) -> Any:
     """Make ``model`` (a ``TransformerBridge``) compute in ``precision``; its weights are not touched.
 
     Wraps each block and the unembedding in autocast (the Hugging Face forward, ``run_with_hooks`` and the
@@ -198,7 +202,7 @@ def apply(model: Any, precision: Precision) -> Any:
     return model
 
 
-def of(model: Any) -> Precision:
+def of(model: TransformerBridge) -> Precision:
     """The precision ``model`` computes in (float32 for a model :func:`apply` never saw)."""
     state = getattr(model, _STATE_ATTR, None)
     if state is None:
@@ -209,7 +213,7 @@ def of(model: Any) -> Precision:
 
 
 @contextmanager
-def full_precision(model: Any) -> Iterator[None]:
+def full_precision(model: TransformerBridge) -> Iterator[None]:
     """Inside this block ``model`` computes in float32 (key statistics, exactness checks). Nests; re-entrant."""
     state = getattr(model, _STATE_ATTR, None)
     if state is None:

@@ -35,7 +35,16 @@ import collections
 import copy
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Iterator,
+    Literal,
+    Sequence,
+    cast,
+    overload,
+)
 
 import numpy as np
 import torch
@@ -44,6 +53,9 @@ from torch import Tensor
 
 from editlens import fused_attention
 from editlens.precision import full_precision
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 HookList = list[tuple[Any, Callable]]
 HookFactory = Callable[[Int[Tensor, "batch"]], HookList]
@@ -59,7 +71,7 @@ many prompts: :func:`score_candidates` then packs (each prompt's last token is o
 # Tokenisation: one BOS rule, one answer rule
 # --------------------------------------------------------------------------------------------
 
-def bos_ids(model: Any) -> list[int]:
+def bos_ids(model: TransformerBridge) -> list[int]:
     """``[bos]`` when the model is run with a BOS token in front (``cfg.default_prepend_bos``)."""
     tok = model.tokenizer
     if getattr(model.cfg, "default_prepend_bos", True) and tok.bos_token_id is not None:
@@ -67,13 +79,13 @@ def bos_ids(model: Any) -> list[int]:
     return []
 
 
-def encode_text(model: Any, text: str, *, bos: bool = True) -> list[int]:
+def encode_text(model: TransformerBridge, text: str, *, bos: bool = True) -> list[int]:
     """Token ids of ``text`` as the model sees it: :func:`bos_ids` first unless ``bos=False``."""
     ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
     return (bos_ids(model) if bos else []) + [int(i) for i in ids]
 
 
-def encode_prompt(model: Any, prompt: str) -> list[int]:
+def encode_prompt(model: TransformerBridge, prompt: str) -> list[int]:
     """Token ids of a prompt, BOS first (the book's one rule, :func:`bos_ids`)."""
     return encode_text(model, prompt)
 
@@ -83,7 +95,7 @@ def with_leading_space(text: str) -> str:
     return text if text.startswith(" ") else " " + text
 
 
-def encode_answer(model: Any, answer: str) -> list[int]:
+def encode_answer(model: TransformerBridge, answer: str) -> list[int]:
     """Token ids of ``" " + answer`` (no BOS): how an answer continues a prompt."""
     ids = encode_text(model, with_leading_space(answer), bos=False)
     if not ids:
@@ -94,7 +106,7 @@ def encode_answer(model: Any, answer: str) -> list[int]:
 class TokenCache:
     """Memoised :func:`encode_prompt` / :func:`encode_answer` (prompts and answers repeat)."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: TransformerBridge):
         self.model = model
         self._prompts: dict[str, list[int]] = {}
         self._answers: dict[str, list[int]] = {}
@@ -114,7 +126,7 @@ class TokenCache:
 # Rows: padding, device
 # --------------------------------------------------------------------------------------------
 
-def pad_id(model: Any) -> int:
+def pad_id(model: TransformerBridge) -> int:
     """The id used to pad rows (the tokenizer's pad token, else EOS, else 0)."""
     tok = model.tokenizer
     for tid in (tok.pad_token_id, tok.eos_token_id):
@@ -123,7 +135,7 @@ def pad_id(model: Any) -> int:
     return 0
 
 
-def model_device(model: Any) -> torch.device:
+def model_device(model: TransformerBridge) -> torch.device:
     """Where the model's first parameter lives (where token tensors must go)."""
     return next(model.parameters()).device
 
@@ -178,7 +190,7 @@ class ScoringPlan:
 
 
 def item_logprobs(
-    logits: Float[Tensor, "batch pos vocab"],
+    logits: Float[Tensor, "batch pos d_vocab"],
     plan: ScoringPlan,
     batch_rows: Sequence[int],
     items: Sequence[int],
@@ -300,8 +312,8 @@ class PrefixTree:
 _PACKING_OK: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()  # per model object, held weakly
 
 
-def forward_packed(model: Any, row: PackedRow, keep: Sequence[int], hooks: HookList
-                    ) -> Float[Tensor, "keep vocab"]:
+def forward_packed(model: TransformerBridge, row: PackedRow, keep: Sequence[int], hooks: HookList
+                    ) -> Float[Tensor, "keep d_vocab"]:
     """Logits at row positions ``keep`` of one packed row (tree attention); ``hooks`` are active."""
     dev = model_device(model)
     dtype = next(model.parameters()).dtype
@@ -315,10 +327,11 @@ def forward_packed(model: Any, row: PackedRow, keep: Sequence[int], hooks: HookL
     return logits[0]
 
 
-def forward_packed_rows(model: Any, rows: Sequence[PackedRow], keeps: Sequence[Sequence[int]], hooks: HookList,
+def forward_packed_rows(model: TransformerBridge, rows: Sequence[PackedRow], keeps: Sequence[Sequence[int]],
+                        hooks: HookList,
                         *, width: int = 0, marked: Sequence[Sequence[int]] | None = None,
                         at_positions: Callable[[Tensor], HookList] | None = None,
-                        ) -> list[Float[Tensor, "keep vocab"]]:
+                        ) -> list[Float[Tensor, "keep d_vocab"]]:
     """:func:`forward_packed` for several packed rows run as one batch: the logits at ``keeps[b]`` of
     each row ``b``. Each row keeps its own tree attention; every row is padded to ``width`` tokens (at
     least its longest row) with positions that attend to themselves only, which no real position
@@ -337,6 +350,7 @@ def forward_packed_rows(model: Any, rows: Sequence[PackedRow], keeps: Sequence[S
     def with_marks(n_pos: int, batch: Sequence[int]) -> HookList:
         if at_positions is None:
             return list(hooks)
+        assert marked is not None  # given with at_positions (checked above)
         mask = torch.zeros((len(batch), n_pos), dtype=torch.bool)
         for b, r in enumerate(batch):
             mask[b, list(marked[r])] = True
@@ -378,7 +392,7 @@ ROWS_PER_BATCH)``; see :func:`forward_packed_rows`). The default of :func:`score
 (one row per forward, the chapters' stored results); in bfloat16 the two round differently."""
 
 
-def packing_supported(model: Any) -> bool:
+def packing_supported(model: TransformerBridge) -> bool:
     """Does this model honour tree attention (4-D mask, explicit positions)? Checked once per model
     by scoring two prompts that share a prefix both ways, in float32 (bf16's rounding differs between
     the two layouts); the answer is cached per model object (held weakly: it goes with the model)."""
@@ -403,8 +417,26 @@ def packing_supported(model: Any) -> bool:
 # The scorer
 # --------------------------------------------------------------------------------------------
 
+@overload
 def score_candidates(
-    model: Any,
+    model: TransformerBridge, prompts: Sequence[str], candidates: Sequence[Sequence[str]], *, batch_size: int = ...,
+    fwd_hooks: HookList | HookFactory | None = ..., row_tokens: int = ..., packed: bool | None = ...,
+    rows_per_batch: int = ..., top1: Literal[False] = ...,
+) -> list[np.ndarray]: ...
+@overload
+def score_candidates(
+    model: TransformerBridge, prompts: Sequence[str], candidates: Sequence[Sequence[str]], *, batch_size: int = ...,
+    fwd_hooks: HookList | HookFactory | None = ..., row_tokens: int = ..., packed: bool | None = ...,
+    rows_per_batch: int = ..., top1: Literal[True],
+) -> tuple[list[np.ndarray], list[np.ndarray]]: ...
+@overload
+def score_candidates(
+    model: TransformerBridge, prompts: Sequence[str], candidates: Sequence[Sequence[str]], *, batch_size: int = ...,
+    fwd_hooks: HookList | HookFactory | None = ..., row_tokens: int = ..., packed: bool | None = ...,
+    rows_per_batch: int = ..., top1: bool,
+) -> list[np.ndarray] | tuple[list[np.ndarray], list[np.ndarray]]: ...
+def score_candidates(
+    model: TransformerBridge,
     prompts: Sequence[str],
     candidates: Sequence[Sequence[str]],
     *,
@@ -441,7 +473,7 @@ def score_candidates(
     return out if top1 else out[0]
 
 
-def _score(model: Any, pids: list[list[int]], cids: list[list[list[int]]], *, batch_size: int,
+def _score(model: TransformerBridge, pids: list[list[int]], cids: list[list[list[int]]], *, batch_size: int,
            fwd_hooks: HookList | HookFactory | None, row_tokens: int, packed: bool | None, rows_per_batch: int,
            top1: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """:func:`score_candidates` on encoded prompts and candidates: picks the packed or the unpacked path."""
@@ -450,19 +482,37 @@ def _score(model: Any, pids: list[list[int]], cids: list[list[list[int]]], *, ba
             packed is None and not packing_supported(model)):
         out = _score_unpacked(model, pids, cids, batch_size=batch_size, fwd_hooks=fwd_hooks)
     elif at_positions is not None:
-        out = _score_packed(model, pids, cids, hooks=[], row_tokens=row_tokens, rows_per_batch=rows_per_batch,
-                            at_last_prompt_token=at_positions, top1=top1)
-        if out is None:
-            # a prompt's last token is also another sequence's inner token: only the unpacked path keeps them apart
-            out = _score_unpacked(model, pids, cids, batch_size=batch_size, fwd_hooks=fwd_hooks)
+        at_ends = _score_packed(model, pids, cids, hooks=[], row_tokens=row_tokens, rows_per_batch=rows_per_batch,
+                                at_last_prompt_token=at_positions, top1=top1)
+        # None: a prompt's last token is also another sequence's inner token: only the unpacked path keeps them apart
+        out = (at_ends if at_ends is not None
+               else _score_unpacked(model, pids, cids, batch_size=batch_size, fwd_hooks=fwd_hooks))
     else:
-        out = _score_packed(model, pids, cids, hooks=list(fwd_hooks or []), row_tokens=row_tokens,
-                            rows_per_batch=rows_per_batch, top1=top1)
+        hooks = cast(HookList, fwd_hooks or [])  # not callable here: a hook list or None
+        everywhere = _score_packed(model, pids, cids, hooks=list(hooks), row_tokens=row_tokens,
+                                   rows_per_batch=rows_per_batch, top1=top1)
+        assert everywhere is not None  # None only with at_last_prompt_token
+        out = everywhere
     return out
 
 
+@overload
 def score_continuations(
-    model: Any, pairs: Sequence[tuple[str, str]], *, fwd_hooks: HookList | HookFactory | None = None,
+    model: TransformerBridge, pairs: Sequence[tuple[str, str]], *, fwd_hooks: HookList | HookFactory | None = ...,
+    packed: bool | None = ..., rows_per_batch: int = ..., top1: Literal[False] = ...,
+) -> np.ndarray: ...
+@overload
+def score_continuations(
+    model: TransformerBridge, pairs: Sequence[tuple[str, str]], *, fwd_hooks: HookList | HookFactory | None = ...,
+    packed: bool | None = ..., rows_per_batch: int = ..., top1: Literal[True],
+) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def score_continuations(
+    model: TransformerBridge, pairs: Sequence[tuple[str, str]], *, fwd_hooks: HookList | HookFactory | None = ...,
+    packed: bool | None = ..., rows_per_batch: int = ..., top1: bool,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]: ...
+def score_continuations(
+    model: TransformerBridge, pairs: Sequence[tuple[str, str]], *, fwd_hooks: HookList | HookFactory | None = None,
     packed: bool | None = None, rows_per_batch: int = 1, top1: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Mean per-token NLL of each ``(prompt, continuation)`` pair: :func:`score_candidates` with one
@@ -550,7 +600,7 @@ def _mark_prompt_ends(layout: _Layout, pids: list[list[int]]) -> None:
     layout.marked = {r: [k for k, v in enumerate(row.nodes) if v in ends] for r, row in enumerate(tree.rows)}
 
 
-def _score_packed(model: Any, pids: list[list[int]], cids: list[list[list[int]]], *, hooks: HookList,
+def _score_packed(model: TransformerBridge, pids: list[list[int]], cids: list[list[list[int]]], *, hooks: HookList,
                   row_tokens: int, rows_per_batch: int = 1,
                   at_last_prompt_token: Callable[[Tensor], HookList] | None = None, top1: bool = True,
                   ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
@@ -589,7 +639,7 @@ def _score_packed(model: Any, pids: list[list[int]], cids: list[list[list[int]]]
     return out, (hits if top1 else [])
 
 
-def _score_unpacked(model: Any, pids: list[list[int]], cids: list[list[list[int]]], *, batch_size: int,
+def _score_unpacked(model: TransformerBridge, pids: list[list[int]], cids: list[list[list[int]]], *, batch_size: int,
                     fwd_hooks: HookList | HookFactory | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Each prompt once (equal lengths batched: no padding); candidates from its key/value cache. Returns the mean
     NLLs and the top-1 token accuracies."""

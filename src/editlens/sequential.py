@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -31,6 +31,9 @@ from editlens.rome.editor import Editor
 from editlens.rome.requests import as_case, as_request
 from editlens.scoring import ROWS_PER_BATCH
 from editlens.seeding import seed_everything
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 KINDS = ("edited ES", "edited PS", "NS", "unrelated")
 """The ``kind`` values of :func:`sequential_edits`' frame, in order."""
@@ -73,7 +76,7 @@ def _case_id(case: dict, fallback: int) -> Any:
 
 
 def sequential_edits(
-    model: Any,
+    model: TransformerBridge,
     cases: Sequence[Any],
     editor: Editor | str,
     *,

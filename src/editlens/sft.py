@@ -196,7 +196,8 @@ def lora_adapters(model, spec: LoraSpec = LoraSpec()) -> Iterator[dict[str, nn.P
     flags = {n: p.requires_grad for n, p in hf.named_parameters()}
     attrs = set(vars(hf))
     # full module names: peft matches a list entry by equality (or dotted suffix)
-    cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=names)
+    cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha,  # type: ignore[arg-type]  # peft says int; it uses alpha / r
+                     lora_dropout=spec.dropout, target_modules=names)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
@@ -245,7 +246,8 @@ def _train(model, train_queries, targets, *, lr, steps, epochs, batch_size, eval
     opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=weight_decay, fused=fused)
     gen = torch.Generator().manual_seed(seed)
     pad, dev = pad_id(model), model_device(model)
-    t_start, train_s, losses = time.perf_counter(), 0.0, []
+    t_start, train_s = time.perf_counter(), 0.0
+    losses: list[float] = []
 
     def evaluate(step: int) -> None:
         row = dict(step=step, train_seconds=train_s, elapsed_seconds=time.perf_counter() - t_start,
@@ -268,7 +270,8 @@ def _train(model, train_queries, targets, *, lr, steps, epochs, batch_size, eval
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
     evaluate(0)
-    step, order = 0, []
+    step = 0
+    order: list[int] = []
     result.stopped = "steps"
     while step < total:
         if not order:
@@ -350,7 +353,8 @@ def finetuned(
     named = dict((clean_name(n), p) for n, p in model.original_model.named_parameters())
     saved = {n: (p.detach().clone(), p.requires_grad, None if p.grad is None else p.grad.detach().clone())
              for n, p in named.items()}
-    adapters = lora_adapters(model, lora) if lora is not None else contextlib.nullcontext({})
+    adapters: contextlib.AbstractContextManager[dict[str, nn.Parameter]] = (
+        lora_adapters(model, lora) if lora is not None else contextlib.nullcontext({}))
     try:
         with adapters as lora_params:
             select = (lambda n: n in lora_params) if lora is not None else trainable

@@ -19,7 +19,7 @@ table, which keeps the chance of any false "excludes 0" in the table below 5%.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -119,7 +119,14 @@ def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
 
 CORRECTIONS = (None, "holm")
 
-BOOK_PAIRING = {"cluster": "relation", "correction": "holm"}
+class Pairing(TypedDict):
+    """Keyword arguments of the paired tables (:func:`paired_table`'s ``cluster`` and ``correction``)."""
+
+    cluster: str
+    correction: str
+
+
+BOOK_PAIRING: Pairing = {"cluster": "relation", "correction": "holm"}
 """How the book pairs methods, in every paired table of Chapters 4-6 and the at-scale page: whole relations
 resampled (facts of one relation succeed or fail together), Holm's correction over the table's differences. Pass it
 on: ``paired_metrics_table(df, metrics, baseline="ROME", seed=SEED, **BOOK_PAIRING)``."""

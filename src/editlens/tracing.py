@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -32,6 +32,10 @@ from editlens.block_runner import BlockCalls, record_block_calls, run_from_layer
 from editlens.precision import full_precision
 from editlens.rome.keys import encode, subject_last_index
 from editlens.rome.requests import as_case, as_request, with_leading_space
+from editlens.scoring import HookList
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 KINDS = ("hidden", "mlp", "attn")
 _HOOK = {"hidden": "blocks.{}.hook_resid_post", "mlp": "blocks.{}.hook_mlp_out", "attn": "blocks.{}.hook_attn_out"}
@@ -41,7 +45,7 @@ _HOOK = {"hidden": "blocks.{}.hook_resid_post", "mlp": "blocks.{}.hook_mlp_out",
 class TraceResult:
     """Restored probabilities for one fact and one kind: ``scores[t, l]`` = p(answer | corrupted, restored at t, l)."""
 
-    scores: Float[Tensor, "n_tokens n_layers"]
+    scores: Float[Tensor, "pos layer"]
     p_clean: float
     p_corrupted: float
     token_strs: list[str]
@@ -52,7 +56,7 @@ class TraceResult:
     positions: list[int] = field(default_factory=list)  # which tokens were traced (rows of scores)
 
     @property
-    def indirect_effect(self) -> Float[Tensor, "n_tokens n_layers"]:
+    def indirect_effect(self) -> Float[Tensor, "pos layer"]:
         """p(corrupted + restored) - p(corrupted)."""
         return self.scores - self.p_corrupted
 
@@ -61,7 +65,8 @@ class TraceResult:
         return self.subject_range[1] - 1
 
 
-def subject_token_range(model: Any, prompt_template: str, subject: str) -> tuple[list[int], tuple[int, int]]:
+def subject_token_range(model: TransformerBridge, prompt_template: str, subject: str) -> tuple[list[int],
+                        tuple[int, int]]:
     """Token ids of the prompt and the [start, end) range of the subject's tokens (BOS counted)."""
     ids, last = subject_last_index(model, prompt_template, subject)
     before = prompt_template.split("{}")[0].rstrip()  # " France" carries its own leading space
@@ -70,7 +75,7 @@ def subject_token_range(model: Any, prompt_template: str, subject: str) -> tuple
 
 
 @torch.no_grad()
-def embedding_std(model: Any, subjects: Sequence[str] | None = None) -> float:
+def embedding_std(model: TransformerBridge, subjects: Sequence[str] | None = None) -> float:
     """Std of input embeddings: over the given subjects' tokens (as ROME), or over the whole W_E.
 
     Measured as the residual stream receives them (``hook_embed``, where the noise is added): a model that
@@ -88,7 +93,7 @@ def _noise(n_samples: int, n_subj: int, d_model: int, scale: float, seed: int, d
     return (torch.randn(n_samples, n_subj, d_model, generator=g) * scale).to(device)
 
 
-def _answer_id(model: Any, answer: str | None, clean_logits: Tensor) -> tuple[int, str]:
+def _answer_id(model: TransformerBridge, answer: str | None, clean_logits: Tensor) -> tuple[int, str]:
     if answer is None:
         i = int(clean_logits.argmax())
         return i, model.tokenizer.decode([i])
@@ -105,7 +110,7 @@ def window_layers(layer: int, window: int, n_layers: int) -> list[int]:
 
 @torch.no_grad()
 def trace_fact(
-    model: Any,
+    model: TransformerBridge,
     fact: Any,
     kind: str = "hidden",
     *,
@@ -151,6 +156,9 @@ def trace_fact(
         pos = [s1 - 1]
     elif positions == "last":
         pos = [n_tok - 1]
+    elif isinstance(positions, str):
+        raise ValueError(f"positions={positions!r}: pass None, \"subject_last\", \"last\" or a list of token "
+                         "positions.")
     else:
         pos = list(positions)
     if batch_layers and supports_block_runs(model):
@@ -165,7 +173,8 @@ def trace_fact(
 
 
 
-def _scores_layer_by_layer(model: Any, tokens: Tensor, kind: str, pos: list[int], eps: Tensor, s0: int, s1: int,
+def _scores_layer_by_layer(model: TransformerBridge, tokens: Tensor, kind: str, pos: list[int], eps: Tensor, s0: int,
+                           s1: int,
                            tgt: int, clean_cache: dict[str, Tensor], window: int, n_samples: int
                            ) -> tuple[Tensor, float]:
     """Restored probabilities ``[len(pos), n_layers]`` and p(corrupted), one batch per layer (any model)."""
@@ -191,7 +200,7 @@ def _scores_layer_by_layer(model: Any, tokens: Tensor, kind: str, pos: list[int]
             x = corr_cache[f"blocks.{layer}.hook_resid_post"][:n_samples].repeat(len(pos), 1, 1)
             for j, t in enumerate(pos):
                 x[j * n_samples:(j + 1) * n_samples, t] = clean_cache[f"blocks.{layer}.hook_resid_post"][0, t]
-            hooks = []
+            hooks: HookList = []
         else:
             layers = window_layers(layer, window, L)
             start = layers[0]
@@ -224,7 +233,8 @@ MAX_ROWS = 4096
 """Most restored runs :func:`_scores_all_layers` pushes through the blocks at once (more are split by layer)."""
 
 
-def _scores_all_layers(model: Any, tokens: Tensor, kind: str, pos: list[int], eps: Tensor, s0: int, s1: int,
+def _scores_all_layers(model: TransformerBridge, tokens: Tensor, kind: str, pos: list[int], eps: Tensor, s0: int,
+                       s1: int,
                        tgt: int, clean_cache: dict[str, Tensor], calls: BlockCalls, window: int,
                        max_rows: int | None = None) -> tuple[Tensor, float]:
     """Restored probabilities ``[len(pos), n_layers]`` and p(corrupted), every layer's restorations in one pass.
@@ -295,6 +305,7 @@ def _scores_all_layers(model: Any, tokens: Tensor, kind: str, pos: list[int], ep
                 args, kwargs = calls.calls[i]
                 out = model.blocks[i](h, *args, **kwargs)
                 h = out[0] if isinstance(out, (tuple, list)) else out
+            assert h is not None  # every run enters at some block below L
             last = h[:, n_tok - 1:n_tok]
             p = torch.cat([torch.softmax(model.unembed(model.ln_final(last[c:c + 256]))[:, -1].float(), -1)[:, tgt]
                            for c in range(0, last.shape[0], 256)])
@@ -315,7 +326,7 @@ def _names(L: int) -> set[str]:
 _START_AT_END: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()  # per model, held weakly
 
 
-def _supports_start_at_end(model: Any, x: Tensor) -> bool:
+def _supports_start_at_end(model: TransformerBridge, x: Tensor) -> bool:
     """Can ``model`` start a forward pass after its last block? Tried once per model object."""
     if model not in _START_AT_END:
         try:
@@ -326,7 +337,8 @@ def _supports_start_at_end(model: Any, x: Tensor) -> bool:
     return _START_AT_END[model]
 
 
-def trace_all_kinds(model: Any, fact: Any, *, kinds: Sequence[str] = KINDS, **kwargs: Any) -> dict[str, TraceResult]:
+def trace_all_kinds(model: TransformerBridge, fact: Any, *, kinds: Sequence[str] = KINDS, **kwargs: Any) -> dict[str,
+                    TraceResult]:
     """:func:`trace_fact` for each kind (the three heatmaps of ROME's Figure 1)."""
     return {k: trace_fact(model, fact, k, **kwargs) for k in kinds}
 
@@ -335,9 +347,9 @@ def trace_all_kinds(model: Any, fact: Any, *, kinds: Sequence[str] = KINDS, **kw
 class AveragedTrace:
     """Indirect effects averaged over facts, at the subject's last token and the last prompt token."""
 
-    subject_last: dict[str, Float[Tensor, "n_layers"]]  # kind -> mean IE per layer
-    last: dict[str, Float[Tensor, "n_layers"]]
-    per_fact_subject_last: dict[str, Float[Tensor, "n_facts n_layers"]]
+    subject_last: dict[str, Float[Tensor, "layer"]]  # kind -> mean IE per layer
+    last: dict[str, Float[Tensor, "layer"]]
+    per_fact_subject_last: dict[str, Float[Tensor, "n_facts layer"]]
     p_clean: list[float]
     p_corrupted: list[float]
     n_facts: int
@@ -353,7 +365,7 @@ class AveragedTrace:
 
 @torch.no_grad()
 def average_indirect_effects(
-    model: Any,
+    model: TransformerBridge,
     facts: Sequence[Any],
     *,
     kinds: Sequence[str] = KINDS,
@@ -408,7 +420,7 @@ def average_indirect_effects(
     )
 
 
-def traced_positions(model: Any, r: Any, include_last: bool = True) -> list[int]:
+def traced_positions(model: TransformerBridge, r: Any, include_last: bool = True) -> list[int]:
     """The positions Chapter 3 averages: the subject's last token, and the last token when ``include_last``."""
     ids, s_last = subject_last_index(model, r.prompt, r.subject)
     return [s_last, len(ids) - 1] if include_last else [s_last]

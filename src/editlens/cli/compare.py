@@ -9,12 +9,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editlens import methods
 from editlens.cli import run_setup
 from editlens.cli.errors import CommandLineError, from_message
 from editlens.cli.options import RunSettings, add_run_arguments, resolve
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from editlens.rome.hparams import ROMEHyperParams
 
 EPILOG = """\
 outputs (in --out): per_record.jsonl (one row per record and method: index, case_id, relation, method, the
@@ -157,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args: argparse.Namespace, settings: RunSettings, cases: list, hp: Any, model: Any, gen: Any,
+def _settings(args: argparse.Namespace, settings: RunSettings, cases: list, hp: ROMEHyperParams,
+              model: TransformerBridge, gen: Any,
               parts: list, n_processes: int, steam: run_setup.SteamAnchors | None) -> dict:
     """What settings.json records of the run."""
     from editlens.precision import of as precision_of

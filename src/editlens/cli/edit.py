@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editlens import methods
 from editlens.cli import run_setup
 from editlens.cli.errors import CommandLineError, from_message
 from editlens.cli.options import RunSettings, add_run_arguments, resolve
+
+if TYPE_CHECKING:
+    from editlens.rome.hparams import ROMEHyperParams
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +47,7 @@ def check(args: argparse.Namespace) -> RunSettings:
     return settings
 
 
-def _sadr_settings(hp: Any, settings: RunSettings) -> dict:
+def _sadr_settings(hp: ROMEHyperParams, settings: RunSettings) -> dict:
     """SADR's settings to record (and its line on stdout)."""
     from editlens.sadr import AUTHORS_STEPS, DEFAULT_GAMMA
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editlens import methods
 from editlens.cli.errors import CommandLineError
+
+if TYPE_CHECKING:
+    from editlens.data.counterfact import Format
 
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16")
 
@@ -67,7 +70,7 @@ class RunSettings:
 
     methods: tuple[str, ...]
     data: str | None
-    format: str
+    format: Format
     limit: int | None
     spread: bool
     model: str | None

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editlens.cli.errors import CommandLineError, from_message
 from editlens.cli.options import RunSettings
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from editlens.data.counterfact import Format
+    from editlens.rome import ROMEHyperParams
+    from editlens.steam.anchors import AnchorBank
 
 
 def check_device(name: str) -> None:
@@ -81,11 +88,11 @@ def load_cases(run: RunSettings) -> list:
             "when it cannot be detected") from None
 
 
-def resolve_hparams(run: RunSettings) -> Any:
+def resolve_hparams(run: RunSettings) -> ROMEHyperParams:
     """ROME settings for ``--model`` by name, before the model is loaded; ``--layer`` serves unknown models."""
     from editlens.rome import ROMEHyperParams, get_hparams
 
-    overrides = {} if run.layer is None else {"layer": run.layer}
+    overrides: dict[str, Any] = {} if run.layer is None else {"layer": run.layer}
     if run.mom2_tokens is not None:
         overrides["mom2_n_tokens"] = run.mom2_tokens
     if run.v_steps is not None:
@@ -126,7 +133,7 @@ def load_model(run: RunSettings) -> Any:
     return model
 
 
-def check_edit_layer(hp: Any, model: Any) -> None:
+def check_edit_layer(hp: ROMEHyperParams, model: TransformerBridge) -> None:
     """The edit layer must be one of the loaded model's layers."""
     if hp.layer >= model.cfg.n_layers:
         raise CommandLineError(f"--layer {hp.layer} is past the model's last layer ({model.cfg.n_layers - 1})",
@@ -137,7 +144,7 @@ def check_edit_layer(hp: Any, model: Any) -> None:
 class SteamAnchors:
     """STEAM's setup for a run (Chapter 4): the anchor bank, lambda, the aligned layers and the settings to record."""
 
-    bank: Any
+    bank: AnchorBank | None
     steam_lambda: float
     layers: list[int]
     settings: dict
@@ -150,7 +157,7 @@ def anchor_pool(run: RunSettings) -> tuple[list, list[str]]:
     from editlens.data import facts_path, load_facts
 
     extra = run.anchor_data if run.anchor_data is not None else str(facts_path(None))
-    files = [(default_data(run) or str(facts_path(None)), run.format), (extra, "auto")]
+    files: list[tuple[str, Format]] = [(default_data(run) or str(facts_path(None)), run.format), (extra, "auto")]
     records, labels = [], []
     for path, fmt in files:
         if str(path) in labels:
@@ -165,7 +172,7 @@ def anchor_pool(run: RunSettings) -> tuple[list, list[str]]:
     return records, labels
 
 
-def steam_anchors(run: RunSettings, model: Any, hp: Any, cases: list) -> SteamAnchors:
+def steam_anchors(run: RunSettings, model: TransformerBridge, hp: ROMEHyperParams, cases: list) -> SteamAnchors:
     """STEAM's AnchorBank (from the anchor pool, :func:`anchor_pool`; unedited model; every record covered), its
     design (``--steam-anchors``, ``--steam-align``), lambda and layers. Run it before the key statistics: a
     record without anchors fails fast."""

@@ -20,6 +20,7 @@ CounterFact keys and adds four:
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -74,8 +75,8 @@ MIN_RELATIONS = 10
 class Target:
     """An object of a fact: its surface string (no leading space) and an id (Wikidata Q-id or the string)."""
 
-    str: str
-    id: str
+    str: builtins.str  # the field shadows the builtin in the class body
+    id: builtins.str
 
 
 @dataclass(frozen=True)

@@ -39,13 +39,16 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
 
 import torch
 
 from editlens.data.counterfact import FACTS_PATH, CounterFactRecord, load_facts, save_facts
 from editlens.scoring import score_continuations
 from editlens.precision import full_precision
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 MIN_MARGIN: float = 0.02
 """A stored/recomputed margin passes when >= MIN_MARGIN (nats)."""
@@ -65,7 +68,7 @@ class TargetScorer:
     rule, one answer rule, every shared prefix run once), so a record verified here gets the same
     numbers as in Chapters 2-6. ``tokenizer`` must be the model's own (kept for old callers)."""
 
-    def __init__(self, model: Any, tokenizer: Any | None = None, *, batch_size: int = 32):
+    def __init__(self, model: TransformerBridge, tokenizer: Any | None = None, *, batch_size: int = 32):
         if tokenizer is not None and tokenizer is not model.tokenizer:
             raise ValueError("TargetScorer scores with the model's own tokenizer. Fix: pass tokenizer=None "
                              "(or the tokenizer that load_model returned with this model).")
@@ -121,7 +124,8 @@ def margins_for(r: CounterFactRecord, nll: dict[tuple[str, str], float], *, labe
     }
 
 
-def compute_verifications(model: Any, records: Sequence[CounterFactRecord], *, tokenizer: Any | None = None,
+def compute_verifications(model: TransformerBridge, records: Sequence[CounterFactRecord], *,
+                          tokenizer: Any | None = None,
                           batch_size: int = 32, scorer: TargetScorer | None = None,
                           label: str = MODEL_LABEL) -> list[dict[str, Any]]:
     """Recompute the verification dict of every record (one batched pass over all prompts), in float32
@@ -133,7 +137,7 @@ def compute_verifications(model: Any, records: Sequence[CounterFactRecord], *, t
     return [margins_for(r, scorer.cache, label=label) for r in records]
 
 
-def known_records(model: Any, records: Sequence[CounterFactRecord], *, label: str = MODEL_LABEL,
+def known_records(model: TransformerBridge, records: Sequence[CounterFactRecord], *, label: str = MODEL_LABEL,
                   min_margin: float = MIN_MARGIN) -> list[CounterFactRecord]:
     """The records ``model`` knows, checked the way the shipped set was authored (``scripts/author_facts.py``):
     the rewrite margin must pass; neighbourhood, attribute and relation prompts that fail are dropped, and a record
@@ -172,7 +176,7 @@ def model_label(name: str | None) -> str:
     return f"{spec.title} (editlens embedded, dequantised from {spec.gguf_name})" if spec else str(name)
 
 
-def failures(v: dict[str, Any], *, min_margin: float = MIN_MARGIN) -> list[str]:
+def failures(v: Mapping[str, Any], *, min_margin: float = MIN_MARGIN) -> list[str]:
     """Threshold failures of one verification dict (empty = the record passes)."""
     out = []
     if v["rewrite"] < min_margin:
@@ -184,11 +188,11 @@ def failures(v: dict[str, Any], *, min_margin: float = MIN_MARGIN) -> list[str]:
     return out
 
 
-def passes(v: dict[str, Any], *, min_margin: float = MIN_MARGIN) -> bool:
+def passes(v: Mapping[str, Any], *, min_margin: float = MIN_MARGIN) -> bool:
     return not failures(v, min_margin=min_margin)
 
 
-def disagreements(stored: dict[str, Any] | None, fresh: dict[str, Any], *, tol: float = TOLERANCE) -> list[str]:
+def disagreements(stored: Mapping[str, Any] | None, fresh: dict[str, Any], *, tol: float = TOLERANCE) -> list[str]:
     """Where stored margins differ from recomputed ones by more than ``tol`` (or are missing)."""
     if stored is None:
         return ["no stored verification"]
@@ -210,7 +214,7 @@ def _rate(xs: list[float]) -> str:
     return f"{sum(x > 0 for x in xs) / len(xs):.2f}" if xs else "  - "
 
 
-def report(records: Sequence[CounterFactRecord], verifs: Sequence[dict[str, Any]]) -> str:
+def report(records: Sequence[CounterFactRecord], verifs: Sequence[Mapping[str, Any]]) -> str:
     """Per-relation table: records, passing records, and the share of positive margins per probe."""
     by_rel: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
@@ -269,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     label = model_label(args.model)
     if args.known_only:
         kept = known_records(model, records, label=label)
-        print(report(kept, [r.verification for r in kept]))
+        print(report(kept, [cast(Mapping[str, Any], r.verification) for r in kept]))  # known_records sets each
         save_facts(kept, args.out)
         print(f"\n{len(records)} records, {len(kept)} known by {label}; model load {t1 - t0:.1f}s, verification "
               f"{time.time() - t1:.1f}s; wrote {args.out}")

@@ -40,9 +40,9 @@ def last_token_z(
     if packed is not False and packing_supported(model):
         tree = PrefixTree(ids, row_tokens=row_tokens)
         by_row: dict[int, list[tuple[int, int]]] = {}
-        for i, s in enumerate(ids):
-            r, at = tree.home[tree.node(i, len(s) - 1)]
-            by_row.setdefault(r, []).append((i, at))
+        for i, seq in enumerate(ids):
+            r, pos = tree.home[tree.node(i, len(seq) - 1)]
+            by_row.setdefault(r, []).append((i, pos))
         store: dict[str, Tensor] = {}
 
         def grabber(name: str):

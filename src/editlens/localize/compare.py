@@ -23,9 +23,9 @@ def select_heads(scores: np.ndarray, k: int, *, absolute: bool = False) -> list[
     s = np.abs(scores) if absolute else np.asarray(scores, dtype=float)
     flat = np.where(np.isnan(s), -np.inf, s).ravel()
     order = np.lexsort((np.arange(flat.size), -flat))  # by score desc, then index asc
-    order = [i for i in order if np.isfinite(flat[i])][:k]
+    best = [i for i in order if np.isfinite(flat[i])][:k]
     H = s.shape[1]
-    return [(int(i // H), int(i % H)) for i in order]
+    return [(int(i // H), int(i % H)) for i in best]
 
 
 def topk_overlap(a: np.ndarray, b: np.ndarray, k: int, *, absolute: tuple[bool, bool] = (False, False)) -> float:

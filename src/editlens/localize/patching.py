@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from editlens.block_runner import record_block_calls, run_from_layer, supports_block_runs
+from editlens.block_runner import BlockCalls, record_block_calls, run_from_layer, supports_block_runs
 from editlens.localize.activations import z_hook_name
 from editlens.scoring import ScoringPlan, TokenCache, item_logprobs, model_device, pad_id, pad_rows
 
@@ -177,7 +177,10 @@ def activation_patching(
     # starts at the patched layer from that run's residual stream (editlens.block_runner; same numbers, about
     # half the work).
     from_layer = supports_block_runs(model)
-    srcs, bases, resids, calls = [], [], [], []
+    srcs: list[Tensor] = []
+    bases: list[Tensor] = []
+    resids: list[dict[str, Tensor] | None] = []  # with calls: None where blocks are not run one by one
+    calls: list[BlockCalls | None] = []
     with torch.no_grad():
         for b in chunks:
             z_src, ldc = _clean_pass(model, b)
@@ -192,7 +195,7 @@ def activation_patching(
             srcs.append(z_src); bases.append(base)
             ld_clean.append(ldc.cpu()); ld_corrupt.append(base.cpu())
         for (l, h) in it:
-            for b, z_src, base, resid, c in zip(chunks, srcs, bases, resids, calls):
+            for b, z_src, base, resid_b, c_b in zip(chunks, srcs, bases, resids, calls):
                 rows = torch.arange(len(b.corrupt.rows), device=b.dev)
 
                 def hook(z, hook=None, l=l, h=h, b=b, z_src=z_src, rows=rows):
@@ -200,8 +203,8 @@ def activation_patching(
                     z[rows, b.corrupt_last, h] = z_src[b.corrupt_row_pair, l, h].to(z.dtype)
                     return z
 
-                if c is not None:
-                    ld = b.ld(run_from_layer(model, resid[f"blocks.{l}.hook_resid_pre"], l, c,
+                if c_b is not None and resid_b is not None:
+                    ld = b.ld(run_from_layer(model, resid_b[f"blocks.{l}.hook_resid_pre"], l, c_b,
                                              fwd_hooks=[(z_hook_name(l), hook)]), "corrupt")
                 else:
                     with model.hooks(fwd_hooks=[(z_hook_name(l), hook)]):

@@ -155,7 +155,7 @@ def metadata_baseline(
     seed: int = 0,
     C: float = 1.0,
     test_mask: np.ndarray | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | list[str]]:
     """Held-out accuracy of the same probe on one-hot *metadata* instead of activations.
 
     With the default columns it knows only which relation and which two templates a pair uses.

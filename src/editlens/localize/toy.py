@@ -9,18 +9,20 @@ so it loads in about a second with no files and no network.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from editlens import fused_attention
 
-TOY_WORDS: tuple[str, ...] = (
+TOY_WORDS: list[str] = (
     "The capital of France Germany Italy Spain Japan is city country Paris Berlin Rome Madrid Tokyo "
     "language spoken in French German Italian Spanish Japanese people speak mother tongue where "
     "located a an on the continent Europe Asia official New York Delhi"
 ).split()
 
 
-def toy_tokenizer(words: tuple[str, ...] = TOY_WORDS):
+def toy_tokenizer(words: Sequence[str] = TOY_WORDS):
     """Word-level ``PreTrainedTokenizerFast``: ``<bos>`` (0), ``<pad>`` (1), ``<unk>`` (2), then ``words``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -58,7 +60,8 @@ def tiny_llama(seed: int = 0, *, n_layers: int = 2, d_model: int = 64, n_heads: 
                       num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
                       max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                      tie_word_embeddings=tie_embeddings, attn_implementation="eager")
+                      tie_word_embeddings=tie_embeddings,
+                      attn_implementation="eager")  # type: ignore[call-arg]  # a PretrainedConfig kwarg, untyped
     torch.manual_seed(seed)
     hf = LlamaForCausalLM(cfg)
     # Larger-than-default weights (HF uses 0.02) so that single heads matter measurably; at 0.08 the
@@ -68,7 +71,7 @@ def tiny_llama(seed: int = 0, *, n_layers: int = 2, d_model: int = 64, n_heads: 
             for name, p in hf.named_parameters():
                 if p.dim() == 2:
                     p.normal_(0.0, weight_std)
-    hf = hf.to(device).eval()
+    hf = hf.to(device).eval()  # type: ignore[arg-type]  # transformers' wrapper of .to hides torch's signature
     bridge = TransformerBridge.boot_transformers("toy-llama" if tokenizer is None else "tiny-llama", hf_model=hf,
                                                  tokenizer=tok)
     bridge.eval()
@@ -99,7 +102,8 @@ def tiny_gemma3(seed: int = 0, *, n_layers: int = 2, d_model: int = 64, n_heads:
                                         for i in range(n_layers)],
                            max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                           tie_word_embeddings=True, attn_implementation="eager",
+                           tie_word_embeddings=True,
+                           attn_implementation="eager",  # type: ignore[call-arg]  # a PretrainedConfig kwarg, untyped
                            architectures=["Gemma3ForCausalLM"])  # the bridge picks its adapter by this name
     torch.manual_seed(seed)
     hf = Gemma3ForCausalLM(cfg)
@@ -109,7 +113,7 @@ def tiny_gemma3(seed: int = 0, *, n_layers: int = 2, d_model: int = 64, n_heads:
                 p.normal_(0.0, 0.5)
             elif p.dim() == 2 and weight_std is not None:
                 p.normal_(0.0, weight_std)
-    hf = hf.to(device).eval()
+    hf = hf.to(device).eval()  # type: ignore[arg-type]  # transformers' wrapper of .to hides torch's signature
     bridge = TransformerBridge.boot_transformers("tiny-gemma3", hf_model=hf, tokenizer=tok)
     bridge.eval()
     fused_attention.install(bridge)

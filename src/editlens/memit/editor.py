@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from editlens.anatomy import mlp_width
 from editlens.memit.spread import (
     compute_memit_edit,
     default_layers,
@@ -21,6 +22,9 @@ from editlens.rome.editor import Editor
 from editlens.rome.hparams import ROMEHyperParams
 from editlens.rome.key_stats import stats_for
 from editlens.rome.update import applied_edit
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def memit_editor(hparams: ROMEHyperParams, *, layers: Sequence[int] | None = None,
@@ -32,9 +36,9 @@ def memit_editor(hparams: ROMEHyperParams, *, layers: Sequence[int] | None = Non
     read: dict[tuple[int, ...], tuple[Any, list[Any]]] = {}  # layers -> (the model they were read for, C per layer)
 
     @contextlib.contextmanager
-    def editor(model: Any, case: dict) -> Iterator[list[Any]]:
+    def editor(model: TransformerBridge, case: dict) -> Iterator[list[Any]]:
         chosen = tuple(default_layers(hparams.layer, model.cfg.n_layers) if layers is None else layers)
-        weight = default_update_weight(model.cfg.d_mlp) if update_weight is None else update_weight
+        weight = default_update_weight(mlp_width(model)) if update_weight is None else update_weight
         if chosen not in read or read[chosen][0] is not model:  # the same model object, not an id that may recur
             read[chosen] = (model, [stats_for(model, hparams.replace(layer=layer)) for layer in chosen])
         edits = compute_memit_edit(model, case, hparams, chosen, weight, read[chosen][1])

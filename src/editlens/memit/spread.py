@@ -26,13 +26,13 @@ bit and evaluated (per batch row) as ROME's are.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from editlens.anatomy import has_norm_after_mlp
+from editlens.anatomy import has_norm_after_mlp, mlp_width
 from editlens.precision import full_precision
 from editlens.rome.hparams import ROMEHyperParams
 from editlens.rome.key_stats import KeyStats, stats_for
@@ -40,6 +40,9 @@ from editlens.rome.keys import compute_k, subject_last_index
 from editlens.rome.requests import as_request, validate_request
 from editlens.rome.update import Edit, w_out
 from editlens.rome.values import LossTerm, compute_v
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 AUTHORS_UPDATE_WEIGHT = 15000.0
 """The authors' ``mom2_update_weight`` for GPT-J (hparams/MEMIT/EleutherAI_gpt-j-6B.json)."""
@@ -60,7 +63,7 @@ def default_update_weight(d_mlp: int) -> float:
     return AUTHORS_UPDATE_WEIGHT * d_mlp / AUTHORS_D_MLP
 
 
-def residual_at_subject(model: Any, prompt: str, subject: str, layer: int) -> Float[Tensor, "d_model"]:
+def residual_at_subject(model: TransformerBridge, prompt: str, subject: str, layer: int) -> Float[Tensor, "d_model"]:
     """The residual stream after block ``layer`` at the subject's last token of ``prompt`` (float32)."""
     ids, idx = subject_last_index(model, prompt, subject)
     hook = f"blocks.{layer}.hook_resid_post"
@@ -70,7 +73,7 @@ def residual_at_subject(model: Any, prompt: str, subject: str, layer: int) -> Fl
     return cache[hook][0, idx].float()
 
 
-def compute_memit_edit(model: Any, request: Any, hparams: ROMEHyperParams, layers: Sequence[int],
+def compute_memit_edit(model: TransformerBridge, request: Any, hparams: ROMEHyperParams, layers: Sequence[int],
                        update_weight: float, stats: Sequence[KeyStats] | None = None,
                        extra_losses: Sequence[LossTerm] = (), *, verbose: bool = False) -> list[Edit]:
     """The rank-one edits (one per layer of ``layers``, none applied) that MEMIT writes for one request.
@@ -85,7 +88,7 @@ def compute_memit_edit(model: Any, request: Any, hparams: ROMEHyperParams, layer
                          f"{layers}. Fix: pass e.g. layers={list(default_layers(hparams.layer, n_layers))}.")
     if not update_weight >= 0:
         raise ValueError(f"update_weight must be >= 0, got {update_weight}. Fix: pass e.g. "
-                         f"{default_update_weight(model.cfg.d_mlp):g} (the authors' weight for this key size).")
+                         f"{default_update_weight(mlp_width(model)):g} (the authors' weight for this key size).")
     normed = [layer for layer in layers if has_norm_after_mlp(model, layer)]
     if normed:
         raise ValueError(f"MEMIT adds each MLP's change to the residual stream; blocks {normed} of this model norm "

@@ -10,15 +10,21 @@ and Chapter 5 keeps a shorter run's edits with :class:`EarlierEdits`.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
 
 from editlens.rome.requests import as_request
 
-Editor = Callable[[Any, dict], ContextManager]
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from editlens.rome.hparams import ROMEHyperParams
+    from editlens.rome.key_stats import KeyStats
+
+Editor = Callable[["TransformerBridge", dict], ContextManager]
 """``editor(model, case)`` returns a context manager inside which the model is edited (Chapters 3-6 each give one)."""
 
 
-def rome_editor(hparams: Any, stats: Any = None,
+def rome_editor(hparams: ROMEHyperParams, stats: KeyStats | None = None,
                 extra_losses: Sequence[Any] | Callable[[Any, dict], Sequence[Any]] = (), *,
                 earlier: "EarlierEdits | None" = None, batch: int = 1) -> Editor:
     """The :data:`Editor` for ROME (Chapter 3); Chapters 4-5 (STEAM, SADR) pass ``extra_losses``: the loss terms,
@@ -37,10 +43,10 @@ def rome_editor(hparams: Any, stats: Any = None,
     also = [earlier.steps] if earlier is not None else []
     ready: dict[tuple, Any] = {}  # key of a record -> its precomputed Edit
 
-    def terms_for(model: Any, case: dict) -> Sequence[Any]:
+    def terms_for(model: TransformerBridge, case: dict) -> Sequence[Any]:
         return extra_losses(model, case) if callable(extra_losses) else extra_losses
 
-    def prepare(model: Any, upcoming: Sequence[dict]) -> list[tuple]:
+    def prepare(model: TransformerBridge, upcoming: Sequence[dict]) -> list[tuple]:
         """Compute the edits of the first ``batch`` records of ``upcoming`` that have none ready yet; returns the
         keys (:meth:`EarlierEdits.key`) of the records computed now (empty when the next record's edit was ready)."""
         if batch == 1 or not upcoming or EarlierEdits.key(upcoming[0]) in ready:
@@ -51,11 +57,11 @@ def rome_editor(hparams: Any, stats: Any = None,
         return [EarlierEdits.key(c) for c in todo]
 
     @contextlib.contextmanager
-    def precomputed(model: Any, edit: Any) -> Iterator[list[Any]]:
+    def precomputed(model: TransformerBridge, edit: Any) -> Iterator[list[Any]]:
         with applied_edit(model, edit):
             yield [edit]
 
-    def editor(model: Any, case: dict) -> ContextManager:
+    def editor(model: TransformerBridge, case: dict) -> ContextManager:
         edit = ready.pop(EarlierEdits.key(case), None)
         if edit is not None:
             context = precomputed(model, edit)
@@ -96,7 +102,7 @@ class EarlierEdits:
         from editlens.rome.update import applied_edit
 
         @contextlib.contextmanager
-        def editor(model: Any, case: dict) -> Iterator[list[Any]]:
+        def editor(model: TransformerBridge, case: dict) -> Iterator[list[Any]]:
             key = self.key(case)
             if key not in self.edits:
                 raise KeyError(f"No kept {self.steps}-step edit for record {key[0]!r} ({key[2]!r} -> {key[3]!r}). "

@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -29,11 +29,17 @@ from torch import Tensor
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from editlens.anatomy import mlp_width
 from editlens.fingerprint import weights_fingerprint
 from editlens.paths import cache_dir
 from editlens.precision import full_precision
 from editlens.rome.keys import mlp_key_hook
 from editlens.scoring import bos_ids
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from editlens.rome.hparams import ROMEHyperParams
 
 START_WORDS = ["The", "In", "A", "It", "This", "He", "She", "We", "They", "When", "After", "One", "There", "For",
                "As", "Many", "Today", "His", "Her", "Our"]
@@ -91,8 +97,8 @@ class KeyStats:
 # Text sources
 
 
-def sample_tokens(model: Any, n_tokens: int, *, seed: int = 0, seq_len: int = 128, batch_size: int = 32,
-                  progress: bool = False) -> Int[Tensor, "n_seq seq_len"]:
+def sample_tokens(model: TransformerBridge, n_tokens: int, *, seed: int = 0, seq_len: int = 128, batch_size: int = 32,
+                  progress: bool = False) -> Int[Tensor, "n_seq pos"]:
     """Token sequences the model samples itself (temperature 1, seeded), each starting BOS + a common word.
 
     Cached on disk (safetensors) per weights fingerprint, seed, length and count.
@@ -151,8 +157,8 @@ def _load_meta(path: Path) -> dict:
         return json.loads((f.metadata() or {}).get("meta", "{}"))
 
 
-def file_tokens(model: Any, paths: Sequence[str | os.PathLike], n_tokens: int, *, seq_len: int = 128
-                ) -> Int[Tensor, "n_seq seq_len"]:
+def file_tokens(model: TransformerBridge, paths: Sequence[str | os.PathLike], n_tokens: int, *, seq_len: int = 128
+                ) -> Int[Tensor, "n_seq pos"]:
     """Chunks of ``seq_len`` tokens (BOS first) from the given UTF-8 text files, up to ``n_tokens``."""
     tok = model.tokenizer
     ids: list[int] = []
@@ -182,12 +188,13 @@ def _source_id(source: Any) -> tuple[str, str]:
     return "files:" + ",".join(Path(p).name for p in paths), h.hexdigest()[:12]
 
 
-def accumulate_second_moment(model: Any, layer: int, tokens: Int[Tensor, "n_seq seq_len"], *, batch_size: int = 16,
+def accumulate_second_moment(model: TransformerBridge, layer: int, tokens: Int[Tensor, "n_seq pos"], *,
+                             batch_size: int = 16,
                              skip_bos: bool = True, progress: bool = False) -> tuple[Float[Tensor, "d_mlp d_mlp"], int]:
     """Sum of k k^T over all token positions (BOS position skipped: its keys are outliers) and the count."""
     from tqdm import tqdm
 
-    d_mlp = model.cfg.d_mlp
+    d_mlp = mlp_width(model)
     S = torch.zeros(d_mlp, d_mlp, dtype=torch.float64)
     n = 0
     store: dict[str, Tensor] = {}
@@ -207,7 +214,8 @@ def accumulate_second_moment(model: Any, layer: int, tokens: Int[Tensor, "n_seq 
     return S, n
 
 
-def compute_key_stats(model: Any, layer: int, n_tokens: int = 100_000, *, source: Any = "self", seed: int = 0,
+def compute_key_stats(model: TransformerBridge, layer: int, n_tokens: int = 100_000, *, source: Any = "self",
+                      seed: int = 0,
                       seq_len: int = 128, progress: bool = False) -> KeyStats:
     """Estimate C at ``layer`` from ``n_tokens`` tokens of ``source`` ("self" or text files). Not cached."""
     if source in (None, "self"):
@@ -223,12 +231,12 @@ def compute_key_stats(model: Any, layer: int, n_tokens: int = 100_000, *, source
     return KeyStats(C=(S / n).float(), n_tokens=n, meta=meta)
 
 
-def _cache_path(model: Any, layer: int, n_tokens: int, source: Any, seed: int, seq_len: int) -> Path:
+def _cache_path(model: TransformerBridge, layer: int, n_tokens: int, source: Any, seed: int, seq_len: int) -> Path:
     src, src_hash = _source_id(source)
     return stats_dir() / f"C_{weights_fingerprint(model)}_L{layer}_n{n_tokens}_{src_hash}_s{seed}_T{seq_len}.safetensors"
 
 
-def get_key_stats(model: Any, layer: int, n_tokens: int = 100_000, *, source: Any = "self", seed: int = 0,
+def get_key_stats(model: TransformerBridge, layer: int, n_tokens: int = 100_000, *, source: Any = "self", seed: int = 0,
                   seq_len: int = 128, use_cache: bool = True, progress: bool = True) -> KeyStats:
     """Cached :func:`compute_key_stats`. The cache file's metadata must match the model's weights fingerprint."""
     path = _cache_path(model, layer, n_tokens, source, seed, seq_len)
@@ -243,12 +251,13 @@ def get_key_stats(model: Any, layer: int, n_tokens: int = 100_000, *, source: An
     return stats
 
 
-def stats_for(model: Any, hparams: Any, **kwargs: Any) -> KeyStats:
+def stats_for(model: TransformerBridge, hparams: ROMEHyperParams, **kwargs: Any) -> KeyStats:
     """Key statistics as ``hparams`` ask for them (layer, mom2_n_tokens, mom2_source)."""
     return get_key_stats(model, hparams.layer, hparams.mom2_n_tokens, source=hparams.mom2_source, **kwargs)
 
 
-def key_stats_convergence(model: Any, layer: int, keys: Float[Tensor, "n_edits d_mlp"], token_counts: Sequence[int], *,
+def key_stats_convergence(model: TransformerBridge, layer: int, keys: Float[Tensor, "n_edits d_mlp"],
+                          token_counts: Sequence[int], *,
                           reg: float = 1e-2, source: Any = "self", seed: int = 0, reference_tokens: int | None = None,
                           seq_len: int = 128, progress: bool = True) -> list[dict]:
     """How the edit direction u = (C + lambda I)^-1 k* changes with the number of tokens behind C.

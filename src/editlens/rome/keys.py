@@ -9,7 +9,7 @@ position 0 (it shifts every position by one), and the leading space of a continu
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -20,16 +20,20 @@ from editlens.rome.hparams import ROMEHyperParams
 from editlens.rome.requests import RewriteRequest
 from editlens.scoring import bos_ids, encode_text, pad_id, pad_rows
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 _TEMPLATE_CACHE: dict[tuple, list[str]] = {}
 
 
-def encode(model: Any, text: str, *, bos: bool = True) -> list[int]:
+def encode(model: TransformerBridge, text: str, *, bos: bool = True) -> list[int]:
     """Token ids of ``text`` as the model sees it (BOS first unless ``bos=False``): the book's one
     encoder, :func:`editlens.scoring.encode_text` (one BOS rule, :func:`editlens.scoring.bos_ids`)."""
     return encode_text(model, text, bos=bos)
 
 
-def pad_batch(model: Any, seqs: Sequence[Sequence[int]]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch"]]:
+def pad_batch(model: TransformerBridge, seqs: Sequence[Sequence[int]]) -> tuple[Int[Tensor, "batch pos"],
+              Int[Tensor, "batch"]]:
     """Right-pad token lists into one tensor (:func:`editlens.scoring.pad_rows`). With right padding and
     causal attention, the real positions never see the padding. Returns (tokens, lengths)."""
     return pad_rows(seqs, pad_id(model), model.cfg.device), torch.tensor([len(s) for s in seqs])
@@ -40,7 +44,7 @@ def fill_template(template: str, prompt: str) -> str:
     return template.replace("{}", prompt)
 
 
-def subject_last_index(model: Any, prompt_template: str, subject: str) -> tuple[list[int], int]:
+def subject_last_index(model: TransformerBridge, prompt_template: str, subject: str) -> tuple[list[int], int]:
     """Token ids of ``prompt_template.format(subject)`` and the index of the subject's last token.
 
     The index counts BOS. It is found by tokenising the text up to the end of the subject, as ROME does.
@@ -57,7 +61,7 @@ def subject_last_index(model: Any, prompt_template: str, subject: str) -> tuple[
     return full, idx
 
 
-def context_templates(model: Any, hparams: ROMEHyperParams) -> list[str]:
+def context_templates(model: TransformerBridge, hparams: ROMEHyperParams) -> list[str]:
     """``["{}", "<generated prefix>. {}", ...]``: the bare prompt, then short prefixes the model samples
     itself (seeded; ROME: 10 of 5 tokens and 10 of 10 tokens), sampled in float32 whatever the model's
     precision, so an edit's prefixes do not depend on it. Cached per model and settings."""
@@ -111,7 +115,7 @@ def mlp_value_hook(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_out"
 
 
-def subject_keys(model: Any, request: RewriteRequest, layer: int,
+def subject_keys(model: TransformerBridge, request: RewriteRequest, layer: int,
                  templates: Sequence[str]) -> Float[Tensor, "n_templates d_mlp"]:
     """The MLP key at the subject's last token of ``request.prompt`` inside each context template."""
     seqs, idxs = [], []
@@ -132,7 +136,7 @@ def subject_keys(model: Any, request: RewriteRequest, layer: int,
     return store["k"][rows, torch.tensor(idxs, device=rows.device)].float()  # bf16 under mixed precision
 
 
-def compute_k(model: Any, request: RewriteRequest, layer: int,
+def compute_k(model: TransformerBridge, request: RewriteRequest, layer: int,
               hparams: ROMEHyperParams) -> tuple[Float[Tensor, "d_mlp"], Float[Tensor, "d_mlp"]]:
     """k*: the key averaged over the bare prompt and ~20 model-generated prefixes; also the bare-prompt key.
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from editlens.rome.update import Edit
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def edit_factors(edit: Edit) -> tuple[Float[Tensor, "d_mlp"], Float[Tensor, "d_model"]]:
@@ -33,7 +36,7 @@ def edit_factors(edit: Edit) -> tuple[Float[Tensor, "d_mlp"], Float[Tensor, "d_m
     return edit.factors
 
 
-def output_matrix_module(model: Any, layer: int) -> torch.nn.Module:
+def output_matrix_module(model: TransformerBridge, layer: int) -> torch.nn.Module:
     """The module that multiplies by ``blocks[layer].mlp.W_out`` (Hugging Face's ``down_proj``)."""
     out = model.blocks[layer].mlp.out
     inner = getattr(out, "original_component", None) or getattr(out, "_original_component", None)
@@ -41,7 +44,7 @@ def output_matrix_module(model: Any, layer: int) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def rowwise_edits(model: Any, rows: Sequence[Sequence[Edit]]) -> Iterator[None]:
+def rowwise_edits(model: TransformerBridge, rows: Sequence[Sequence[Edit]]) -> Iterator[None]:
     """Inside the block, row ``b`` of every batch the model runs sees the edits ``rows[b]`` (an empty list:
     the unedited model). Batches must have exactly ``len(rows)`` rows, in that order (generation with a
     key/value cache keeps the batch, so it works there too). The hooks are removed on exit, also after an

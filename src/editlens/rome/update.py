@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -34,13 +34,16 @@ from editlens.rome.keys import compute_k
 from editlens.rome.requests import RewriteRequest, as_request, validate_request
 from editlens.rome.values import LossTerm, VResult, compute_v, compute_vs
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
-def w_out(model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+
+def w_out(model: TransformerBridge, layer: int) -> Float[Tensor, "d_mlp d_model"]:
     """The edited matrix (a view sharing storage with the Hugging Face weight)."""
     return model.blocks[layer].mlp.W_out
 
 
-def value_on_ray(model: Any, hparams: ROMEHyperParams) -> str:
+def value_on_ray(model: TransformerBridge, hparams: ROMEHyperParams) -> str:
     """``hparams.v_on_ray``, with None resolved for this model (:class:`ROMEHyperParams`)."""
     choice = hparams.v_on_ray
     if choice is None:
@@ -53,7 +56,7 @@ def value_on_ray(model: Any, hparams: ROMEHyperParams) -> str:
     return choice
 
 
-def norm_eps_after_mlp(model: Any, layer: int) -> float:
+def norm_eps_after_mlp(model: TransformerBridge, layer: int) -> float:
     """The epsilon of the norm after block ``layer``'s MLP (added to the mean square before the root)."""
     norm = model.blocks[layer].ln2_post
     for m in (norm, getattr(norm, "original_component", None)):
@@ -116,7 +119,7 @@ class Edit:
     def applied(self) -> bool:
         return self._saved is not None
 
-    def apply(self, model: Any) -> "Edit":
+    def apply(self, model: TransformerBridge) -> "Edit":
         """Add the delta to the weights (remembering the exact old weights)."""
         if self.applied:
             raise RuntimeError("This edit is already applied; undo() it first.")
@@ -126,17 +129,18 @@ class Edit:
             W.add_(self.delta.to(W.device, W.dtype))
         return self
 
-    def undo(self, model: Any) -> None:
+    def undo(self, model: TransformerBridge) -> None:
         """Restore the weights bit-exactly as they were before :meth:`apply`."""
-        if not self.applied:
+        saved = self._saved
+        if saved is None:  # not applied
             raise RuntimeError("This edit is not applied.")
         with torch.no_grad():
-            w_out(model, self.layer).copy_(self._saved)
+            w_out(model, self.layer).copy_(saved)
         self._saved = None
 
 
 @contextlib.contextmanager
-def applied_edit(model: Any, edit: Edit | Sequence[Edit]) -> Iterator[Any]:
+def applied_edit(model: TransformerBridge, edit: Edit | Sequence[Edit]) -> Iterator[Any]:
     """Apply one or more edits inside the block; the weights are restored bit-exactly on exit, also after an exception."""
     edits = [edit] if isinstance(edit, Edit) else list(edit)
     done: list[Edit] = []
@@ -149,7 +153,7 @@ def applied_edit(model: Any, edit: Edit | Sequence[Edit]) -> Iterator[Any]:
             e.undo(model)
 
 
-def compute_rome_edit(model: Any, request: Any, hparams: ROMEHyperParams, stats: KeyStats | None = None,
+def compute_rome_edit(model: TransformerBridge, request: Any, hparams: ROMEHyperParams, stats: KeyStats | None = None,
                       extra_losses: Sequence[LossTerm] = (), *, also_steps: Sequence[int] = (),
                       verbose: bool = False) -> Edit:
     """Compute (not apply) the ROME edit for one request: k*, v*, u, delta (Chapter 3).
@@ -164,7 +168,8 @@ def compute_rome_edit(model: Any, request: Any, hparams: ROMEHyperParams, stats:
     return _edit(model, req, hparams, stats, k_avg, k_bare, vres)
 
 
-def compute_rome_edits(model: Any, requests: Sequence[Any], hparams: ROMEHyperParams, stats: KeyStats | None = None,
+def compute_rome_edits(model: TransformerBridge, requests: Sequence[Any], hparams: ROMEHyperParams,
+                       stats: KeyStats | None = None,
                        extra_losses: Sequence[Sequence[LossTerm]] | None = None, *, also_steps: Sequence[int] = (),
                        verbose: bool = False) -> list[Edit]:
     """:func:`compute_rome_edit` of several requests (each edit on its own, none applied), their v* optimised
@@ -182,7 +187,7 @@ def compute_rome_edits(model: Any, requests: Sequence[Any], hparams: ROMEHyperPa
     return [_edit(model, req, hparams, stats, k_avg, k_bare, v) for req, (k_avg, k_bare), v in zip(reqs, ks, vres)]
 
 
-def _checked(model: Any, request: Any, hparams: ROMEHyperParams, stats: KeyStats | None
+def _checked(model: TransformerBridge, request: Any, hparams: ROMEHyperParams, stats: KeyStats | None
              ) -> tuple[RewriteRequest, KeyStats]:
     """The validated request and the key statistics for the edit layer (computed or cached if not given)."""
     req = as_request(request)
@@ -198,7 +203,8 @@ def _checked(model: Any, request: Any, hparams: ROMEHyperParams, stats: KeyStats
     return req, stats
 
 
-def _edit(model: Any, req: RewriteRequest, hparams: ROMEHyperParams, stats: KeyStats, k_avg: Tensor, k_bare: Tensor,
+def _edit(model: TransformerBridge, req: RewriteRequest, hparams: ROMEHyperParams, stats: KeyStats, k_avg: Tensor,
+          k_bare: Tensor,
           vres: VResult) -> Edit:
     """The :class:`Edit` of one request from its keys and v* (and the edits of its shorter runs)."""
     layer = hparams.layer
@@ -222,7 +228,7 @@ def _edit(model: Any, req: RewriteRequest, hparams: ROMEHyperParams, stats: KeyS
     return edit
 
 
-def apply_rome(model: Any, request: Any, hparams: ROMEHyperParams, stats: KeyStats | None = None,
+def apply_rome(model: TransformerBridge, request: Any, hparams: ROMEHyperParams, stats: KeyStats | None = None,
                extra_losses: Sequence[LossTerm] = (), *, also_steps: Sequence[int] = (),
                verbose: bool = False) -> Edit:
     """Compute and apply a ROME edit; returns the applied :class:`Edit` (call ``edit.undo(model)`` to revert)."""
@@ -231,7 +237,7 @@ def apply_rome(model: Any, request: Any, hparams: ROMEHyperParams, stats: KeySta
 
 
 @contextlib.contextmanager
-def edited(model: Any, requests: Any, hparams: ROMEHyperParams, stats: KeyStats | None = None,
+def edited(model: TransformerBridge, requests: Any, hparams: ROMEHyperParams, stats: KeyStats | None = None,
            extra_losses: Sequence[LossTerm] = (), *, also_steps: Sequence[int] = (),
            verbose: bool = False) -> Iterator[list[Edit]]:
     """Apply ROME edits for one request or a list (sequentially, each on the already edited model);

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -35,13 +35,17 @@ from torch import Tensor
 
 from editlens.block_runner import recording_block_calls, run_blocks, supports_block_runs
 from editlens.rome.values import FINAL_HOOK, VBatch, index_query, query_dim
+from editlens.scoring import HookList
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 class _Stop(Exception):
     """Raised by a hook to end a forward pass early (nothing after it is needed)."""
 
 
-def _fast_forward_supported(model: Any, layer: int) -> bool:
+def _fast_forward_supported(model: TransformerBridge, layer: int) -> bool:
     """The blocks can be driven one by one (:func:`editlens.block_runner.supports_block_runs`) from ``layer``."""
     return supports_block_runs(model) and 0 <= layer < len(model.blocks)
 
@@ -64,7 +68,7 @@ class _PrefixKV:
         return torch.cat([pk, keys], dim=-2), torch.cat([pv, values], dim=-2)
 
 
-def _gqa_modules(model: Any, layers: Sequence[int]) -> tuple[list[Any], int]:
+def _gqa_modules(model: TransformerBridge, layers: Sequence[int]) -> tuple[list[Any], int]:
     """The attention modules of ``layers`` that repeat keys/values for grouped-query attention, and how many times
     (``([], 1)`` when there is nothing to repeat or the modules do not all say it the same way)."""
     mods = [m for i in layers for m in model.blocks[i].modules() if "num_key_value_groups" in vars(m)]
@@ -94,7 +98,7 @@ def _cache_kv(cache: Any, layer: int) -> tuple[Tensor, Tensor] | None:
     if layers is not None and layer < len(layers) and getattr(layers[layer], "keys", None) is not None:
         return layers[layer].keys, layers[layer].values
     keys, values = getattr(cache, "key_cache", None), getattr(cache, "value_cache", None)
-    if keys is not None and layer < len(keys):
+    if keys is not None and values is not None and layer < len(keys):
         return keys[layer], values[layer]
     return None
 
@@ -189,7 +193,7 @@ class _Prefix:
     keys/values of every layer from ``layer`` up, the blocks' arguments, and each delta row's cut (its delta
     position) and suffix length; and the packed runs' plans (:class:`_Suffix`), made on demand and kept."""
 
-    def __init__(self, model: Any, batch: VBatch, layer: int, block_calls: dict[int, tuple[tuple, dict]],
+    def __init__(self, model: TransformerBridge, batch: VBatch, layer: int, block_calls: dict[int, tuple[tuple, dict]],
                  kv: dict[int, tuple[Tensor, Tensor]]):
         self.model, self.batch, self.layer, self.block_calls, self.kv = model, batch, layer, block_calls, kv
         b = batch
@@ -202,7 +206,7 @@ class _Prefix:
         self.gqa, self.n_rep = _gqa_modules(model, range(layer, len(model.blocks)))
 
     @classmethod
-    def record(cls, model: Any, batch: VBatch, layer: int, block_calls: dict[int, tuple[tuple, dict]],
+    def record(cls, model: TransformerBridge, batch: VBatch, layer: int, block_calls: dict[int, tuple[tuple, dict]],
                caches: dict[int, Any]) -> _Prefix | None:
         """The prefix of the recorded pass (``caches``: block -> the key/value cache it was handed), or None (use
         the "fast" mode) when the keys/values or the block arguments are not what we can cut."""
@@ -237,8 +241,12 @@ class _Prefix:
         for g, frows in enumerate(facts):
             o = 0
             for k, r in enumerate(frows):
-                rows.append(r), packs.append(g), blocks.append(k), cuts.append(self._cuts[r])
-                lens.append(self._lens[r]), offsets.append(o)
+                rows.append(r)
+                packs.append(g)
+                blocks.append(k)
+                cuts.append(self._cuts[r])
+                lens.append(self._lens[r])
+                offsets.append(o)
                 o += self._lens[r]
         N = max(sum(self._lens[r] for r in f) for f in facts)
         R = max(len(f) for f in facts)
@@ -302,7 +310,7 @@ class VForward:
     - ``"fast"``: from block ``layer`` up to the final norm, every position;
     - ``"plain"``: the whole model (``fast=False``, or a model whose blocks cannot be driven one by one)."""
 
-    def __init__(self, model: Any, batch: VBatch, layer: int, hook_names: Sequence[str], fast: bool,
+    def __init__(self, model: TransformerBridge, batch: VBatch, layer: int, hook_names: Sequence[str], fast: bool,
                  reuse_prefix: bool = True):
         self.model, self.batch, self.layer = model, batch, layer
         self.hook_names = list(dict.fromkeys([FINAL_HOOK, *hook_names]))
@@ -347,7 +355,7 @@ class VForward:
         def stop(act: Tensor, hook: Any) -> Tensor:  # the unembedding is not needed at delta = 0
             raise _Stop
 
-        hooks = [*extra_hooks, *self._recorders(store, detach=True)]
+        hooks: HookList = [*extra_hooks, *self._recorders(store, detach=True)]
         if self.fast:
             hooks.append((FINAL_HOOK, stop))
         recording = recording_block_calls(self.model, self.layer, observe) if self.fast else contextlib.nullcontext()
@@ -357,6 +365,7 @@ class VForward:
         except _Stop:
             pass
         if self.fast:
+            assert rec is not None  # recording_block_calls yields the calls it records
             self.block_calls = rec.calls
         if self.fast and (self.resid_in is None or len(self.block_calls) != len(self.model.blocks) - self.layer):
             self.fast = False  # the blocks were not called the way we expect: fall back to the plain path
@@ -391,8 +400,12 @@ class VForward:
             if name not in self.store:
                 return self.initial[name]
             part = self.store[name]
-            self._full[name] = part if not self.reuse_prefix else \
-                _merge_suffix(self.initial[name], part, self.plan, int(self.batch.tokens.shape[1]), name)
+            if not self.reuse_prefix:
+                self._full[name] = part
+            else:
+                assert self.plan is not None  # set by the prefix step that stored `part`
+                self._full[name] = _merge_suffix(self.initial[name], part, self.plan, int(self.batch.tokens.shape[1]),
+                                                 name)
         return self._full[name]
 
     def at(self, name: str, rows: Tensor, pos: Tensor) -> Tensor:
@@ -400,6 +413,7 @@ class VForward:
         (:func:`index_query`), without putting it together at full shape."""
         if name not in self.store or not self.reuse_prefix:
             return index_query(self.full(name), name, rows, pos)
+        assert self.plan is not None  # set by the prefix step that stored the activation
         return _suffix_at(self.initial[name], self.store[name], self.plan, rows, pos,
                           int(self.batch.tokens.shape[1]), name)
 
@@ -416,9 +430,10 @@ class VForward:
             act[d_rows, d_pos] = act[d_rows, d_pos] + row_delta[d_rows]
             return act
 
-        hooks = [(mlp_hook, add_delta), *self._recorders(self.store, detach=False)]
+        hooks: HookList = [(mlp_hook, add_delta), *self._recorders(self.store, detach=False)]
         if not self.fast:
             return self.model.run_with_hooks(b.tokens, fwd_hooks=hooks)
+        assert self.resid_in is not None  # the fast mode needs it (initial_pass falls back to plain without)
         with self.model.hooks(fwd_hooks=hooks):  # the final norm's output is recorded by the FINAL_HOOK recorder
             self.model.ln_final(run_blocks(self.model, self.resid_in, self.layer, self.block_calls))
         return None
@@ -427,7 +442,9 @@ class VForward:
                      rows: Sequence[slice] | None) -> None:
         """The "prefix" step: blocks ``layer ..`` and the final norm on the packed suffixes of the delta rows in
         ``rows`` (:class:`_Suffix`), the recorded keys/values of the positions before each cut handed over."""
-        plan = self.plan = self.prefix.plan(self.prefix.packs(rows))
+        prefix, resid_in = self.prefix, self.resid_in
+        assert prefix is not None and resid_in is not None  # the prefix mode runs only once both are recorded
+        plan = self.plan = prefix.plan(prefix.packs(rows))
         dev = row_delta.device
         at_pack, at_slot = torch.tensor(plan.packs, device=dev), torch.tensor(plan.offsets, device=dev)
         d = row_delta[torch.tensor(plan.rows, device=dev)]
@@ -438,8 +455,8 @@ class VForward:
             return act
 
         with self.model.hooks(fwd_hooks=[(mlp_hook, add_delta), *self._recorders(store, detach=False)]), \
-                _kv_repeated(self.prefix.gqa):
-            h = self.resid_in[plan.gather_rows, plan.gather_pos]
+                _kv_repeated(prefix.gqa):
+            h = resid_in[plan.gather_rows, plan.gather_pos]
             self.model.ln_final(run_blocks(self.model, h, self.layer, plan.calls))
 
     def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:

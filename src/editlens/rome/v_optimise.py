@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, cast
 
 import torch
 from jaxtyping import Float
@@ -30,6 +30,9 @@ from editlens.rome.requests import RewriteRequest
 from editlens.rome.v_forward import VForward
 from editlens.rome.values import (FINAL_HOOK, KLTerm, LossTerm, VBatch, VContext, VResult, index_query,
                                   build_v_batch, check_terms, target_nll)
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def _scored_positions(batch: VBatch) -> tuple[Tensor, Tensor]:
@@ -104,13 +107,14 @@ def padded_batch(batch: VBatch, width: int) -> VBatch:
 
 def stack_batches(batches: Sequence[VBatch]) -> VBatch:
     """All facts' rows (already padded to one width) in one batch (only the fields the forward pass reads)."""
+    lengths = cast(list[Tensor], [b.lengths for b in batches])  # padded_batch sets both
+    delta_rows = cast(list[Tensor], [b.delta_rows for b in batches])
     return VBatch(tokens=torch.cat([b.tokens for b in batches]), subject_idx=torch.cat([b.subject_idx for b in batches]),
                   last_prompt_idx=torch.cat([b.last_prompt_idx for b in batches]), target_ids=batches[0].target_ids,
-                  n_rewrite=0, n_kl=0, lengths=torch.cat([b.lengths for b in batches]),
-                  delta_rows=torch.cat([b.delta_rows for b in batches]))
+                  n_rewrite=0, n_kl=0, lengths=torch.cat(lengths), delta_rows=torch.cat(delta_rows))
 
 
-def optimise(model: Any, reqs: Sequence[RewriteRequest], layer: int, hparams: ROMEHyperParams,
+def optimise(model: TransformerBridge, reqs: Sequence[RewriteRequest], layer: int, hparams: ROMEHyperParams,
              extra_losses: Sequence[Sequence[LossTerm]], also_steps: Sequence[int], verbose: bool) -> list[VResult]:
     """v* of every request, optimised together (:func:`editlens.rome.values.compute_vs`, which checks the
     arguments: ``extra_losses`` has one list per request, ``also_steps`` is sorted and below the step limit)."""
@@ -131,7 +135,7 @@ def optimise(model: Any, reqs: Sequence[RewriteRequest], layer: int, hparams: RO
     return out
 
 
-def _facts(model: Any, reqs: Sequence[RewriteRequest], layer: int, hparams: ROMEHyperParams,
+def _facts(model: TransformerBridge, reqs: Sequence[RewriteRequest], layer: int, hparams: ROMEHyperParams,
            extra_losses: Sequence[Sequence[LossTerm]]) -> list[_Fact]:
     """One :class:`_Fact` per request: its terms checked (a term of weight 0 is skipped), its rows (with those its
     terms add) padded to the widest fact's width, its ``delta`` at 0 (in the weights' dtype) and its place in the
@@ -185,7 +189,7 @@ def _start(facts: Sequence[_Fact], fwd: VForward, mlp_hook: str) -> None:
         _declare_positions(f)
 
 
-def _descend(model: Any, facts: Sequence[_Fact], fwd: VForward, mlp_hook: str, hparams: ROMEHyperParams,
+def _descend(model: TransformerBridge, facts: Sequence[_Fact], fwd: VForward, mlp_hook: str, hparams: ROMEHyperParams,
              also_steps: Sequence[int], verbose: bool) -> None:
     """Adam on every fact's ``delta`` until each has stopped (early, or at ``v_num_grad_steps``); a finished fact's
     ``delta`` no longer moves. After each step ``delta`` is clamped to ``clamp_norm_factor * ||v0||``."""
@@ -202,13 +206,14 @@ def _descend(model: Any, facts: Sequence[_Fact], fwd: VForward, mlp_hook: str, h
             to_minimise = _step(live, fwd, mlp_hook, row_delta, step, hparams, also_steps, verbose)
             if not to_minimise:
                 break
-            sum(to_minimise).backward()
+            cast(Tensor, sum(to_minimise)).backward()  # a non-empty list of tensors
             for f in facts:  # the stacked row_delta gives every delta a (zero) gradient: Adam's momentum would
                 if f.done:   # still move a finished one
                     f.ctx.delta.grad = None
             opt.step()
             with torch.no_grad():
                 for f in live:
+                    assert f.v0 is not None  # set by the delta = 0 pass
                     max_norm = hparams.clamp_norm_factor * f.v0.norm()
                     if not f.done and f.ctx.delta.norm() > max_norm:
                         f.ctx.delta.mul_(max_norm / f.ctx.delta.norm())
@@ -259,7 +264,8 @@ class _RowsOf(Mapping):
     """One fact's rows of a mapping of activations (sliced on first access)."""
 
     def __init__(self, acts: Mapping[str, Tensor], rows: slice):
-        self.acts, self.rows, self.cache = acts, rows, {}
+        self.acts, self.rows = acts, rows
+        self.cache: dict[str, Tensor] = {}
 
     def __getitem__(self, name: str) -> Tensor:
         if name not in self.cache:
@@ -307,6 +313,7 @@ def _read_declared(facts: Sequence[_Fact], fwd: VForward) -> None:
 def _result(f: _Fact) -> VResult:
     """The fact's result as it stands now (copies: later steps do not change it)."""
     d = f.ctx.delta.detach().clone()
+    assert f.v0 is not None  # set by the delta = 0 pass
     return VResult(v_star=f.v0 + d, v0=f.v0, delta=d, history=[dict(h) for h in f.history])
 
 
@@ -314,6 +321,7 @@ def _fact_step(f: _Fact, step: int, acts: Mapping[str, Tensor], logits: Tensor |
                verbose: bool) -> tuple[Tensor, bool]:
     """One fact's loss at this step, recorded in its history; and whether it stops here."""
     ctx, batch, delta = f.ctx, f.ctx.batch, f.ctx.delta
+    assert f.v0 is not None  # set by the delta = 0 pass
     ctx.step = step
     ctx.acts = _RowsOf(acts, f.rows)
     ctx._logits = logits[f.rows] if logits is not None else None
@@ -334,7 +342,7 @@ def _fact_step(f: _Fact, step: int, acts: Mapping[str, Tensor], logits: Tensor |
                              "Fix: reduce it to a scalar (e.g. .mean() or .sum()).")
         extra_values[term.name] = value.reshape(())
     terms.update(extra_values)
-    loss = sum(terms.values())
+    loss = cast(Tensor, sum(terms.values()))  # nll is always there: a tensor
     rec = {k: float(v.detach()) for k, v in terms.items()}
     rec.update({name: 0.0 for name in f.skipped})
     rec.update(loss=float(loss.detach()), p_target=float(torch.exp(-nll.detach()).mean()), step=step,

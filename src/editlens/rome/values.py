@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,9 @@ from torch import Tensor
 from editlens.rome.hparams import ROMEHyperParams
 from editlens.rome.keys import context_templates, encode, fill_template, pad_batch, subject_last_index
 from editlens.rome.requests import RewriteRequest, as_request, with_leading_space
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 FINAL_HOOK = "ln_final.hook_out"
 """The final residual stream after the last norm (what the unembedding reads)."""
@@ -131,14 +134,14 @@ class VBatch:
 class VContext:
     """What a :class:`LossTerm` sees at each step (and in ``prepare``/``extra_rows``)."""
 
-    model: Any
+    model: TransformerBridge
     request: RewriteRequest
     layer: int
     hparams: ROMEHyperParams
     batch: VBatch
     delta: Float[Tensor, "d_model"]
     step: int = 0
-    acts: dict[str, Tensor] = field(default_factory=dict)  # this step, with gradients
+    acts: Mapping[str, Tensor] = field(default_factory=dict)  # this step, with gradients
     initial: dict[str, Tensor] = field(default_factory=dict)  # at delta = 0 (unedited), detached; filled before prepare
     resid_final: Float[Tensor, "batch pos d_model"] | None = None  # this step's ln_final output (with gradients)
     _logits: Tensor | None = field(default=None, repr=False)
@@ -168,6 +171,7 @@ class VContext:
                 raise KeyError(f"No positions declared for hook {name!r}. Fix: pass rows and pos, or return them "
                                "from the term's positions(ctx).")
             rows, pos = self._positions[name]
+        assert pos is not None, "pass rows and pos together"
         return index_query(self.initial[name] if initial else self.acts[name], name, rows, pos)
 
     def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
@@ -202,8 +206,8 @@ class VContext:
     @property
     def logits(self) -> Float[Tensor, "batch pos d_vocab"] | None:
         """All of this step's logits (computed on first use: a full unembedding; prefer :meth:`logits_at`)."""
-        if self._logits is None and self._resid() is not None:
-            self._logits = self.unembed(self.resid_final)
+        if self._logits is None and (resid := self._resid()) is not None:
+            self._logits = self.unembed(resid)
         return self._logits
 
 
@@ -289,7 +293,7 @@ class VResult:
         return self.history[-1]["loss"] if self.history else math.nan
 
 
-def build_v_batch(model: Any, request: RewriteRequest, hparams: ROMEHyperParams,
+def build_v_batch(model: TransformerBridge, request: RewriteRequest, hparams: ROMEHyperParams,
                   templates: Sequence[str] | None = None,
                   extra: Sequence[tuple[str, Sequence[tuple[Sequence[int], int | None]]]] = ()) -> VBatch:
     """Token rows for the v* optimisation: rewrite prompts in every context template, then ``kl_prompt``, then
@@ -317,19 +321,19 @@ def build_v_batch(model: Any, request: RewriteRequest, hparams: ROMEHyperParams,
     term_rows: dict[str, slice] = {}
     for name, rows in extra:
         start = len(seqs)
-        for ids, i in rows:
-            ids = [int(t) for t in ids]
+        for row, at in rows:
+            ids = [int(t) for t in row]
             if not ids:
                 raise ValueError(f"Loss term {name!r} returned an empty row from extra_rows(). Fix: give token ids "
                                  "(with BOS, e.g. editlens.rome.keys.encode(model, text)).")
-            if i is not None and not 0 <= i < len(ids):
-                raise ValueError(f"Loss term {name!r}: delta index {i} is outside its row of {len(ids)} tokens. "
+            if at is not None and not 0 <= at < len(ids):
+                raise ValueError(f"Loss term {name!r}: delta index {at} is outside its row of {len(ids)} tokens. "
                                  "Fix: use editlens.rome.keys.subject_last_index(model, prompt, subject) for the index, "
                                  "or None for a row without delta.")
             seqs.append(ids)
-            sub.append(0 if i is None else int(i))
+            sub.append(0 if at is None else int(at))
             last.append(len(ids) - 1)
-            has_delta.append(i is not None)
+            has_delta.append(at is not None)
         term_rows[name] = slice(start, len(seqs))
     tokens, lengths = pad_batch(model, seqs)
     dev = tokens.device
@@ -368,7 +372,7 @@ def check_terms(terms: Sequence[LossTerm]) -> None:
 
 
 def compute_v(
-    model: Any,
+    model: TransformerBridge,
     request: Any,
     layer: int,
     hparams: ROMEHyperParams,
@@ -383,7 +387,7 @@ def compute_v(
 
 
 def compute_vs(
-    model: Any,
+    model: TransformerBridge,
     requests: Sequence[Any],
     layer: int,
     hparams: ROMEHyperParams,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -24,6 +24,9 @@ from editlens.rome.requests import as_case, as_request
 from editlens.rome.update import Edit, applied_edit
 from editlens.sadr.patterns import PromptBatch, prompt_batch, run_patterns
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 
 def distracted_prompts(case: Any) -> list[str]:
     """One distracted prompt per neighbourhood prompt of a record: the edit stated as text, then the neighbour
@@ -34,7 +37,7 @@ def distracted_prompts(case: Any) -> list[str]:
             for p in case.get("neighborhood_prompts") or []]
 
 
-def subject_positions(model: Any, prompts: Sequence[str], subject: str) -> Int[Tensor, " prompt"]:
+def subject_positions(model: TransformerBridge, prompts: Sequence[str], subject: str) -> Int[Tensor, " prompt"]:
     """Index (BOS counted) of the last token of the first occurrence of ``subject`` in each prompt."""
     out = []
     for p in prompts:
@@ -48,7 +51,7 @@ def subject_positions(model: Any, prompts: Sequence[str], subject: str) -> Int[T
     return torch.tensor(out)
 
 
-def attention_to(model: Any, prompts: Sequence[str] | PromptBatch, key_positions: Int[Tensor, " prompt"],
+def attention_to(model: TransformerBridge, prompts: Sequence[str] | PromptBatch, key_positions: Int[Tensor, " prompt"],
                  layers: Sequence[int] | None = None) -> Float[Tensor, "prompt layer head"]:
     """Attention from each prompt's last token to its key position, per layer and (query) head, as the model is
     now."""
@@ -60,13 +63,13 @@ def attention_to(model: Any, prompts: Sequence[str] | PromptBatch, key_positions
     return torch.stack([pats[layer][rows, :, batch.last, keys] for layer in layers], dim=1).float().cpu()
 
 
-def subject_attention(model: Any, prompts: Sequence[str], subject: str,
+def subject_attention(model: TransformerBridge, prompts: Sequence[str], subject: str,
                       layers: Sequence[int] | None = None) -> Float[Tensor, "prompt layer head"]:
     """Attention from the last token to the subject's last token, [prompt, layer, head], as the model is now."""
     return attention_to(model, prompts, subject_positions(model, prompts, subject), layers)
 
 
-def attention_row(model: Any, prompt: str, layer: int, head: int | None = None) -> Float[Tensor, " key"]:
+def attention_row(model: TransformerBridge, prompt: str, layer: int, head: int | None = None) -> Float[Tensor, " key"]:
     """The last token's attention over every position of ``prompt`` in one head (``head=None``: summed over heads,
     as the paper's heatmap), as the model is now."""
     batch = prompt_batch(model, [prompt])
@@ -100,7 +103,7 @@ class Drift:
         return [(int(i) // n_heads, int(i) % n_heads) for i in idx]
 
 
-def attention_drift(model: Any, edit: Edit | Sequence[Edit], prompts: Sequence[str], subject: str,
+def attention_drift(model: TransformerBridge, edit: Edit | Sequence[Edit], prompts: Sequence[str], subject: str,
                     layers: Sequence[int] | None = None) -> Drift:
     """:func:`subject_attention` on the unedited model and with ``edit`` applied (undone on exit)."""
     prompts = list(prompts)

@@ -14,13 +14,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from editlens.rome.editor import EarlierEdits, Editor, rome_editor
 from editlens.rome.requests import as_case
 from editlens.rome.update import Edit, applied_edit, compute_rome_edits
 from editlens.rome.values import LossTerm
 from editlens.sadr.regulariser import DEFAULT_GAMMA, AttentionDriftTerm
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from editlens.rome.hparams import ROMEHyperParams
+    from editlens.rome.key_stats import KeyStats
 
 TermMaker = Callable[[Any, dict], Sequence[LossTerm]]
 """``(model, case) -> loss terms`` (what :func:`editlens.rome.editor.rome_editor` accepts)."""
@@ -30,7 +36,7 @@ def sadr_terms(gamma: float = DEFAULT_GAMMA, layers: Sequence[int] | None = None
     """``(model, case) -> [AttentionDriftTerm]``: a fresh term per edit (it remembers its layers)."""
     AttentionDriftTerm(gamma, layers, hinge=hinge)  # check the arguments now
 
-    def terms(model: Any, case: dict) -> list[LossTerm]:
+    def terms(model: TransformerBridge, case: dict) -> list[LossTerm]:
         return [AttentionDriftTerm(gamma, layers, hinge=hinge)]
 
     return terms
@@ -40,7 +46,7 @@ def combined_terms(*makers: TermMaker | Sequence[LossTerm]) -> TermMaker:
     """One ``(model, case) -> terms`` from several (or from fixed lists of terms): e.g. STEAM's
     :func:`editlens.steam.steam_terms` and :func:`sadr_terms` in one optimisation. Term names must differ."""
 
-    def terms(model: Any, case: dict) -> list[LossTerm]:
+    def terms(model: TransformerBridge, case: dict) -> list[LossTerm]:
         out: list[LossTerm] = []
         for m in makers:
             out.extend(m(model, case) if callable(m) else m)
@@ -49,7 +55,7 @@ def combined_terms(*makers: TermMaker | Sequence[LossTerm]) -> TermMaker:
     return terms
 
 
-def with_steps(hparams: Any, steps: int | None) -> Any:
+def with_steps(hparams: ROMEHyperParams, steps: int | None) -> ROMEHyperParams:
     """``hparams`` with ``v_num_grad_steps = steps`` (None: unchanged)."""
     if steps is None:
         return hparams
@@ -58,7 +64,8 @@ def with_steps(hparams: Any, steps: int | None) -> Any:
     return hparams.replace(v_num_grad_steps=int(steps))
 
 
-def sadr_editor(hparams: Any, stats: Any = None, gamma: float = DEFAULT_GAMMA, steps: int | None = None,
+def sadr_editor(hparams: ROMEHyperParams, stats: KeyStats | None = None, gamma: float = DEFAULT_GAMMA,
+                steps: int | None = None,
                 layers: Sequence[int] | None = None, *, hinge: bool = True,
                 also: TermMaker | Sequence[LossTerm] = (), earlier: EarlierEdits | None = None,
                 batch: int = 1) -> Editor:
@@ -82,7 +89,8 @@ class PrecomputedEdits:
     steps of the same optimisation). ``terms``: ``(model, case) -> loss terms`` (a fresh list per record), or
     one list shared by every record. ``seconds``: the wall time of the whole computation."""
 
-    def __init__(self, model: Any, cases: Sequence[Any], hparams: Any, stats: Any = None,
+    def __init__(self, model: TransformerBridge, cases: Sequence[Any], hparams: ROMEHyperParams,
+                 stats: KeyStats | None = None,
                  terms: TermMaker | Sequence[LossTerm] = (), *, also_steps: Sequence[int] = (), batch_size: int = 25,
                  progress: bool = True, desc: str = "computing edits"):
         from tqdm import tqdm
@@ -120,7 +128,7 @@ class PrecomputedEdits:
         """The :data:`~editlens.rome.editor.Editor` that applies each record's precomputed edit."""
 
         @contextlib.contextmanager
-        def editor(model: Any, case: dict) -> Iterator[list[Edit]]:
+        def editor(model: TransformerBridge, case: dict) -> Iterator[list[Edit]]:
             edits = [self.edit(case, steps)]
             with applied_edit(model, edits):
                 yield edits
@@ -128,7 +136,8 @@ class PrecomputedEdits:
         return editor
 
 
-def sadr_edits(model: Any, cases: Sequence[Any], hparams: Any, stats: Any = None, gamma: float = DEFAULT_GAMMA,
+def sadr_edits(model: TransformerBridge, cases: Sequence[Any], hparams: ROMEHyperParams, stats: KeyStats | None = None,
+               gamma: float = DEFAULT_GAMMA,
                steps: int | None = None, layers: Sequence[int] | None = None, *, hinge: bool = True,
                also: TermMaker | Sequence[LossTerm] = (), also_steps: Sequence[int] = (), batch_size: int = 25,
                progress: bool = True, desc: str = "computing edits") -> PrecomputedEdits:

@@ -43,7 +43,7 @@ def pooled_summary(report: EvalReport, cases: Sequence[Any], which: str = "edite
     out: dict[str, float] = {k: 100.0 * h / n for k, (h, n) in totals.items() if n}
     if all(k in out for k in ("ES", "PS", "NS")):
         out["S"] = harmonic_mean([out["ES"], out["PS"], out["NS"]])
-    ordered = {k: out[k] for k in ("ES", "PS", "NS", "S", "RelS", "DNS", "Port") if k in out}
+    ordered: dict[str, float] = {k: out[k] for k in ("ES", "PS", "NS", "S", "RelS", "DNS", "Port") if k in out}
     ordered.update({f"n_{k}": int(n) for k, (_, n) in totals.items()})
     return ordered
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -19,12 +19,16 @@ from torch import Tensor
 
 from editlens.sadr.regulariser import pattern_hook
 from editlens.scoring import (
+    HookList,
     encode_answer,
     encode_prompt,
     model_device,
     pad_id,
     pad_rows,
 )
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 @dataclass
@@ -42,7 +46,7 @@ class PromptBatch:
         return int(self.tokens.shape[0])
 
 
-def prompt_batch(model: Any, prompts: Sequence[str], answers: Sequence[str] | None = None) -> PromptBatch:
+def prompt_batch(model: TransformerBridge, prompts: Sequence[str], answers: Sequence[str] | None = None) -> PromptBatch:
     """Token rows for ``prompts`` (and ``answers``: ``" " + answer`` teacher-forced after each prompt)."""
     if isinstance(prompts, str):
         raise TypeError("prompt_batch() takes a list of prompts; wrap one prompt in a list.")
@@ -74,9 +78,9 @@ def _overwrite(recorded: Tensor, heads: Sequence[int] | None):
 
 
 def _hooks(layers: Sequence[int], replace: Mapping[int, Tensor] | None, heads: Heads | None,
-           store: dict[int, Tensor]) -> list[tuple[str, Any]]:
+           store: dict[int, Tensor]) -> HookList:
     """Hooks that overwrite the patterns of ``replace`` (the heads in ``heads``), then record those of ``layers``."""
-    hooks: list[tuple[str, Any]] = []
+    hooks: HookList = []
     for layer, pattern in (replace or {}).items():
         hooks.append((pattern_hook(layer), _overwrite(pattern, (heads or {}).get(layer))))
 
@@ -90,7 +94,7 @@ def _hooks(layers: Sequence[int], replace: Mapping[int, Tensor] | None, heads: H
 
 
 @torch.no_grad()
-def run_patterns(model: Any, batch: PromptBatch, layers: Sequence[int] = (), *,
+def run_patterns(model: TransformerBridge, batch: PromptBatch, layers: Sequence[int] = (), *,
                  replace: Mapping[int, Tensor] | None = None, heads: Heads | None = None
                  ) -> tuple[Float[Tensor, "batch pos d_vocab"], dict[int, Tensor]]:
     """One forward of ``batch``: the logits and the patterns of ``layers`` (detached, [batch, head, query, key]).
@@ -107,7 +111,7 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def answer_run(model: Any, batch: PromptBatch, layers: Sequence[int] = (), *,
+def answer_run(model: TransformerBridge, batch: PromptBatch, layers: Sequence[int] = (), *,
                replace: Mapping[int, Tensor] | None = None, heads: Heads | None = None,
                fwd_hooks: Sequence[tuple[str, Any]] = ()) -> tuple[Float[Tensor, " batch"], dict[int, Tensor]]:
     """:func:`run_patterns`, returning the answers' probabilities (:func:`answer_probability`) instead of the
@@ -149,7 +153,7 @@ def answer_probability(logits: Float[Tensor, "batch pos d_vocab"], batch: Prompt
     return torch.stack(out) if out else torch.zeros(0)
 
 
-def record_patterns(model: Any, prompts: Sequence[str] | PromptBatch, layers: Sequence[int] | None = None
+def record_patterns(model: TransformerBridge, prompts: Sequence[str] | PromptBatch, layers: Sequence[int] | None = None
                     ) -> dict[int, Float[Tensor, "batch head query key"]]:
     """Attention patterns of ``layers`` (default: all) on ``prompts`` (or a :class:`PromptBatch`), as the model is
     now (e.g. inside :func:`editlens.rome.applied_edit`)."""

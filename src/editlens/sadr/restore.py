@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -27,6 +27,9 @@ from editlens.rome.update import Edit, applied_edit
 from editlens.sadr.drift import Drift, subject_positions
 from editlens.sadr.patterns import PromptBatch, answer_run, prompt_batch
 from editlens.sadr.regulariser import pattern_hook
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 Pair = tuple[int, int]
 
@@ -95,7 +98,7 @@ class RestorationRun:
     results: list[Restoration] = field(default_factory=list)
 
 
-def record_run(model: Any, edit: Edit | Sequence[Edit], prompts: Sequence[str], answers: Sequence[str]
+def record_run(model: TransformerBridge, edit: Edit | Sequence[Edit], prompts: Sequence[str], answers: Sequence[str]
                ) -> RestorationRun:
     """Patterns of every layer and the true answers' probabilities, unedited and with ``edit`` applied."""
     batch = prompt_batch(model, list(prompts), list(answers))
@@ -107,12 +110,12 @@ def record_run(model: Any, edit: Edit | Sequence[Edit], prompts: Sequence[str], 
                           p_edited=p1.cpu())
 
 
-def restore(model: Any, run: RestorationRun, pairs: Sequence[Pair], label: str = "") -> Restoration:
+def restore(model: TransformerBridge, run: RestorationRun, pairs: Sequence[Pair], label: str = "") -> Restoration:
     """The edited model with the unedited patterns of ``pairs`` put back: the true answers' probabilities."""
     return restore_many(model, run, [(label, pairs)])[0]
 
 
-def restore_many(model: Any, run: RestorationRun, conditions: Sequence[tuple[str, Sequence[Pair]]]
+def restore_many(model: TransformerBridge, run: RestorationRun, conditions: Sequence[tuple[str, Sequence[Pair]]]
                  ) -> list[Restoration]:
     """:func:`restore` for several ``(label, pairs)`` conditions in one forward pass: the run's prompts once per
     condition, each copy with its own heads put back (a short batch's matrix products are small; stacked, the
@@ -144,7 +147,7 @@ def restore_many(model: Any, run: RestorationRun, conditions: Sequence[tuple[str
     return out
 
 
-def drift_of_run(model: Any, run: RestorationRun, prompts: Sequence[str], subject: str) -> Drift:
+def drift_of_run(model: TransformerBridge, run: RestorationRun, prompts: Sequence[str], subject: str) -> Drift:
     """Attention from the last prompt token to the subject's last token, before and after, from the recorded
     patterns of a run ([prompt, layer, head])."""
     keys = subject_positions(model, prompts, subject).to(run.batch.tokens.device)
@@ -156,7 +159,8 @@ def drift_of_run(model: Any, run: RestorationRun, prompts: Sequence[str], subjec
     return Drift(before=at(run.unedited), after=at(run.edited), prompts=list(prompts))
 
 
-def restoration_experiment(model: Any, edit: Edit, prompts: Sequence[str], answers: Sequence[str], subject: str, *,
+def restoration_experiment(model: TransformerBridge, edit: Edit, prompts: Sequence[str], answers: Sequence[str],
+                           subject: str, *,
                            top_k: Sequence[int] = (5, 10, 20), seed: int = 0,
                            layers: Sequence[int] | None = None) -> tuple[pd.DataFrame, RestorationRun]:
     """The authors' causal test and its controls, on ``prompts`` (distracted prompts) whose true answers are

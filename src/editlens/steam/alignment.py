@@ -24,7 +24,7 @@ being assembled but not yet written out. ROME's weight decay and clamp stay. ``w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,9 @@ from editlens.rome.keys import subject_last_index
 from editlens.rome.values import LossTerm, VContext
 from editlens.steam.anchors import AnchorSet, SharedComponents
 from editlens.steam.states import resid_hook
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 Position = Literal["last_prompt", "subject_last"]
 POSITIONS = ("last_prompt", "subject_last")
@@ -136,7 +139,7 @@ class AlignmentTerm(LossTerm):
     def extra_rows(self, ctx: VContext) -> list[tuple[list[int], int | None]]:
         # compute_v calls extra_rows before it reads hook_names: resolve the layers of this edit here
         self._resolve(ctx.layer, ctx.model.cfg.n_layers)
-        rows = []
+        rows: list[tuple[list[int], int | None]] = []
         for p in self.paraphrases:
             ids, i = subject_last_index(ctx.model, p if "{}" in p else p.replace(ctx.request.subject, "{}", 1),
                                         ctx.request.subject)
@@ -169,13 +172,14 @@ class AlignmentTerm(LossTerm):
         """1 - cos(h^l - mu^l_r, phi^l) for each aligned layer and row (this step's, or at delta = 0), read at the
         positions the term declared (:meth:`positions`); mu = 0 and phi raw without a centre."""
         h = torch.stack([ctx.at(name, initial=initial) for name in self.hook_names])  # [layer, row, d_model]
+        assert self.phi is not None  # set with the layers, in extra_rows (before any forward pass)
         return 1 - aligned_cosine(h, self.phi, self.mu)
 
     def __call__(self, ctx: VContext) -> Float[Tensor, ""]:
         return self.weight * self.distances(ctx).mean()
 
 
-def alignment_term(anchors: AnchorSet, model: Any, edit_layer: int, weight: float = 1.0,
+def alignment_term(anchors: AnchorSet, model: TransformerBridge, edit_layer: int, weight: float = 1.0,
                    layers: Sequence[int] | None = None, **kwargs: Any) -> AlignmentTerm:
     """An :class:`AlignmentTerm` validated against ``model`` and ``edit_layer`` now (clear errors before any work)."""
     return AlignmentTerm(anchors, weight, layers, n_layers=model.cfg.n_layers, edit_layer=edit_layer, **kwargs)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -56,6 +56,9 @@ from editlens.rome.requests import as_case, as_request
 from editlens.rome.update import Edit
 from editlens.scoring import score_candidates
 from editlens.steam.states import check_layers_in_range, last_token_states
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 DEFAULT_N_ANCHORS = 8
 DEFAULT_MIN_ANCHORS = 3
@@ -121,7 +124,7 @@ def _fill(prompt: str, subject: str) -> str:
 
 
 def _text(p: Any) -> str:
-    return p if isinstance(p, str) else (p.get("prompt") if isinstance(p, dict) else str(p))
+    return p if isinstance(p, str) else (cast(str, p.get("prompt")) if isinstance(p, dict) else str(p))
 
 
 def check_sources(sources: Sequence[str]) -> tuple[str, ...]:
@@ -188,7 +191,7 @@ def anchor_candidates(records: Iterable[Any], obj: str, facts: Sequence[KnownFac
     return [f for f in facts if f.answer == key]
 
 
-def score_margins(model: Any, facts: Sequence[KnownFact]) -> np.ndarray:
+def score_margins(model: TransformerBridge, facts: Sequence[KnownFact]) -> np.ndarray:
     """NLL(contrast) - NLL(answer) of each fact on the model as it is (positive: the model prefers the answer),
     in float32 whatever the model's precision (the anchors chosen from them must not depend on it)."""
     if not facts:
@@ -231,7 +234,7 @@ class AnchorSet:
         """phi^l: the mean state over the anchor prompts, one row per entry of ``layers``."""
         return self.states.mean(0)
 
-    def at(self, layers: Sequence[int]) -> Float[Tensor, "n_layers d_model"]:
+    def at(self, layers: Sequence[int]) -> Float[Tensor, "layer d_model"]:
         """phi^l for the given layers (each must be among ``self.layers``)."""
         missing = [layer for layer in layers if layer not in self.layers]
         if missing:
@@ -260,11 +263,11 @@ class SharedComponents:
                              "build the AnchorBank with layers=None (every layer) or including these layers.")
         return [self.layers.index(layer) for layer in layers]
 
-    def of(self, relation: str, layers: Sequence[int]) -> Float[Tensor, "n_layers d_model"]:
+    def of(self, relation: str, layers: Sequence[int]) -> Float[Tensor, "layer d_model"]:
         """mu^l of ``relation`` (the overall mean when the pool has too few of its prompts)."""
         return self.by_relation.get(str(relation), self.overall)[self._rows(layers)]
 
-    def centred_anchor(self, anchors: AnchorSet, layers: Sequence[int]) -> Float[Tensor, "n_layers d_model"]:
+    def centred_anchor(self, anchors: AnchorSet, layers: Sequence[int]) -> Float[Tensor, "layer d_model"]:
         """phi^l centred: the mean over anchor prompts of (state - mu of that prompt's relation)."""
         anchors.at(layers)  # a clear error if the anchors lack one of these layers
         rows = [anchors.layers.index(layer) for layer in layers]
@@ -274,7 +277,7 @@ class SharedComponents:
 
 
 @contextlib.contextmanager
-def lifted(model: Any, edits: Edit | Sequence[Edit] | None) -> Iterator[None]:
+def lifted(model: TransformerBridge, edits: Edit | Sequence[Edit] | None) -> Iterator[None]:
     """Inside the block, the applied ``edits`` are undone (last first); on exit they are re-applied in order.
 
     Undo restores the saved weights bit-exactly and re-applying adds the same delta to the same weights, so the
@@ -290,7 +293,8 @@ def lifted(model: Any, edits: Edit | Sequence[Edit] | None) -> Iterator[None]:
             e.apply(model)
 
 
-def compute_anchors(model: Any, prompts: Sequence[str | AnchorPrompt], layers: Sequence[int] | None = None, *,
+def compute_anchors(model: TransformerBridge, prompts: Sequence[str | AnchorPrompt],
+                    layers: Sequence[int] | None = None, *,
                     obj: str = "", undo: Edit | Sequence[Edit] | None = None) -> AnchorSet:
     """The anchors of ``prompts`` (mean ``hook_resid_post`` at the last prompt token) on the UNEDITED model.
 
@@ -323,7 +327,7 @@ class AnchorBank:
     ``n_shared``, ``min_shared``: prompts per relation averaged into its shared component, and the fewest a
     relation needs to have one of its own (:meth:`shared_components`)."""
 
-    model: Any
+    model: TransformerBridge
     records: Sequence[Any]
     n_anchors: int = DEFAULT_N_ANCHORS
     min_anchors: int = DEFAULT_MIN_ANCHORS
@@ -491,7 +495,8 @@ class AnchorBank:
         return pd.DataFrame(rows)
 
 
-def anchor_coverage(model: Any, records: Sequence[Any], cases: Sequence[Any] | None = None, **bank_kwargs: Any
+def anchor_coverage(model: TransformerBridge, records: Sequence[Any], cases: Sequence[Any] | None = None,
+                    **bank_kwargs: Any
                     ) -> pd.DataFrame:
     """Which records' target_new have enough anchors (``ok``) in ``records`` (see :meth:`AnchorBank.coverage`)."""
     return AnchorBank(model, records, **bank_kwargs).coverage(cases)

@@ -13,7 +13,7 @@ Taught in: Chapter 4 (STEAM). The paper's diagnostics, on the model as it is (ed
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -31,16 +31,19 @@ from editlens.steam.alignment import aligned_cosine
 from editlens.steam.anchors import AnchorSet, SharedComponents
 from editlens.steam.states import last_token_states
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 
 def _cos_by_layer(states: Float[Tensor, "prompt layer d_model"], ref: Float[Tensor, "layer d_model"],
                   mu: Float[Tensor, "layer d_model"] | None = None) -> Float[Tensor, "prompt layer"]:
     return aligned_cosine(states.transpose(0, 1), ref, mu).transpose(0, 1)
 
 
-def cosine_profile(model: Any, prompts: Sequence[str], anchors: AnchorSet, *,
+def cosine_profile(model: TransformerBridge, prompts: Sequence[str], anchors: AnchorSet, *,
                    organic: Float[Tensor, "prompt layer d_model"] | None = None,
                    controls: Sequence[AnchorSet] = (), label: str = "run",
-                   states: Float[Tensor, "prompt n_layers d_model"] | None = None,
+                   states: Float[Tensor, "prompt layer d_model"] | None = None,
                    centre: SharedComponents | None = None, relation: str = "") -> pd.DataFrame:
     """Tidy rows ``(label, layer, reference, prompt, cosine)``: the model's last-token state on ``prompts`` (as the
     model is now, e.g. inside :func:`editlens.rome.applied_edit`) against, per layer,
@@ -68,15 +71,16 @@ def cosine_profile(model: Any, prompts: Sequence[str], anchors: AnchorSet, *,
     if controls:
         refs["control"] = torch.stack([_cos_by_layer(states, ref(c), mu) for c in controls]).mean(0)
     rows = []
-    for ref, cos in refs.items():
+    for reference, cos in refs.items():
         for i, p in enumerate(prompts):
             for j, layer in enumerate(anchors.layers):
-                rows.append({"label": label, "layer": layer, "reference": ref, "prompt": p, "cosine": float(cos[i, j])})
+                rows.append({"label": label, "layer": layer, "reference": reference, "prompt": p,
+                             "cosine": float(cos[i, j])})
     return pd.DataFrame(rows)
 
 
 @torch.no_grad()
-def logit_lens_ranks(model: Any, prompt: str, answer: str, top_k: int = 10) -> pd.DataFrame:
+def logit_lens_ranks(model: TransformerBridge, prompt: str, answer: str, top_k: int = 10) -> pd.DataFrame:
     """:func:`editlens.lens.logit_lens_table` of ``prompt`` for the first token of ``" " + answer``."""
     tokens = torch.tensor([encode_prompt(model, prompt)], device=model_device(model))
     names = {"blocks.0.hook_resid_pre", *(f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers))}
@@ -84,8 +88,8 @@ def logit_lens_ranks(model: Any, prompt: str, answer: str, top_k: int = 10) -> p
     return logit_lens_table(model, cache, with_leading_space(answer), position=-1, top_k=min(top_k, 5))
 
 
-def first_readable_layer(model: Any, prompt: str, answer: str, top_k: int = 10, *,
-                         states: Float[Tensor, "n_layers d_model"] | None = None) -> int | None:
+def first_readable_layer(model: TransformerBridge, prompt: str, answer: str, top_k: int = 10, *,
+                         states: Float[Tensor, "layer d_model"] | None = None) -> int | None:
     """The first block (0-based) after which the logit lens ranks ``answer``'s first token among the top ``top_k``
     at the last prompt token; None if it never does. ``states``: the prompt's last-token residual stream after every
     block (a row of :func:`~editlens.steam.states.last_token_states`), when the caller has it already."""

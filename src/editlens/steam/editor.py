@@ -8,7 +8,7 @@ record, the :class:`~editlens.steam.alignment.AlignmentTerm` toward the anchors 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from editlens.rome.editor import Editor, rome_editor
 from editlens.rome.requests import as_request
@@ -20,10 +20,16 @@ from editlens.steam.alignment import (
 )
 from editlens.steam.anchors import AnchorBank, NotEnoughAnchorsError
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from editlens.rome.hparams import ROMEHyperParams
+    from editlens.rome.key_stats import KeyStats
+
 MISSING = ("raise", "rome")
 
 
-def steam_terms(hparams: Any, bank: AnchorBank, lam: float, layers: Sequence[int] | None = None, *,
+def steam_terms(hparams: ROMEHyperParams, bank: AnchorBank, lam: float, layers: Sequence[int] | None = None, *,
                 position: Position = "last_prompt", paraphrases: bool = False, missing: str = "raise"):
     """``(model, case) -> [AlignmentTerm]``: the per-record loss terms STEAM adds to ROME's v*, toward the
     anchors :meth:`~editlens.steam.anchors.AnchorBank.for_case` gives the record. A record whose target_new has
@@ -37,7 +43,7 @@ def steam_terms(hparams: Any, bank: AnchorBank, lam: float, layers: Sequence[int
 
     centre = bank.centre()  # before any edit, like the anchors
 
-    def terms(model: Any, case: dict) -> list[AlignmentTerm]:
+    def terms(model: TransformerBridge, case: dict) -> list[AlignmentTerm]:
         req = as_request(case)
         try:
             anchors = bank.for_case(case)
@@ -54,7 +60,8 @@ def steam_terms(hparams: Any, bank: AnchorBank, lam: float, layers: Sequence[int
     return terms
 
 
-def steam_editor(hparams: Any, stats: Any, bank: AnchorBank, lam: float = 1.0, layers: Sequence[int] | None = None,
+def steam_editor(hparams: ROMEHyperParams, stats: KeyStats | None, bank: AnchorBank, lam: float = 1.0,
+                 layers: Sequence[int] | None = None,
                  *, position: Position = "last_prompt", paraphrases: bool = False, missing: str = "raise",
                  batch: int = 1) -> Editor:
     """The :data:`~editlens.rome.editor.Editor` of STEAM: ROME with ``lam`` * L_LA toward the anchors of each record's

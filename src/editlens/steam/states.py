@@ -8,13 +8,16 @@ prompts: the semantic anchors (:mod:`editlens.steam.anchors`) and the diagnostic
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from editlens.scoring import encode_prompt, model_device, pad_id, pad_rows
+from editlens.scoring import HookList, encode_prompt, model_device, pad_id, pad_rows
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def resid_hook(layer: int) -> str:
@@ -43,7 +46,7 @@ def _recorder(store: dict[int, Tensor], layer: int, rows: Tensor, last: Tensor) 
 
 
 @torch.no_grad()
-def last_token_states(model: Any, prompts: Sequence[str], layers: Sequence[int] | None = None, *,
+def last_token_states(model: TransformerBridge, prompts: Sequence[str], layers: Sequence[int] | None = None, *,
                       batch_size: int = 32, fwd_hooks: Sequence[tuple[str, Any]] = ()
                       ) -> Float[Tensor, "prompt layer d_model"]:
     """``hook_resid_post`` of each layer at the last token of each prompt (BOS first, as everywhere in the book).
@@ -65,7 +68,7 @@ def last_token_states(model: Any, prompts: Sequence[str], layers: Sequence[int] 
         last = torch.tensor([len(i) - 1 for i in ids], device=dev)
         rows = torch.arange(len(ids), device=dev)
         store: dict[int, Tensor] = {}
-        hooks = [*fwd_hooks, *[(resid_hook(layer), _recorder(store, layer, rows, last)) for layer in layers]]
+        hooks: HookList = [*fwd_hooks, *[(resid_hook(layer), _recorder(store, layer, rows, last)) for layer in layers]]
         model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
         out.append(torch.stack([store[layer] for layer in layers], dim=1))
     return torch.cat(out, dim=0)

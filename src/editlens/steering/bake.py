@@ -26,7 +26,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import torch
 from jaxtyping import Float
@@ -34,6 +34,9 @@ from torch import Tensor, nn
 
 from editlens.steering.directions import Head
 from editlens.steering.inject import model_dims, validate_shifts
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def o_proj_linear(model, layer: int) -> nn.Linear:
@@ -65,7 +68,7 @@ def bias_from_shifts(model, shifts: Mapping[Head, Tensor]) -> dict[int, Float[Te
 class BakedSteering:
     """Biases added to ``o_proj`` of some layers; :meth:`remove` restores the model exactly."""
 
-    model: Any
+    model: TransformerBridge
     biases: dict[int, Tensor]
     _saved: dict[int, Tensor | None] = field(default_factory=dict, repr=False)
     _removed: bool = False
@@ -77,7 +80,9 @@ class BakedSteering:
         for l, old in self._saved.items():
             lin = o_proj_linear(self.model, l)
             if old is None:
-                lin.bias = None  # back to "registered but absent", as nn.Linear(bias=False) leaves it
+                # back to "registered but absent", as nn.Linear(bias=False) leaves it (torch types the attribute
+                # Parameter, without its None)
+                lin.bias = None  # type: ignore[assignment]
             else:
                 with torch.no_grad():
                     lin.bias.copy_(old)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,8 @@ from editlens.consistency import majority_answer, model_answers
 
 Head = tuple[int, int]
 Method = Literal["mass_mean", "probe", "random"]
+GroupIds: TypeAlias = Sequence[Any] | np.ndarray | pd.Series
+"""One group id per prompt (e.g. the query id): a list, an array or a DataFrame column."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +178,7 @@ def fit_directions(
     seed: int = 0,
     *,
     C: float = 1.0,
-    centre_by: Sequence[Any] | None = None,
+    centre_by: GroupIds | None = None,
 ) -> Directions:
     """Per-head unit direction and strength from last-token ``hook_z`` and prompt labels.
 
@@ -221,7 +223,7 @@ def fit_directions(
 
 
 def centre_per_group(
-    z: Float[Tensor, "prompt layer head d_head"], groups: Sequence[Any],
+    z: Float[Tensor, "prompt layer head d_head"], groups: GroupIds,
 ) -> Float[Tensor, "prompt layer head d_head"]:
     """``z`` minus the mean of its group's rows (one group id per row, e.g. the query id): what
     is left is how a paraphrase differs from its query's average paraphrase.

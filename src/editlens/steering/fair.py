@@ -46,6 +46,7 @@ from editlens.steering import side_effects as SE
 from editlens.steering.bake import baked
 from editlens.steering.directions import (
     Directions,
+    GroupIds,
     Head,
     check_heads,
     fit_directions,
@@ -377,7 +378,8 @@ def controlled_evaluation(
     if not splits or not shift_sets:
         raise ValueError("controlled_evaluation needs at least one split and one shift set.")
     unsteered = dict(unsteered or {})
-    todo = [(split, None, None, None) for split in splits if split not in unsteered]
+    todo: list[tuple[str, str | None, int | None, Mapping[Head, Tensor] | None]] = [
+        (split, None, None, None) for split in splits if split not in unsteered]
     todo += [(split, kind, seed, shifts) for kind, seed, shifts in shift_sets for split in splits]
     frames: dict[str, dict[str, list[pd.DataFrame]]] = {s: {} for s in splits}
     for split in splits:
@@ -387,7 +389,7 @@ def controlled_evaluation(
         hooks = steering_hooks(shifts, position, model=model) if shifts is not None else None
         answers = C.model_answers(model, splits[split], fwd_hooks=hooks, rows_per_batch=ROWS_PER_BATCH)
         frames[split].setdefault(kind or "unsteered", []).append(answers)
-    rows = []
+    rows: list[dict[str, Any]] = []
     seeds = {kind: [sd for k, sd, _ in shift_sets if k == kind] for kind, _, _ in shift_sets}
     for split, states in frames.items():
         for kind, fs in states.items():
@@ -408,7 +410,7 @@ def controlled_evaluation(
 def direction_stability(
     z: Float[Tensor, "prompt layer head d_head"],
     labels: Any,
-    groups: Sequence[Any],
+    groups: GroupIds,
     heads: Sequence[Head] | None = None,
     *,
     method: str = "mass_mean",
@@ -624,7 +626,7 @@ def cost_by_train_size(
                              val_consistency=val, best_step=math.nan, n_trainable=math.nan,
                              seconds_per_step=math.nan))
         for method in [m for m in ("sft", "lora") if m in methods]:
-            kw = dict(base_kw, lr=2e-5 if method == "sft" else 1e-3)
+            kw: dict[str, Any] = dict(base_kw, lr=2e-5 if method == "sft" else 1e-3)
             kw.update((sft_kwargs if method == "sft" else lora_kwargs) or {})
             if method == "lora":
                 kw["lora"] = lora_spec if lora_spec is not None else sft.LoraSpec(seed=seed)

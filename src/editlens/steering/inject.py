@@ -25,7 +25,7 @@ import contextlib
 from typing import Any, Iterator, Literal, Mapping
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from editlens.localize.activations import z_hook_name
@@ -104,6 +104,20 @@ def _add_marked(delta: Tensor, mask: Tensor):
     return hook
 
 
+class _LastTokenSteering:
+    """The :data:`~editlens.scoring.HookFactory` of ``steering_hooks(position="last")``: called with each row's last
+    prompt token, or ``at_positions(mask)`` for the positions a ``[batch, pos]`` mask marks (packed prefix trees)."""
+
+    def __init__(self, dense: dict[int, Tensor]) -> None:
+        self.dense = dense
+
+    def __call__(self, last_pos: Int[Tensor, "batch"]) -> HookList:
+        return [(z_hook_name(l), _add_last(d, last_pos)) for l, d in sorted(self.dense.items())]
+
+    def at_positions(self, mask: Bool[Tensor, "batch pos"]) -> HookList:
+        return [(z_hook_name(l), _add_marked(d, mask)) for l, d in sorted(self.dense.items())]
+
+
 def steering_hooks(shifts: Mapping[Head, Tensor], position: Position = "all", *, model=None) -> HookList | HookFactory:
     """Forward hooks adding ``shifts[(l, h)]`` to ``blocks.{l}.attn.hook_z[..., h, :]``.
 
@@ -119,14 +133,7 @@ def steering_hooks(shifts: Mapping[Head, Tensor], position: Position = "all", *,
     if position == "all":
         return [(z_hook_name(l), _add_all(d)) for l, d in sorted(dense.items())]
     if position == "last":
-        def factory(last_pos: Int[Tensor, "batch"]) -> HookList:
-            return [(z_hook_name(l), _add_last(d, last_pos)) for l, d in sorted(dense.items())]
-
-        def at_positions(mask: Tensor) -> HookList:
-            return [(z_hook_name(l), _add_marked(d, mask)) for l, d in sorted(dense.items())]
-
-        factory.at_positions = at_positions
-        return factory
+        return _LastTokenSteering(dense)
     raise ValueError(f"position must be 'all' or 'last', got {position!r}.")
 
 

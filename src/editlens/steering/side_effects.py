@@ -11,14 +11,17 @@ steered model inside ``with baked(model, shifts):``.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from editlens.scoring import ROWS_PER_BATCH, encode_prompt, model_device, pad_id, pad_rows, score_continuations
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
-def _token_rows(model: Any, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
+
+def _token_rows(model: TransformerBridge, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
     rows = []
     for t in texts:
         ids = encode_prompt(model, t)[:max_tokens]
@@ -29,7 +32,7 @@ def _token_rows(model: Any, texts: Sequence[str], max_tokens: int) -> list[list[
 
 
 @torch.no_grad()
-def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 16, max_tokens: int = 128) -> float:
+def perplexity(model: TransformerBridge, texts: Sequence[str], *, batch_size: int = 16, max_tokens: int = 128) -> float:
     """exp(mean NLL per token) over all tokens of ``texts`` after BOS (each text cut to ``max_tokens``).
 
     Right-padded batches: with causal attention the real positions never see the padding."""
@@ -51,7 +54,7 @@ def perplexity(model: Any, texts: Sequence[str], *, batch_size: int = 16, max_to
 
 
 @torch.no_grad()
-def known_facts(model: Any, facts: Sequence[Any], *, batch_size: int = 32) -> dict[str, float]:
+def known_facts(model: TransformerBridge, facts: Sequence[Any], *, batch_size: int = 32) -> dict[str, float]:
     """How often the true object still beats the counterfactual one (facts set records).
 
     ``rewrite``: the rewrite prompt of each record; ``neighbourhood``: its neighbourhood prompts
@@ -85,7 +88,7 @@ def answer_prompt(question: str) -> str:
 
 
 @torch.no_grad()
-def generation_consistency(model: Any, questions: Sequence[Any], *, max_new_tokens: int = 24,
+def generation_consistency(model: TransformerBridge, questions: Sequence[Any], *, max_new_tokens: int = 24,
                            return_answers: bool = False) -> dict[str, Any]:
     """Mean over questions of the sentence-embedding agreement of the model's greedy answers to the
     question's paraphrases (:func:`editlens.sentence.agreement`, all-MiniLM-L6-v2, cosine).

@@ -439,3 +439,25 @@ def test_edit_steam_with_the_papers_design_on_the_tiny_model(tiny_model, tmp_pat
     code = cli.main([*argv, "--anchor-data", str(tmp_path / "missing.json"), "--out", str(out)])
     _, err = capsys.readouterr()
     assert_one_error_line(code, err, "--anchor-data", "missing.json")
+
+
+def test_cases_take_exactly_the_named_records_in_order(tmp_path):
+    """--cases: a second model runs the facts of another model's run (book/method-or-model.md)."""
+    from editlens.cli.errors import CommandLineError
+    from editlens.cli.options import parse_cases
+    from editlens.cli.run_setup import select_cases
+    from editlens.data import load_facts
+
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"case_ids": [6, 0, 575]}))
+    assert parse_cases(str(settings)) == (6, 0, 575)
+    assert parse_cases("6, 0,575") == (6, 0, 575)
+    records = load_facts()
+    assert [r.case_id for r in select_cases(records, (6, 0, 575), "facts.json")] == [6, 0, 575]
+    for bad in ("6,6", "6,x", str(tmp_path / "missing.json"), ""):
+        with pytest.raises(CommandLineError):
+            parse_cases(bad)
+    with pytest.raises(CommandLineError, match="not in facts.json"):
+        select_cases(records, (6, 10**9), "facts.json")
+    assert cli.main(["compare", "--cases", "6,0", "--limit", "2", "--out", str(tmp_path / "out")]) != 0
+    assert not (tmp_path / "out").exists()

@@ -213,6 +213,11 @@ def test_sweep_settings_scores_every_cell_once(tiny_model):
     assert row.consistency == one["v_consistency"] and row.accuracy == one["v_accuracy"]
     with pytest.raises(ValueError, match="K values"):
         sweep_settings(tiny_model, qs[:2], dirs, ranking, [4], [1.0], progress=False)
+    # a K whose random-head control cannot be drawn outside the K chosen fails before any scoring, saying why
+    n_heads = tiny_model.cfg.n_layers * tiny_model.cfg.n_heads
+    everything = [(layer, h) for layer in range(tiny_model.cfg.n_layers) for h in range(tiny_model.cfg.n_heads)]
+    with pytest.raises(ValueError, match=f"more than half of this model's {n_heads} heads"):
+        sweep_settings(tiny_model, qs[:2], dirs, everything, [n_heads // 2 + 1], [1.0], progress=False)
 
 
 def test_controlled_evaluation_scores_each_state_once_and_reuses_the_unsteered(tiny_model):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +103,7 @@ def distributed_state(device: str | None) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Every method of --methods on the same records; per-record rows, the paired table and the figure in --out."""
+    start = time.perf_counter()
     settings, out = check(args)
     state = distributed_state(settings.device)
     main_process = state is None or state.is_main_process
@@ -151,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
         per = per_record_frame(merge_rows(parts, list(settings.methods), len(cases)))
         run_settings = _settings(args, settings, cases, hp, model, gen, parts, n_processes, steam)
+        run_settings["minutes"] = round((time.perf_counter() - start) / 60, 1)  # wall clock, loading included
         # the book's intervals: whole relations resampled, Holm's correction over the table (book/at-scale.md)
         paths = write_outputs(out, per, settings=run_settings, **BOOK_PAIRING)
         print((out / "summary.md").read_text(encoding="utf-8"))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from editlens import methods
@@ -29,6 +31,9 @@ def add_run_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--limit", type=int, default=None, help="first N records (N >= 1)")
     e.add_argument("--spread", action="store_true", help="take the --limit records round-robin over relations "
                    "instead of the first ones")
+    e.add_argument("--cases", default=None, help="edit exactly these records, in this order: comma-separated case "
+                   "ids, or a compare run's settings.json (its case_ids), e.g. to run a second model on the facts "
+                   "of another model's run (not with --limit/--spread)")
     e.add_argument("--model", default=None, help="Hugging Face name or folder (default: the embedded SmolLM2)")
     e.add_argument("--device", default=None, help="cuda, cpu, mps (default: cuda when available)")
     e.add_argument("--dtype", default="auto", choices=DTYPES, help="precision of the model's matrix products: auto "
@@ -73,6 +78,7 @@ class RunSettings:
     format: Format
     limit: int | None
     spread: bool
+    cases: tuple[int, ...] | None
     model: str | None
     device: str | None
     dtype: str
@@ -119,6 +125,32 @@ def parse_layers(text: str) -> list[int]:
     return layers
 
 
+def parse_cases(text: str) -> tuple[int, ...]:
+    """``--cases``: comma-separated case ids, or the path of a ``compare`` run's ``settings.json`` (its
+    ``case_ids``)."""
+    path = Path(text)
+    if text.endswith(".json"):
+        try:
+            ids = json.loads(path.read_text(encoding="utf-8"))["case_ids"]
+        except FileNotFoundError:
+            raise CommandLineError(f"--cases {text}: no such file",
+                                   "pass the settings.json of a compare run, or comma-separated case ids") from None
+        except (ValueError, KeyError, TypeError):
+            raise CommandLineError(f"--cases {text} has no case_ids list",
+                                   "pass the settings.json that `compare --out DIR` wrote (DIR/settings.json)"
+                                   ) from None
+    else:
+        try:
+            ids = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise CommandLineError(f"--cases {text!r} is not a list of case ids",
+                                   "pass comma-separated integers, e.g. --cases 575,734,204") from None
+    if not ids or len(set(ids)) != len(ids):
+        raise CommandLineError(f"--cases {text!r} names {'no case' if not ids else 'a case twice'}",
+                               "pass each case id once")
+    return tuple(int(i) for i in ids)
+
+
 def resolve(args: argparse.Namespace, chosen: tuple[str, ...], *, flag: str) -> RunSettings:
     """Check the shared options of a run of the methods ``chosen`` and resolve them. ``flag``: how the command chose
     them (``--method`` or ``--methods``), as the error messages name it."""
@@ -130,12 +162,19 @@ def resolve(args: argparse.Namespace, chosen: tuple[str, ...], *, flag: str) -> 
         if value is not None and value < 1:
             raise CommandLineError(f"{name} must be at least 1, got {value}",
                                    f"pass {name} N with N >= 1, or leave {name} out for its default")
+    cases = None
+    if args.cases is not None:
+        if args.limit is not None or args.spread:
+            raise CommandLineError("--cases with --limit or --spread",
+                                   "--cases names the records itself: leave --limit and --spread out")
+        cases = parse_cases(args.cases)
     steam_layers = _check_parts(args, chosen, flag)
     if args.layer is not None and args.layer < 0:
         raise CommandLineError(f"--layer must be 0 or more, got {args.layer}",
                                "pass a layer index counted from 0, or leave --layer out for the registry's")
     return RunSettings(
-        methods=chosen, data=args.data, format=args.format, limit=args.limit, spread=args.spread, model=args.model,
+        methods=chosen, data=args.data, format=args.format, limit=args.limit, spread=args.spread, cases=cases,
+        model=args.model,
         device=args.device, dtype=args.dtype, layer=args.layer, mom2_tokens=args.mom2_tokens, v_steps=args.v_steps,
         v_on_ray=args.v_on_ray, threads=args.threads, no_generation=args.no_generation, gen_prompts=args.gen_prompts,
         gen_tokens=args.gen_tokens, semantic=args.semantic, steam_lambda=args.steam_lambda,

@@ -62,6 +62,16 @@ def data_label(run: RunSettings) -> str:
     return run.data or (Path(data).name if data else "facts.json")
 
 
+def select_cases(records: list, cases: tuple[int, ...], where: str) -> list:
+    """The records whose case ids ``cases`` names, in that order (``--cases``)."""
+    by_id = {r.case_id: r for r in records}
+    missing = [c for c in cases if c not in by_id]
+    if missing:
+        raise CommandLineError(f"--cases: {len(missing)} case id(s) not in {where}: {missing[:8]}",
+                               "pass case ids of records in the --data file (or the facts set of --model)")
+    return [by_id[c] for c in cases]
+
+
 def load_cases(run: RunSettings) -> list:
     """The records of ``--data``, else the project's facts verified on ``--model`` (facts.json for the default
     model, an embedded second model's own set: :func:`editlens.data.facts_path`); file problems become
@@ -71,6 +81,8 @@ def load_cases(run: RunSettings) -> list:
     data = default_data(run)
     where = f"--data {data}" if data else "the project's facts.json"
     try:
+        if run.cases:
+            return select_cases(load_facts(data, format=run.format), run.cases, where)
         if run.spread:
             return spread_over_relations(load_facts(data, format=run.format), run.limit or 10**9)
         return load_facts(data, format=run.format, limit=run.limit)

@@ -178,6 +178,14 @@ def sweep_settings(
         raise ValueError("sweep_settings needs at least one candidate, one K and one alpha.")
     if max(ks) > len(ranking) or min(ks) < 1:
         raise ValueError(f"K values {ks} must lie in 1..{len(ranking)} (the ranking's length).")
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    if max(ks) > n_heads // 2:
+        # found on Gemma 3 270M (72 heads): the chapter's K = 64 failed at the controls, 13 minutes in
+        shares = [max(1, round(k * n_heads / 270)) for k in (8, 16, 32, 64)]
+        raise ValueError(f"K = {max(ks)} is more than half of this model's {n_heads} heads: the random-head control "
+                         f"(Chapter 2, sections 7 and 11) steers K heads outside the K chosen, so K can be at most "
+                         f"{n_heads // 2}. Fix: K values of at most {n_heads // 2}, e.g. K_VALUES = {shares} (the "
+                         f"default's shares of SmolLM2's 270 heads).")
     rows = []
     cells = [(name, k, float(a)) for name in directions for k in ks for a in alphas]
     for name, k, alpha in tqdm(cells, disable=not progress, desc="K x alpha sweep"):

@@ -8,7 +8,7 @@ own z and its own W_O[h] slice, so "a head" here is a query head.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -80,8 +80,8 @@ def prompt_index(prompts: Sequence[str]) -> dict[str, int]:
     return index
 
 
-def unique_prompts(*columns: Sequence[str]) -> list[str]:
-    """Prompts of several columns, deduplicated, in first-seen order."""
+def unique_prompts(*columns: Iterable[str]) -> list[str]:
+    """Prompts of several columns (lists or DataFrame columns), deduplicated, in first-seen order."""
     return list(dict.fromkeys(p for col in columns for p in col))
 
 

@@ -248,7 +248,7 @@ def random_directions(
     seed: int = 0,
     labels: Any | None = None,
     *,
-    centre_by: Sequence[Any] | None = None,
+    centre_by: GroupIds | None = None,
 ) -> Directions:
     """Control: seeded random unit directions (Gaussian, normalised) with sigma = std of the
     activations projected on them, so ``shift(alpha)`` has the same recipe as a fitted direction.

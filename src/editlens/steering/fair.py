@@ -306,7 +306,7 @@ def control_shifts(
     alpha: float,
     *,
     method: str = "mass_mean",
-    centre_by: Sequence[Any] | None = None,
+    centre_by: GroupIds | None = None,
     n_seeds: int = 2,
     seed: int = 0,
 ) -> list[tuple[str, int | None, dict[Head, Float[Tensor, "d_head"]]]]:

@@ -125,6 +125,22 @@ def _holm_mark(row: pd.Series) -> str:
     return " †" if isinstance(holm, (bool, np.bool_)) and bool(holm) else ""
 
 
+def _claim_row(table: pd.DataFrame, c: EditClaim, model: str) -> pd.Series:
+    r = table[(table["metric"] == c.metric) & (table["method"] == c.method)]
+    if r.empty:
+        raise ValueError(f"edit_claims_table: no {c.method} {c.metric} row for {model}.")
+    return r.iloc[0]
+
+
+def _claim_cell(r: pd.Series, c: EditClaim) -> tuple[str, str]:
+    """A claim's figure on one model (a level: the mean; else the difference to ROME, `` †`` after Holm) and its
+    verdict."""
+    if c.threshold is not None:
+        return interval_text(r["mean"], r["low"], r["high"], 3, sign=False), level_verdict(r["low"], c.threshold)
+    text = interval_text(r["diff vs rome"], r["diff low"], r["diff high"], 3) + _holm_mark(r)
+    return text, verdict(r["diff low"], r["diff high"], c.direction)
+
+
 def edit_claims_table(summaries: Mapping[str, pd.DataFrame], claims: Sequence[EditClaim] = EDIT_CLAIMS
                       ) -> pd.DataFrame:
     """One row per claim: each model's figure with its interval and verdict, the paper's figure and the verdict
@@ -134,17 +150,8 @@ def edit_claims_table(summaries: Mapping[str, pd.DataFrame], claims: Sequence[Ed
         row: dict[str, object] = {"claim": c.claim}
         verdicts = {}
         for model, table in summaries.items():
-            r = table[(table["metric"] == c.metric) & (table["method"] == c.method)]
-            if r.empty:
-                raise ValueError(f"edit_claims_table: no {c.method} {c.metric} row for {model}.")
-            r = r.iloc[0]
-            if c.threshold is not None:
-                text = interval_text(r["mean"], r["low"], r["high"], 3, sign=False)
-                v = level_verdict(r["low"], c.threshold)
-            else:
-                text = interval_text(r["diff vs rome"], r["diff low"], r["diff high"], 3)
-                v = verdict(r["diff low"], r["diff high"], c.direction)
-                text += _holm_mark(r)
+            r = _claim_row(table, c, model)
+            text, v = _claim_cell(r, c)
             row[MODEL_LABELS[model]] = f"{text} {v}"
             row[f"n {MODEL_LABELS[model]}"] = int(r["n"])
             verdicts[model] = v
@@ -176,13 +183,8 @@ def write_comparison(summaries_a: Mapping[str, pd.DataFrame], summaries_b: Mappi
     for c in claims:
         row: dict[str, object] = {"claim": c.claim}
         for label, s in (("nearest", summaries_a[LARGE]), ("as optimised", summaries_b[LARGE])):
-            r = s[(s["metric"] == c.metric) & (s["method"] == c.method)].iloc[0]
-            if c.threshold is not None:
-                row[label] = (f"{interval_text(r['mean'], r['low'], r['high'], 3, sign=False)} "
-                              f"{level_verdict(r['low'], c.threshold)}")
-            else:
-                row[label] = (f"{interval_text(r['diff vs rome'], r['diff low'], r['diff high'], 3)}{_holm_mark(r)} "
-                              f"{verdict(r['diff low'], r['diff high'], c.direction)}")
+            text, v = _claim_cell(_claim_row(s, c, LARGE), c)
+            row[label] = f"{text} {v}"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -358,10 +360,10 @@ def steering_cost(results: Path = RESULTS) -> pd.DataFrame:
 # --- tables as Markdown --------------------------------------------------------------------------------------
 
 
-def markdown(frame: pd.DataFrame, *, right: Sequence[str] = ()) -> str:
+def markdown(frame: pd.DataFrame) -> str:
     """A plain pipe table (the page includes the file as written)."""
     cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" if c in right else "---" for c in cols) + "|"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, r in frame.iterrows():
         lines.append("| " + " | ".join("" if pd.isna(r[c]) else str(r[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"

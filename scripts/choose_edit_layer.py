@@ -26,27 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def trace(model_name: str, n_facts: int, out: Path) -> None:
-    """Causal tracing of the MLPs; the facts the model knows go to known-facts.json."""
+    """Causal tracing of the MLPs (`editlens.tracing.trace_mlps`); the facts the model knows go to
+    known-facts.json."""
     import editlens
     from editlens.data import load_facts, save_facts, spread_over_relations
     from editlens.rome.requests import as_request
-    from editlens.tracing import average_indirect_effects
+    from editlens.tracing import trace_mlps
 
     model, _ = editlens.load_model(model_name, device="cpu")
     facts = spread_over_relations(load_facts(), n_facts)
-    tr = average_indirect_effects(model, facts, kinds=("mlp",), window=1, n_samples=10, progress=True)
+    tr, summary = trace_mlps(model, facts, model_name=model_name,
+                             facts_source=f"spread_over_relations(load_facts(), {n_facts})")
     known = [f for f in facts if as_request(f).text in set(tr.traced)]
     save_facts(known, out / "known-facts.json")
-    summary = {
-        "model": model_name, "facts": f"spread_over_relations(load_facts(), {n_facts})", "kind": "mlp", "window": 1,
-        "n_samples": 10, "noise": 3.0, "seed": 0, "n_traced": tr.n_facts, "n_skipped": tr.n_skipped,
-        "traced": tr.traced, "skipped": tr.skipped,
-        "mean_p_clean": sum(tr.p_clean) / len(tr.p_clean),
-        "mean_p_corrupted": sum(tr.p_corrupted) / len(tr.p_corrupted),
-        "indirect_effect_subject_last": [float(x) for x in tr.subject_last["mlp"]],
-        "indirect_effect_last": [float(x) for x in tr.last["mlp"]],
-        "per_fact_subject_last": tr.per_fact_subject_last["mlp"].tolist(),
-    }
     (out / "tracing.json").write_text(json.dumps(summary, indent=1) + "\n")
     ie = ", ".join(f"{i}: {100 * x:.1f}" for i, x in enumerate(summary["indirect_effect_subject_last"]))
     print(f"{tr.n_facts} known facts traced ({tr.n_skipped} skipped); MLP indirect effect (points) by layer: {ie}")

@@ -119,27 +119,17 @@ def replay(chapter: str, model: str, out: Path, notebook: Path, threads: int,
 
 
 def trace(model_name: str, n_facts: int, out: Path) -> None:
+    """Causal tracing of the MLPs (`editlens.tracing.trace_mlps`) on the facts the model knows among ``n_facts``
+    of its own fact set."""
     import editlens
     from editlens.data import facts_path, load_facts, spread_over_relations
-    from editlens.rome.requests import as_request
-    from editlens.tracing import average_indirect_effects
+    from editlens.tracing import trace_mlps
 
-    start = time.perf_counter()
     model, _ = editlens.load_model(model_name, device="cpu")
     facts = spread_over_relations(load_facts(facts_path(model_name)), n_facts)
-    tr = average_indirect_effects(model, facts, kinds=("mlp",), window=1, n_samples=10, progress=True)
+    tr, summary = trace_mlps(model, facts, model_name=model_name, facts_source=(
+        f"spread_over_relations(load_facts(facts_path({model_name!r})), {n_facts})"))
     out.mkdir(parents=True, exist_ok=True)
-    summary = {
-        "model": model_name, "facts": f"spread_over_relations(load_facts(facts_path({model_name!r})), {n_facts})",
-        "kind": "mlp", "window": 1, "n_samples": 10, "noise": 3.0, "seed": 0,
-        "n_layers": model.cfg.n_layers, "n_traced": tr.n_facts, "n_skipped": tr.n_skipped,
-        "traced": tr.traced, "skipped": tr.skipped,
-        "relation_of_traced": [as_request(f).relation_id for f in facts if as_request(f).text in set(tr.traced)],
-        "p_clean": [float(p) for p in tr.p_clean], "p_corrupted": [float(p) for p in tr.p_corrupted],
-        "indirect_effect_subject_last": [float(x) for x in tr.subject_last["mlp"]],
-        "per_fact_subject_last": tr.per_fact_subject_last["mlp"].tolist(),
-        "minutes": round((time.perf_counter() - start) / 60, 1),
-    }
     (out / "tracing.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"{model_name}: {tr.n_facts} known facts traced of {n_facts} in {summary['minutes']} min")
 

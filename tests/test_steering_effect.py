@@ -57,6 +57,10 @@ def test_chosen_k_and_alpha_come_from_the_chapter_sweep():
     for k, alpha in chosen.values():
         assert k in params["K_VALUES"] and alpha in params["ALPHAS"], (chosen, params["K_VALUES"], params["ALPHAS"])
     assert 0 < params["MAX_ACCURACY_DROP"] < 1
+    # the default a refusal's suggestion scales to another model (editlens.steering.k_shares)
+    from editlens.steering.fair import DEFAULT_K_VALUES
+
+    assert tuple(params["K_VALUES"]) == DEFAULT_K_VALUES
 
 
 def test_steering_splits_share_nothing_with_training():

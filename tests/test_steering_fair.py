@@ -20,6 +20,7 @@ from editlens.steering import (
     effect_per_relation,
     evaluate_state,
     fit_directions,
+    k_shares,
     per_query_scores,
     probe_ranking,
     random_directions,
@@ -218,6 +219,12 @@ def test_sweep_settings_scores_every_cell_once(tiny_model):
     everything = [(layer, h) for layer in range(tiny_model.cfg.n_layers) for h in range(tiny_model.cfg.n_heads)]
     with pytest.raises(ValueError, match=f"more than half of this model's {n_heads} heads"):
         sweep_settings(tiny_model, qs[:2], dirs, everything, [n_heads // 2 + 1], [1.0], progress=False)
+
+
+def test_k_shares_scale_the_chapters_default_to_a_models_heads():
+    assert k_shares(270) == [8, 16, 32, 64]  # SmolLM2's heads: the default itself
+    assert k_shares(72) == [2, 4, 9, 17]  # Gemma 3 270M's: what its replay of Chapter 2 sweeps
+    assert k_shares(4) == [1, 1, 1, 1]  # never below one head
 
 
 def test_controlled_evaluation_scores_each_state_once_and_reuses_the_unsteered(tiny_model):

@@ -108,3 +108,24 @@ def test_tracing_embedded_peaks_at_subject(model):
     # early layers: the subject's last token carries the fact; late layers: the last token does
     assert ie[s_last, :5].mean() > ie[0, :5].mean()
     assert ie[-1, -1] > 0.5 * (res.p_clean - res.p_corrupted)
+
+
+@pytest.mark.slow
+def test_trace_mlps_record_holds_what_its_readers_read(model):
+    """The one tracing.json writer (scripts/choose_edit_layer.py, scripts/method_or_model.py): the known fact is
+    traced with its relation, the unknown one skipped, and the per-fact effects average to the stored mean."""
+    import json
+
+    unknown = {"requested_rewrite": {"prompt": "The mother tongue of {} is", "subject": "Zorblax Quintervane",
+                                     "relation_id": "P103", "target_new": {"str": "French"},
+                                     "target_true": {"str": "Klingon"}}}
+    tr, record = tracing.trace_mlps(model, [FACT, unknown], model_name="smollm2-135m", facts_source="two facts",
+                                    progress=False)
+    record = json.loads(json.dumps(record))  # it is stored as JSON
+    assert record["traced"] == ["The capital of France is"] and record["relation_of_traced"] == ["P36"]
+    assert record["skipped"] == ["The mother tongue of Zorblax Quintervane is"] and record["n_skipped"] == 1
+    assert record["n_layers"] == model.cfg.n_layers == len(record["indirect_effect_subject_last"])
+    per_fact = torch.tensor(record["per_fact_subject_last"])
+    assert per_fact.shape == (1, model.cfg.n_layers)
+    torch.testing.assert_close(per_fact.mean(0), torch.tensor(record["indirect_effect_subject_last"]))
+    assert record["window"] == 1 and record["n_samples"] == 10 and tr.best_layer() == int(per_fact[0].argmax())

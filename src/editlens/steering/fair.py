@@ -57,6 +57,8 @@ from editlens.steering.directions import (
 from editlens.steering.inject import Position, steering_hooks
 
 __all__ = [
+    "DEFAULT_K_VALUES",
+    "k_shares",
     "AnswerShift",
     "ControlledRun",
     "SideEffectData",
@@ -151,6 +153,18 @@ def evaluate_state(
 # Choosing K and alpha on validation
 # --------------------------------------------------------------------------------------------
 
+#: Chapter 2's default K values (its ``K_VALUES`` parameter) and the heads they are chosen among (SmolLM2-135M's 30
+#: layers of 9 heads): another model's suggestion is the same shares of its heads.
+DEFAULT_K_VALUES: tuple[int, ...] = (8, 16, 32, 64)
+DEFAULT_MODEL_HEADS = 270
+
+
+def k_shares(n_heads: int) -> list[int]:
+    """:data:`DEFAULT_K_VALUES` as the same shares of a model with ``n_heads`` heads ([2, 4, 9, 17] for Gemma 3
+    270M's 72). Taught in: Chapter 2 (section 6) and the "Method or model?" page."""
+    return [max(1, round(k * n_heads / DEFAULT_MODEL_HEADS)) for k in DEFAULT_K_VALUES]
+
+
 def sweep_settings(
     model,
     queries: Sequence[Any],
@@ -181,11 +195,10 @@ def sweep_settings(
     n_heads = model.cfg.n_layers * model.cfg.n_heads
     if max(ks) > n_heads // 2:
         # found on Gemma 3 270M (72 heads): the chapter's K = 64 failed at the controls, 13 minutes in
-        shares = [max(1, round(k * n_heads / 270)) for k in (8, 16, 32, 64)]
         raise ValueError(f"K = {max(ks)} is more than half of this model's {n_heads} heads: the random-head control "
                          f"(Chapter 2, sections 7 and 11) steers K heads outside the K chosen, so K can be at most "
-                         f"{n_heads // 2}. Fix: K values of at most {n_heads // 2}, e.g. K_VALUES = {shares} (the "
-                         f"default's shares of SmolLM2's 270 heads).")
+                         f"{n_heads // 2}. Fix: K values of at most {n_heads // 2}, e.g. K_VALUES = {k_shares(n_heads)} "
+                         f"(the default's shares of SmolLM2's {DEFAULT_MODEL_HEADS} heads).")
     rows = []
     cells = [(name, k, float(a)) for name in directions for k in ks for a in alphas]
     for name, k, alpha in tqdm(cells, disable=not progress, desc="K x alpha sweep"):

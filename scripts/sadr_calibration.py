@@ -8,6 +8,13 @@ stop (the whole loss below 0.05), 21 rewrite prompts (the bare prompt and 20 pre
 
     python scripts/sadr_calibration.py --out book/results/sadr-calibration/smollm2-135m
 
+``--budget book`` runs every arm at the model's own settings instead (the book's 20 steps, stopped on the new
+object's NLL, 5 prefixes), the budget the "Method or model?" page edits at; ``--exclude RUN/settings.json``
+leaves that run's facts out, so the validation facts are disjoint from the facts it reports:
+
+    python scripts/sadr_calibration.py --model gemma3-270m --budget book \
+        --exclude book/results/method-or-model/gemma3-270m/compare-nearest/settings.json --n 40 --skip 0 --out DIR
+
 Writes ``per_record.jsonl``, ``summary.csv/.md``, ``settings.json`` (editlens.compare's format) and
 ``calibration.csv``/``calibration.json`` (the table and the chosen gamma). Probes only (no generation).
 On two CPUs, run two shares of the facts (``--skip 50 --n 12`` and ``--skip 62 --n 12``) in two processes,
@@ -51,6 +58,12 @@ def main() -> None:
     ap.add_argument("--gammas", default="0.01,0.03,0.1,0.3,1", help="the grid (the authors' 0.01 first)")
     ap.add_argument("--steps", type=int, default=AUTHORS_STEPS["rome"], help="v* steps of every arm")
     ap.add_argument("--prefixes", type=int, default=None, help="prefixed rewrite prompts (default: all 20, as ROME)")
+    ap.add_argument("--budget", choices=("authors", "book"), default="authors", help="authors: --steps and "
+                    "--prefixes with the authors' early stop (the whole loss below 0.05); book: the model's own "
+                    "settings (editlens.rome.get_hparams: 20 steps stopped on the new object's NLL, 5 prefixes), the "
+                    "budget the book's comparisons run at")
+    ap.add_argument("--exclude", default=None, help="a run's settings.json: its case ids are left out before the "
+                    "facts are spread (validation facts disjoint from the facts that run reports)")
     ap.add_argument("--batch", type=int, default=8, help="facts whose v* are optimised together")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", help="the run's folder (every mode but --write-page)")
@@ -76,20 +89,26 @@ def main() -> None:
 
     model, _ = editlens.load_model(args.model)
     facts = load_facts(facts_path(args.model))
+    excluded: set = set()
+    if args.exclude:
+        excluded = set(json.loads(Path(args.exclude).read_text(encoding="utf-8"))["case_ids"])
+        facts = [f for f in facts if f.case_id not in excluded]
     spread = spread_over_relations(facts, args.skip + args.n)
     cases = [as_case(f) for f in spread[args.skip:]]
     if not cases:
         raise SystemExit(f"no validation facts: the facts file has {len(spread)} facts, all among the first "
                          f"{args.skip}. Fix: pass a smaller --skip.")
-    hp = get_hparams(model).replace(v_early_stop_on="loss", v_num_grad_steps=args.steps,
-                                    v_num_prefixes=args.prefixes)
+    hp = get_hparams(model)
+    if args.budget == "authors":
+        hp = hp.replace(v_early_stop_on="loss", v_num_grad_steps=args.steps, v_num_prefixes=args.prefixes)
     stats = stats_for(model, hp)
 
     def run_settings(early_stop: str | None, **specific) -> dict:
         """What every run records (the facts, the settings, its minutes), with what is ``specific`` to it."""
         return {"model": args.model or "smollm2-135m", **specific, "skipped": args.skip, "n_facts": len(cases),
-                "case_ids": [c.get("case_id") for c in cases], "steps": args.steps,
-                "early_stop": early_stop, "prefixes": args.prefixes,
+                "case_ids": [c.get("case_id") for c in cases], "steps": hp.v_num_grad_steps,
+                "early_stop": early_stop, "prefixes": hp.v_num_prefixes, "budget": args.budget,
+                **({"excluded": {"run": args.exclude, "n": len(excluded)}} if args.exclude else {}),
                 "batch": args.batch, "threads": args.threads, "precision": editlens.precision.of(model).describe(),
                 "minutes": round((time.perf_counter() - start) / 60, 1)}
 
@@ -217,8 +236,8 @@ def combine(shares: list[Path], out: Path) -> None:
     the first share given; rows that differ (another batch composition moves an edit by float noise) are listed
     in the settings. Settings other than the grid must match."""
     settings = [json.loads((p / "settings.json").read_text(encoding="utf-8")) for p in shares]
-    keep = ("model", "steps", "early_stop", "prefixes", "batch", "threads", "precision")
-    if any({k: s[k] for k in keep} != {k: settings[0][k] for k in keep} for s in settings) or len(
+    keep = ("model", "steps", "early_stop", "prefixes", "budget", "excluded", "batch", "threads", "precision")
+    if any({k: s.get(k) for k in keep} != {k: settings[0].get(k) for k in keep} for s in settings) or len(
             {s.get("role", "validation") for s in settings}) > 1:
         raise SystemExit("--combine: the shares were run with different settings. Fix: rerun them alike.")
     first = min(s["skipped"] for s in settings)
@@ -245,7 +264,7 @@ def combine(shares: list[Path], out: Path) -> None:
         arms.update(zip(s["gammas"], s["arms"]))
     ids = rows.drop_duplicates("case_id").sort_values("index")["case_id"].tolist()
     grid = sorted(arms)
-    merged = {**{k: settings[0][k] for k in keep}, "role": settings[0].get("role", "validation"), "gammas": grid,
+    merged = {**{k: settings[0][k] for k in keep if k in settings[0]}, "role": settings[0].get("role", "validation"), "gammas": grid,
               "arms": [arms[g] for g in grid], "skipped": first, "n_facts": len(ids), "case_ids": ids,
               "minutes": max(s["minutes"] for s in settings), "shares": [p.name for p in shares],
               "minutes per share": [s["minutes"] for s in settings], "rows that differed between shares": differing}

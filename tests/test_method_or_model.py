@@ -81,10 +81,12 @@ def test_the_runs_are_complete():
             assert (counts == 100).all(), f"{model} ({write}): {counts.to_dict()}"
         assert set(rows[mm.SMALL]["case_id"]) == set(rows[mm.LARGE]["case_id"])
     main_cases = json.loads((RESULTS / mm.LARGE / "compare-nearest" / "settings.json").read_text())["case_ids"]
-    for model in (mm.SMALL, mm.LARGE):  # SADR at gamma = 30: exactly the main run's facts (--cases), on both
-        settings = json.loads((RESULTS / model / mm.SADR_GAMMA_RUN / "settings.json").read_text())
-        assert settings["case_ids"] == main_cases and settings["sadr"] == {"gamma": 30.0}
-        assert settings["methods"] == ["rome", "sadr"]
+    # SADR at gamma = 30 and at each model's own calibrated weight: exactly the main run's facts (--cases)
+    for model in (mm.SMALL, mm.LARGE):
+        for gamma in sorted({30.0, mm.chosen_gamma(model)}):
+            settings = json.loads((RESULTS / model / mm.sadr_gamma_run(gamma) / "settings.json").read_text())
+            assert settings["case_ids"] == main_cases and settings["sadr"] == {"gamma": gamma}
+            assert settings["methods"] == ["rome", "sadr"] and settings["model"] in (model, "embedded")
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,8 @@ ELSEWHERE: dict[str, dict[str, str]] = {
                    for n in ["11.9", "27.8", "30.4", "49.4", "99.9", "99.8", "99.6", "96.4", "52.2", "58.5"]}},
     "book/teaching.md": {n: "book/setup.md: Chapter 5 on another CPU" for n in ["+1.63", "+0.17", "+3.17"]},
     "book/method-or-model.md": {
-        "0.210": "book/results/method-or-model/smollm2-135m-instruct/tracing/tracing.json (layer 0's mean effect)"},
+        "0.210": "book/results/method-or-model/smollm2-135m-instruct/tracing/tracing.json (layer 0's mean effect)",
+        "3.22": "src/editlens/sadr/calibration.py (AUTHORS_PS_COST, the authors' PS cost in points)"},
     "06_synthesis": {**{n: "book/results/at-scale/smollm2-135m/summary.md" for n in ["+0.017", "+0.353", "+0.401"]},
                      "0.975": "fixed: the upper quantile of a 95% bootstrap interval"},
 }
@@ -126,7 +127,7 @@ PAGES: dict[str, list[str]] = {
                          "06_synthesis"],
     "book/memit.md": ["book/results/memit/smollm2-135m/summary.md"],
     "book/method-or-model.md": [f"book/results/method-or-model/{name}.md" for name in (
-        "heads", "steering", "steering-cost", "tracing", "edits", "edits-write", "sadr-gamma")]
+        "heads", "steering", "steering-cost", "tracing", "edits", "edits-write", "sadr-calibration", "sadr-gamma")]
     + ["book/results/method-or-model/runs.md"],
     "book/precision.md": ["book/results/precision/summary.md", "book/results/precision/verdicts.md",
                           "book/results/precision-float32/summary.md", "book/results/precision-bfloat16/summary.md"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -428,20 +429,42 @@ def test_calibration_table_pairs_each_gamma_with_rome_and_choose_gamma_takes_the
         calibration_table(_calibration_rows(costs), {5.0: "sadr γ=5"})
 
 
-def test_stored_calibration_is_recomputed_from_its_rows():
-    """book/results/sadr-calibration/smollm2-135m: the calibration table and the chosen gamma are what
-    calibration_table and choose_gamma compute from the stored rows; the run is the authors' settings on facts
-    Chapter 5 does not report."""
+CALIBRATIONS = Path(__file__).resolve().parents[1] / "book" / "results" / "sadr-calibration"
+METHOD_OR_MODEL_FACTS = (Path(__file__).resolve().parents[1] / "book" / "results" / "method-or-model" / "gemma3-270m"
+                         / "compare-nearest" / "settings.json")
+
+
+def _reported_case_ids(folder_name: str) -> set:
+    """The facts a calibration's validation facts must not touch: Chapter 5's 50 (the authors' budget, SmolLM2),
+    or the "Method or model?" page's 100 (the book's budget, both models)."""
     import json
-    from pathlib import Path
+
+    from editlens.data import load_facts, spread_over_relations
+
+    if folder_name == "smollm2-135m":
+        return {f.case_id for f in spread_over_relations(load_facts(), 50)}
+    return set(json.loads(METHOD_OR_MODEL_FACTS.read_text())["case_ids"])
+
+
+@pytest.mark.parametrize("folder_name, model_name, budget", [
+    ("smollm2-135m", "smollm2-135m", "authors"),
+    ("smollm2-135m-book-budget", "smollm2-135m", "book"),
+    ("gemma3-270m-book-budget", "gemma3-270m", "book"),
+])
+def test_stored_calibration_is_recomputed_from_its_rows(folder_name, model_name, budget):
+    """book/results/sadr-calibration/<run>: the calibration table and the chosen gamma are what calibration_table
+    and choose_gamma compute from the stored rows; every arm ran the budget the run names (the authors' 80 steps and
+    early stop, or the book's: the model's registry settings); its facts are validation facts, disjoint from the
+    facts the book reports with the gamma chosen."""
+    import json
 
     import pandas as pd
 
     from editlens import compare
-    from editlens.data import load_facts, spread_over_relations
+    from editlens.rome import get_hparams
     from editlens.sadr import calibration_table, choose_gamma, reaches_target
 
-    folder = Path(__file__).resolve().parents[1] / "book" / "results" / "sadr-calibration" / "smollm2-135m"
+    folder = CALIBRATIONS / folder_name
     settings = json.loads((folder / "settings.json").read_text())
     rows = compare.read_per_record(folder / "per_record.jsonl")
     table = calibration_table(rows, dict(zip(settings["gammas"], settings["arms"])))
@@ -450,9 +473,16 @@ def test_stored_calibration_is_recomputed_from_its_rows():
     summary = json.loads((folder / "calibration.json").read_text())
     assert summary["chosen gamma"] == choose_gamma(table)
     assert summary["grid brackets the target"] == reaches_target(table)
-    assert settings["steps"] == 80 and settings["early_stop"] == "loss" and settings["prefixes"] is None
-    reported = {f.case_id for f in spread_over_relations(load_facts(), 50)}
-    assert settings["skipped"] == 50 and not reported & set(settings["case_ids"])
+    assert settings["model"] == model_name and settings.get("budget", "authors") == budget
+    if budget == "authors":
+        assert settings["steps"] == 80 and settings["early_stop"] == "loss" and settings["prefixes"] is None
+    else:
+        hp = get_hparams(model_name)
+        assert (settings["steps"], settings["early_stop"], settings["prefixes"]) == (
+            hp.v_num_grad_steps, hp.v_early_stop_on, hp.v_num_prefixes)
+        assert rows["steps"].max() <= hp.v_num_grad_steps
+    assert not _reported_case_ids(folder_name) & set(settings["case_ids"])
+    assert len(settings["case_ids"]) == 40
     assert set(rows["case_id"]) == set(settings["case_ids"]) and len(rows) == len(settings["case_ids"]) * (
         1 + len(settings["gammas"]))
 

@@ -166,13 +166,91 @@ SADR_GAMMA_RUN = "compare-sadr-gamma30"
 "SADR calibrated on this model" chose on SmolLM2, at the book's 20 steps)."""
 
 
-def sadr_gamma_table(results: Path = RESULTS) -> pd.DataFrame:
-    """SADR's claims on both models at gamma = 30 (each run pairs SADR with its own ROME on the same facts)."""
-    rows = {m: read_per_record(results / m / SADR_GAMMA_RUN / "per_record.jsonl") for m in (SMALL, LARGE)}
-    if set(rows[SMALL]["case_id"]) != set(rows[LARGE]["case_id"]):
-        raise ValueError("sadr_gamma_table: the two models' gamma = 30 runs hold different facts.")
-    claims = [c for c in EDIT_CLAIMS if c.method == "sadr"]
-    return edit_claims_table(edit_summaries(rows), claims).drop(columns=[f"n {v}" for v in MODEL_LABELS.values()])
+CALIBRATION = ROOT / "book" / "results" / "sadr-calibration"
+CALIBRATION_RUNS = {SMALL: "smollm2-135m-book-budget", LARGE: "gemma3-270m-book-budget"}
+"""Each model's SADR calibration at the book's budget (``scripts/sadr_calibration.py --budget book``: ROME and SADR
+at each gamma of a grid, 20 steps stopped on the new object's NLL, on 40 validation facts disjoint from the page's
+100), by the folder under :data:`CALIBRATION`."""
+AUTHORS_BUDGET_RUN = (SMALL, "smollm2-135m")
+"""The page "SADR calibrated on this model": SmolLM2 at the authors' budget (80 steps), where gamma = 30 was chosen."""
+
+
+def calibration(folder: str, calibration_dir: Path = CALIBRATION) -> tuple[pd.DataFrame, dict, dict]:
+    """A stored calibration run (a folder under ``calibration_dir``): its table (``calibration.csv``), its choice
+    (``calibration.json``) and its settings."""
+    path = calibration_dir / folder
+    if not (path / "calibration.csv").exists():
+        raise FileNotFoundError(f"{path}/calibration.csv is missing. Fix: scripts/sadr_calibration.py (the command "
+                                f"is in book/method-or-model.md).")
+    return (pd.read_csv(path / "calibration.csv"), _load_json(path / "calibration.json"),
+            _load_json(path / "settings.json"))
+
+
+def chosen_gamma(model: str, calibration_dir: Path = CALIBRATION) -> float:
+    """The SADR weight chosen on ``model``'s own validation facts at the book's budget."""
+    return float(calibration(CALIBRATION_RUNS[model], calibration_dir)[1]["chosen gamma"])
+
+
+def sadr_calibration_table(results: Path = RESULTS, calibration_dir: Path = CALIBRATION) -> pd.DataFrame:
+    """SADR's weight calibrated by one protocol (the page "SADR calibrated on this model": PS cost nearest the
+    authors' 3.22 points) on each model at the book's budget, beside SmolLM2's calibration at the authors' budget:
+    per gamma, the PS cost and DNS gain over ROME on the run's validation facts, the chosen gamma marked. The last
+    row counts the validation facts and, in brackets, those among the page's 100 reported facts."""
+    reported = set(read_per_record(results / LARGE / SADR_GAMMA_RUN / "per_record.jsonl")["case_id"])
+    runs = {f"{MODEL_LABELS[SMALL]}, 80 steps": calibration(AUTHORS_BUDGET_RUN[1], calibration_dir),
+            **{f"{MODEL_LABELS[m]}, 20 steps": calibration(CALIBRATION_RUNS[m], calibration_dir)
+               for m in (SMALL, LARGE)}}
+    gammas = sorted({float(g) for table, _, _ in runs.values() for g in table["gamma"]})
+    rows: list[dict[str, object]] = []
+    for g in gammas:
+        row: dict[str, object] = {"gamma": f"{g:g}"}
+        for label, (table, choice, _) in runs.items():
+            r = table[table["gamma"] == g]
+            for what in ("PS cost", "DNS gain"):
+                row[f"{label}: {what}"] = "" if r.empty else interval_text(
+                    r.iloc[0][what], r.iloc[0][f"{what} low"], r.iloc[0][f"{what} high"], 3)
+            if not r.empty and g == float(choice["chosen gamma"]):
+                row[f"{label}: PS cost"] = f"{row[f'{label}: PS cost']} chosen"
+        rows.append(row)
+    facts: dict[str, object] = {"gamma": "facts (among the 100)"}
+    for label, (_, _, settings) in runs.items():
+        ids = set(settings["case_ids"])
+        facts[f"{label}: PS cost"], facts[f"{label}: DNS gain"] = f"{len(ids)} ({len(ids & reported)})", ""
+    return pd.DataFrame([*rows, facts])
+
+
+def sadr_gamma_run(gamma: float) -> str:
+    """The folder of both models' ``compare --methods rome,sadr --sadr-gamma GAMMA`` run on the page's 100 facts."""
+    return f"compare-sadr-gamma{gamma:g}"
+
+
+def sadr_gamma_table(results: Path = RESULTS, calibration_dir: Path = CALIBRATION) -> pd.DataFrame:
+    """SADR's claims on both models at gamma = 30 (chosen on SmolLM2 at the authors' budget) and at each model's own
+    weight chosen at the book's budget (:func:`chosen_gamma`), where that differs; each run pairs SADR with its own
+    ROME on the same 100 facts. The verdict reads each model at its own weight."""
+    own = {m: chosen_gamma(m, calibration_dir) for m in (SMALL, LARGE)}
+    columns = [(m, g) for m in (SMALL, LARGE) for g in sorted({30.0, own[m]}, reverse=True)]
+    summaries, cases = {}, {}
+    for m, g in columns:
+        rows = read_per_record(results / m / sadr_gamma_run(g) / "per_record.jsonl")
+        cases[(m, g)] = set(rows["case_id"])
+        summaries[(m, g)] = edit_summaries({m: rows})[m]
+    if len({frozenset(c) for c in cases.values()}) > 1:
+        raise ValueError("sadr_gamma_table: the gamma runs hold different facts. Fix: run each with --cases "
+                         f"{results / LARGE / 'compare-nearest' / 'settings.json'}.")
+    out = []
+    for c in (c for c in EDIT_CLAIMS if c.method == "sadr"):
+        row: dict[str, object] = {"claim": c.claim}
+        verdicts = {}
+        for m, g in columns:
+            text, v = _claim_cell(_claim_row(summaries[(m, g)], c, m), c)
+            row[f"{MODEL_LABELS[m]}, γ = {g:g}" + (" (its own)" if own[m] == g else "")] = f"{text} {v}"
+            if own[m] == g:
+                verdicts[m] = v
+        row["paper"] = c.paper
+        row["verdict, each at its own γ"] = across_models(verdicts[SMALL], verdicts[LARGE])
+        out.append(row)
+    return pd.DataFrame(out)
 
 
 def write_comparison(summaries_a: Mapping[str, pd.DataFrame], summaries_b: Mapping[str, pd.DataFrame],
@@ -380,6 +458,7 @@ RUNS: tuple[tuple[str, str, str], ...] = (
     ("ROME, STEAM, ROME+SADR, STEAM+SADR (v* nearest on its ray)", "compare-nearest", "100 facts, 400 edits"),
     ("the same, v* as optimised", "compare-as_optimised", "100 facts, 400 edits"),
     ("ROME and ROME+SADR at gamma = 30", SADR_GAMMA_RUN, "100 facts, 200 edits, no generation"),
+    ("SADR calibration: ROME and 6 gammas", "sadr-calibration", "40 validation facts, 280 edits, no generation"),
 )
 """The page's runs: what, the folder under each model's results, and its size."""
 
@@ -395,14 +474,24 @@ def runs_table(results: Path = RESULTS) -> pd.DataFrame:
         row = {"run": what, "size": size}
         for m in (SMALL, LARGE):
             path = results / m / folder / ("tracing.json" if folder == "tracing" else "settings.json")
+            if folder == "sadr-calibration":  # run in shares: their minutes add up
+                path = CALIBRATION / CALIBRATION_RUNS[m] / "settings.json"
             if path.exists():
-                row[MODEL_LABELS[m]] = f"{_load_json(path)['minutes']:.1f} min"
+                run = _load_json(path)
+                row[MODEL_LABELS[m]] = f"{sum(run.get('minutes per share', [run['minutes']])):.1f} min"
             elif m == SMALL and folder in NOT_RUN_ON_SMALL:
                 row[MODEL_LABELS[m]] = NOT_RUN_ON_SMALL[folder]
             else:
                 raise FileNotFoundError(f"runs_table: {path} is missing. Fix: make the run (book/method-or-model.md).")
         rows.append(row)
-    return pd.DataFrame(rows)
+    own: dict[str, object] = {"run": "ROME and ROME+SADR at the model's own gamma", "size": "100 facts, 200 edits, "
+                              "no generation"}
+    for m in (SMALL, LARGE):
+        g = chosen_gamma(m)
+        own[MODEL_LABELS[m]] = ("the gamma = 30 run" if g == 30.0 else
+                                f"{_load_json(results / m / sadr_gamma_run(g) / 'settings.json')['minutes']:.1f} min "
+                                f"(gamma = {g:g})")
+    return pd.DataFrame([*rows, own])
 
 
 def tables(results: Path = RESULTS) -> dict[str, pd.DataFrame]:
@@ -411,6 +500,7 @@ def tables(results: Path = RESULTS) -> dict[str, pd.DataFrame]:
            "tracing": tracing_table(results)}
     nearest = edit_summaries(edit_rows(results, write="nearest"))
     out["edits"] = edit_claims_table(nearest).drop(columns=[f"n {v}" for v in MODEL_LABELS.values()])
+    out["sadr-calibration"] = sadr_calibration_table(results)
     out["sadr-gamma"] = sadr_gamma_table(results)
     out["edits-write"] = write_comparison(nearest, edit_summaries(edit_rows(results, write="as_optimised")))
     return out

@@ -161,7 +161,7 @@ def edit_claims_table(summaries: Mapping[str, pd.DataFrame], claims: Sequence[Ed
     return pd.DataFrame(rows)
 
 
-SADR_GAMMA_RUN = "compare-sadr-gamma30"
+SADR_GAMMA_RUN = "compare-sadr-gamma30"  # sadr_gamma_run(30)
 """Both models' ``compare --methods rome,sadr --sadr-gamma 30`` runs on the same facts (the weight that the page
 "SADR calibrated on this model" chose on SmolLM2, at the book's 20 steps)."""
 
@@ -171,7 +171,7 @@ CALIBRATION_RUNS = {SMALL: "smollm2-135m-book-budget", LARGE: "gemma3-270m-book-
 """Each model's SADR calibration at the book's budget (``scripts/sadr_calibration.py --budget book``: ROME and SADR
 at each gamma of a grid, 20 steps stopped on the new object's NLL, on 40 validation facts disjoint from the page's
 100), by the folder under :data:`CALIBRATION`."""
-AUTHORS_BUDGET_RUN = (SMALL, "smollm2-135m")
+AUTHORS_BUDGET_RUN = "smollm2-135m"
 """The page "SADR calibrated on this model": SmolLM2 at the authors' budget (80 steps), where gamma = 30 was chosen."""
 
 
@@ -197,7 +197,7 @@ def sadr_calibration_table(results: Path = RESULTS, calibration_dir: Path = CALI
     per gamma, the PS cost and DNS gain over ROME on the run's validation facts, the chosen gamma marked. The last
     row counts the validation facts and, in brackets, those among the page's 100 reported facts."""
     reported = set(read_per_record(results / LARGE / SADR_GAMMA_RUN / "per_record.jsonl")["case_id"])
-    runs = {f"{MODEL_LABELS[SMALL]}, 80 steps": calibration(AUTHORS_BUDGET_RUN[1], calibration_dir),
+    runs = {f"{MODEL_LABELS[SMALL]}, 80 steps": calibration(AUTHORS_BUDGET_RUN, calibration_dir),
             **{f"{MODEL_LABELS[m]}, 20 steps": calibration(CALIBRATION_RUNS[m], calibration_dir)
                for m in (SMALL, LARGE)}}
     gammas = sorted({float(g) for table, _, _ in runs.values() for g in table["gamma"]})

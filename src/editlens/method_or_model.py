@@ -161,7 +161,12 @@ def edit_claims_table(summaries: Mapping[str, pd.DataFrame], claims: Sequence[Ed
     return pd.DataFrame(rows)
 
 
-SADR_GAMMA_RUN = "compare-sadr-gamma30"  # sadr_gamma_run(30)
+def sadr_gamma_run(gamma: float) -> str:
+    """The folder of both models' ``compare --methods rome,sadr --sadr-gamma GAMMA`` run on the page's 100 facts."""
+    return f"compare-sadr-gamma{gamma:g}"
+
+
+SADR_GAMMA_RUN = sadr_gamma_run(30.0)
 """Both models' ``compare --methods rome,sadr --sadr-gamma 30`` runs on the same facts (the weight that the page
 "SADR calibrated on this model" chose on SmolLM2, at the book's 20 steps)."""
 
@@ -217,11 +222,6 @@ def sadr_calibration_table(results: Path = RESULTS, calibration_dir: Path = CALI
         ids = set(settings["case_ids"])
         facts[f"{label}: PS cost"], facts[f"{label}: DNS gain"] = f"{len(ids)} ({len(ids & reported)})", ""
     return pd.DataFrame([*rows, facts])
-
-
-def sadr_gamma_run(gamma: float) -> str:
-    """The folder of both models' ``compare --methods rome,sadr --sadr-gamma GAMMA`` run on the page's 100 facts."""
-    return f"compare-sadr-gamma{gamma:g}"
 
 
 def sadr_gamma_table(results: Path = RESULTS, calibration_dir: Path = CALIBRATION) -> pd.DataFrame:

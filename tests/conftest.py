@@ -66,8 +66,51 @@ TEST_PRECISION = os.environ.get("EDITLENS_TEST_PRECISION", "float32")
 EMBEDDED_FIXTURES = {"embedded", "model", "tokenizer"}
 
 
+# Which chapters `make test` replays (nbval) on this machine. The stored runs computed in bfloat16 on a CPU with
+# AMX; a CPU without native bf16 computes in float32 (editlens.precision), and there the chapters take about 4
+# times as long: on a 2-core AMD EPYC (AVX2 only), Chapters 2 and 6 took about 40 minutes each beside each other,
+# and the whole replay would pass CI's 90 minutes. So, on such a CPU, `make test` replays the chapters whose
+# stored run takes at most FLOAT32_REPLAY_MINUTES on one thread and skips the others' cells, each with its reason
+# in the summary (-ra). EDITLENS_REPLAY=all replays every chapter anywhere (`make test EDITLENS_REPLAY=all`);
+# `make check-portable` re-executes every chapter in float32 and compares its checked outputs.
+FLOAT32_REPLAY_MINUTES = 7.0
+REPLAY = os.environ.get("EDITLENS_REPLAY", "auto")
+
+
+def chapters_not_replayed(native_bf16: bool, replay: str = "auto") -> dict[str, str]:
+    """Chapter stem -> why `make test` does not replay it here (empty where every chapter is replayed)."""
+    if replay not in ("auto", "all"):
+        raise ValueError(f"EDITLENS_REPLAY={replay!r}: use 'auto' (every chapter where the CPU has native bf16, "
+                         f"else those whose stored run takes at most {FLOAT32_REPLAY_MINUTES:g} minutes) or 'all'")
+    if native_bf16 or replay == "all":
+        return {}
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import chapter_times
+
+    out = {}
+    for path in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        minutes = chapter_times.chapter_times(path)["total"] / 60
+        if minutes > FLOAT32_REPLAY_MINUTES:
+            out[path.stem] = (
+                f"not replayed on this CPU: it has no native bf16, so the chapter computes in float32, about 4x "
+                f"its stored bf16 run of {minutes:.1f} min (> FLOAT32_REPLAY_MINUTES = {FLOAT32_REPLAY_MINUTES:g}). "
+                "Replay it with `make test EDITLENS_REPLAY=all` or `make check-portable`.")
+    return out
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On another device, skip the tests that need the embedded model's weights (they stay on this machine)."""
+    """On another device, skip the tests that need the embedded model's weights (they stay on this machine).
+    On a CPU without native bf16, skip the replay of the long chapters (``chapters_not_replayed``)."""
+    notebooks = [item for item in items if item.path.suffix == ".ipynb"]
+    if notebooks and TEST_DEVICE == "cpu":
+        from editlens.precision import native_bf16
+
+        skipped = chapters_not_replayed(native_bf16("cpu")[0], REPLAY)
+        for item in notebooks:
+            if item.path.stem in skipped:
+                item.add_marker(pytest.mark.skip(reason=f"{item.path.stem} {skipped[item.path.stem]}"))
     if TEST_DEVICE == "cpu":
         return
     skip = pytest.mark.skip(reason=f"needs the embedded model, which does not travel to {TEST_DEVICE}")

@@ -23,3 +23,29 @@ def test_make_test_runs_every_chapter_and_the_tests_with_a_worker_count():
     chapters = sorted(p.name for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert chapters and all(f"notebooks/{c}" in line for c in chapters), f"a chapter is not replayed: {line}"
     assert line.rstrip().endswith("tests/")
+
+
+def test_every_chapter_is_replayed_where_the_cpu_has_native_bf16():
+    from conftest import chapters_not_replayed
+
+    assert chapters_not_replayed(True) == {}
+    assert chapters_not_replayed(False, "all") == {}
+
+
+def test_without_native_bf16_the_long_chapters_are_skipped_with_their_reason():
+    """The rule reads the stored runs: the chapters over FLOAT32_REPLAY_MINUTES, and only they, are named."""
+    import sys
+
+    from conftest import FLOAT32_REPLAY_MINUTES, chapters_not_replayed
+
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import chapter_times
+
+    skipped = chapters_not_replayed(False)
+    minutes = {p.stem: chapter_times.chapter_times(p)["total"] / 60
+               for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    assert set(skipped) == {c for c, m in minutes.items() if m > FLOAT32_REPLAY_MINUTES}
+    assert skipped and len(skipped) <= 3, f"most chapters must still be replayed on a float32 CPU: {sorted(skipped)}"
+    assert all("EDITLENS_REPLAY=all" in why for why in skipped.values())
+    with pytest.raises(ValueError, match="EDITLENS_REPLAY"):
+        chapters_not_replayed(False, "some")

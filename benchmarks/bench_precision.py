@@ -1,6 +1,7 @@
 """What bfloat16 matrix products buy and cost on the embedded model (editlens.precision).
 
     .venv/bin/python benchmarks/bench_precision.py
+    .venv/bin/python benchmarks/bench_precision.py --gemm   # only the matrix-product rates (seconds)
 
 Prints, on one thread:
 1. forward-pass speed in tokens per second on a 64 x 24 and a 20 x 16 batch of real fact prompts: float32,
@@ -98,7 +99,30 @@ def answer_shift() -> str:
             f"(their float32 gaps in nats: {gaps or 'none'})")
 
 
+def gemm() -> None:
+    """GFLOP/s of one float32 and one bfloat16 matrix product at the embedded model's shapes, one thread: whether
+    this CPU's bf16 is native (faster than float32) or emulated (far slower), and how near float32 runs to peak."""
+    import torch
+
+    torch.set_num_threads(1)
+    print("Matrix products, one thread, GFLOP/s (float32 / bfloat16):")
+    for m, k, n in ((1536, 576, 1536), (1536, 1536, 576), (24, 576, 1536)):  # MLP in, MLP out, one short row
+        rates = []
+        for dtype in (torch.float32, torch.bfloat16):
+            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            a @ b
+            t0, runs = time.perf_counter(), 0
+            while time.perf_counter() - t0 < 1.0:
+                a @ b
+                runs += 1
+            rates.append(2 * m * k * n * runs / (time.perf_counter() - t0) / 1e9)
+        print(f"  {m} x {k} @ {k} x {n}: {rates[0]:.1f} / {rates[1]:.1f}")
+
+
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--gemm":
+        gemm()
+        return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--speed-json":
         print(json.dumps(speed()))
         return 0

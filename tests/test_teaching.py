@@ -327,8 +327,8 @@ def test_student_notebook_runs_up_to_its_first_exercise(path):
     seconds = _seconds_to_first_check(path)
     if seconds > STUDENT_RUN_SECONDS:
         pytest.skip(f"{path.stem} reaches its first check after {seconds:.0f} s of its stored run "
-                    f"(> STUDENT_RUN_SECONDS = {STUDENT_RUN_SECONDS:.0f}); its cells up to there are the chapter's, "
-                    "replayed by nbval (test_student_cells_before_the_first_check_are_the_chapters)")
+                    f"(> STUDENT_RUN_SECONDS = {STUDENT_RUN_SECONDS:.0f}); its cells up to there are the chapter's own "
+                    "(test_student_cells_before_the_first_check_are_the_chapters), which make test replays")
     student = student_edition(_read(path), chapter=path.stem)
     first = exercises(student)[0]
     student.cells = student.cells[: first.check]

@@ -68,11 +68,13 @@ EMBEDDED_FIXTURES = {"embedded", "model", "tokenizer"}
 
 # Which chapters `make test` replays (nbval) on this machine. The stored runs computed in bfloat16 on a CPU with
 # AMX; a CPU without native bf16 computes in float32 (editlens.precision), and there the chapters take about 4
-# times as long: on a 2-core AMD EPYC (AVX2 only), Chapters 2 and 6 took about 40 minutes each beside each other,
-# and the whole replay would pass CI's 90 minutes. So, on such a CPU, `make test` replays the chapters whose
+# times as long: on a 2-core AMD EPYC (AVX2 only), Chapters 2 and 6 had not both finished after 42 minutes side by
+# side, and the whole replay would pass CI's 90 minutes. So, on such a CPU, `make test` replays the chapters whose
 # stored run takes at most FLOAT32_REPLAY_MINUTES on one thread and skips the others' cells, each with its reason
 # in the summary (-ra). EDITLENS_REPLAY=all replays every chapter anywhere (`make test EDITLENS_REPLAY=all`);
-# `make check-portable` re-executes every chapter in float32 and compares its checked outputs.
+# `make check-portable` re-executes every chapter in float32 and compares its checked outputs. The rule lives in
+# this conftest, so it applies when tests/ is collected too (as in make test); `pytest --nbval-lax notebooks/X`
+# alone replays X.
 FLOAT32_REPLAY_MINUTES = 7.0
 REPLAY = os.environ.get("EDITLENS_REPLAY", "auto")
 

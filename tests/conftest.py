@@ -79,6 +79,18 @@ FLOAT32_REPLAY_MINUTES = 7.0
 REPLAY = os.environ.get("EDITLENS_REPLAY", "auto")
 
 
+def stored_times(path: Path) -> dict[str, float | int]:
+    """A chapter's stored run times (seconds in all, to its first and last exercise check): scripts/chapter_times.py."""
+    import sys
+
+    scripts = str(REPO_ROOT / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    import chapter_times
+
+    return chapter_times.chapter_times(path)
+
+
 def chapters_not_replayed(native_bf16: bool, replay: str = "auto") -> dict[str, str]:
     """Chapter stem -> why `make test` does not replay it here (empty where every chapter is replayed)."""
     if replay not in ("auto", "all"):
@@ -86,14 +98,9 @@ def chapters_not_replayed(native_bf16: bool, replay: str = "auto") -> dict[str, 
                          f"else those whose stored run takes at most {FLOAT32_REPLAY_MINUTES:g} minutes) or 'all'")
     if native_bf16 or replay == "all":
         return {}
-    import sys
-
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    import chapter_times
-
     out = {}
     for path in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        minutes = chapter_times.chapter_times(path)["total"] / 60
+        minutes = stored_times(path)["total"] / 60
         if minutes > FLOAT32_REPLAY_MINUTES:
             out[path.stem] = (
                 f"not replayed on this CPU: it has no native bf16, so the chapter computes in float32, about 4x "

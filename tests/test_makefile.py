@@ -34,15 +34,10 @@ def test_every_chapter_is_replayed_where_the_cpu_has_native_bf16():
 
 def test_without_native_bf16_the_long_chapters_are_skipped_with_their_reason():
     """The rule reads the stored runs: the chapters over FLOAT32_REPLAY_MINUTES, and only they, are named."""
-    import sys
-
-    from conftest import FLOAT32_REPLAY_MINUTES, chapters_not_replayed
-
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    import chapter_times
+    from conftest import FLOAT32_REPLAY_MINUTES, chapters_not_replayed, stored_times
 
     skipped = chapters_not_replayed(False)
-    minutes = {p.stem: chapter_times.chapter_times(p)["total"] / 60
+    minutes = {p.stem: stored_times(p)["total"] / 60
                for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
     assert set(skipped) == {c for c, m in minutes.items() if m > FLOAT32_REPLAY_MINUTES}
     assert skipped and len(skipped) <= 3, f"most chapters must still be replayed on a float32 CPU: {sorted(skipped)}"

@@ -27,7 +27,7 @@ from editlens.editions import (
 )
 from editlens.exercises import GRADE_LOG_ENV, ExerciseNotDone, check_exercise
 
-from conftest import inject_parameters, parameters_cell
+from conftest import inject_parameters, parameters_cell, stored_times
 
 REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = editions.chapters(REPO / "notebooks")
@@ -268,13 +268,8 @@ STUDENT_RUN_PARAMETERS = {
 
 
 def _seconds_to_first_check(path: Path) -> float:
-    """How long the chapter's stored run took to reach its first exercise check (scripts/chapter_times.py)."""
-    import sys
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    import chapter_times
-
-    return float(chapter_times.chapter_times(path)["first"])
+    """How long the chapter's stored run took to reach its first exercise check."""
+    return float(stored_times(path)["first"])
 
 
 def test_student_run_parameters_name_parameters_of_their_chapter():
@@ -298,18 +293,12 @@ def test_student_cells_before_the_first_check_are_the_chapters(chapter):
             assert student.cells[i].source == placeholder_source(first.function)
         else:
             assert student.cells[i].source == nb.cells[i].source, f"{name}: cell {i} differs in the student edition"
-    solution_names = editions._names(nb.cells[first.solution].source)
-    assert solution_names is not None, f"{name}: the solution cell of {first.name} is not plain Python"
-    taken = solution_names[0]
-    readers = []
-    for i in range(first.stub + 1, first.check):
-        if i == first.solution or student.cells[i].cell_type != "code":
-            continue
-        names = editions._names(student.cells[i].source)
-        assert names is not None, f"{name}: cell {i} is not plain Python, so it cannot be read statically"
-        if names[1] & (taken | {first.function}):
-            readers.append((i, sorted(names[1] & (taken | {first.function}))))
-    assert not readers, f"{name}: cells between the stub and the first check read the exercise's names: {readers}"
+    # the stub's readers (and any cell ast cannot read), as the student edition finds them to clear their outputs
+    readers = [i for i in editions.exercise_dependent_cells(nb) if first.stub < i < first.check]
+    # the solution's name, which the placeholder sets to None
+    solution = re.compile(rf"\b{re.escape(first.function)}_solution\b")
+    readers += [i for i in range(first.solution + 1, first.check) if solution.search(nb.cells[i].source)]
+    assert not readers, f"{name}: cells {readers} between the stub and the first check read the exercise's names"
 
 
 def test_the_student_run_covers_the_quick_chapters():

@@ -41,13 +41,13 @@ def main() -> None:
     import editlens
     from editlens import evaluate, tracing
     from editlens.data import (
+        as_request,
         load_facts,
         load_object_descriptions,
         spread_over_relations,
     )
     from editlens.rome import get_hparams, rome_editor
     from editlens.rome import key_stats as ks
-    from editlens.rome.requests import as_request
 
     model, _ = editlens.load_model(device="cpu", dtype=args.dtype)
     print(f"model {model.cfg.model_name}, {editlens.precision.of(model).describe()}, "
@@ -104,11 +104,10 @@ def bench_run_methods(model, cases) -> bool:
     import pandas as pd
 
     from editlens import compare
-    from editlens.data import load_facts, load_object_descriptions
+    from editlens.data import as_case, as_request, load_facts, load_object_descriptions
     from editlens.evaluate import GenerationSettings, evaluate_edits
     from editlens.rome import get_hparams
     from editlens.rome import key_stats as ks
-    from editlens.rome.requests import as_case, as_request
     from editlens.seeding import seed_everything
     from editlens.steam import AnchorBank
 

@@ -27,15 +27,14 @@ AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE
 
 
 def fact_prompts(n_facts: int = 200) -> tuple[list[str], list[str], list[str]]:
-    from editlens.data.counterfact import FACTS_PATH
+    from editlens.data import load_facts
 
     prompts, true, new = [], [], []
-    for r in json.loads(FACTS_PATH.read_text(encoding="utf-8"))[:n_facts]:
-        rr = r["requested_rewrite"]
-        for p in [rr["prompt"].format(rr["subject"]), *r["paraphrase_prompts"], *r["neighborhood_prompts"][:2]]:
+    for r in load_facts(limit=n_facts):
+        for p in [r.prompt, *r.paraphrase_prompts, *r.neighborhood_prompts[:2]]:
             prompts.append(p)
-            true.append(rr["target_true"]["str"])
-            new.append(rr["target_new"]["str"])
+            true.append(str(r.target_true))
+            new.append(r.target_new)
     return prompts, true, new
 
 

@@ -32,9 +32,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     import editlens
-    from editlens.data import load_facts, spread_over_relations
+    from editlens.data import as_case, as_request, load_facts, spread_over_relations
     from editlens.rome import compute_v, compute_vs, get_hparams, stats_for
-    from editlens.rome.requests import as_case, as_request
     from editlens.sadr import DEFAULT_GAMMA, ROME_STEPS, AttentionDriftTerm
 
     model, _ = editlens.load_model(device="cpu")

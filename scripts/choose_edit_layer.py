@@ -29,8 +29,7 @@ def trace(model_name: str, n_facts: int, out: Path) -> None:
     """Causal tracing of the MLPs (`editlens.tracing.trace_mlps`); the facts the model knows go to
     known-facts.json."""
     import editlens
-    from editlens.data import load_facts, save_facts, spread_over_relations
-    from editlens.rome.requests import as_request
+    from editlens.data import as_request, load_facts, save_facts, spread_over_relations
     from editlens.tracing import trace_mlps
 
     model, _ = editlens.load_model(model_name, device="cpu")

@@ -124,17 +124,17 @@ def facts_table() -> str:
     path = DATA / "facts.json"
     if not path.is_file():
         return "*facts.json is not in this checkout yet.*\n"
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    records = doc if isinstance(doc, list) else doc.get("records", doc.get("facts", []))
+    from editlens.data import (  # "P36" -> "capital (P36)", as the chapters' tables
+        load_facts,
+        relation_name,
+    )
+
     per_rel: dict[str, Counter] = defaultdict(Counter)
-    for r in records:
-        rr = r.get("requested_rewrite", {})
-        rid = rr.get("relation_id", "?")
-        c = per_rel[rid]
+    for r in load_facts(path):
+        c = per_rel[r.relation_id or "?"]
         c["records"] += 1
         for key in PROBES:
-            c[key] += len(r.get(key, []) or [])
-    from editlens.rome.requests import relation_name  # "P36" -> "capital (P36)", as the chapters' tables
+            c[key] += len(getattr(r, key))
 
     named = sorted((relation_name(rid), c) for rid, c in per_rel.items())
     rows = [[name, c["records"], *(c[k] for k in PROBES)] for name, c in named]

@@ -37,7 +37,6 @@ import editlens
 from editlens import compare
 from editlens.data import facts_path, load_facts, spread_over_relations
 from editlens.rome import get_hparams, rome_editor, stats_for
-from editlens.rome.requests import as_case
 from editlens.sadr import (
     AUTHORS_PS_COST,
     AUTHORS_STEPS,
@@ -94,7 +93,7 @@ def main() -> None:
         excluded = set(json.loads(Path(args.exclude).read_text(encoding="utf-8"))["case_ids"])
         facts = [f for f in facts if f.case_id not in excluded]
     spread = spread_over_relations(facts, args.skip + args.n)
-    cases = [as_case(f) for f in spread[args.skip:]]
+    cases = spread[args.skip:]
     if not cases:
         raise SystemExit(f"no validation facts: the facts file has {len(spread)} facts, all among the first "
                          f"{args.skip}. Fix: pass a smaller --skip.")
@@ -106,7 +105,7 @@ def main() -> None:
     def run_settings(early_stop: str | None, **specific) -> dict:
         """What every run records (the facts, the settings, its minutes), with what is ``specific`` to it."""
         return {"model": args.model or "smollm2-135m", **specific, "skipped": args.skip, "n_facts": len(cases),
-                "case_ids": [c.get("case_id") for c in cases], "steps": hp.v_num_grad_steps,
+                "case_ids": [c.case_id for c in cases], "steps": hp.v_num_grad_steps,
                 "early_stop": early_stop, "prefixes": hp.v_num_prefixes, "budget": args.budget,
                 **({"excluded": {"run": args.exclude, "n": len(excluded)}} if args.exclude else {}),
                 "batch": args.batch, "threads": args.threads, "precision": editlens.precision.of(model).describe(),

@@ -33,10 +33,14 @@ import torch
 
 import editlens
 from editlens import compare
-from editlens.data import facts_path, load_facts, spread_over_relations
-from editlens.evaluate import GenerationSettings, fill_subject, prompt_text
+from editlens.data import (
+    CounterFactRecord,
+    facts_path,
+    load_facts,
+    spread_over_relations,
+)
+from editlens.evaluate import GenerationSettings, fill_subject
 from editlens.rome import get_hparams, rome_editor, stats_for
-from editlens.rome.requests import as_case, as_request
 from editlens.steam import (
     PAPER_DESIGN,
     AnchorBank,
@@ -62,9 +66,9 @@ class Measured:
         return getattr(self._editor, name)
 
     @contextlib.contextmanager
-    def __call__(self, model: Any, case: dict):
+    def __call__(self, model: Any, case: CounterFactRecord):
         with self._editor(model, case) as info:
-            self._store[(self._label, case.get("case_id"))] = self._measure(model, case)
+            self._store[(self._label, case.case_id)] = self._measure(model, case)
             yield info
 
 
@@ -75,12 +79,12 @@ def unedited_geometry(model: Any, bank: AnchorBank, cases: list, layers: list[in
     shared = bank.shared_components()
     rows = []
     for case in cases:
-        req = as_request(case)
+        req = case.requested_rewrite
         h = last_token_states(model, [req.text], layers).transpose(0, 1)  # [layer, 1, d_model]
         new = bank.for_case(case)
         overall = shared.overall[[shared.layers.index(layer) for layer in layers]]
         mu = shared.of(str(req.relation_id), layers)
-        row = {"case_id": case.get("case_id"), "relation": str(req.relation_id),
+        row = {"case_id": case.case_id, "relation": str(req.relation_id),
                "raw": float(aligned_cosine(h, new.at(layers)).mean()),
                "overall-centred": float(aligned_cosine(h, new.at(layers) - overall, overall).mean()),
                "relation-centred": float(aligned_cosine(h, shared.centred_anchor(new, layers), mu).mean())}
@@ -155,7 +159,7 @@ def main() -> None:
     hp = get_hparams(model)
     stats = stats_for(model, hp)
     bank = AnchorBank(model, pool, **PAPER_DESIGN)
-    candidates = [as_case(f) for f in spread_over_relations(facts, args.n)]
+    candidates = spread_over_relations(facts, args.n)
     cov = bank.coverage(candidates)
     cases = [c for c, ok in zip(candidates, cov["ok"]) if ok]
     print(f"{len(cases)} of {len(candidates)} facts have >= {bank.min_anchors} reference anchors")
@@ -169,13 +173,13 @@ def main() -> None:
     if args.centring_only:
         return
 
-    def measure(m: Any, case: dict) -> dict[str, float]:
-        req = as_request(case)
+    def measure(m: Any, case: CounterFactRecord) -> dict[str, float]:
+        req = case.requested_rewrite
         phi = shared.centred_anchor(bank.for_case(case), layers)
         mu = shared.of(str(req.relation_id), layers)
         groups = {"rewrite": [req.text],
-                  "paraphrase": [fill_subject(prompt_text(p), req.subject) for p in case.get("paraphrase_prompts") or []],
-                  "portability": [fill_subject(r["prompt"], req.subject) for r in case.get("portability_prompts") or []]}
+                  "paraphrase": [fill_subject(p, req.subject) for p in case.paraphrase_prompts],
+                  "portability": [fill_subject(q.prompt, req.subject) for q in case.portability_prompts]}
         out = {}
         for kind, prompts in groups.items():
             if prompts:
@@ -185,7 +189,7 @@ def main() -> None:
                 out[f"cos {kind}"] = float("nan")
         return out
 
-    before = {c.get("case_id"): measure(model, c) for c in cases}
+    before = {c.case_id: measure(model, c) for c in cases}
     lambdas = [float(x) for x in args.lambdas.split(",")]
     store: dict = {}
     editors = {"rome": Measured(rome_editor(hp, stats, batch=args.batch), measure, "rome", store)}

@@ -8,7 +8,7 @@ import torch
 from editlens import tracing
 from editlens.block_runner import record_block_calls, run_from_layer
 
-FACT = {"prompt": "The capital of {} is", "subject": "France", "target_true": "Paris"}
+FACT = {"prompt": "The capital of {} is", "subject": "France", "target_new": "Rome", "target_true": "Paris"}
 
 
 def test_run_from_layer_equals_the_full_run(tiny_model):

@@ -15,7 +15,11 @@ from pathlib import Path
 import pytest
 
 from editlens.data import (
+    BadRequestError,
     CounterFactRecord,
+    RewriteRequest,
+    as_case,
+    as_request,
     check_dataset,
     load_facts,
     load_object_descriptions,
@@ -128,6 +132,52 @@ def test_records_come_from_the_authoring_tables(facts):
         assert any(p == r.relation_id and o == r.target_new for _, p, o in table), r.case_id
 
 
+# ------------------------------------------------------------------ one record, one request (issue 28)
+def test_as_case_gives_the_one_record_from_every_shape(facts):
+    rec = facts[0]
+    assert as_case(rec) is rec  # a loaded record is already the record: nothing to convert
+    again = as_case(rec.to_dict())  # the file's form, read back through the entry point
+    assert again == rec and again.requested_rewrite.target_new_id == rec.requested_rewrite.target_new_id
+    assert as_request(rec) is rec.requested_rewrite and isinstance(rec.requested_rewrite, RewriteRequest)
+    assert rec.requested_rewrite.case_id == rec.case_id
+    flat = as_case({"case_id": 3, "prompt": "{} is in", "subject": "X", "target_new": "Y",
+                    "relation_prompts": [{"prompt": "X speaks", "target": "French"}]})
+    assert (flat.case_id, flat.target_new, flat.target_true) == (3, "Y", None)
+    assert flat.relation_prompts[0].target == "French" and flat.paraphrase_prompts == ()
+    req = RewriteRequest(prompt="{} is in", subject="X", target_new="Y", case_id=4)
+    assert as_case(req).requested_rewrite is req and as_case(req).case_id == 4
+
+
+def test_as_case_names_what_is_wrong():
+    with pytest.raises(BadRequestError, match=r"missing \['target_new'\]"):
+        as_case({"prompt": "{} is in", "subject": "X"})
+    with pytest.raises(ValueError, match="relation_prompts\\[0\\].target is missing"):
+        as_case({"prompt": "{} is in", "subject": "X", "target_new": "Y", "relation_prompts": [{"prompt": "X is"}]})
+    with pytest.raises(ValueError, match="paraphrase_prompts must be a list of strings"):
+        as_case({"prompt": "{} is in", "subject": "X", "target_new": "Y", "paraphrase_prompts": "X is in"})
+    with pytest.raises(BadRequestError, match="Cannot read a fact from a int"):
+        as_case(7)
+
+
+FACT_KEYS = ("requested_rewrite", "paraphrase_prompts", "neighborhood_prompts", "attribute_prompts",
+             "generation_prompts", "relation_prompts", "portability_prompts", "target")
+"""Keys only a fact has (``target_new``/``case_id`` also name the columns of result rows, which stay dicts)."""
+
+
+def test_the_package_reads_facts_through_the_record():
+    """Only the entry points (editlens.data.counterfact) read a fact's dict keys; everything else reads the typed
+    record's fields, so no module guesses a key (``r.get("target") or r.get("target_true")``)."""
+    import re
+
+    keys = "|".join(FACT_KEYS)
+    pattern = re.compile(rf"""(?<!MINIMUMS)\[["']({keys})["']\]|\.get\(["']({keys})["']""")
+    found = [f"{path.relative_to(REPO)}:{i}: {line.strip()}"
+             for path in sorted((REPO / "src" / "editlens").rglob("*.py")) if path.name != "counterfact.py"
+             for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert not found, "fact fields read through dict keys:\n" + "\n".join(found)
+    assert pattern.search('tgt = r.get("target") or r.get("target_true")')  # the check can fail
+
+
 def test_limit_and_default_path():
     assert len(load_facts(limit=3)) == 3
     assert len(load_facts(FACTS_PATH, format="editlens", limit=0)) == 0
@@ -189,7 +239,7 @@ def test_load_official_counterfact(tmp_path):
     assert len(recs) == 2 and recs[0].source == "counterfact"
     r = recs[0]
     assert r.subject == "Danielle Darrieux" and r.target_true == "French" and r.target_new == "English"
-    assert r.requested_rewrite.target_new.id == "Q1860"
+    assert r.requested_rewrite.target_new_id == "Q1860"
     assert r.prompt == "The mother tongue of Danielle Darrieux is"
     assert r.relation_prompts == () and r.portability_prompts == () and r.aliases == ()
     assert r.verification is None
@@ -205,8 +255,8 @@ def test_load_sadr(tmp_path):
     r = recs[0]
     assert r.source == "sadr"
     assert r.requested_rewrite.prompt == "{} specializes in"
-    assert r.target_new == "sociology" and r.requested_rewrite.target_new.id == "Q21201"
-    assert r.requested_rewrite.target_true.id == "chemistry"
+    assert r.target_new == "sociology" and r.requested_rewrite.target_new_id == "Q21201"
+    assert r.requested_rewrite.target_true_id == "chemistry"
     assert r.neighborhood_prompts == ("John Dalton's domain of activity is", "Paul Langevin specializes in")
     assert r.relation_prompts[0].target == "chemist"
     assert r.portability_prompts[0].target_new == "social science" and r.portability_prompts[0].target_true is None

@@ -72,7 +72,7 @@ def test_facts_json_records_that_qualify():
     counts = {k: len(v) for k, v in groups.items()}
     assert counts["capital"] == 7 and counts["landmark_country"] == 35 and "city_country" not in counts
     assert sum(counts.values()) == 178  # of 317: P27, P103, P131, P159 have no templates
-    assert all(c["requested_rewrite"]["relation_id"] == "P17" for c in groups["landmark_country"])
+    assert all(c.relation_id == "P17" for c in groups["landmark_country"])
 
 
 def test_edited_answer_consistency_on_the_tiny_model(tiny_model):

@@ -81,7 +81,7 @@ def test_evaluate_edits_with_a_fake_editor(tiny_model):
 
     @contextlib.contextmanager
     def editor(model, case):
-        calls.append(case["case_id"])
+        calls.append(case.case_id)
         W = model.blocks[0].mlp.W_out
         saved = W.detach().clone()
         with torch.no_grad():

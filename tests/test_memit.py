@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from editlens.data import as_request
 from editlens.memit import (
     compute_memit_edit,
     default_layers,
@@ -13,7 +14,6 @@ from editlens.memit import (
     residual_at_subject,
 )
 from editlens.rome import applied_edit, compute_k, get_hparams
-from editlens.rome.requests import as_request
 
 CASE = {"case_id": 7, "requested_rewrite": {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower",
                                             "relation_id": "P131", "target_new": {"str": "Rome"},

@@ -5,9 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editlens.rome import (BadRequestError, Edit, LossTerm, ROMEHyperParams, RewriteRequest, applied_edit, as_request,
-                           compute_k, compute_v, edited, get_hparams, rank_one_update, rome_editor, validate_request)
+from editlens.data import BadRequestError, RewriteRequest, as_request, validate_request
 from editlens.fingerprint import weights_fingerprint
+from editlens.rome import (
+    Edit,
+    LossTerm,
+    ROMEHyperParams,
+    applied_edit,
+    compute_k,
+    compute_v,
+    edited,
+    get_hparams,
+    rank_one_update,
+    rome_editor,
+)
 from editlens.rome import key_stats as ks
 from editlens.rome.keys import encode, subject_last_index
 
@@ -244,7 +255,7 @@ def test_edits_computed_together_equal_one_at_a_time(tiny_model, cache):
     batched = rome_editor(hp, stats, batch=2)
     one = ev.evaluate_edits(tiny_model, cases, rome_editor(hp, stats), generation=None, progress=False)
     two = ev.evaluate_edits(tiny_model, cases, batched, generation=None, progress=False,
-                            while_edited=lambda case, info: kept.append((case["case_id"], info[0].applied)))
+                            while_edited=lambda case, info: kept.append((case.case_id, info[0].applied)))
     assert kept == [(0, True), (1, True), (2, True)]  # called inside each context, the edit applied
     for a, b in zip(one.records, two.records):
         # the edits agree to rtol 1e-4 (above), so their scores do too (not to the last digit)

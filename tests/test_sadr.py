@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from editlens.data import as_request
 from editlens.evaluate import EvalReport, probe_rows
-from editlens.rome.editor import rome_editor
-from editlens.rome import Edit, ROMEHyperParams, as_request, compute_v
+from editlens.rome import Edit, ROMEHyperParams, compute_v
 from editlens.rome import values as V
+from editlens.rome.editor import rome_editor
 from editlens.sadr import (
     DEFAULT_GAMMA,
     AttentionDriftTerm,
@@ -252,8 +253,8 @@ def test_a_shorter_run_is_the_start_of_a_longer_one(tiny3_model):
 
 
 def test_earlier_edits_replay_the_shorter_edit_and_restore_the_weights(tiny3_model, tmp_path, monkeypatch):
-    from editlens.rome.editor import EarlierEdits
     from editlens.rome import key_stats as ks
+    from editlens.rome.editor import EarlierEdits
 
     monkeypatch.setenv("EDITLENS_CACHE", str(tmp_path))
     stats = ks.get_key_stats(tiny3_model, 0, n_tokens=300, seq_len=32, progress=False)
@@ -409,7 +410,13 @@ def _calibration_rows(costs: dict[float, float], n: int = 40) -> "pd.DataFrame":
 
 
 def test_calibration_table_pairs_each_gamma_with_rome_and_choose_gamma_takes_the_authors_cost():
-    from editlens.sadr import AUTHORS_PS_COST, calibration_table, choose_gamma, gamma_grid, reaches_target
+    from editlens.sadr import (
+        AUTHORS_PS_COST,
+        calibration_table,
+        choose_gamma,
+        gamma_grid,
+        reaches_target,
+    )
 
     assert AUTHORS_PS_COST == pytest.approx(0.0322)  # PS 99.58 -> 96.36 on GPT-J
     costs = {0.01: 0.0, 0.1: 0.01, 1.0: 0.04, 10.0: 0.2}
@@ -494,7 +501,6 @@ def test_sadr_calibration_page_is_the_stored_run_and_its_claims_hold():
     import json
 
     import pandas as pd
-
     from conftest import load_script
 
     script = load_script("sadr_calibration")
@@ -523,8 +529,8 @@ def test_stored_reported_run_and_its_control_are_recomputed_from_their_rows():
     import json
 
     import pandas as pd
-
     from conftest import load_script
+
     from editlens import compare
     from editlens.data import load_facts, spread_over_relations
 
@@ -554,7 +560,6 @@ def test_sadr_reported_tables_are_the_stored_runs_and_the_page_reads_them_right(
     portability cost survives Holm against both, its RelS gain survives Holm against ROME-80 only, and the control
     (all 80 steps) moves ROME by little."""
     import pandas as pd
-
     from conftest import load_script
 
     script = load_script("sadr_calibration")

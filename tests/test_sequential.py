@@ -91,10 +91,10 @@ def test_sequential_restores_after_exception_mid_way(tiny_model, rome):
     entered = []
 
     def failing(model, case):
-        if case["case_id"] == 2:
+        if case.case_id == 2:
             assert not same_weights(model, saved)  # edits 0 and 1 are applied now
             raise RuntimeError("boom")
-        entered.append(case["case_id"])
+        entered.append(case.case_id)
         return editor(model, case)
 
     with pytest.raises(RuntimeError, match="boom"):

@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import without_shape_checks
 
+from editlens.data import as_case, as_request
 from editlens.fingerprint import weights_fingerprint
-from editlens.rome import Edit, ROMEHyperParams, applied_edit, as_request, compute_v
+from editlens.rome import Edit, ROMEHyperParams, applied_edit, compute_v
 from editlens.rome.editor import rome_editor
 from editlens.steam import (
     FIRST_DESIGN,
@@ -280,7 +281,7 @@ def test_steam_editor_builds_per_case_terms_and_restores_weights(tiny_model, tmp
     with pytest.raises(LayerChoiceError, match="not above the edit layer"):
         steam_editor(hp, stats, bank, 1.0, layers=[0])
     seen = []
-    editor = rome_editor(hp, stats, lambda model, case: seen.append(case["case_id"]) or [])
+    editor = rome_editor(hp, stats, lambda model, case: seen.append(case.case_id) or [])
     with editor(tiny_model, RECORDS[2]):
         pass
     assert seen == [2]
@@ -494,9 +495,9 @@ def test_semantic_consistency_is_opt_in_and_discriminates():
     about_true = embedding_consistency(["Paris is the capital of France, on the river Seine."], new, true)
     assert about_new["SC"] > 0 > about_true["SC"]
     assert math.isnan(embedding_consistency([], new, true)["SC"])
-    plain = _add_generation_metrics({}, RECORDS[0], ["France is famous for wine."], desc, [])
+    plain = _add_generation_metrics({}, as_case(RECORDS[0]), ["France is famous for wine."], desc, [])
     assert "SC" not in plain and "RS" in plain
-    opted = _add_generation_metrics({}, RECORDS[0], ["France is famous for wine."], desc, [], semantic=True)
+    opted = _add_generation_metrics({}, as_case(RECORDS[0]), ["France is famous for wine."], desc, [], semantic=True)
     assert {"SC", "SC_new", "SC_true"} <= set(opted)
 
 

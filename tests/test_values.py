@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editlens.rome import LossTerm, ROMEHyperParams, as_request, compute_v, compute_vs
+from editlens.data import as_request
+from editlens.rome import LossTerm, ROMEHyperParams, compute_v, compute_vs
 from editlens.rome import v_forward as VF
 from editlens.rome import v_optimise as VO
 from editlens.rome import values as V

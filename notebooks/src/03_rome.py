@@ -60,7 +60,13 @@ from tqdm import tqdm
 
 import editlens
 from editlens import evaluate, tracing
-from editlens.data import load_facts, spread_over_relations
+from editlens.data import (
+    BadRequestError,
+    as_request,
+    load_facts,
+    relation_name,
+    spread_over_relations,
+)
 from editlens.display import (
     COLUMN_INCHES,
     LINE_WIDTH,
@@ -71,11 +77,6 @@ from editlens.exercises import assert_close, check_exercise
 from editlens.rome import hparams as rome_hparams
 from editlens.rome import key_stats, keys, update, values
 from editlens.rome.editor import rome_editor
-from editlens.rome.requests import (
-    BadRequestError,
-    as_request,
-    relation_name,
-)
 
 notebook_start = time.perf_counter()
 editlens.seed_everything(SEED)

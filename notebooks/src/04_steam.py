@@ -75,7 +75,12 @@ import torch.nn.functional as F
 
 import editlens
 from editlens import evaluate, stats as estats
-from editlens.data import load_facts, spread_over_relations
+from editlens.data import (
+    CounterFactRecord,
+    as_request,
+    load_facts,
+    spread_over_relations,
+)
 from editlens.display import (
     COLUMN_INCHES,
     LINE_WIDTH,
@@ -90,7 +95,6 @@ from editlens.rome import (
     rome_editor,
     stats_for,
 )
-from editlens.rome.requests import as_case, as_request
 from editlens.steam import (
     AlignmentTerm,
     AnchorBank,
@@ -115,17 +119,13 @@ model, tokenizer = editlens.load_model(
     MODEL_NAME, device=DEVICE, dtype=DTYPE
 )
 facts = load_facts()
-eval_facts = [
-    as_case(f) for f in spread_over_relations(facts, N_EVAL_FACTS)
-]
+eval_facts = spread_over_relations(facts, N_EVAL_FACTS)
 hp = get_hparams(model)
 with timings("key statistics C (cached)"):
     stats = stats_for(model, hp)
 LAYERS = default_layers(hp.layer, model.cfg.n_layers)
 # each fact's relation: every bootstrap below resamples whole relations
-relation_of = {
-    c.get("case_id"): as_request(c).relation_id for c in eval_facts
-}
+relation_of = {c.case_id: c.relation_id for c in eval_facts}
 relations = set(relation_of.values())
 print(textwrap.fill(editlens.precision.of(model).describe(), LINE_WIDTH))
 print(
@@ -210,7 +210,7 @@ with timings("anchors"):
     # each fact's anchors: its new object's, without the fact's own probes
     anchors_of = dict(
         zip(
-            [c.get("case_id") for c in covered_facts],
+            [c.case_id for c in covered_facts],
             bank.precompute_cases(covered_facts),
         )
     )
@@ -220,7 +220,7 @@ with timings("anchors"):
     shared = bank.shared_components()  # each relation's mean state
 example = eval_facts[0]
 example_req = as_request(example)
-example_anchors = anchors_of.get(example.get("case_id"))
+example_anchors = anchors_of.get(example.case_id)
 
 
 def test_anchor_vectors(fn) -> None:
@@ -332,7 +332,7 @@ plt.show()
 # neither its anchors nor the fact's own probes
 organic, n_organic = {}, []
 for case in covered_facts:
-    cid, anchors = case.get("case_id"), anchors_of[case.get("case_id")]
+    cid, anchors = case.case_id, anchors_of[case.case_id]
     skip = {a.prompt for a in anchors.prompts} | bank.excluded(case)
     held_out = [
         a.prompt for a in bank.kept(anchors.object) if a.prompt not in skip
@@ -348,7 +348,7 @@ print(
 )
 
 
-def controls_for(case: dict) -> list:
+def controls_for(case: CounterFactRecord) -> list:
     req = as_request(case)
     avoid = {req.target_new.strip(), (req.target_true or "").strip()}
     others = [o for o in sorted(anchor_sets) if o not in avoid]
@@ -357,22 +357,22 @@ def controls_for(case: dict) -> list:
     return [anchor_sets[others[i]] for i in sorted(picked)]
 
 
-def probe_prompts(case: dict) -> dict[str, str]:
+def probe_prompts(case: CounterFactRecord) -> dict[str, str]:
     """prompt -> kind (rewrite, paraphrase, portability)."""
     req = as_request(case)
     kinds = {req.text: "rewrite"}
-    for p in (case.get("paraphrase_prompts") or [])[:2]:
+    for p in case.paraphrase_prompts[:2]:
         kinds.setdefault(
             evaluate.fill_subject(p, req.subject), "paraphrase"
         )
-    for r in (case.get("portability_prompts") or [])[:2]:
-        prompt = evaluate.fill_subject(r["prompt"], req.subject)
+    for r in case.portability_prompts[:2]:
+        prompt = evaluate.fill_subject(r.prompt, req.subject)
         kinds.setdefault(prompt, "portability")
     return kinds
 
 
 def diagnose(
-    case: dict, label: str, states: torch.Tensor | None = None
+    case: CounterFactRecord, label: str, states: torch.Tensor | None = None
 ) -> tuple[pd.DataFrame, int | None]:
     """Cosine profiles and the logit lens on the model as it is now
     (`states`: the prompts' last-token states, if computed already)."""
@@ -383,7 +383,7 @@ def diagnose(
     readable = first_readable_layer(
         model, req.text, req.target_new, top_k=TOP_K, states=states[0]
     )
-    cid = case.get("case_id")
+    cid = case.case_id
     if cid not in anchors_of:
         return pd.DataFrame(), readable
     # centred as STEAM's term sees them: on the fact's relation's mean
@@ -399,7 +399,7 @@ def diagnose(
         relation=str(req.relation_id),
     )
     prof["kind"] = prof["prompt"].map(kinds)
-    prof["case_id"] = case.get("case_id")
+    prof["case_id"] = case.case_id
     return prof, readable
 
 
@@ -414,11 +414,11 @@ def record(method: str):
     def while_edited(case, edits):
         prof, readable = diagnose(case, method)
         profiles.append(prof)
-        readable_layers[(method, case.get("case_id"))] = readable
-        v_steps[(method, case.get("case_id"))] = evaluate.edit_steps(edits)
+        readable_layers[(method, case.case_id)] = readable
+        v_steps[(method, case.case_id)] = evaluate.edit_steps(edits)
         n_kept = sum(m == method for m, _ in kept_edits)
         if n_kept < N_KEEP_EDITS:
-            kept_edits[(method, case.get("case_id"))] = edits
+            kept_edits[(method, case.case_id)] = edits
 
     return while_edited
 
@@ -438,7 +438,7 @@ with timings("unedited model: diagnostics"):
         start += len(prompts)
         prof, readable = diagnose(case, "unedited", states)
         profiles.append(prof)
-        readable_layers[("unedited", case.get("case_id"))] = readable
+        readable_layers[("unedited", case.case_id)] = readable
 with timings("ROME: edits + evaluation"):
     rome_report = evaluate.evaluate_edits(
         model,
@@ -747,12 +747,12 @@ class SeenAlignment(AlignmentTerm):
         return super().__call__(ctx)
 
 
-example_case = next(c for c in eval_facts if c.get("case_id") in anchors_of)
+example_case = next(c for c in eval_facts if c.case_id in anchors_of)
 example_req = as_request(example_case)
 # the fact's anchors, centred on the shared components of section 1
 centring = dict(centre=shared, relation=str(example_req.relation_id))
 spy = SeenAlignment(
-    anchors_of[example_case.get("case_id")],
+    anchors_of[example_case.case_id],
     LAMBDA,
     LAYERS,
     n_layers=model.cfg.n_layers,
@@ -814,7 +814,7 @@ plt.show()
 # NBVAL_CHECK_OUTPUT
 with timings("lambda = 0 check (2 edits)"):
     zero = alignment_term(
-        anchors_of[example_case.get("case_id")],
+        anchors_of[example_case.case_id],
         model,
         hp.layer,
         weight=0.0,
@@ -910,7 +910,7 @@ rows = []
 for rome_rec, steam_rec, case in zip(
     rome_report.records, steam_report.records, eval_facts
 ):
-    cid = case.get("case_id")
+    cid = case.case_id
     for method, m in [
         ("unedited", rome_rec["unedited"]),
         ("ROME", rome_rec["edited"]),
@@ -998,7 +998,7 @@ print("SC: |STEAM - ROME| below 0.05:", bool(abs(diff["SC"]) < 0.05))
 # %%
 steps_pairs = pd.DataFrame(
     {
-        m: [v_steps[(m, c.get("case_id"))] for c in eval_facts]
+        m: [v_steps[(m, c.case_id)] for c in eval_facts]
         for m in ("ROME", "STEAM")
     }
 )
@@ -1006,7 +1006,7 @@ steps_diff = estats.paired_difference(
     steps_pairs["ROME"],
     steps_pairs["STEAM"],
     seed=SEED,
-    clusters=[relation_of[c.get("case_id")] for c in eval_facts],
+    clusters=[relation_of[c.case_id] for c in eval_facts],
 )
 print(
     f"v* steps per edit (limit {hp.v_num_grad_steps}): ROME mean "
@@ -1162,7 +1162,7 @@ kept_ids = [cid for (m, cid) in kept_edits if m == "ROME"]
 for cid in kept_ids[:N_KEEP_EDITS]:
     if ("STEAM", cid) not in kept_edits:
         continue
-    case = next(c for c in eval_facts if c.get("case_id") == cid)
+    case = next(c for c in eval_facts if c.case_id == cid)
     obj = as_request(case).target_new.strip()
     if cid not in anchors_of:
         continue
@@ -1250,10 +1250,10 @@ if pca_frames:
 # follows when it does.
 
 # %%
-sweep_facts = [c for c in eval_facts if c.get("case_id") in anchors_of][
+sweep_facts = [c for c in eval_facts if c.case_id in anchors_of][
     :N_SWEEP_FACTS
 ]
-sweep_ids = [c.get("case_id") for c in sweep_facts]
+sweep_ids = [c.case_id for c in sweep_facts]
 
 
 def records_by_id(report) -> dict:

@@ -86,7 +86,12 @@ from tqdm import tqdm
 
 import editlens
 from editlens import evaluate, sadr, stats as estats
-from editlens.data import load_facts, spread_over_relations
+from editlens.data import (
+    CounterFactRecord,
+    as_request,
+    load_facts,
+    spread_over_relations,
+)
 from editlens.display import (
     COLUMN_INCHES,
     LINE_WIDTH,
@@ -101,7 +106,6 @@ from editlens.rome import (
     get_hparams,
     stats_for,
 )
-from editlens.rome.requests import as_case, as_request
 from editlens.sadr import (
     AUTHORS_STEPS,
     AUTHORS_WEIGHT,
@@ -130,14 +134,10 @@ model, tokenizer = editlens.load_model(
     MODEL_NAME, device=DEVICE, dtype=DTYPE
 )
 facts = load_facts()
-eval_facts = [
-    as_case(f) for f in spread_over_relations(facts, N_EVAL_FACTS)
-]
-case_by_id = {c.get("case_id"): c for c in eval_facts}
+eval_facts = spread_over_relations(facts, N_EVAL_FACTS)
+case_by_id = {c.case_id: c for c in eval_facts}
 # each fact's relation: every bootstrap below resamples whole relations
-relation_of = {
-    c.get("case_id"): as_request(c).relation_id for c in eval_facts
-}
+relation_of = {c.case_id: c.relation_id for c in eval_facts}
 hp = get_hparams(model)  # the book's settings (Chapter 3)
 # the authors' early stop: the whole loss below hp.v_loss_early_stop
 hp_authors = hp.replace(v_early_stop_on="loss")
@@ -174,7 +174,7 @@ print(textwrap.fill(editlens.precision.of(model).describe(), LINE_WIDTH))
 
 
 # %%
-def readout(case: dict) -> dict | None:
+def readout(case: CounterFactRecord) -> dict | None:
     """P(true answer) and attention to the subject's last token,
     [prompt, layer, head], on the fact's distracted prompts, as the model
     is now."""
@@ -196,7 +196,7 @@ def readout(case: dict) -> dict | None:
 readouts = {}  # (method, case_id) -> readout
 with timings("unedited readouts"):
     for case in tqdm(eval_facts, desc="unedited readouts"):
-        readouts[("unedited", case.get("case_id"))] = readout(case)
+        readouts[("unedited", case.case_id)] = readout(case)
 
 
 def p_drop(method: str, cid) -> float:
@@ -237,7 +237,7 @@ def recording(editor, method: str):
     def wrapped(model, case):
         with editor(model, case) as edits:
             yield edits
-            readouts[(method, case.get("case_id"))] = readout(case)
+            readouts[(method, case.case_id)] = readout(case)
 
     return wrapped
 
@@ -292,7 +292,7 @@ show_table(summary(rome_report, "ROME"), 1)
 
 # %%
 drops = pd.Series(
-    {c.get("case_id"): p_drop("ROME", c.get("case_id")) for c in eval_facts}
+    {c.case_id: p_drop("ROME", c.case_id) for c in eval_facts}
 ).dropna()
 demo_id = drops.idxmax()
 demo_case = case_by_id[demo_id]
@@ -300,8 +300,8 @@ demo_req = as_request(demo_case)
 demo_prompts = distracted_prompts(demo_case)
 demo_edit = rome_edits.edit(demo_case)
 neighbours = [
-    evaluate.fill_subject(evaluate.prompt_text(p), demo_req.subject)
-    for p in demo_case.get("neighborhood_prompts") or []
+    evaluate.fill_subject(p, demo_req.subject)
+    for p in demo_case.neighborhood_prompts
 ]
 
 
@@ -438,11 +438,11 @@ plt.show()
 # %%
 changes = [
     (
-        readouts[("ROME", c.get("case_id"))]["att"]
-        - readouts[("unedited", c.get("case_id"))]["att"]
+        readouts[("ROME", c.case_id)]["att"]
+        - readouts[("unedited", c.case_id)]["att"]
     ).mean(0)
     for c in eval_facts
-    if readouts[("unedited", c.get("case_id"))] is not None
+    if readouts[("unedited", c.case_id)] is not None
 ]
 mean_change = torch.stack(changes).mean(0)
 fig, ax = plt.subplots(figsize=(COLUMN_INCHES * 0.6, 6))
@@ -1011,7 +1011,7 @@ for (rule, method), edits in stop_edits.items():
         last = e.v_result.history[-1]
         stop_rows.append(
             dict(
-                fact=case.get("case_id"),
+                fact=case.case_id,
                 rule=rule,
                 method=f"{method} (limit {limit})",
                 steps=len(e.v_result.history),
@@ -1134,7 +1134,7 @@ show_table(
 METRICS = ["ES", "PS", "NS", "RelS", "DNS", "GE", "drift", "P(true) drop"]
 rows = []
 for i, case in enumerate(eval_facts):
-    cid = case.get("case_id")
+    cid = case.case_id
     runs = [("unedited", reports["ROME"].records[i]["unedited"])]
     runs += [(m, reports[m].records[i]["edited"]) for m in METHODS]
     for method, m in runs:
@@ -1337,11 +1337,11 @@ def mean_attention_change(method: str) -> torch.Tensor:
     over each fact's distracted prompts, then over facts."""
     per_fact_change = [
         (
-            readouts[(method, c.get("case_id"))]["att"]
-            - readouts[("unedited", c.get("case_id"))]["att"]
+            readouts[(method, c.case_id)]["att"]
+            - readouts[("unedited", c.case_id)]["att"]
         ).mean(0)
         for c in eval_facts
-        if readouts[("unedited", c.get("case_id"))] is not None
+        if readouts[("unedited", c.case_id)] is not None
     ]
     return torch.stack(per_fact_change).mean(0)
 

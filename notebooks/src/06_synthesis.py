@@ -117,7 +117,12 @@ from editlens.compare import (
     write_outputs,
 )
 from editlens.compare_runs import paired_runs, runs_markdown
-from editlens.data import load_facts, spread_over_relations
+from editlens.data import (
+    CounterFactRecord,
+    load_facts,
+    relation_name,
+    spread_over_relations,
+)
 from editlens.display import book_style, column_figure, show_table
 from editlens.data.paraphrases import steering_splits
 from editlens.edit_consistency import (
@@ -127,7 +132,6 @@ from editlens.edit_consistency import (
 )
 from editlens.exercises import assert_close, check_exercise
 from editlens.rome import get_hparams, stats_for
-from editlens.rome.requests import as_case, as_request, relation_name
 from editlens.sadr import with_steps
 from editlens.sequential import (
     degradation_summary,
@@ -172,7 +176,7 @@ with timings("key statistics C (cached)"):
 #   as parameters.
 
 # %%
-candidates = [as_case(f) for f in spread_over_relations(facts, N_FACTS)]
+candidates = spread_over_relations(facts, N_FACTS)
 with timings("STEAM anchors"):
     # the paper's design (editlens.steam.PAPER_DESIGN, Chapter 4's default)
     bank = AnchorBank(
@@ -187,17 +191,15 @@ with timings("STEAM anchors"):
     )
     bank.centre()  # each relation's shared component, before any edit
 covered = set(coverage.loc[coverage.ok, "case_id"])
-eval_facts = [c for c in candidates if c.get("case_id") in covered]
-case_by_id = {c.get("case_id"): c for c in eval_facts}
+eval_facts = [c for c in candidates if c.case_id in covered]
+case_by_id = {c.case_id: c for c in eval_facts}
 # every fact's relation: the bootstraps resample whole relations (Chapter 4)
-relation_of = {
-    c.get("case_id"): as_request(c).relation_id for c in map(as_case, facts)
-}
+relation_of = {c.case_id: c.relation_id for c in facts}
 # every paired table: relations resampled, Holm's correction over the table
 PAIRED_KW = dict(n_boot=N_BOOT, seed=SEED, **estats.BOOK_PAIRING)
 templates = load_template_set()
 with_templates = relations_with_templates(eval_facts, templates)
-lens_ids = {c.get("case_id") for cs in with_templates.values() for c in cs}
+lens_ids = {c.case_id for cs in with_templates.values() for c in cs}
 print(
     f"{len(eval_facts)} of {len(candidates)} facts have STEAM anchors "
     f"(left out: {sorted(set(coverage.case_id) - covered)})"
@@ -267,10 +269,10 @@ lens = {}  # (method, case_id, steering "off"/"on") -> lens readout
 lens_seconds = []  # wall seconds of each readout of an edited model
 
 
-def read_lens(case: dict, method: str) -> None:
+def read_lens(case: CounterFactRecord, method: str) -> None:
     """The edited fact across its relation's templates, unsteered and
     with Chapter 2's steering, on the model as it is now."""
-    cid = case.get("case_id")
+    cid = case.case_id
     for name, hooks in [("off", None), ("on", steer_hooks)]:
         lens[(method, cid, name)] = edited_answer_consistency(
             model, case, templates, fwd_hooks=hooks
@@ -284,7 +286,7 @@ def with_lens(editor, method: str):
     def wrapped(model, case):
         with editor(model, case) as info:
             yield info
-            if case.get("case_id") in lens_ids:
+            if case.case_id in lens_ids:
                 start = time.perf_counter()
                 read_lens(case, method)
                 lens_seconds.append(time.perf_counter() - start)
@@ -310,7 +312,7 @@ generation = evaluate.GenerationSettings(
 )
 with timings("unedited: consistency lens"):
     for case in tqdm(eval_facts, desc="unedited lens"):
-        if case.get("case_id") in lens_ids:
+        if case.case_id in lens_ids:
             read_lens(case, "unedited")
 with timings("all methods: edits + evaluation + lens"):
     per_record = run_methods(
@@ -818,11 +820,11 @@ plt.show()
 
 # %%
 seq_cases = eval_facts[:N_SEQUENTIAL]
-used = {c.get("case_id") for c in candidates}
+used = {c.case_id for c in candidates}
 unrelated = [
     c
-    for c in (as_case(f) for f in spread_over_relations(facts, len(facts)))
-    if c.get("case_id") not in used
+    for c in spread_over_relations(facts, len(facts))
+    if c.case_id not in used
 ][:N_UNRELATED]
 frames = {}
 with timings("sequential edits"):

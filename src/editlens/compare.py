@@ -26,11 +26,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from editlens.data import FactLike, as_case
 from editlens.display import interval_text
 from editlens.fingerprint import weights_fingerprint
 
 # re-exported: the registry's names, as compare has always offered them
-from editlens.methods import LABELS, NAMES, UnknownMethodError, build_editors, parse_methods, uses  # noqa: F401
+from editlens.methods import (  # noqa: F401
+    LABELS,
+    NAMES,
+    UnknownMethodError,
+    build_editors,
+    parse_methods,
+    uses,
+)
 from editlens.seeding import seed_everything
 
 if TYPE_CHECKING:
@@ -58,14 +66,7 @@ def record_seed(seed: int, index: int) -> int:
     return (int(seed) * 1_000_003 + int(index)) % 2**31
 
 
-def _relation(case: Mapping) -> Any:
-    from editlens.rome.requests import as_case
-
-    c = as_case(case)
-    return c.get("requested_rewrite", {}).get("relation_id") or c.get("relation_id")
-
-
-def run_methods(model: TransformerBridge, cases: Sequence[Any], editors: Mapping[str, Any], *,
+def run_methods(model: TransformerBridge, cases: Sequence[FactLike], editors: Mapping[str, Any], *,
                 indices: Sequence[int] | None = None,
                 generation: Any = None, seed: int = 0, descriptions: dict | None = None, progress: bool = True,
                 warmup: bool = True, check_restored: bool = True, generation_batch: int = 32) -> pd.DataFrame:
@@ -97,10 +98,10 @@ def run_methods(model: TransformerBridge, cases: Sequence[Any], editors: Mapping
     )
     from editlens.rome.editor import EarlierEdits
 
-    cases = [_as_case(c) for c in cases]
-    indices = list(range(len(cases))) if indices is None else list(indices)
-    if len(indices) != len(cases):
-        raise ValueError(f"run_methods: {len(indices)} indices for {len(cases)} records.")
+    records = [as_case(c) for c in cases]
+    indices = list(range(len(records))) if indices is None else list(indices)
+    if len(indices) != len(records):
+        raise ValueError(f"run_methods: {len(indices)} indices for {len(records)} records.")
     descriptions = load_object_descriptions() if descriptions is None else descriptions
     corpus = [t for ts in descriptions.values() for t in ts]
     if getattr(generation, "semantic", False):
@@ -108,12 +109,12 @@ def run_methods(model: TransformerBridge, cases: Sequence[Any], editors: Mapping
 
         load_sentence_model()  # now, not inside the progress bar
     before = weights_fingerprint(model, recompute=True) if check_restored else None
-    if warmup and cases:
+    if warmup and records:
         for editor in editors.values():
             seed_everything(record_seed(seed, indices[0]))
-            with editor(model, cases[0]):
+            with editor(model, records[0]):
                 pass
-    rows = []
+    rows: list[dict[str, Any]] = []
     batch_share: dict[str, dict[tuple, float]] = {m: {} for m in editors}  # method -> record key -> its seconds
     deferred: list[DeferredGenerations] = []  # records x methods whose generations wait for a full batch
 
@@ -122,14 +123,14 @@ def run_methods(model: TransformerBridge, cases: Sequence[Any], editors: Mapping
                                  batch_size=generation_batch)
         deferred.clear()
 
-    with tqdm(total=len(cases) * len(editors), disable=not progress, desc="records x methods") as bar:
-        for pos, (i, case) in enumerate(zip(indices, cases)):
+    with tqdm(total=len(records) * len(editors), disable=not progress, desc="records x methods") as bar:
+        for pos, (i, case) in enumerate(zip(indices, records)):
             for method, editor in editors.items():
                 seed_everything(record_seed(seed, i))
                 prepare = getattr(editor, "prepare", None)
                 if prepare is not None:
                     t0 = time.perf_counter()
-                    made = prepare(model, cases[pos:])
+                    made = prepare(model, records[pos:])
                     if made:
                         share = (time.perf_counter() - t0) / len(made)
                         batch_share[method].update((key, share) for key in made)
@@ -140,10 +141,10 @@ def run_methods(model: TransformerBridge, cases: Sequence[Any], editors: Mapping
                                                   descriptions=descriptions, corpus=corpus)
                 if later is not None:
                     deferred.append(later)
-                rows.append({"index": i, "case_id": case.get("case_id"), "relation": _relation(case),
+                rows.append({"index": i, "case_id": case.case_id, "relation": case.relation_id,
                              "method": method, "steps": edit_steps(info), "seconds": seconds, "_metrics": metrics})
                 bar.update(1)
-                bar.set_postfix(method=method, case=case.get("case_id"))
+                bar.set_postfix(method=method, case=case.case_id)
             if sum(len(d.prompts) for d in deferred) >= generation_batch:
                 generate_deferred()
         if deferred:
@@ -155,12 +156,6 @@ def run_methods(model: TransformerBridge, cases: Sequence[Any], editors: Mapping
         edited = row.pop("_metrics")
         row.update({k: float(edited[k]) for k in ROW_METRICS if k in edited})
     return per_record_frame(rows)
-
-
-def _as_case(case: Any) -> dict:
-    from editlens.rome.requests import as_case
-
-    return as_case(case)
 
 
 def per_record_frame(rows: Sequence[Mapping]) -> pd.DataFrame:

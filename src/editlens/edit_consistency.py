@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from editlens.consistency import model_answers, pairwise_consistency
-from editlens.rome.requests import as_case, as_request
+from editlens.data import CounterFactRecord, FactLike, as_case
 from editlens.scoring import HookFactory, HookList
 
 if TYPE_CHECKING:
@@ -65,16 +65,12 @@ def load_template_set(path: str | Path | None = None) -> dict[str, dict]:
     return rels
 
 
-def _relation_id(case: Mapping) -> str | None:
-    return (case.get("requested_rewrite") or {}).get("relation_id") or case.get("relation_id")
-
-
-def template_relation(case: Any, paraphrase_set: Mapping[str, Mapping], *, relation: str | None = None) -> str:
+def template_relation(fact: FactLike, paraphrase_set: Mapping[str, Mapping], *, relation: str | None = None) -> str:
     """The name of the paraphrase relation whose templates ask ``case``'s fact (see the module's matching rules).
 
     Raises :class:`NoTemplatesError` when there is none or the choice is ambiguous."""
-    case = as_case(case)
-    rid, subject = _relation_id(case), as_request(case).subject
+    case = as_case(fact)
+    rid, subject = case.relation_id, case.subject
     if relation is not None:
         if relation not in paraphrase_set:
             raise NoTemplatesError(f"relation={relation!r} is not in the paraphrase set ({', '.join(paraphrase_set)}). "
@@ -86,7 +82,7 @@ def template_relation(case: Any, paraphrase_set: Mapping[str, Mapping], *, relat
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise NoTemplatesError(f"Record {case.get('case_id')!r}: relation {rid!r} has no templates in the paraphrase "
+        raise NoTemplatesError(f"Record {case.case_id!r}: relation {rid!r} has no templates in the paraphrase "
                                "set. Fix: select records with relations_with_templates(cases, paraphrase_set), or add "
                                "templates for that relation.")
     by_subject = [m for m in matches if subject in (paraphrase_set[m].get("subjects") or ())]
@@ -95,16 +91,17 @@ def template_relation(case: Any, paraphrase_set: Mapping[str, Mapping], *, relat
     default = DEFAULT_FOR_WIKIDATA.get(rid) if rid is not None else None  # rid is set when there are matches
     if default in matches:
         return default
-    raise NoTemplatesError(f"Record {case.get('case_id')!r}: relation {rid!r} matches several template sets "
+    raise NoTemplatesError(f"Record {case.case_id!r}: relation {rid!r} matches several template sets "
                            f"({', '.join(matches)}). Fix: pass relation= one of them.")
 
 
-def relations_with_templates(cases: Sequence[Any], paraphrase_set: Mapping[str, Mapping]) -> dict[str, list[dict]]:
+def relations_with_templates(cases: Sequence[FactLike], paraphrase_set: Mapping[str, Mapping]
+                             ) -> dict[str, list[CounterFactRecord]]:
     """The records whose relation has templates, grouped by paraphrase relation name (records without are left out;
     ``sum(map(len, result.values()))`` qualify)."""
-    out: dict[str, list[dict]] = {}
-    for c in cases:
-        c = as_case(c)
+    out: dict[str, list[CounterFactRecord]] = {}
+    for fact in cases:
+        c = as_case(fact)
         try:
             name = template_relation(c, paraphrase_set)
         except NoTemplatesError:
@@ -113,13 +110,13 @@ def relations_with_templates(cases: Sequence[Any], paraphrase_set: Mapping[str, 
     return out
 
 
-def edit_query(case: Any, paraphrase_set: Mapping[str, Mapping], *, relation: str | None = None) -> EditQuery:
+def edit_query(fact: FactLike, paraphrase_set: Mapping[str, Mapping], *, relation: str | None = None) -> EditQuery:
     """The record's subject filled into every template of its relation; candidates: the relation's answer set plus
     target_new and target_true (each once)."""
     from editlens.data.paraphrases import fill_template
 
-    case = as_case(case)
-    req = as_request(case)
+    case = as_case(fact)
+    req = case.requested_rewrite
     name = template_relation(case, paraphrase_set, relation=relation)
     rel = paraphrase_set[name]
     templates = list(rel.get("templates") or [])
@@ -132,7 +129,7 @@ def edit_query(case: Any, paraphrase_set: Mapping[str, Mapping], *, relation: st
                      prompts=tuple(fill_template(t, req.subject) for t in templates), candidates=tuple(cands))
 
 
-def edited_answer_consistency(model: TransformerBridge, case: Any, paraphrase_set: Mapping[str, Mapping], *,
+def edited_answer_consistency(model: TransformerBridge, fact: FactLike, paraphrase_set: Mapping[str, Mapping], *,
                               relation: str | None = None, fwd_hooks: HookList | HookFactory | None = None,
                               batch_size: int = 32) -> dict[str, Any]:
     """The edited fact across its relation's templates, on the model as it is (edited or not, steered or not).
@@ -142,8 +139,8 @@ def edited_answer_consistency(model: TransformerBridge, case: Any, paraphrase_se
     templates answering each; they sum to 1), ``consistency`` (pairwise, Chapter 1), ``consistency_new`` (fraction of
     template pairs both answering target_new) and ``answers`` (one per template, in template order).
     ``fwd_hooks`` is passed to :func:`editlens.consistency.model_answers` (e.g. Chapter 2's last-token steering)."""
-    case = as_case(case)
-    req = as_request(case)
+    case = as_case(fact)
+    req = case.requested_rewrite
     q = edit_query(case, paraphrase_set, relation=relation)
     frame = model_answers(model, [q], batch_size=batch_size, fwd_hooks=fwd_hooks).sort_values("template")
     answers = [str(a) for a in frame["answer"]]
@@ -151,7 +148,7 @@ def edited_answer_consistency(model: TransformerBridge, case: Any, paraphrase_se
     n = len(answers)
     n_new, n_true = sum(a == new for a in answers), sum(a == true for a in answers) if true else 0
     pairs_new = n_new * (n_new - 1) / 2
-    return {"case_id": case.get("case_id"), "relation_id": _relation_id(case), "template_relation": q.relation_id,
+    return {"case_id": case.case_id, "relation_id": case.relation_id, "template_relation": q.relation_id,
             "subject": q.subject, "target_new": new, "target_true": true or None, "n_templates": n,
             "n_candidates": len(q.candidates), "frac_new": n_new / n, "frac_true": n_true / n,
             "frac_other": (n - n_new - n_true) / n, "consistency": pairwise_consistency(answers),

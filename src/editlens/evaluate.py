@@ -42,12 +42,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from editlens import fused_attention
-from editlens.data import load_object_descriptions
+from editlens.data import CounterFactRecord, FactLike, as_case, load_object_descriptions
+from editlens.precision import full_precision
 from editlens.rome.editor import Editor
 from editlens.rome.keys import encode
-from editlens.rome.requests import as_case, as_request
 from editlens.scoring import score_continuations
-from editlens.precision import full_precision
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -84,28 +83,28 @@ def fill_subject(prompt: str, subject: str) -> str:
     return prompt.format(subject) if "{}" in prompt else prompt
 
 
-def probe_rows(case: dict) -> list[tuple[str, str, str, str]]:
+def probe_rows(fact: FactLike) -> list[tuple[str, str, str, str]]:
     """(probe kind, prompt, good continuation, bad continuation) rows of one record: success = good beats bad.
 
     The one definition of every probe of Chapters 2-6: ES, PS, NS, DNS, RelS, Port (Chapter 2's
     known-facts check reads the ES and NS rows the other way round)."""
-    req = as_request(case)
+    case = as_case(fact)
+    req = case.requested_rewrite
     new, true = req.target_new, req.target_true
     rows: list[tuple[str, str, str, str]] = []
     if true is not None:
         rows.append(("ES", req.text, new, true))
-        for p in case.get("paraphrase_prompts") or []:
+        for p in case.paraphrase_prompts:
             rows.append(("PS", fill_subject(p, req.subject), new, true))
-        for p in case.get("neighborhood_prompts") or []:
-            rows.append(("NS", fill_subject(prompt_text(p), req.subject), true, new))
-            rows.append(("DNS", distracted_prompt(req.text, new, fill_subject(prompt_text(p), req.subject)), true, new))
-    for r in case.get("relation_prompts") or []:
-        tgt = r.get("target") or r.get("target_true")
-        if tgt and tgt.strip() != new.strip():
-            rows.append(("RelS", fill_subject(r["prompt"], req.subject), tgt, new))
-    for r in case.get("portability_prompts") or []:
-        if r.get("target_new") and r.get("target_true"):
-            rows.append(("Port", fill_subject(r["prompt"], req.subject), r["target_new"], r["target_true"]))
+        for p in case.neighborhood_prompts:
+            rows.append(("NS", fill_subject(p, req.subject), true, new))
+            rows.append(("DNS", distracted_prompt(req.text, new, fill_subject(p, req.subject)), true, new))
+    for r in case.relation_prompts:
+        if r.target.strip() != new.strip():
+            rows.append(("RelS", fill_subject(r.prompt, req.subject), r.target, new))
+    for q in case.portability_prompts:
+        if q.target_true is not None:
+            rows.append(("Port", fill_subject(q.prompt, req.subject), q.target_new, q.target_true))
     return rows
 
 
@@ -115,17 +114,12 @@ def distracted_prompt(rewrite_text: str, target_new: str, neighbour_prompt: str)
     return f"{rewrite_text} {target_new}. {neighbour_prompt}"
 
 
-def prompt_text(p: Any) -> str:
-    """The prompt of a probe given as a string or as a dict with a ``prompt`` key."""
-    return p if isinstance(p, str) else (cast(str, p.get("prompt")) if isinstance(p, dict) else str(p))
-
-
-def probe_scores(model: TransformerBridge, case: Any, *, batch_size: int = 32) -> dict[str, float]:
+def probe_scores(model: TransformerBridge, case: FactLike, *, batch_size: int = 32) -> dict[str, float]:
     """ES/PS/NS/EM/PM/NM/RelS/DNS/Port and Port EM (fractions in [0, 1], NaN when a record has no such probe)."""
     return probe_scores_many(model, [case], batch_size=batch_size)[0]
 
 
-def probe_scores_many(model: TransformerBridge, cases: Sequence[Any], *, batch_size: int = 32, rows_per_batch: int = 1,
+def probe_scores_many(model: TransformerBridge, cases: Sequence[FactLike], *, batch_size: int = 32, rows_per_batch: int = 1,
                       ) -> list[dict[str, float]]:
     """:func:`probe_scores` of many records with one scorer call over all their probe rows
     (Chapter 3's evaluation: the unedited model is scored once per fact set). Same results up to float noise.
@@ -261,13 +255,14 @@ def next_token_logits_many(model: TransformerBridge, prompts: Sequence[str],
         return model.original_model(ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
 
 
-def reference_texts(case: dict, descriptions: dict[str, list[str]]) -> tuple[list[str], str]:
+def reference_texts(fact: FactLike, descriptions: dict[str, list[str]]) -> tuple[list[str], str]:
     """Reference text about target_new, and where it came from ("descriptions" or "attribute_prompts")."""
-    req = as_request(case)
+    case = as_case(fact)
+    req = case.requested_rewrite
     key = req.target_new.strip()
     if key in descriptions and descriptions[key]:
         return descriptions[key], "descriptions"
-    attrs = [f"{fill_subject(prompt_text(p), req.subject)} {key}" for p in case.get("attribute_prompts") or []]
+    attrs = [f"{fill_subject(p, req.subject)} {key}" for p in case.attribute_prompts]
     return attrs, "attribute_prompts"
 
 
@@ -289,13 +284,14 @@ def tfidf_similarity(texts: Sequence[str], references: Sequence[str], corpus: Se
 # The evaluation loop
 
 
-def true_reference_texts(case: dict, descriptions: dict[str, list[str]]) -> tuple[list[str], str]:
+def true_reference_texts(fact: FactLike, descriptions: dict[str, list[str]]) -> tuple[list[str], str]:
     """Reference text about target_true (descriptions, else the neighbourhood prompts completed with it)."""
-    req = as_request(case)
+    case = as_case(fact)
+    req = case.requested_rewrite
     key = (req.target_true or "").strip()
     if key in descriptions and descriptions[key]:
         return descriptions[key], "descriptions"
-    texts = [f"{fill_subject(prompt_text(p), req.subject)} {key}" for p in case.get("neighborhood_prompts") or []]
+    texts = [f"{fill_subject(p, req.subject)} {key}" for p in case.neighborhood_prompts]
     return (texts, "neighborhood_prompts") if key else ([], "none")
 
 
@@ -326,13 +322,13 @@ class GenerationSettings:
         return {k: v for k, v in vars(self).items() if k != "semantic" or v}
 
 
-def _generation_prompts(case: dict, generation: GenerationSettings) -> list[str]:
-    req = as_request(case)
-    prompts = [fill_subject(prompt_text(p), req.subject) for p in (case.get("generation_prompts") or [])][: generation.n_prompts]
+def _generation_prompts(case: CounterFactRecord, generation: GenerationSettings) -> list[str]:
+    req = case.requested_rewrite
+    prompts = [fill_subject(p, req.subject) for p in case.generation_prompts][: generation.n_prompts]
     return prompts or [req.text]
 
 
-def _add_generation_metrics(m: dict[str, Any], case: dict, gens: list[str], descriptions: dict[str, list[str]],
+def _add_generation_metrics(m: dict[str, Any], case: CounterFactRecord, gens: list[str], descriptions: dict[str, list[str]],
                             corpus: Sequence[str], semantic: bool = False) -> dict[str, Any]:
     m["GE"] = sum(fluency(g) for g in gens) / len(gens)
     refs, src = reference_texts(case, descriptions)
@@ -346,10 +342,11 @@ def _add_generation_metrics(m: dict[str, Any], case: dict, gens: list[str], desc
     return m
 
 
-def case_metrics(model: TransformerBridge, case: dict, *, generation: GenerationSettings | None,
+def case_metrics(model: TransformerBridge, fact: FactLike, *, generation: GenerationSettings | None,
                  descriptions: dict[str, list[str]],
                  corpus: Sequence[str] = ()) -> dict[str, Any]:
     """All metrics of one record on the model as it is now (edited or not)."""
+    case = as_case(fact)
     m: dict[str, Any] = probe_scores(model, case)
     if generation is not None:
         prompts = _generation_prompts(case, generation)
@@ -359,7 +356,7 @@ def case_metrics(model: TransformerBridge, case: dict, *, generation: Generation
     return m
 
 
-def baseline_metrics(model: TransformerBridge, cases: Sequence[dict], *, generation: GenerationSettings | None,
+def baseline_metrics(model: TransformerBridge, facts: Sequence[FactLike], *, generation: GenerationSettings | None,
                      descriptions: dict[str, list[str]], corpus: Sequence[str] = (), batch_size: int = 32,
                      generation_batch_size: int = 32, progress: bool = False, bar: Any = None
                      ) -> list[dict[str, Any]]:
@@ -367,7 +364,7 @@ def baseline_metrics(model: TransformerBridge, cases: Sequence[dict], *, generat
     (Chapter 3: the unedited model's metrics do not depend on the edit): one :func:`continuation_nll` call over
     all records' probe rows, and greedy generations batched over records. Sampled generations stay per record:
     each record's sample depends on its own seeded batch, and batching would change it."""
-    cases = [as_case(c) for c in cases]
+    cases = [as_case(c) for c in facts]
     metrics: list[dict[str, Any]] = probe_scores_many(model, cases, batch_size=batch_size)
     if generation is None:
         return metrics
@@ -494,14 +491,14 @@ class DeferredGenerations:
     the rank-one edits its rows run with, and the first prompt's float32 next-token logits on the edited weights
     (the guard that the editor's context is those edits)."""
 
-    case: dict
+    case: CounterFactRecord
     metrics: dict[str, Any]
     prompts: list[str]
     edits: list[Any]
     check: Tensor
 
 
-def measure_edit(model: TransformerBridge, case: dict, info: Any, *, generation: GenerationSettings | None,
+def measure_edit(model: TransformerBridge, case: CounterFactRecord, info: Any, *, generation: GenerationSettings | None,
                  descriptions: dict[str, list[str]], corpus: Sequence[str] = (), batch_generations: bool = True
                  ) -> tuple[dict[str, Any], DeferredGenerations | None]:
     """Inside an editor's context (``info``: what it yielded): the record's metrics on the edited model. When the
@@ -519,7 +516,7 @@ def _check_deferred(d: DeferredGenerations, diff: float) -> None:
     """Raise when a record's edits run per row gave first-token logits ``diff`` away from its edited weights'."""
     if diff > BATCHED_CHECK_ATOL:
         raise RuntimeError(
-            f"evaluate_edits: record {d.case.get('case_id')!r}: the editor's context changes the "
+            f"evaluate_edits: record {d.case.case_id!r}: the editor's context changes the "
             f"model beyond the rank-one weight edits it yields (first-token logits differ by {diff:.3g} "
             "between the edited weights and the same edits run per batch row). Fix: "
             "evaluate_edits(..., batch_generations=False) generates inside each editor's context.")
@@ -549,7 +546,7 @@ def run_deferred_generations(model: TransformerBridge, deferred: Sequence[Deferr
 
 def evaluate_edits(
     model: TransformerBridge,
-    cases: Sequence[Any],
+    cases: Sequence[FactLike],
     editor: Editor | None,
     *,
     baseline: bool = True,
@@ -559,7 +556,7 @@ def evaluate_edits(
     on_record: Callable[[dict], None] | None = None,
     batch_generations: bool = True,
     desc: str = "evaluating edits",
-    while_edited: Callable[[dict, Any], None] | None = None,
+    while_edited: Callable[[CounterFactRecord, Any], None] | None = None,
 ) -> EvalReport:
     """Edit each record on its own (``editor(model, case)`` context manager), measure, restore.
 
@@ -580,7 +577,7 @@ def evaluate_edits(
 
     descriptions = load_object_descriptions() if descriptions is None else descriptions
     corpus = [t for ts in descriptions.values() for t in ts]
-    cases = [as_case(c) for c in cases]
+    records = [as_case(c) for c in cases]
     report = EvalReport(settings={"generation": None if generation is None else generation.as_settings(),
                                   "consistency": "tfidf", "n_descriptions": len(descriptions)})
     semantic = getattr(generation, "semantic", False) if generation is not None else False
@@ -589,26 +586,26 @@ def evaluate_edits(
 
         load_sentence_model()  # loaded now (with its own messages), not inside the bar
     greedy = generation is not None and not generation.sample
-    n_gen_batches = (-(-sum(len(_generation_prompts(c, generation)) for c in cases) // 32)
+    n_gen_batches = (-(-sum(len(_generation_prompts(c, generation)) for c in records) // 32)
                      if greedy and generation is not None else 0)
     # One bar for the whole call: the unedited model's generations, the edits, the edited models' generations.
-    bar = tqdm(total=(n_gen_batches if baseline else 0) + (len(cases) if editor is not None else 0)
+    bar = tqdm(total=(n_gen_batches if baseline else 0) + (len(records) if editor is not None else 0)
                + (n_gen_batches if editor is not None and batch_generations else 0),
                disable=not progress, desc=desc, unit="step")
-    unedited = (baseline_metrics(model, cases, generation=generation, descriptions=descriptions, corpus=corpus,
+    unedited = (baseline_metrics(model, records, generation=generation, descriptions=descriptions, corpus=corpus,
                                  bar=bar) if baseline else None)  # once for the fact set, before any edit
     deferred: list[DeferredGenerations] = []  # records whose generations run after the last edit, batched
     prepare = getattr(editor, "prepare", None)
-    for i, case in enumerate(cases):
-        req = as_request(case)
-        rec: dict[str, Any] = {"case_id": case.get("case_id"), "subject": req.subject, "prompt": req.text,
+    for i, case in enumerate(records):
+        req = case.requested_rewrite
+        rec: dict[str, Any] = {"case_id": case.case_id, "subject": req.subject, "prompt": req.text,
                                "target_new": req.target_new, "target_true": req.target_true}
         if unedited is not None:
             rec["unedited"] = unedited[i]
         if editor is not None:
             t0 = time.perf_counter()
             if prepare is not None:
-                prepare(model, cases[i:])
+                prepare(model, records[i:])
                 rec["prepare_seconds"] = time.perf_counter() - t0  # the edits of a batch, when one was computed
                 t0 = time.perf_counter()
             with editor(model, case) as info:

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from editlens.data import CounterFactRecord, FactLike, as_case
 from editlens.evaluate import probe_scores_many
 from editlens.rome.editor import Editor
-from editlens.rome.requests import as_case, as_request
 from editlens.scoring import ROWS_PER_BATCH
 from editlens.seeding import seed_everything
 
@@ -63,21 +63,21 @@ def _editor(editor: Editor | str, editor_options: Mapping[str, Any]) -> Editor:
     return editor
 
 
-def _probe_case(case: dict, *, unrelated: bool) -> dict:
+def _probe_case(case: CounterFactRecord, *, unrelated: bool) -> CounterFactRecord:
     """The part of a record the sequential probes read (the rewrite alone for unrelated records: one ES row)."""
-    keep = ("case_id", "requested_rewrite") if unrelated else (
-        "case_id", "requested_rewrite", "paraphrase_prompts", "neighborhood_prompts")
-    return {k: case[k] for k in keep if k in case}
+    if unrelated:
+        return CounterFactRecord(case_id=case.case_id, requested_rewrite=case.requested_rewrite)
+    return CounterFactRecord(case_id=case.case_id, requested_rewrite=case.requested_rewrite,
+                             paraphrase_prompts=case.paraphrase_prompts, neighborhood_prompts=case.neighborhood_prompts)
 
 
-def _case_id(case: dict, fallback: int) -> Any:
-    cid = case.get("case_id")
-    return fallback if cid is None else cid
+def _case_id(case: CounterFactRecord, fallback: int) -> Any:
+    return fallback if case.case_id is None else case.case_id
 
 
 def sequential_edits(
     model: TransformerBridge,
-    cases: Sequence[Any],
+    cases: Sequence[FactLike],
     editor: Editor | str,
     *,
     unrelated: Sequence[Any] = (),
@@ -109,24 +109,22 @@ def sequential_edits(
     if probe_every < 1:
         raise ValueError(f"probe_every must be >= 1, got {probe_every}.")
     edit = _editor(editor, editor_options)
-    cases = [as_case(c) for c in cases]
-    if not cases:
+    records = [as_case(c) for c in cases]  # a malformed record fails here, before any edit
+    if not records:
         raise ValueError("sequential_edits: no records to edit. Fix: pass at least one record.")
     others = [as_case(c) for c in unrelated]
-    ids = [_case_id(c, i) for i, c in enumerate(cases)]
+    ids = [_case_id(c, i) for i, c in enumerate(records)]
     edited_ids = set(ids)
     clash = [_case_id(c, -1) for c in others if _case_id(c, -1) in edited_ids]
     if clash:
         raise ValueError(f"sequential_edits: unrelated records {clash} are also edited. Fix: pass records that are "
                          "not among the edited ones.")
-    for c in cases + others:
-        as_request(c)  # a malformed record fails here, before any edit
-    probes_edited = [_probe_case(c, unrelated=False) for c in cases]
+    probes_edited = [_probe_case(c, unrelated=False) for c in records]
     probes_other = [_probe_case(c, unrelated=True) for c in others]
     rows: list[dict[str, Any]] = []
-    n = len(cases)
+    n = len(records)
     with contextlib.ExitStack() as stack:
-        for t, case in enumerate(tqdm(cases, disable=not progress, desc=desc), start=1):
+        for t, case in enumerate(tqdm(records, disable=not progress, desc=desc), start=1):
             seed_everything(record_seed(seed, t - 1))
             stack.enter_context(edit(model, case))
             if t % probe_every and t != n:

@@ -29,11 +29,16 @@ from jaxtyping import Float
 from torch import Tensor
 
 from editlens.anatomy import embedding_scale
-from editlens.block_runner import BlockCalls, record_block_calls, run_from_layer, supports_block_runs
+from editlens.block_runner import (
+    BlockCalls,
+    record_block_calls,
+    run_from_layer,
+    supports_block_runs,
+)
+from editlens.data import FactLike, as_request
 from editlens.precision import full_precision
 from editlens.rome.keys import encode, subject_last_index
-from editlens.rome.requests import as_request, with_leading_space
-from editlens.scoring import HookList
+from editlens.scoring import HookList, with_leading_space
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -112,7 +117,7 @@ def window_layers(layer: int, window: int, n_layers: int) -> list[int]:
 @torch.no_grad()
 def trace_fact(
     model: TransformerBridge,
-    fact: Any,
+    fact: FactLike,
     kind: str = "hidden",
     *,
     window: int = 6,
@@ -124,7 +129,7 @@ def trace_fact(
     answer: str | None = None,
     batch_layers: bool = True,
 ) -> TraceResult:
-    """Trace one fact (a CounterFact record, request, or ``{"prompt", "subject"}``).
+    """Trace one fact (anything :func:`editlens.data.as_request` reads: a record, a request, a dict).
 
     ``positions``: token indices to trace (default all; ``"subject_last"`` or ``"last"`` for one).
     ``answer``: defaults to the fact's ``target_true``; ``None`` there means the clean top token.
@@ -134,13 +139,9 @@ def trace_fact(
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    req = as_request(fact) if not (isinstance(fact, dict) and "target_new" not in fact and "requested_rewrite" not in fact) \
-        else None
-    if req is None:
-        prompt, subject, answer_default = fact["prompt"], fact["subject"], fact.get("target_true")
-    else:
-        prompt, subject, answer_default = req.prompt, req.subject, req.target_true
-    answer = answer if answer is not None else answer_default
+    req = as_request(fact)
+    prompt, subject = req.prompt, req.subject
+    answer = answer if answer is not None else req.target_true
     ids, (s0, s1) = subject_token_range(model, prompt, subject)
     n_tok, L = len(ids), model.cfg.n_layers
     dev = model.cfg.device

@@ -115,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
     hp = run_setup.resolve_hparams(settings)
 
     from editlens.compare import build_editors, merge_rows, run_methods, write_outputs
+    from editlens.data import BadRequestError
     from editlens.evaluate import GenerationSettings
-    from editlens.rome import BadRequestError, stats_for
+    from editlens.rome import stats_for
 
     run_setup.set_threads(settings)
     say(f"{len(cases)} records from {settings.data or 'the project ' + run_setup.data_label(settings)}; methods "
@@ -169,13 +170,14 @@ def _settings(args: argparse.Namespace, settings: RunSettings, cases: list, hp: 
               model: TransformerBridge, gen: Any,
               parts: list, n_processes: int, steam: run_setup.SteamAnchors | None) -> dict:
     """What settings.json records of the run."""
+    from editlens.data import as_case
     from editlens.precision import of as precision_of
     from editlens.sadr import DEFAULT_GAMMA
 
     chosen = list(settings.methods)
     return {"methods": chosen, "labels": {m: methods.LABELS[m] for m in chosen},
             "model": settings.model or "embedded", "data": run_setup.data_label(settings), "n_records": len(cases),
-            "case_ids": [c.get("case_id") if isinstance(c, dict) else getattr(c, "case_id", None) for c in cases],
+            "case_ids": [as_case(c).case_id for c in cases],
             "seed": args.seed, "edit_batch": args.edit_batch, "n_processes": n_processes, "device": str(model.cfg.device),
             "precision": precision_of(model).name,
             "shares": [sorted({r["index"] for r in part}) for part in parts],

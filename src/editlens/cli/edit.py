@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     cases = run_setup.load_cases(settings)
     hp = run_setup.resolve_hparams(settings)
 
+    from editlens.data import BadRequestError
     from editlens.evaluate import GenerationSettings, evaluate_edits
-    from editlens.rome import BadRequestError, stats_for
+    from editlens.rome import stats_for
 
     run_setup.set_threads(settings)
     print(f"{len(cases)} records from {settings.data or 'the project ' + run_setup.data_label(settings)}")

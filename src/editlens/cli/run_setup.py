@@ -188,7 +188,7 @@ def steam_anchors(run: RunSettings, model: TransformerBridge, hp: ROMEHyperParam
     """STEAM's AnchorBank (from the anchor pool, :func:`anchor_pool`; unedited model; every record covered), its
     design (``--steam-anchors``, ``--steam-align``), lambda and layers. Run it before the key statistics: a
     record without anchors fails fast."""
-    from editlens.rome.requests import as_case
+    from editlens.data import as_case
     from editlens.steam import (
         REFERENCE_SOURCES,
         SOURCES,
@@ -227,7 +227,7 @@ def steam_anchors(run: RunSettings, model: TransformerBridge, hp: ROMEHyperParam
           f"{'centred' if bank.centred else 'raw'} alignment), anchors of {cov['target_new'].nunique()} objects "
           f"from {len(files)} file(s)")
     # anchors per object, or per record when each record's judged prompts are left out of its own
-    chosen = {(str(as_case(c).get("case_id")) if bank.exclude_judged else a.object): [p.prompt for p in a.prompts]
+    chosen = {(str(as_case(c).case_id) if bank.exclude_judged else a.object): [p.prompt for p in a.prompts]
               for c, a in zip(cases, anchors)}
     settings = {"lambda": lam, "layers": layers, **bank.design, "anchor_files": files, "anchors": chosen}
     return SteamAnchors(bank, lam, layers, settings)

@@ -20,12 +20,14 @@ CounterFact keys and adds four:
 
 from __future__ import annotations
 
-import builtins
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar
+
+from editlens.data.requests import BadRequestError, RewriteRequest
 
 T = TypeVar("T")
 
@@ -72,30 +74,6 @@ MIN_RELATIONS = 10
 # Typed records
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Target:
-    """An object of a fact: its surface string (no leading space) and an id (Wikidata Q-id or the string)."""
-
-    str: builtins.str  # the field shadows the builtin in the class body
-    id: builtins.str
-
-
-@dataclass(frozen=True)
-class RequestedRewrite:
-    """The edit: ``prompt.format(subject)`` should be completed with ``target_new`` instead of ``target_true``."""
-
-    prompt: str
-    subject: str
-    relation_id: str
-    target_new: Target
-    target_true: Target
-
-    @property
-    def text(self) -> str:
-        """The rewrite prompt with the subject filled in."""
-        return self.prompt.format(self.subject)
-
-
-@dataclass(frozen=True)
 class RelationPrompt:
     """Same subject, another relation (SADR's Relation Score): ``target`` must still beat target_new."""
 
@@ -119,8 +97,8 @@ class PortabilityPrompt:
 class CounterFactRecord:
     """One CounterFact-style record. ``to_dict()`` gives the JSON form of the project's file."""
 
-    case_id: int
-    requested_rewrite: RequestedRewrite
+    case_id: int | None
+    requested_rewrite: RewriteRequest
     paraphrase_prompts: tuple[str, ...] = ()
     neighborhood_prompts: tuple[str, ...] = ()
     attribute_prompts: tuple[str, ...] = ()
@@ -138,16 +116,16 @@ class CounterFactRecord:
         return self.requested_rewrite.subject
 
     @property
-    def relation_id(self) -> str:
+    def relation_id(self) -> str | None:
         return self.requested_rewrite.relation_id
 
     @property
-    def target_true(self) -> str:
-        return self.requested_rewrite.target_true.str
+    def target_true(self) -> str | None:
+        return self.requested_rewrite.target_true
 
     @property
     def target_new(self) -> str:
-        return self.requested_rewrite.target_new.str
+        return self.requested_rewrite.target_new
 
     @property
     def prompt(self) -> str:
@@ -158,7 +136,7 @@ class CounterFactRecord:
         """JSON-ready dict in the project's format (``source``/``extra`` only when not native)."""
         d: dict[str, Any] = {
             "case_id": self.case_id,
-            "requested_rewrite": asdict(self.requested_rewrite),
+            "requested_rewrite": _rewrite_json(self.requested_rewrite),
             "paraphrase_prompts": list(self.paraphrase_prompts),
             "neighborhood_prompts": list(self.neighborhood_prompts),
             "attribute_prompts": list(self.attribute_prompts),
@@ -174,6 +152,15 @@ class CounterFactRecord:
         if self.extra:
             d["extra"] = json.loads(json.dumps(self.extra))
         return d
+
+
+def _rewrite_json(req: RewriteRequest) -> dict[str, Any]:
+    """A request in the file's form: targets as ``{"str", "id"}`` (the id is the string when none is known)."""
+    out: dict[str, Any] = {"prompt": req.prompt, "subject": req.subject, "relation_id": req.relation_id,
+                           "target_new": {"str": req.target_new, "id": req.target_new_id or req.target_new}}
+    if req.target_true is not None:
+        out["target_true"] = {"str": req.target_true, "id": req.target_true_id or req.target_true}
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,17 +203,18 @@ def _str_list(ctx: _Ctx, value: Any, fieldname: str) -> tuple[str, ...]:
     return tuple(_str(ctx, v, f"{fieldname}[{i}]") for i, v in enumerate(value))
 
 
-def _target(ctx: _Ctx, value: Any, fieldname: str, id_hint: Any = None) -> Target:
+def _target(ctx: _Ctx, value: Any, fieldname: str, id_hint: Any = None) -> tuple[str, str]:
+    """An object of a fact as ``(surface string, id)``: the id is the Wikidata Q-id, or the string when none is given."""
     if isinstance(value, str):  # SADR style: plain string
         s = _str(ctx, value, fieldname)
-        return Target(str=s, id=str(id_hint) if id_hint else s)
+        return s, str(id_hint) if id_hint else s
     if not isinstance(value, Mapping):
         raise ctx.fail(fieldname, f"must be an object {{'str', 'id'}}, got {type(value).__name__}")
     s = _str(ctx, _get(ctx, value, "str", f"{fieldname}.str"), f"{fieldname}.str")
     raw_id = value.get("id", s)
     if raw_id is None or raw_id == "":
         raw_id = s
-    return Target(str=s, id=str(raw_id))
+    return s, str(raw_id)
 
 
 def _check_placeholder(ctx: _Ctx, prompt: str, fieldname: str) -> None:
@@ -240,7 +228,7 @@ def _check_placeholder(ctx: _Ctx, prompt: str, fieldname: str) -> None:
         raise ctx.fail(fieldname, "contains a brace other than the '{}' subject placeholder")
 
 
-def _rewrite(ctx: _Ctx, raw: Mapping[str, Any], *, sadr: bool) -> RequestedRewrite:
+def _rewrite(ctx: _Ctx, raw: Mapping[str, Any], case_id: int, *, sadr: bool) -> RewriteRequest:
     rr = _get(ctx, raw, "requested_rewrite", "requested_rewrite")
     if not isinstance(rr, Mapping):
         raise ctx.fail("requested_rewrite", f"must be an object, got {type(rr).__name__}")
@@ -261,12 +249,13 @@ def _rewrite(ctx: _Ctx, raw: Mapping[str, Any], *, sadr: bool) -> RequestedRewri
                  rr.get("target_new_id"))
     tt = _target(ctx, _get(ctx, rr, "target_true", "requested_rewrite.target_true"), "requested_rewrite.target_true",
                  rr.get("target_true_id"))
-    for name, t in (("target_new", tn), ("target_true", tt)):
-        if t.str != t.str.strip():
-            raise ctx.fail(f"requested_rewrite.{name}.str", f"{t.str!r} has leading/trailing whitespace (targets are stored without the leading space)")
-    if tn.str == tt.str:
-        raise ctx.fail("requested_rewrite.target_new.str", f"equals target_true ({tt.str!r})")
-    return RequestedRewrite(prompt=prompt, subject=subject, relation_id=relation_id, target_new=tn, target_true=tt)
+    for name, (t, _) in (("target_new", tn), ("target_true", tt)):
+        if t != t.strip():
+            raise ctx.fail(f"requested_rewrite.{name}.str", f"{t!r} has leading/trailing whitespace (targets are stored without the leading space)")
+    if tn[0] == tt[0]:
+        raise ctx.fail("requested_rewrite.target_new.str", f"equals target_true ({tt[0]!r})")
+    return RewriteRequest(prompt=prompt, subject=subject, target_new=tn[0], target_true=tt[0], relation_id=relation_id,
+                          case_id=case_id, target_new_id=tn[1], target_true_id=tt[1])
 
 
 def _relation_prompts(ctx: _Ctx, value: Any, fieldname: str) -> tuple[RelationPrompt, ...]:
@@ -317,7 +306,7 @@ def _case_id(ctx: _Ctx, raw: Mapping[str, Any], index: int, *, required: bool) -
 def _parse_native(ctx: _Ctx, raw: Mapping[str, Any], index: int, *, source: str) -> CounterFactRecord:
     """The project's format and ROME's official one (which lacks the four extra keys)."""
     cid = _case_id(ctx, raw, index, required=True)
-    rr = _rewrite(ctx, raw, sadr=False)
+    rr = _rewrite(ctx, raw, cid, sadr=False)
     verification = raw.get("verification")
     if verification is not None and not isinstance(verification, Mapping):
         raise ctx.fail("verification", f"must be an object, got {type(verification).__name__}")
@@ -370,7 +359,7 @@ def _parse_sadr(ctx: _Ctx, raw: Mapping[str, Any], index: int) -> CounterFactRec
     """
     cid = _case_id(ctx, raw, index, required=False)
     ctx.cid = cid
-    rr = _rewrite(ctx, raw, sadr=True)
+    rr = _rewrite(ctx, raw, cid, sadr=True)
     para, _ = _sadr_section(ctx, raw, "p-paraphrase")
     neigh, _ = _sadr_section(ctx, raw, "l-neighbor")
     gen, _ = _sadr_section(ctx, raw, "generation")
@@ -431,7 +420,7 @@ def parse_records(data: Any, *, fname: str = "<data>", format: Format = "auto") 
         raise ValueError(f"{fname}: top level must be a list of records, got {type(data).__name__}")
     fmt = detect_format(data, fname) if format == "auto" else format
     out: list[CounterFactRecord] = []
-    seen: dict[int, int] = {}
+    seen: dict[int | None, int] = {}
     for i, raw in enumerate(data):
         ctx = _Ctx(fname, i, raw)
         if not isinstance(raw, Mapping):
@@ -445,6 +434,99 @@ def parse_records(data: Any, *, fname: str = "<data>", format: Format = "auto") 
         seen[rec.case_id] = i
         out.append(rec)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The public entry points: whatever a caller holds, as the one record and the one request
+# --------------------------------------------------------------------------------------------
+_REWRITE_KEYS = ("prompt", "subject", "relation_id", "target_new", "target_true")
+FactLike = CounterFactRecord | RewriteRequest | Mapping[str, Any]
+"""What the package's public functions accept as a fact; :func:`as_case` turns it into the record."""
+
+
+def as_case(obj: Any) -> CounterFactRecord:
+    """Any supported fact as the one typed record, :class:`CounterFactRecord` (Chapters 3-6).
+
+    Accepts a record (returned as it is), a :class:`RewriteRequest` (a record with no probes), a
+    CounterFact-schema dict (``{"case_id", "requested_rewrite": {...}, "paraphrase_prompts": [...],
+    ...}``), a flat dict with ``prompt``/``subject``/``target_new`` beside the probe lists, or an
+    object with ``to_dict()``. Targets may be strings or ``{"str", "id"}``. A dict is normalised here,
+    once: the package reads facts through this record's fields and nothing else. A missing or
+    malformed field raises :class:`BadRequestError` (the rewrite) or ``ValueError`` (a probe list)
+    naming it.
+    """
+    if isinstance(obj, CounterFactRecord):
+        return obj
+    if isinstance(obj, RewriteRequest):
+        return CounterFactRecord(case_id=obj.case_id, requested_rewrite=obj)
+    m = _to_mapping(obj)
+    ctx = _Ctx("fact", 0, m)
+    cid = m.get("case_id")
+    rr = m.get("requested_rewrite")
+    if rr is None:
+        rr = {k: m[k] for k in _REWRITE_KEYS if k in m}
+    verification = m.get("verification")
+    extra = m.get("extra")
+    return CounterFactRecord(
+        case_id=cid,
+        requested_rewrite=_loose_rewrite(_to_mapping(rr), cid),
+        paraphrase_prompts=_str_list(ctx, m.get("paraphrase_prompts"), "paraphrase_prompts"),
+        neighborhood_prompts=_str_list(ctx, m.get("neighborhood_prompts"), "neighborhood_prompts"),
+        attribute_prompts=_str_list(ctx, m.get("attribute_prompts"), "attribute_prompts"),
+        generation_prompts=_str_list(ctx, m.get("generation_prompts"), "generation_prompts"),
+        relation_prompts=_relation_prompts(ctx, m.get("relation_prompts"), "relation_prompts"),
+        portability_prompts=_portability_prompts(ctx, m.get("portability_prompts"), "portability_prompts"),
+        aliases=_str_list(ctx, m.get("aliases"), "aliases"),
+        verification=dict(verification) if isinstance(verification, Mapping) else None,
+        source=str(m.get("source", "editlens")),
+        extra=dict(extra) if isinstance(extra, Mapping) else None,
+    )
+
+
+def as_request(obj: Any) -> RewriteRequest:
+    """The :class:`RewriteRequest` of any fact :func:`as_case` accepts (not yet validated; Chapter 3)."""
+    if isinstance(obj, RewriteRequest):
+        return obj
+    return as_case(obj).requested_rewrite
+
+
+def _loose_rewrite(rr: Mapping[str, Any], case_id: Any) -> RewriteRequest:
+    """A caller's rewrite dict as a request; only prompt, subject and target_new are required."""
+    missing = [k for k in ("prompt", "subject", "target_new") if rr.get(k) in (None, "")]
+    if missing:
+        raise BadRequestError(f"Edit request is missing {missing}. Fix: give prompt (with '{{}}' for the subject), "
+                              "subject and target_new (e.g. {'str': 'Rome'}).")
+    new, new_id = _loose_target(rr["target_new"])
+    true, true_id = _loose_target(rr.get("target_true"))
+    relation_id = rr.get("relation_id")
+    return RewriteRequest(prompt=str(rr["prompt"]), subject=str(rr["subject"]), target_new=new or "",
+                          target_true=true, relation_id=None if relation_id is None else str(relation_id),
+                          case_id=case_id, target_new_id=new_id, target_true_id=true_id)
+
+
+def _loose_target(t: Any) -> tuple[str | None, str | None]:
+    """``(string, id)`` of a target given as a string, a number, ``{"str", "id"}`` or None."""
+    if t is None:
+        return None, None
+    if isinstance(t, Mapping):
+        s, tid = t.get("str"), t.get("id")
+        return (None if s is None else str(s)), (None if tid in (None, "") else str(tid))
+    return str(t), None
+
+
+def _to_mapping(obj: Any) -> Mapping[str, Any]:
+    if isinstance(obj, Mapping):
+        return obj
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        out = to_dict()
+        if isinstance(out, Mapping):
+            return out
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise BadRequestError(f"Cannot read a fact from a {type(obj).__name__}. Fix: pass a CounterFactRecord "
+                          "(editlens.data.load_facts), a RewriteRequest, a CounterFact dict "
+                          "({'requested_rewrite': {...}}) or a flat dict with prompt/subject/target_new.")
 
 
 def load_facts(
@@ -518,8 +600,8 @@ def check_dataset(records: Sequence[CounterFactRecord], *, fname: str = "facts.j
     (subject, relation) pairs.
     """
     problems: list[str] = []
-    ids: set[int] = set()
-    pairs: set[tuple[str, str]] = set()
+    ids: set[int | None] = set()
+    pairs: set[tuple[str, str | None]] = set()
     for i, r in enumerate(records):
         who = f"{fname} record {i} (case_id {r.case_id})"
         if r.case_id in ids:
@@ -552,7 +634,9 @@ def check_dataset(records: Sequence[CounterFactRecord], *, fname: str = "facts.j
             if pp.target_true is None or pp.target_true == pp.target_new:
                 problems.append(f"{who}: portability_prompts[{j}] needs distinct target_true and target_new")
         for t in (r.target_new, r.target_true):
-            if t != t.strip():
+            if t is None:
+                problems.append(f"{who}: target_true is missing")
+            elif t != t.strip():
                 problems.append(f"{who}: target {t!r} has surrounding whitespace")
         if r.verification is None:
             problems.append(f"{who}: verification is missing")
@@ -589,4 +673,4 @@ def spread_over_relations(records: Sequence[CounterFactRecord], n: int) -> list[
     continents and currencies); this gives an evaluation sample that covers every relation.
     Deterministic. Used in: Chapters 3-6 (``python -m editlens edit --spread``).
     """
-    return round_robin(records, n, key=lambda r: r.relation_id)
+    return round_robin(records, n, key=lambda r: r.relation_id or "")

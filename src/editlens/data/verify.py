@@ -43,9 +43,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
 
 import torch
 
-from editlens.data.counterfact import FACTS_PATH, CounterFactRecord, load_facts, save_facts
-from editlens.scoring import score_continuations
+from editlens.data.counterfact import (
+    FACTS_PATH,
+    CounterFactRecord,
+    load_facts,
+    save_facts,
+)
 from editlens.precision import full_precision
+from editlens.scoring import score_continuations
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -87,9 +92,16 @@ class TargetScorer:
 
 
 # ------------------------------------------------------------------------------------------
+def _true_target(r: CounterFactRecord) -> str:
+    if r.target_true is None:
+        raise ValueError(f"record {r.case_id}: no target_true, so there is nothing to verify. Fix: give the fact's "
+                         "true object (requested_rewrite.target_true).")
+    return r.target_true
+
+
 def record_items(r: CounterFactRecord) -> list[tuple[str, str]]:
     """Every (prompt, target) pair needed for one record's verification."""
-    tt, tn = r.target_true, r.target_new
+    tt, tn = _true_target(r), r.target_new
     out = [(r.prompt, tt), (r.prompt, tn)]
     for p in (*r.paraphrase_prompts, *r.neighborhood_prompts, *r.attribute_prompts):
         out += [(p, tt), (p, tn)]
@@ -104,7 +116,7 @@ def record_items(r: CounterFactRecord) -> list[tuple[str, str]]:
 def margins_for(r: CounterFactRecord, nll: dict[tuple[str, str], float], *, label: str = MODEL_LABEL
                 ) -> dict[str, Any]:
     """The verification dict of one record from a filled NLL cache (positive = right answer preferred)."""
-    tt, tn = r.target_true, r.target_new
+    tt, tn = _true_target(r), r.target_new
 
     def m(prompt: str, good: str, bad: str) -> float:
         return round(nll[(prompt, bad)] - nll[(prompt, good)], DECIMALS)
@@ -218,7 +230,7 @@ def report(records: Sequence[CounterFactRecord], verifs: Sequence[Mapping[str, A
     """Per-relation table: records, passing records, and the share of positive margins per probe."""
     by_rel: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
-        by_rel[r.relation_id].append(i)
+        by_rel[r.relation_id or ""].append(i)
     head = f"{'relation':10s} {'n':>4s} {'pass':>4s} {'rewr':>5s} {'para':>5s} {'neigh':>5s} {'attr':>5s} {'rel':>5s} {'port':>5s}  mean rewrite margin"
     lines = [head, "-" * len(head)]
     for rel in sorted(by_rel):

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from editlens.anatomy import mlp_width
+from editlens.data import FactLike
 from editlens.memit.spread import (
     compute_memit_edit,
     default_layers,
@@ -36,7 +37,7 @@ def memit_editor(hparams: ROMEHyperParams, *, layers: Sequence[int] | None = Non
     read: dict[tuple[int, ...], tuple[Any, list[Any]]] = {}  # layers -> (the model they were read for, C per layer)
 
     @contextlib.contextmanager
-    def editor(model: TransformerBridge, case: dict) -> Iterator[list[Any]]:
+    def editor(model: TransformerBridge, case: FactLike) -> Iterator[list[Any]]:
         chosen = tuple(default_layers(hparams.layer, model.cfg.n_layers) if layers is None else layers)
         weight = default_update_weight(mlp_width(model)) if update_weight is None else update_weight
         if chosen not in read or read[chosen][0] is not model:  # the same model object, not an id that may recur

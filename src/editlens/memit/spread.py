@@ -33,11 +33,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from editlens.anatomy import has_norm_after_mlp, mlp_width
+from editlens.data import as_request, validate_request
 from editlens.precision import full_precision
 from editlens.rome.hparams import ROMEHyperParams
 from editlens.rome.key_stats import KeyStats, stats_for
 from editlens.rome.keys import compute_k, subject_last_index
-from editlens.rome.requests import as_request, validate_request
 from editlens.rome.update import Edit, w_out
 from editlens.rome.values import LossTerm, compute_v
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
 
-from editlens.rome.requests import as_request
+from editlens.data import CounterFactRecord, FactLike, as_case, as_request
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -20,12 +20,12 @@ if TYPE_CHECKING:
     from editlens.rome.hparams import ROMEHyperParams
     from editlens.rome.key_stats import KeyStats
 
-Editor = Callable[["TransformerBridge", dict], ContextManager]
+Editor = Callable[["TransformerBridge", FactLike], ContextManager]
 """``editor(model, case)`` returns a context manager inside which the model is edited (Chapters 3-6 each give one)."""
 
 
 def rome_editor(hparams: ROMEHyperParams, stats: KeyStats | None = None,
-                extra_losses: Sequence[Any] | Callable[[Any, dict], Sequence[Any]] = (), *,
+                extra_losses: Sequence[Any] | Callable[[Any, CounterFactRecord], Sequence[Any]] = (), *,
                 earlier: "EarlierEdits | None" = None, batch: int = 1) -> Editor:
     """The :data:`Editor` for ROME (Chapter 3); Chapters 4-5 (STEAM, SADR) pass ``extra_losses``: the loss terms,
     or a function ``(model, case) -> loss terms`` called before each edit (per-record terms, e.g. STEAM's anchors
@@ -43,15 +43,15 @@ def rome_editor(hparams: ROMEHyperParams, stats: KeyStats | None = None,
     also = [earlier.steps] if earlier is not None else []
     ready: dict[tuple, Any] = {}  # key of a record -> its precomputed Edit
 
-    def terms_for(model: TransformerBridge, case: dict) -> Sequence[Any]:
+    def terms_for(model: TransformerBridge, case: CounterFactRecord) -> Sequence[Any]:
         return extra_losses(model, case) if callable(extra_losses) else extra_losses
 
-    def prepare(model: TransformerBridge, upcoming: Sequence[dict]) -> list[tuple]:
+    def prepare(model: TransformerBridge, upcoming: Sequence[FactLike]) -> list[tuple]:
         """Compute the edits of the first ``batch`` records of ``upcoming`` that have none ready yet; returns the
         keys (:meth:`EarlierEdits.key`) of the records computed now (empty when the next record's edit was ready)."""
         if batch == 1 or not upcoming or EarlierEdits.key(upcoming[0]) in ready:
             return []
-        todo = [c for c in upcoming if EarlierEdits.key(c) not in ready][:batch]
+        todo = [as_case(c) for c in upcoming if EarlierEdits.key(c) not in ready][:batch]
         edits = compute_rome_edits(model, todo, hparams, stats, [terms_for(model, c) for c in todo], also_steps=also)
         ready.update((EarlierEdits.key(c), e) for c, e in zip(todo, edits))
         return [EarlierEdits.key(c) for c in todo]
@@ -61,7 +61,8 @@ def rome_editor(hparams: ROMEHyperParams, stats: KeyStats | None = None,
         with applied_edit(model, edit):
             yield [edit]
 
-    def editor(model: TransformerBridge, case: dict) -> ContextManager:
+    def editor(model: TransformerBridge, fact: FactLike) -> ContextManager:
+        case = as_case(fact)  # the loss terms read the record's fields
         edit = ready.pop(EarlierEdits.key(case), None)
         if edit is not None:
             context = precomputed(model, edit)
@@ -86,12 +87,12 @@ class EarlierEdits:
         self.edits: dict[Any, list[Any]] = {}
 
     @staticmethod
-    def key(case: dict) -> tuple:
+    def key(case: FactLike) -> tuple:
         req = as_request(case)
         return (req.case_id, req.prompt, req.subject, req.target_new)
 
     @contextlib.contextmanager
-    def keeping(self, edit_context: ContextManager, case: dict) -> Iterator[list[Any]]:
+    def keeping(self, edit_context: ContextManager, case: FactLike) -> Iterator[list[Any]]:
         with edit_context as edits:
             self.edits[self.key(case)] = [e.earlier[self.steps] for e in edits]
             yield edits
@@ -102,7 +103,7 @@ class EarlierEdits:
         from editlens.rome.update import applied_edit
 
         @contextlib.contextmanager
-        def editor(model: TransformerBridge, case: dict) -> Iterator[list[Any]]:
+        def editor(model: TransformerBridge, case: FactLike) -> Iterator[list[Any]]:
             key = self.key(case)
             if key not in self.edits:
                 raise KeyError(f"No kept {self.steps}-step edit for record {key[0]!r} ({key[2]!r} -> {key[3]!r}). "

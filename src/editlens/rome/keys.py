@@ -15,9 +15,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from editlens.data import RewriteRequest
 from editlens.precision import full_precision
 from editlens.rome.hparams import ROMEHyperParams
-from editlens.rome.requests import RewriteRequest
 from editlens.scoring import bos_ids, encode_text, pad_id, pad_rows
 
 if TYPE_CHECKING:

@@ -28,10 +28,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from editlens.anatomy import has_norm_after_mlp
+from editlens.data import RewriteRequest, as_request, validate_request
 from editlens.rome.hparams import ROMEHyperParams
 from editlens.rome.key_stats import KeyStats, stats_for
 from editlens.rome.keys import compute_k
-from editlens.rome.requests import RewriteRequest, as_request, validate_request
 from editlens.rome.values import LossTerm, VResult, compute_v, compute_vs
 
 if TYPE_CHECKING:

@@ -24,12 +24,22 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from editlens.data import RewriteRequest
 from editlens.rome.hparams import ROMEHyperParams
 from editlens.rome.keys import mlp_value_hook
-from editlens.rome.requests import RewriteRequest
 from editlens.rome.v_forward import VForward
-from editlens.rome.values import (FINAL_HOOK, KLTerm, LossTerm, VBatch, VContext, VResult, index_query,
-                                  build_v_batch, check_terms, target_nll)
+from editlens.rome.values import (
+    FINAL_HOOK,
+    KLTerm,
+    LossTerm,
+    VBatch,
+    VContext,
+    VResult,
+    build_v_batch,
+    check_terms,
+    index_query,
+    target_nll,
+)
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

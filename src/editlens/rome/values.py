@@ -68,9 +68,16 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from editlens.data import RewriteRequest, as_request
 from editlens.rome.hparams import ROMEHyperParams
-from editlens.rome.keys import context_templates, encode, fill_template, pad_batch, subject_last_index
-from editlens.rome.requests import RewriteRequest, as_request, with_leading_space
+from editlens.rome.keys import (
+    context_templates,
+    encode,
+    fill_template,
+    pad_batch,
+    subject_last_index,
+)
+from editlens.scoring import with_leading_space
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from editlens.evaluate import distracted_prompt, fill_subject, prompt_text
+from editlens.data import FactLike, as_case
+from editlens.evaluate import distracted_prompt, fill_subject
 from editlens.rome.keys import subject_last_index
-from editlens.rome.requests import as_case, as_request
 from editlens.rome.update import Edit, applied_edit
 from editlens.sadr.patterns import PromptBatch, prompt_batch, run_patterns
 
@@ -28,13 +28,13 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 
-def distracted_prompts(case: Any) -> list[str]:
+def distracted_prompts(fact: FactLike) -> list[str]:
     """One distracted prompt per neighbourhood prompt of a record: the edit stated as text, then the neighbour
     (:func:`editlens.evaluate.distracted_prompt`, what DNS scores)."""
-    case = as_case(case)
-    req = as_request(case)
-    return [distracted_prompt(req.text, req.target_new, fill_subject(prompt_text(p), req.subject))
-            for p in case.get("neighborhood_prompts") or []]
+    case = as_case(fact)
+    req = case.requested_rewrite
+    return [distracted_prompt(req.text, req.target_new, fill_subject(p, req.subject))
+            for p in case.neighborhood_prompts]
 
 
 def subject_positions(model: TransformerBridge, prompts: Sequence[str], subject: str) -> Int[Tensor, " prompt"]:

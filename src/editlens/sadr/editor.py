@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from editlens.data import FactLike, as_case
 from editlens.rome.editor import EarlierEdits, Editor, rome_editor
-from editlens.rome.requests import as_case
 from editlens.rome.update import Edit, applied_edit, compute_rome_edits
 from editlens.rome.values import LossTerm
 from editlens.sadr.regulariser import DEFAULT_GAMMA, AttentionDriftTerm
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from editlens.rome.hparams import ROMEHyperParams
     from editlens.rome.key_stats import KeyStats
 
-TermMaker = Callable[[Any, dict], Sequence[LossTerm]]
+TermMaker = Callable[[Any, FactLike], Sequence[LossTerm]]
 """``(model, case) -> loss terms`` (what :func:`editlens.rome.editor.rome_editor` accepts)."""
 
 
@@ -36,7 +36,7 @@ def sadr_terms(gamma: float = DEFAULT_GAMMA, layers: Sequence[int] | None = None
     """``(model, case) -> [AttentionDriftTerm]``: a fresh term per edit (it remembers its layers)."""
     AttentionDriftTerm(gamma, layers, hinge=hinge)  # check the arguments now
 
-    def terms(model: TransformerBridge, case: dict) -> list[LossTerm]:
+    def terms(model: TransformerBridge, case: FactLike) -> list[LossTerm]:
         return [AttentionDriftTerm(gamma, layers, hinge=hinge)]
 
     return terms
@@ -46,7 +46,7 @@ def combined_terms(*makers: TermMaker | Sequence[LossTerm]) -> TermMaker:
     """One ``(model, case) -> terms`` from several (or from fixed lists of terms): e.g. STEAM's
     :func:`editlens.steam.steam_terms` and :func:`sadr_terms` in one optimisation. Term names must differ."""
 
-    def terms(model: TransformerBridge, case: dict) -> list[LossTerm]:
+    def terms(model: TransformerBridge, case: FactLike) -> list[LossTerm]:
         out: list[LossTerm] = []
         for m in makers:
             out.extend(m(model, case) if callable(m) else m)
@@ -89,7 +89,7 @@ class PrecomputedEdits:
     steps of the same optimisation). ``terms``: ``(model, case) -> loss terms`` (a fresh list per record), or
     one list shared by every record. ``seconds``: the wall time of the whole computation."""
 
-    def __init__(self, model: TransformerBridge, cases: Sequence[Any], hparams: ROMEHyperParams,
+    def __init__(self, model: TransformerBridge, cases: Sequence[FactLike], hparams: ROMEHyperParams,
                  stats: KeyStats | None = None,
                  terms: TermMaker | Sequence[LossTerm] = (), *, also_steps: Sequence[int] = (), batch_size: int = 25,
                  progress: bool = True, desc: str = "computing edits"):
@@ -110,7 +110,7 @@ class PrecomputedEdits:
                 bar.update(len(chunk))
         self.seconds = time.perf_counter() - start
 
-    def edit(self, case: Any, steps: int | None = None) -> Edit:
+    def edit(self, case: FactLike, steps: int | None = None) -> Edit:
         """The record's edit (``steps``: the edit its first ``steps`` steps gave, one of ``also_steps``)."""
         key = EarlierEdits.key(as_case(case))
         if key not in self.edits:
@@ -128,7 +128,7 @@ class PrecomputedEdits:
         """The :data:`~editlens.rome.editor.Editor` that applies each record's precomputed edit."""
 
         @contextlib.contextmanager
-        def editor(model: TransformerBridge, case: dict) -> Iterator[list[Edit]]:
+        def editor(model: TransformerBridge, case: FactLike) -> Iterator[list[Edit]]:
             edits = [self.edit(case, steps)]
             with applied_edit(model, edits):
                 yield edits
@@ -136,7 +136,7 @@ class PrecomputedEdits:
         return editor
 
 
-def sadr_edits(model: TransformerBridge, cases: Sequence[Any], hparams: ROMEHyperParams, stats: KeyStats | None = None,
+def sadr_edits(model: TransformerBridge, cases: Sequence[FactLike], hparams: ROMEHyperParams, stats: KeyStats | None = None,
                gamma: float = DEFAULT_GAMMA,
                steps: int | None = None, layers: Sequence[int] | None = None, *, hinge: bool = True,
                also: TermMaker | Sequence[LossTerm] = (), also_steps: Sequence[int] = (), batch_size: int = 25,

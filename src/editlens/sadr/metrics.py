@@ -13,13 +13,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from editlens.data import FactLike, as_case
 from editlens.evaluate import EvalReport, harmonic_mean, probe_rows
-from editlens.rome.requests import as_case
 
 POOLED = ("ES", "PS", "NS", "RelS", "DNS", "Port")
 
 
-def probe_counts(case: Any) -> dict[str, int]:
+def probe_counts(case: FactLike) -> dict[str, int]:
     """Number of probe prompts of each kind in a record (the rows behind its success rates)."""
     out: dict[str, int] = {}
     for row in probe_rows(as_case(case)):
@@ -27,7 +27,7 @@ def probe_counts(case: Any) -> dict[str, int]:
     return out
 
 
-def pooled_summary(report: EvalReport, cases: Sequence[Any], which: str = "edited") -> dict[str, float]:
+def pooled_summary(report: EvalReport, cases: Sequence[FactLike], which: str = "edited") -> dict[str, float]:
     """Success rates (%) over all prompts of each kind pooled; S = harmonic mean of pooled ES, PS, NS; ``n_<kind>``:
     the number of prompts. ``cases`` are the evaluated records, in the report's order."""
     totals: dict[str, list[float]] = {}
@@ -48,7 +48,7 @@ def pooled_summary(report: EvalReport, cases: Sequence[Any], which: str = "edite
     return ordered
 
 
-def pooled_table(report: EvalReport, cases: Sequence[Any]) -> str:
+def pooled_table(report: EvalReport, cases: Sequence[FactLike]) -> str:
     """Edited vs unedited, pooled over prompts (SADR's micro-average), one column per metric."""
     rows = [(w, pooled_summary(report, cases, w)) for w in ("unedited", "edited")
             if any(w in r for r in report.records)]

@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -48,11 +48,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from editlens.data import FactLike, as_case, as_request
 from editlens.data.counterfact import round_robin
-from editlens.evaluate import probe_rows
+from editlens.evaluate import fill_subject, probe_rows
 from editlens.fingerprint import weights_fingerprint
 from editlens.precision import full_precision
-from editlens.rome.requests import as_case, as_request
 from editlens.rome.update import Edit
 from editlens.scoring import score_candidates
 from editlens.steam.states import check_layers_in_range, last_token_states
@@ -119,14 +119,6 @@ def _clean(s: Any) -> str:
     return str(s).strip() if s is not None else ""
 
 
-def _fill(prompt: str, subject: str) -> str:
-    return prompt.format(subject) if "{}" in prompt else prompt
-
-
-def _text(p: Any) -> str:
-    return p if isinstance(p, str) else (cast(str, p.get("prompt")) if isinstance(p, dict) else str(p))
-
-
 def check_sources(sources: Sequence[str]) -> tuple[str, ...]:
     """``sources`` as a tuple, each one of :data:`SOURCES` (a clear error otherwise)."""
     out = tuple(dict.fromkeys(sources))
@@ -153,30 +145,26 @@ def known_facts(records: Iterable[Any], sources: Sequence[str] = SOURCES) -> lis
 
     for rec in records:
         case = as_case(rec)
-        req = as_request(case)
-        rel, cid, new, true = str(req.relation_id), case.get("case_id"), req.target_new, req.target_true
+        req = case.requested_rewrite
+        rel, cid, new, true = str(req.relation_id), case.case_id, req.target_new, req.target_true
         if true:
             add(req.text, true, new, rel, "rewrite", cid)
-            for p in case.get("paraphrase_prompts") or []:
-                add(_fill(_text(p), req.subject), true, new, rel, "paraphrase", cid)
-            for p in case.get("neighborhood_prompts") or []:
-                add(_fill(_text(p), req.subject), true, new, rel, "neighborhood", cid)
-            for p in case.get("attribute_prompts") or []:
-                add(_fill(_text(p), req.subject), new, true, rel, "attribute", cid)
-        for r in case.get("relation_prompts") or []:
-            r = r if isinstance(r, dict) else vars(r)
-            tgt = r.get("target") or r.get("target_true")
-            tmpl = r["prompt"].replace(req.subject, "{}") if req.subject in r["prompt"] else r["prompt"]
-            add(_fill(r["prompt"], req.subject), tgt, new if _clean(tgt) != _clean(new) else true,
+            for p in case.paraphrase_prompts:
+                add(fill_subject(p, req.subject), true, new, rel, "paraphrase", cid)
+            for p in case.neighborhood_prompts:
+                add(fill_subject(p, req.subject), true, new, rel, "neighborhood", cid)
+            for p in case.attribute_prompts:
+                add(fill_subject(p, req.subject), new, true, rel, "attribute", cid)
+        for r in case.relation_prompts:
+            tmpl = r.prompt.replace(req.subject, "{}") if req.subject in r.prompt else r.prompt
+            add(fill_subject(r.prompt, req.subject), r.target, new if _clean(r.target) != _clean(new) else true,
                 f"rel:{tmpl}", "relation", cid)
-        for r in case.get("portability_prompts") or []:
-            r = r if isinstance(r, dict) else vars(r)
-            add(_fill(r["prompt"], req.subject), r.get("target_true"), r.get("target_new"), f"port:{rel}",
-                "portability", cid)
+        for q in case.portability_prompts:
+            add(fill_subject(q.prompt, req.subject), q.target_true, q.target_new, f"port:{rel}", "portability", cid)
     return out
 
 
-def judged_prompts(case: Any) -> frozenset[str]:
+def judged_prompts(case: FactLike) -> frozenset[str]:
     """The prompts an edit of ``case`` is judged on (every probe of :func:`editlens.evaluate.probe_rows`: ES, PS,
     NS, DNS, RelS, Port): STEAM never takes an anchor from them."""
     return frozenset(row[1] for row in probe_rows(as_case(case)))
@@ -379,7 +367,7 @@ class AnchorBank:
         out = set(exclude)
         return [f for f in anchor_candidates(self.records, obj, self._facts) if f.prompt not in out]
 
-    def excluded(self, case: Any) -> frozenset[str]:
+    def excluded(self, case: FactLike) -> frozenset[str]:
         """What :meth:`for_case` leaves out for ``case``: its judged prompts when ``exclude_judged``, else nothing."""
         return judged_prompts(case) if self.exclude_judged else frozenset()
 
@@ -412,7 +400,7 @@ class AnchorBank:
             self._cache[(key, dropped)] = anchors
         return self._cache[(key, dropped)]
 
-    def for_case(self, case: Any, undo: Edit | Sequence[Edit] | None = None) -> AnchorSet:
+    def for_case(self, case: FactLike, undo: Edit | Sequence[Edit] | None = None) -> AnchorSet:
         """The anchors STEAM aligns an edit of ``case`` with: its target_new's, without :meth:`excluded`."""
         return self.get(as_request(case).target_new, undo, self.excluded(case))
 
@@ -488,14 +476,14 @@ class AnchorBank:
         rows = []
         for c, r in zip(cases, reqs):
             chosen, n_cands = self.select(r.target_new.strip(), exclude=self.excluded(c))
-            rows.append({"case_id": as_case(c).get("case_id"), "subject": r.subject, "target_new": r.target_new,
+            rows.append({"case_id": r.case_id, "subject": r.subject, "target_new": r.target_new,
                          "n_candidates": n_cands, "n_anchors": len(chosen),
                          "n_relations": len({a.fact.relation for a in chosen}),
                          "ok": len(chosen) >= self.min_anchors})
         return pd.DataFrame(rows)
 
 
-def anchor_coverage(model: TransformerBridge, records: Sequence[Any], cases: Sequence[Any] | None = None,
+def anchor_coverage(model: TransformerBridge, records: Sequence[Any], cases: Sequence[FactLike] | None = None,
                     **bank_kwargs: Any
                     ) -> pd.DataFrame:
     """Which records' target_new have enough anchors (``ok``) in ``records`` (see :meth:`AnchorBank.coverage`)."""

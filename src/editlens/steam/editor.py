@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from editlens.data import FactLike, as_case
 from editlens.rome.editor import Editor, rome_editor
-from editlens.rome.requests import as_request
 from editlens.steam.alignment import (
     AlignmentTerm,
     Position,
@@ -43,15 +43,16 @@ def steam_terms(hparams: ROMEHyperParams, bank: AnchorBank, lam: float, layers: 
 
     centre = bank.centre()  # before any edit, like the anchors
 
-    def terms(model: TransformerBridge, case: dict) -> list[AlignmentTerm]:
-        req = as_request(case)
+    def terms(model: TransformerBridge, fact: FactLike) -> list[AlignmentTerm]:
+        case = as_case(fact)
+        req = case.requested_rewrite
         try:
             anchors = bank.for_case(case)
         except NotEnoughAnchorsError:
             if missing == "rome":
                 return []
             raise
-        paras = list(case.get("paraphrase_prompts") or []) if paraphrases else []
+        paras = list(case.paraphrase_prompts) if paraphrases else []
         paras = [p if "{}" in p else p.replace(req.subject, "{}", 1) for p in paras if "{}" in p or req.subject in p]
         return [AlignmentTerm(anchors, lam, layers, position=position, paraphrases=paras,
                               n_layers=model.cfg.n_layers, edit_layer=hparams.layer, centre=centre,

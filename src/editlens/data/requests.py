@@ -1,21 +1,20 @@
 """Edit requests: one fact to rewrite, checked before any optimisation runs.
 
-Taught in: Chapter 3 (ROME). STEAM (Chapter 4) and SADR (Chapter 5) take the same requests.
+Taught in: Chapter 3 (ROME). STEAM (Chapter 4), SADR (Chapter 5) and MEMIT take the same requests.
 
 A request says: in ``prompt`` (a template with ``{}`` where the subject goes) the model should
-now continue with ``target_new`` instead of ``target_true``. :func:`as_request` accepts a
-CounterFact record (a dict with ``requested_rewrite``), a flat dict, the typed records of
-:mod:`editlens.data`, or a :class:`RewriteRequest`.
+now continue with ``target_new`` instead of ``target_true``. It is the one request type of the
+package: a loaded :class:`~editlens.data.counterfact.CounterFactRecord` holds one as its
+``requested_rewrite``, and :func:`~editlens.data.counterfact.as_request` builds one from whatever
+a caller holds.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from editlens.scoring import with_leading_space
-
 
 RELATION_NAMES = {
     "P17": "country", "P27": "citizenship", "P30": "continent", "P36": "capital", "P37": "official language",
@@ -35,26 +34,22 @@ class BadRequestError(ValueError):
     """An edit request that cannot be carried out; the message names the problem and the fix."""
 
 
-def _target_str(t: Any) -> str | None:
-    if t is None:
-        return None
-    if isinstance(t, str):
-        return t
-    if isinstance(t, Mapping):
-        return t.get("str")
-    return getattr(t, "str", None) if not isinstance(t, (int, float)) else str(t)
-
-
 @dataclass(frozen=True)
 class RewriteRequest:
-    """One fact to edit: ``prompt.format(subject)`` should continue with ``target_new``."""
+    """One fact to edit: ``prompt.format(subject)`` should continue with ``target_new``.
+
+    Targets are stored without their leading space. ``target_true`` is ``None`` when only the new
+    object is known. The targets' ids (Wikidata Q-ids in ``facts.json``) travel with the request so
+    a record writes back as it was read; they take no part in equality."""
 
     prompt: str
     subject: str
     target_new: str
     target_true: str | None = None
     relation_id: str | None = None
-    case_id: Any = None
+    case_id: int | None = None
+    target_new_id: str | None = field(default=None, compare=False)
+    target_true_id: str | None = field(default=None, compare=False)
 
     @property
     def text(self) -> str:
@@ -65,60 +60,6 @@ class RewriteRequest:
         """Raise :class:`BadRequestError` naming the problem and the fix; return ``self`` when fine."""
         validate_request(self, tokenizer)
         return self
-
-
-def _to_mapping(obj: Any) -> Mapping:
-    if isinstance(obj, Mapping):
-        return obj
-    for meth in ("to_dict", "model_dump", "_asdict"):
-        f = getattr(obj, meth, None)
-        if callable(f):
-            try:
-                out = f()
-            except TypeError:
-                continue
-            if isinstance(out, Mapping):
-                return out
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if hasattr(obj, "__dict__"):
-        return vars(obj)
-    raise BadRequestError(f"Cannot read an edit request from a {type(obj).__name__}; pass a CounterFact dict "
-                          "({'requested_rewrite': {...}}), a flat dict with prompt/subject/target_new, or a RewriteRequest.")
-
-
-def as_case(obj: Any) -> dict:
-    """Any supported record as a plain CounterFact-schema dict (``requested_rewrite`` + probe lists)."""
-    if isinstance(obj, RewriteRequest):
-        return {"case_id": obj.case_id, "requested_rewrite": {
-            "prompt": obj.prompt, "subject": obj.subject, "relation_id": obj.relation_id,
-            "target_new": {"str": obj.target_new}, "target_true": {"str": obj.target_true}}}
-    m = dict(_to_mapping(obj))
-    if "requested_rewrite" not in m:
-        rr = {k: m.pop(k) for k in ("prompt", "subject", "relation_id", "target_new", "target_true") if k in m}
-        m["requested_rewrite"] = rr
-    else:
-        rr = m["requested_rewrite"]
-        if not isinstance(rr, Mapping):
-            m["requested_rewrite"] = dict(_to_mapping(rr))
-    return m
-
-
-def as_request(obj: Any) -> RewriteRequest:
-    """Build a :class:`RewriteRequest` from any supported record (not yet validated)."""
-    if isinstance(obj, RewriteRequest):
-        return obj
-    case = as_case(obj)
-    rr = case["requested_rewrite"]
-    missing = [k for k in ("prompt", "subject", "target_new") if rr.get(k) in (None, "")]
-    if missing:
-        raise BadRequestError(f"Edit request is missing {missing}. Fix: give prompt (with '{{}}' for the subject), "
-                              "subject and target_new (e.g. {'str': 'Rome'}).")
-    return RewriteRequest(
-        prompt=str(rr["prompt"]), subject=str(rr["subject"]),
-        target_new=_target_str(rr["target_new"]) or "", target_true=_target_str(rr.get("target_true")),
-        relation_id=rr.get("relation_id"), case_id=case.get("case_id", case.get("id")),
-    )
 
 
 def validate_request(req: RewriteRequest, tokenizer: Any = None) -> None:

@@ -303,6 +303,17 @@ def _case_id(ctx: _Ctx, raw: Mapping[str, Any], index: int, *, required: bool) -
     return cid
 
 
+def _probes(ctx: _Ctx, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The probe lists and aliases of a record in the project's (and ROME's) form, parsed and checked."""
+    return {"paraphrase_prompts": _str_list(ctx, raw.get("paraphrase_prompts"), "paraphrase_prompts"),
+            "neighborhood_prompts": _str_list(ctx, raw.get("neighborhood_prompts"), "neighborhood_prompts"),
+            "attribute_prompts": _str_list(ctx, raw.get("attribute_prompts"), "attribute_prompts"),
+            "generation_prompts": _str_list(ctx, raw.get("generation_prompts"), "generation_prompts"),
+            "relation_prompts": _relation_prompts(ctx, raw.get("relation_prompts"), "relation_prompts"),
+            "portability_prompts": _portability_prompts(ctx, raw.get("portability_prompts"), "portability_prompts"),
+            "aliases": _str_list(ctx, raw.get("aliases"), "aliases")}
+
+
 def _parse_native(ctx: _Ctx, raw: Mapping[str, Any], index: int, *, source: str) -> CounterFactRecord:
     """The project's format and ROME's official one (which lacks the four extra keys)."""
     cid = _case_id(ctx, raw, index, required=True)
@@ -313,13 +324,7 @@ def _parse_native(ctx: _Ctx, raw: Mapping[str, Any], index: int, *, source: str)
     return CounterFactRecord(
         case_id=cid,
         requested_rewrite=rr,
-        paraphrase_prompts=_str_list(ctx, raw.get("paraphrase_prompts"), "paraphrase_prompts"),
-        neighborhood_prompts=_str_list(ctx, raw.get("neighborhood_prompts"), "neighborhood_prompts"),
-        attribute_prompts=_str_list(ctx, raw.get("attribute_prompts"), "attribute_prompts"),
-        generation_prompts=_str_list(ctx, raw.get("generation_prompts"), "generation_prompts"),
-        relation_prompts=_relation_prompts(ctx, raw.get("relation_prompts"), "relation_prompts"),
-        portability_prompts=_portability_prompts(ctx, raw.get("portability_prompts"), "portability_prompts"),
-        aliases=_str_list(ctx, raw.get("aliases"), "aliases"),
+        **_probes(ctx, raw),
         verification=dict(verification) if verification is not None else None,
         source=source,
     )
@@ -470,13 +475,7 @@ def as_case(obj: Any) -> CounterFactRecord:
     return CounterFactRecord(
         case_id=cid,
         requested_rewrite=_loose_rewrite(_to_mapping(rr), cid),
-        paraphrase_prompts=_str_list(ctx, m.get("paraphrase_prompts"), "paraphrase_prompts"),
-        neighborhood_prompts=_str_list(ctx, m.get("neighborhood_prompts"), "neighborhood_prompts"),
-        attribute_prompts=_str_list(ctx, m.get("attribute_prompts"), "attribute_prompts"),
-        generation_prompts=_str_list(ctx, m.get("generation_prompts"), "generation_prompts"),
-        relation_prompts=_relation_prompts(ctx, m.get("relation_prompts"), "relation_prompts"),
-        portability_prompts=_portability_prompts(ctx, m.get("portability_prompts"), "portability_prompts"),
-        aliases=_str_list(ctx, m.get("aliases"), "aliases"),
+        **_probes(ctx, m),
         verification=dict(verification) if isinstance(verification, Mapping) else None,
         source=str(m.get("source", "editlens")),
         extra=dict(extra) if isinstance(extra, Mapping) else None,

@@ -125,7 +125,7 @@ def probe_scores_many(model: TransformerBridge, cases: Sequence[FactLike], *, ba
     (Chapter 3's evaluation: the unedited model is scored once per fact set). Same results up to float noise.
     ``rows_per_batch``: packed rows per forward pass (:func:`editlens.scoring.score_candidates`; Chapter 6's
     sequential edits run :data:`editlens.scoring.ROWS_PER_BATCH`)."""
-    all_rows = [probe_rows(as_case(c)) for c in cases]
+    all_rows = [probe_rows(c) for c in cases]
     flat = [r for rows in all_rows for r in rows]
     pairs = [(r[1], r[2]) for r in flat] + [(r[1], r[3]) for r in flat]
     nll, top1 = continuation_nll(model, pairs, batch_size=batch_size, top1=True, rows_per_batch=rows_per_batch)

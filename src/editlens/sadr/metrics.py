@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
-from editlens.data import FactLike, as_case
+from editlens.data import FactLike
 from editlens.evaluate import EvalReport, harmonic_mean, probe_rows
 
 POOLED = ("ES", "PS", "NS", "RelS", "DNS", "Port")
@@ -22,7 +21,7 @@ POOLED = ("ES", "PS", "NS", "RelS", "DNS", "Port")
 def probe_counts(case: FactLike) -> dict[str, int]:
     """Number of probe prompts of each kind in a record (the rows behind its success rates)."""
     out: dict[str, int] = {}
-    for row in probe_rows(as_case(case)):
+    for row in probe_rows(case):
         out[row[0]] = out.get(row[0], 0) + 1
     return out
 

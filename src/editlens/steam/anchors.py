@@ -167,7 +167,7 @@ def known_facts(records: Iterable[Any], sources: Sequence[str] = SOURCES) -> lis
 def judged_prompts(case: FactLike) -> frozenset[str]:
     """The prompts an edit of ``case`` is judged on (every probe of :func:`editlens.evaluate.probe_rows`: ES, PS,
     NS, DNS, RelS, Port): STEAM never takes an anchor from them."""
-    return frozenset(row[1] for row in probe_rows(as_case(case)))
+    return frozenset(row[1] for row in probe_rows(case))
 
 
 def anchor_candidates(records: Iterable[Any], obj: str, facts: Sequence[KnownFact] | None = None) -> list[KnownFact]:

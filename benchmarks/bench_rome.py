@@ -6,7 +6,11 @@ Prints figures. Targets on a laptop CPU: <= 4 s per edit, <= 3 min for C. ``--co
 plain path (a full forward with all logits at every v* step, ``v_fast_forward=False``) and the fast path without
 prefix reuse (``v_reuse_prefix=False``) on the same edits, and checks that all give the same v* (allclose,
 rtol 1e-4) after the same number of steps (exit status 1 if not).
-``--cached-c`` reuses the cached C instead of timing it.
+``--cached-c`` reuses the cached C instead of timing it. ``--flops`` also counts each edit's floating-point
+operations (``torch.utils.flop_counter``: the matrix products and attention of v*'s forwards and backwards and of
+the update) on a second run of the same edit, and prints the rate they ran at: set beside
+``benchmarks/bench_precision.py --gemm`` (one matrix product's rate on this CPU), it says how much of an edit's time
+is arithmetic at the processor's peak, which no code change short of doing fewer operations can remove.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ def main() -> None:
     ap.add_argument("--fresh-cache", action="store_true", help="time C from scratch (sampling included) in a temp cache")
     ap.add_argument("--compare", action="store_true", help="also time the plain full-forward v* path and compare v*")
     ap.add_argument("--cached-c", action="store_true", help="use the cached C (do not time computing it)")
+    ap.add_argument("--flops", action="store_true", help="count each edit's FLOPs and print the rate they ran at")
     args = ap.parse_args()
 
     import os
@@ -86,6 +91,17 @@ def main() -> None:
         results[label] = (steps, v_stars)
         print(f"edit [{label}]: median {statistics.median(times):.2f} s per edit over {len(times)} edits "
               f"(min {min(times):.2f}, max {max(times):.2f}; v* steps {steps})")
+        if args.flops:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            flops = []
+            for subject, prompt, new in (facts * 3)[: args.edits]:  # the same edits again: the same steps
+                with FlopCounterMode(display=False) as counter:
+                    compute_rome_edit(model, {"prompt": prompt, "subject": subject, "target_new": new}, php, stats)
+                flops.append(counter.get_total_flops())
+            rate = sum(flops) / sum(times) / 1e9
+            print(f"  arithmetic: {statistics.median(flops) / 1e9:.1f} GFLOP per edit (median), "
+                  f"{rate:.1f} GFLOP/s over the timed edits (compare: bench_precision.py --gemm)")
     if args.compare:
         (s_plain, v_plain), *others = results.values()
         ok = True

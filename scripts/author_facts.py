@@ -800,8 +800,8 @@ def select(cands: list[Candidate], scorer, minimums: dict[str, int], min_margin:
     target_new draw. Stage 2, only for the first draw that passes stage 1: paraphrases, relation and
     portability prompts.
     """
-    from editlens.data.counterfact import (CounterFactRecord, PortabilityPrompt, RelationPrompt,
-                                           RequestedRewrite, Target)
+    from editlens.data import RewriteRequest
+    from editlens.data.counterfact import CounterFactRecord, PortabilityPrompt, RelationPrompt
 
     t0 = time.time()
     items = []
@@ -883,8 +883,9 @@ def select(cands: list[Candidate], scorer, minimums: dict[str, int], min_margin:
         if len(rl) < minimums["relation_prompts"]:
             info["first_pass"] = False
             continue
-        rr = RequestedRewrite(prompt=c.rewrite_template, subject=c.fact.subject, relation_id=c.fact.pid,
-                              target_new=Target(o, QID.get(o, o)), target_true=Target(tt, QID.get(tt, tt)))
+        rr = RewriteRequest(prompt=c.rewrite_template, subject=c.fact.subject, target_new=o, target_true=tt,
+                            relation_id=c.fact.pid, case_id=c.case_id,
+                            target_new_id=QID.get(o, o), target_true_id=QID.get(tt, tt))
         records.append(CounterFactRecord(
             case_id=c.case_id, requested_rewrite=rr, paraphrase_prompts=tuple(c.paraphrases),
             neighborhood_prompts=tuple(nb), attribute_prompts=tuple(at), generation_prompts=tuple(c.generation),

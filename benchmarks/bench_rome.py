@@ -11,9 +11,10 @@ rtol 1e-4) after the same number of steps (exit status 1 if not).
 operations (``torch.utils.flop_counter``: the matrix products and attention of v*'s forwards and backwards and of
 the update) on a second run of the same edit, and prints the rate they ran at: set beside
 ``benchmarks/bench_precision.py --gemm`` (one matrix product's rate on this CPU), it says how much of an edit's time
-is arithmetic at the processor's peak, which no code change short of doing fewer operations can remove. ``--batch N`` also times the first N facts of the
-book's set edited together, as the chapters edit them (on a 2-core AMD EPYC, float32, one thread: 46.6 GFLOP/s one
-fact at a time, 66.0 for 8 together, against 86-92 for one large matrix product).
+is arithmetic at the processor's peak, which no code change short of doing fewer operations can remove.
+``--batch N`` also times the first N facts of the book's set edited together, as the chapters edit them (on a
+2-core AMD EPYC, float32, one thread: 46.6 GFLOP/s one fact at a time, 66.0 for 8 together, against 86-92 for one
+large matrix product).
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ import argparse
 import statistics
 import tempfile
 import time
+from typing import Callable
+
+
+def counted_flops(run: Callable[[], object]) -> int:
+    """Floating-point operations of ``run()`` (torch's flop counter: matrix products and attention, forward and
+    backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
 
 
 def main() -> None:
@@ -97,14 +109,9 @@ def main() -> None:
         results[label] = (steps, v_stars)
         print(f"edit [{label}]: median {statistics.median(times):.2f} s per edit over {len(times)} edits "
               f"(min {min(times):.2f}, max {max(times):.2f}; v* steps {steps})")
-        if args.flops:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            flops = []
-            for subject, prompt, new in (facts * 3)[: args.edits]:  # the same edits again: the same steps
-                with FlopCounterMode(display=False) as counter:
-                    compute_rome_edit(model, {"prompt": prompt, "subject": subject, "target_new": new}, php, stats)
-                flops.append(counter.get_total_flops())
+        if args.flops:  # the same edits again: the same steps
+            requests = [{"prompt": p, "subject": s, "target_new": n} for s, p, n in (facts * 3)[: args.edits]]
+            flops = [counted_flops(lambda r=r, h=php: compute_rome_edit(model, r, h, stats)) for r in requests]
             rate = sum(flops) / sum(times) / 1e9
             print(f"  arithmetic: {statistics.median(flops) / 1e9:.1f} GFLOP per edit (median), "
                   f"{rate:.1f} GFLOP/s over the timed edits (compare: bench_precision.py --gemm)")
@@ -119,11 +126,8 @@ def main() -> None:
         line = (f"batch of {len(batch)} facts edited together: {seconds:.1f} s, {seconds / len(batch):.2f} s per edit "
                 f"(v* steps {[e.info['steps'] for e in edits]})")
         if args.flops:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            with FlopCounterMode(display=False) as counter:
-                compute_rome_edits(model, batch, hp, stats)
-            line += f"; {counter.get_total_flops() / 1e9:.0f} GFLOP, {counter.get_total_flops() / seconds / 1e9:.1f} GFLOP/s"
+            n = counted_flops(lambda: compute_rome_edits(model, batch, hp, stats))
+            line += f"; {n / 1e9:.0f} GFLOP, {n / seconds / 1e9:.1f} GFLOP/s"
         print(line)
     if args.compare:
         (s_plain, v_plain), *others = results.values()

@@ -800,8 +800,7 @@ def select(cands: list[Candidate], scorer, minimums: dict[str, int], min_margin:
     target_new draw. Stage 2, only for the first draw that passes stage 1: paraphrases, relation and
     portability prompts.
     """
-    from editlens.data import RewriteRequest
-    from editlens.data.counterfact import CounterFactRecord, PortabilityPrompt, RelationPrompt
+    from editlens.data import CounterFactRecord, PortabilityPrompt, RelationPrompt, RewriteRequest
 
     t0 = time.time()
     items = []

@@ -291,3 +291,32 @@ def test_chapter_times_page_is_current():
 
     assert chapter_times.PAGE.read_text(encoding="utf-8") == chapter_times.page(), (
         "book/chapter-times.md is stale; run .venv/bin/python scripts/chapter_times.py --write")
+
+
+def test_float32_record_is_a_float32_run_of_every_chapter():
+    """book/results/chapter-times-float32.json (the page's float32 columns) holds every chapter of _toc.yml, each
+    run in float32 with as many exercise checks as its stored run, and names its machine and commit."""
+    import json
+
+    import chapter_times
+
+    record = json.loads(chapter_times.FLOAT32_RECORD.read_text(encoding="utf-8"))
+    stems = [p.stem for p in chapter_times.chapters()]
+    assert list(record["chapters"]) == stems, "record the float32 run again: scripts/chapter_times.py --record-float32"
+    for path in chapter_times.chapters():
+        row = record["chapters"][path.stem]
+        assert row["precision"].startswith("float32 throughout"), (path.stem, row["precision"])
+        assert row["exercises"] == chapter_times.chapter_times(path)["exercises"], path.stem
+        assert 0 < row["first"] <= row["last"] <= row["total"], (path.stem, row)
+    assert record["machine"] and re.fullmatch(r"[0-9a-f]{7,}", record["commit"]), record
+
+
+def test_record_float32_refuses_a_run_that_is_not_float32(tmp_path):
+    """The stored runs computed in bfloat16: recording them as the float32 run fails and says why; so does a
+    directory without the executed chapters."""
+    import chapter_times
+
+    with pytest.raises(SystemExit, match="not a float32 run"):
+        chapter_times.record_float32(REPO_ROOT / "notebooks")
+    with pytest.raises(SystemExit, match="is missing. Fix: run `make book`"):
+        chapter_times.record_float32(tmp_path)

@@ -30,7 +30,9 @@
 # **Time to run.** About 10 minutes with the embedded model: 573.0 s of wall-clock measured on
 # one thread of the book's build machine, whose CPU has native bfloat16 units (AMX; the timing table
 # at the end of the chapter gives every step); a CPU without them computes in float32 and takes
-# longer. Scoring answers dominates: every evaluation scores 7 paraphrases of each query against
+# longer
+# (the float32 column of {ref}`the chapter times <chapter-times>`). Scoring answers dominates:
+# every evaluation scores 7 paraphrases of each query against
 # the relation's whole candidate list (each shared prompt prefix once, `editlens.scoring`), and the
 # chapter runs about a hundred of them (the K x $\alpha$ sweep for two candidate directions, the
 # held-out tests of four steering configurations with their controls, fine-tuning checkpoints and

@@ -20,7 +20,8 @@
 #
 # **Time to run.** About 4.7 minutes on one CPU thread with the embedded model, measured on the
 # book's build machine, whose CPU has native bfloat16 units (AMX; the time is printed at the end
-# of the chapter); a CPU without them computes in float32 and takes longer. Most of it is the
+# of the chapter); a CPU without them computes in float32 and takes longer
+# (the float32 column of {ref}`the chapter times <chapter-times>`). Most of it is the
 # evaluation of the 50 edits (139 s: 2.8 s per fact with both models' probes and generations, of
 # which 1.7 s computes the edit, mostly the $v_*$ optimisation, 8 facts at a time) and causal
 # tracing (45 s for 10 facts); lower `N_EVAL_FACTS` and `N_TRACE_FACTS` for a quicker run. The

@@ -27,7 +27,8 @@
 #
 # **Time to run.** About 7 minutes with the embedded model: 6.7 minutes measured on one thread
 # of the book's build machine, whose CPU has native bfloat16 units (AMX; the time is printed at
-# the end of the chapter, step by step); a CPU without them computes in float32 and takes longer.
+# the end of the chapter, step by step); a CPU without them computes in float32 and takes longer
+# (the float32 column of {ref}`the chapter times <chapter-times>`).
 # Almost all of it is computing and evaluating edits: each of the 50 facts is edited once with
 # ROME (151.3 s for the 50, about 3 s per fact with its probes and diagnostics, the unedited
 # model's evaluation included) and once with STEAM (135.5 s; both stop their optimisation by the

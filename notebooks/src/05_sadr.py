@@ -31,7 +31,8 @@
 #
 # **Time to run.** About 8 minutes with the embedded model: 7.8 minutes measured on one thread
 # of the book's build machine, whose CPU has native bfloat16 units (AMX; the time is printed at
-# the end of the chapter, step by step); a CPU without them computes in float32 and takes longer.
+# the end of the chapter, step by step); a CPU without them computes in float32 and takes longer
+# (the float32 column of {ref}`the chapter times <chapter-times>`).
 # Almost all of it is computing and evaluating edits: ROME's 50 edits 57.6 s (1.15 s per edit,
 # 25 facts optimised together) and their evaluation 42.4 s, the restoration experiment 26.4 s,
 # ROME+SADR with the authors' 80 steps 211.8 s for the 50 edits (4.24 s per edit: up to four

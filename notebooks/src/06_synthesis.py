@@ -44,7 +44,9 @@
 # ROME+SADR and 1.3 s for STEAM+SADR; 36 s the consistency lens of the edited models; 113 s the
 # rest, probes and generations) and 138.1 s (over two minutes) for the sequential edits. The first
 # exercise comes after the four methods' edits, about 8 minutes in. A CPU without bf16 units
-# computes in float32, which takes longer. Almost all of it is editing: each of the `N_FACTS` facts
+# computes in float32, which takes longer
+# (the float32 column of {ref}`the chapter times <chapter-times>`). Almost all of it is editing:
+# each of the `N_FACTS` facts
 # is edited once by each of the four methods (at most 20 steps of $v_*$ optimisation each, about 14
 # on average) and evaluated, and `N_SEQUENTIAL` edits are applied in sequence per method. Lower
 # `N_FACTS` and `N_SEQUENTIAL` for a quicker run in class; a full run at scale belongs on a GPU

@@ -155,19 +155,11 @@ def record_float32(executed: Path) -> dict:
                 chapters=chapters_out)
 
 
-def _float32() -> dict | None:
-    return json.loads(FLOAT32_RECORD.read_text(encoding="utf-8")) if FLOAT32_RECORD.exists() else None
-
-
 def table() -> str:
-    record = _float32()
-    f32 = record["chapters"] if record else {}
-    if f32:
-        lines = ["| chapter | time to run | in float32 | to the first exercise check | in float32 | "
-                 "to the last exercise check | in float32 |", "|---|---:|---:|---:|---:|---:|---:|"]
-    else:
-        lines = ["| chapter | time to run | to the first exercise check | to the last exercise check |",
-                 "|---|---:|---:|---:|"]
+    record = json.loads(FLOAT32_RECORD.read_text(encoding="utf-8"))
+    f32 = record["chapters"]
+    lines = ["| chapter | time to run | in float32 | to the first exercise check | in float32 | "
+             "to the last exercise check | in float32 |", "|---|---:|---:|---:|---:|---:|---:|"]
     total = total32 = 0.0
     changed = []
     for path in chapters():
@@ -175,31 +167,26 @@ def table() -> str:
         total += float(t["total"])
         cells = [_minutes(float(t["total"])), _minutes(float(t["first"])),
                  f"{_minutes(float(t['last']))} ({t['exercises']} checks)"]
-        if f32:
-            r = f32.get(path.stem)
-            if r is None:
-                cells = [cells[0], "", cells[1], "", cells[2], ""]
-            else:
-                mark = ""
-                if r["code"] != code_fingerprint(path):
-                    mark = " †"
-                    changed.append(path.stem)
-                total32 += float(r["total"])
-                cells = [cells[0], _minutes(float(r["total"])) + mark, cells[1], _minutes(float(r["first"])),
-                         cells[2], _minutes(float(r["last"]))]
+        r = f32.get(path.stem)
+        if r is None:  # a chapter added after the float32 run: its float32 cells stay empty until it is recorded
+            cells = [cells[0], "", cells[1], "", cells[2], ""]
+        else:
+            mark = ""
+            if r["code"] != code_fingerprint(path):
+                mark = " †"
+                changed.append(path.stem)
+            total32 += float(r["total"])
+            cells = [cells[0], _minutes(float(r["total"])) + mark, cells[1], _minutes(float(r["first"])),
+                     cells[2], _minutes(float(r["last"]))]
         lines.append(f"| {title(path)} | " + " | ".join(cells) + " |")
-    if f32:
-        lines.append(f"| all chapters | {_minutes(total)} | {_minutes(total32)} | | | | |")
-    else:
-        lines.append(f"| all chapters | {_minutes(total)} | | |")
-    out = "\n".join(lines) + "\n"
-    if record:
-        out += (f"\nThe columns *in float32* come from {record['how']}, on a CPU without bf16 units "
-                f"({record['machine']}) at commit `{record['commit']}`: {total32 / total:.1f} times the stored runs' "
-                f"time in all. The other columns are the stored runs (one thread, bfloat16 matrix products on a CPU "
-                f"with AMX). The float32 run's record: `book/results/{FLOAT32_RECORD.name}`.\n")
-        if changed:
-            out += f"\n† The chapter's code changed after that float32 run ({', '.join(changed)}): record it again.\n"
+    lines.append(f"| all chapters | {_minutes(total)} | {_minutes(total32)} | | | | |")
+    out = ("\n".join(lines) + "\n"
+           f"\nThe columns *in float32* come from {record['how']}, on a CPU without bf16 units "
+           f"({record['machine']}) at commit `{record['commit']}`: {total32 / total:.1f} times the stored runs' "
+           f"time in all. The other columns are the stored runs (one thread, bfloat16 matrix products on a CPU "
+           f"with AMX). The float32 run's record: `book/results/{FLOAT32_RECORD.name}`.\n")
+    if changed:
+        out += f"\n† The chapter's code changed after that float32 run ({', '.join(changed)}): record it again.\n"
     return out
 
 

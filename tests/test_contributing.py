@@ -86,7 +86,7 @@ PLACES: dict[str, tuple[Callable[[str], bool], str]] = {
     "README.md": (lambda stem: re.search(rf"^\| {int(stem[:2])} \|", _read("README.md"), re.M) is not None,
                   "a row `| {number} | topic | available |` of the chapter table"),
     "book/intro.md": (lambda stem: stem in _links("book/intro.md"),
-                      "a row of the chapter table linking {{doc}}`available <../notebooks/{stem}>`"),
+                      "a row of the chapter table linking {{doc}}`Chapter {number} <../notebooks/{stem}>`"),
     "book/teaching.md": (lambda stem: stem in _links("book/teaching.md") and re.search(
         rf"^### Module {int(stem[:2])}\b", _read("book/teaching.md"), re.M) is not None,
         "a row of the course plan linking ../notebooks/{stem} and a section `### Module {number}: ...`"),

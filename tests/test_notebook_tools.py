@@ -151,6 +151,29 @@ def test_normalise_collapses_stored_outputs(tmp_path):
     assert [o["text"] for o in nbformat.read(path, 4).cells[0].outputs] == [bar(3)[1:] + "\n"]
 
 
+_BAR_COUNT = re.compile(r"\| *(\d+)/(\d+) \[")  # tqdm's "| n/total [elapsed<remaining" on a bar line
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.name)
+def test_stored_progress_bars_are_one_final_line(path):
+    """Each progress bar of a stored chapter is stored as a terminal shows it when done: one line at n/total. A bar
+    stored one update per output, or one update per line, renders as a staircase."""
+    nb = nbformat.read(path, as_version=4)
+    not_collapsed, unfinished = [], []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if collapse_outputs(cell.outputs) != cell.outputs:
+            not_collapsed.append(index)
+        for out in cell.outputs:
+            if out.get("output_type") == "stream":
+                unfinished += [(index, line[:60]) for line in out["text"].split("\n")
+                               if (m := _BAR_COUNT.search(line)) and m.group(1) != m.group(2)]
+    assert not not_collapsed, (f"{path.name}: cells {not_collapsed} store progress updates one per output or "
+                               f"with \\r. Fix: python scripts/collapse_progress.py notebooks/{path.name}")
+    assert not unfinished, f"{path.name}: progress lines short of their total (a staircase?): {unfinished[:5]}"
+
+
 # --- stage_book ----------------------------------------------------------------------------------
 
 
